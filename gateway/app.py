@@ -1,0 +1,142 @@
+"""The Litestar app factory and the one plugin that wires voxgate into it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response, get
+from litestar.config.app import AppConfig
+from litestar.exceptions import HTTPException
+from litestar.handlers import asgi
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins import InitPluginProtocol
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.ledger import LedgerWriter
+from gateway.relay_asgi import RealtimeEndpoint
+from gateway.services import GatewayServices
+from gateway.settings import Settings
+from gateway.storage.migrations import schema_version
+from gateway.storage.tenants import TenantDirectory
+from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
+
+log = logging.getLogger("voxgate.app")
+
+# The schema this build needs; readiness waits until the database has at least this.
+REQUIRED_SCHEMA_VERSION = 1
+
+_realtime_endpoint = RealtimeEndpoint()
+
+
+@asgi("/v1/realtime", copy_scope=False, operation_id="realtime_websocket", tags=["realtime"])
+async def realtime(scope: Any, receive: Any, send: Any) -> None:
+    """`GET /v1/realtime` WebSocket: the OpenAI Realtime API, metered per tenant."""
+    await _realtime_endpoint(scope, receive, send)
+
+
+@get("/healthz", operation_id="health_live", tags=["health"], sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """Liveness: the process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@get("/readyz", operation_id="health_ready", tags=["health"])
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Readiness: Postgres (with a new enough schema) and Redis answer, and we are not draining."""
+    services: GatewayServices = request.app.state.services
+    checks: dict[str, Any] = {"draining": services.live.draining, "live_sessions": len(services.live)}
+    ok = not services.live.draining
+    try:
+        async with services.pool.acquire(timeout=2) as conn:
+            version = await schema_version(conn)
+        checks["schema_version"] = version
+        ok = ok and version >= REQUIRED_SCHEMA_VERSION
+    except Exception as exc:
+        checks["postgres"] = type(exc).__name__
+        ok = False
+    try:
+        await services.redis.ping()
+    except Exception as exc:
+        checks["redis"] = type(exc).__name__
+        ok = False
+    checks["status"] = "ready" if ok else "not_ready"
+    checks["ledger_pending"] = services.ledger.pending
+    return Response(checks, status_code=200 if ok else 503)
+
+
+def _gateway_error_handler(_: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    return Response(exc.body(), status_code=exc.status, headers=exc.response_headers())
+
+
+def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    error = GatewayError(exc.status_code, str(exc.detail), code=None)
+    return Response(error.body(), status_code=exc.status_code, headers={**(exc.headers or {}),
+                    **error.response_headers()})  # fmt: skip
+
+
+def _unhandled_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    error = GatewayError(HTTP_500_INTERNAL_SERVER_ERROR, "The gateway had an internal error.", code="internal_error")
+    return Response(error.body(), status_code=500, headers=error.response_headers())
+
+
+class VoxgatePlugin(InitPluginProtocol):
+    """Routes, error shapes and the lifespan that owns pools, the ledger and live sessions."""
+
+    def __init__(self, settings: Settings, prices: PriceTable = DEFAULT_PRICE_TABLE) -> None:
+        self.settings = settings
+        self.prices = prices
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.route_handlers.extend([realtime, healthz, readyz])
+        app_config.exception_handlers.update({
+            GatewayError: _gateway_error_handler,
+            HTTPException: _http_exception_handler,
+            Exception: _unhandled_handler,
+        })  # fmt: skip
+        app_config.lifespan.append(self._lifespan)
+        return app_config
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        settings = self.settings
+        settings.require_services()
+        pool = await asyncpg.create_pool(
+            settings.database.url, min_size=settings.database.pool_min, max_size=settings.database.pool_max
+        )
+        redis = aioredis.from_url(settings.redis.url or "", health_check_interval=30)
+        ledger = LedgerWriter(lambda: pool, settings.ledger)
+        ledger.start()
+        services = GatewayServices(
+            settings=settings, pool=pool, redis=redis, tenants=TenantDirectory(pool), ledger=ledger,
+            prices=self.prices,
+        )  # fmt: skip
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.live.drain(0.0)
+            await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
+            await redis.aclose()
+            await pool.close()
+
+
+async def drain(app: Litestar) -> None:
+    """Stop admitting sessions; let live ones finish within the grace period; end the rest."""
+    services: GatewayServices | None = getattr(app.state, "services", None)
+    if services is not None:
+        await services.live.drain(services.settings.server.shutdown_grace_seconds)
+
+
+def create_app(settings: Settings | None = None, prices: PriceTable = DEFAULT_PRICE_TABLE) -> Litestar:
+    """Build the gateway app. Nothing connects until the ASGI lifespan starts."""
+    settings = settings or Settings.from_env()
+    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs")
+    return Litestar(plugins=[VoxgatePlugin(settings, prices)], openapi_config=openapi)

@@ -1,0 +1,388 @@
+"""The ledger writer: every record the sessions produce reaches Postgres, off the hot path.
+
+`submit()` is synchronous and O(1): the relay never waits on Postgres. A background task
+writes records in order, in batches, one transaction per batch. Writes are idempotent
+(primary keys + ON CONFLICT DO NOTHING), so a batch retried after an ambiguous failure
+never double-bills.
+
+When Postgres is unreachable the batch stays at the head of the queue and is retried with
+backoff. The queue is bounded (`VOXGATE_LEDGER_BUFFER`). When it is full and a spool
+directory is configured (`VOXGATE_SPOOL_DIR`), new records go to an append-only JSONL
+journal on local disk instead; once Postgres is back and the queue drains, the journal is
+replayed in order. Without a spool directory, records that do not fit are dropped, counted
+in `stats.dropped` and logged at ERROR: a deployment that cannot afford that sets the spool.
+A record Postgres rejects for its content (not for connectivity) is written to
+`deadletter.jsonl` in the spool directory (or logged) so one bad row never blocks the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.settings import LedgerSettings
+from policies.actions import RateLimit, RateLimitsRecord, SessionInfoRecord, TranscriptionRecord, UsageRecord
+
+log = logging.getLogger("voxgate.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session_id: str
+    tenant_id: str
+    api_key_id: str | None
+    transport: str
+    intent: str
+    model: str | None
+    end_user_hash: str | None
+    gateway_instance: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    session_id: str
+    ended_at: float
+    end_reason: str
+    end_detail: str | None
+
+
+LedgerRecord = SessionStarted | SessionEnded | UsageRecord | TranscriptionRecord | RateLimitsRecord | SessionInfoRecord
+
+_KINDS: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (SessionStarted, SessionEnded, UsageRecord, TranscriptionRecord, RateLimitsRecord, SessionInfoRecord)
+}
+
+INSERT_SESSION = """
+INSERT INTO realtime_sessions
+    (id, tenant_id, api_key_id, transport, intent, model, end_user_hash, gateway_instance, started_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO NOTHING
+"""
+
+UPDATE_SESSION_INFO = """
+UPDATE realtime_sessions
+SET model = COALESCE($2, model), voice = COALESCE($3, voice),
+    upstream_session_id = COALESCE($4, upstream_session_id)
+WHERE id = $1
+"""
+
+INSERT_USAGE = """
+INSERT INTO usage_ledger
+    (response_id, session_id, tenant_id, model, status, occurred_at,
+     input_tokens, output_tokens, total_tokens,
+     input_text_tokens, input_audio_tokens, input_image_tokens,
+     cached_text_tokens, cached_audio_tokens, cached_image_tokens,
+     output_text_tokens, output_audio_tokens, cost_micro_usd, price_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+ON CONFLICT (response_id) DO NOTHING
+"""
+
+INSERT_TRANSCRIPTION = """
+INSERT INTO transcription_usage
+    (session_id, item_id, content_index, tenant_id, model, occurred_at, usage_type,
+     input_text_tokens, input_audio_tokens, output_tokens, duration_ms, cost_micro_usd, price_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (session_id, item_id, content_index) DO NOTHING
+"""
+
+INSERT_RATE_LIMIT = """
+INSERT INTO rate_limit_snapshots
+    (session_id, tenant_id, observed_at, name, limit_value, remaining, reset_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+# Totals are recomputed from the ledger, so ending a session twice is harmless.
+END_SESSION = """
+UPDATE realtime_sessions s
+SET ended_at = $2, end_reason = $3, end_detail = $4,
+    responses = u.n, input_tokens = u.input_tokens, output_tokens = u.output_tokens,
+    cost_micro_usd = u.cost + t.cost
+FROM (SELECT count(*)::int AS n, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+             COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
+             COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
+      FROM usage_ledger WHERE session_id = $1) u,
+     (SELECT COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
+      FROM transcription_usage WHERE session_id = $1) t
+WHERE s.id = $1 AND s.ended_at IS NULL
+"""
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
+    """The SQL (and arguments) that persists one record."""
+    if isinstance(record, UsageRecord):
+        r = record
+        return [
+            (
+                INSERT_USAGE,
+                (r.response_id, r.session_id, r.tenant_id, r.model, r.status, _ts(r.occurred_at),
+                 r.input_tokens, r.output_tokens, r.total_tokens,
+                 r.input_text_tokens, r.input_audio_tokens, r.input_image_tokens,
+                 r.cached_text_tokens, r.cached_audio_tokens, r.cached_image_tokens,
+                 r.output_text_tokens, r.output_audio_tokens, r.cost_micro_usd, r.price_version),
+            )
+        ]  # fmt: skip
+    if isinstance(record, SessionStarted):
+        s = record
+        return [
+            (
+                INSERT_SESSION,
+                (s.session_id, s.tenant_id, s.api_key_id, s.transport, s.intent, s.model,
+                 s.end_user_hash, s.gateway_instance, _ts(s.started_at)),
+            )
+        ]  # fmt: skip
+    if isinstance(record, SessionEnded):
+        return [(END_SESSION, (record.session_id, _ts(record.ended_at), record.end_reason, record.end_detail))]
+    if isinstance(record, SessionInfoRecord):
+        return [(UPDATE_SESSION_INFO, (record.session_id, record.model, record.voice, record.upstream_session_id))]
+    if isinstance(record, TranscriptionRecord):
+        t = record
+        return [
+            (
+                INSERT_TRANSCRIPTION,
+                (t.session_id, t.item_id, t.content_index, t.tenant_id, t.model, _ts(t.occurred_at),
+                 t.usage_type, t.input_text_tokens, t.input_audio_tokens, t.output_tokens,
+                 t.duration_ms, t.cost_micro_usd, t.price_version),
+            )
+        ]  # fmt: skip
+    return [
+        (
+            INSERT_RATE_LIMIT,
+            (record.session_id, record.tenant_id, _ts(record.observed_at),
+             lim.name, lim.limit, lim.remaining, lim.reset_seconds),
+        )
+        for lim in record.limits
+    ]  # fmt: skip
+
+
+def encode_record(record: LedgerRecord) -> bytes:
+    return orjson.dumps({"kind": type(record).__name__, "data": dataclasses.asdict(record)})
+
+
+def decode_record(line: bytes) -> LedgerRecord:
+    raw = orjson.loads(line)
+    cls = _KINDS[raw["kind"]]
+    data = raw["data"]
+    if cls is RateLimitsRecord:
+        data["limits"] = tuple(RateLimit(**lim) for lim in data["limits"])
+    record: LedgerRecord = cls(**data)
+    return record
+
+
+_CONNECTIVITY_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+@dataclass
+class LedgerStats:
+    written: int = 0
+    spilled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+
+
+class LedgerWriter:
+    """Ordered, batched, bounded, idempotent writes of session records to Postgres."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], settings: LedgerSettings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._queue: deque[LedgerRecord] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = LedgerStats()
+        spool_dir = settings.spool_dir
+        self._spool_path = spool_dir / "ledger-spool.jsonl" if spool_dir else None
+        self._dead_letter_path = spool_dir / "deadletter.jsonl" if spool_dir else None
+
+    # -- producer side (hot path) ---------------------------------------------------------
+
+    def submit(self, record: LedgerRecord) -> None:
+        """Queue a record. Never blocks, never raises."""
+        if self._spooling or len(self._queue) >= self._settings.buffer_records:
+            self._overflow(record)
+            return
+        self._queue.append(record)
+        self._idle.clear()
+        if len(self._queue) >= self._settings.batch_records:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def _spooling(self) -> bool:
+        return self._spool_path is not None and self._spool_path.exists()
+
+    def _overflow(self, record: LedgerRecord) -> None:
+        if self._spool_path is None:
+            self.stats.dropped += 1
+            log.error("ledger buffer full and no VOXGATE_SPOOL_DIR: dropped a %s", type(record).__name__)
+            return
+        try:
+            self._spool_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._spool_path.open("ab") as fh:
+                fh.write(encode_record(record) + b"\n")
+            self.stats.spilled += 1
+            self._idle.clear()
+        except OSError:
+            self.stats.dropped += 1
+            log.exception("ledger spool write failed: dropped a %s", type(record).__name__)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="voxgate-ledger-writer")
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is in Postgres. True if it got there."""
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Flush what can be flushed within `timeout`; spill the rest to the spool."""
+        await self.drain(timeout)
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 1.0)
+            except TimeoutError:  # stuck retrying a dead database: stop it, the spool keeps the rest
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        leftover = list(self._queue)
+        self._queue.clear()
+        if leftover:
+            log.warning("ledger stopping with %d unwritten records; spooling them", len(leftover))
+            for record in leftover:
+                self._overflow(record)
+
+    # -- consumer side --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            if not self._queue:
+                self._replay_spool()
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                continue
+            batch = [self._queue[i] for i in range(min(len(self._queue), self._settings.batch_records))]
+            try:
+                await self._write(batch)
+            except _CONNECTIVITY_ERRORS as exc:
+                self.stats.retries += 1
+                log.warning("ledger write failed (%s); retrying in %.2fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except asyncpg.PostgresError:
+                await self._write_one_by_one(batch)
+            else:
+                self.stats.written += len(batch)
+            backoff = 0.05
+            for _ in batch:
+                self._queue.popleft()
+            if len(self._queue) < self._settings.batch_records:
+                await asyncio.sleep(self._settings.flush_interval_seconds)
+
+    async def _write(self, batch: Iterable[LedgerRecord]) -> None:
+        groups: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for record in batch:
+            for sql, args in _statements(record):
+                if groups and groups[-1][0] == sql:
+                    groups[-1][1].append(args)
+                else:
+                    groups.append((sql, [args]))
+        async with self._pool().acquire() as conn, conn.transaction():
+            for sql, rows in groups:
+                await conn.executemany(sql, rows)
+
+    async def _write_one_by_one(self, batch: list[LedgerRecord]) -> None:
+        for record in batch:
+            while True:
+                try:
+                    await self._write([record])
+                except _CONNECTIVITY_ERRORS:
+                    self.stats.retries += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                except asyncpg.PostgresError as exc:
+                    self._dead_letter(record, exc)
+                else:
+                    self.stats.written += 1
+                break
+
+    def _dead_letter(self, record: LedgerRecord, exc: Exception) -> None:
+        self.stats.dead_lettered += 1
+        log.error("ledger rejected a %s: %s", type(record).__name__, exc)
+        if self._dead_letter_path is None:
+            return
+        try:
+            self._dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._dead_letter_path.open("ab") as fh:
+                fh.write(encode_record(record)[:-1] + b',"error":' + orjson.dumps(str(exc)) + b"}\n")
+        except OSError:
+            log.exception("could not write the ledger dead-letter file")
+
+    def _replay_spool(self) -> None:
+        """Move spooled records back into the queue, oldest first, keeping global order."""
+        if self._spool_path is None or not self._spool_path.exists():
+            return
+        replaying = self._spool_path.with_suffix(f".replay-{os.getpid()}")
+        try:
+            self._spool_path.rename(replaying)
+            lines = replaying.read_bytes().splitlines()
+        except OSError:
+            log.exception("could not read the ledger spool")
+            return
+        records = [decode_record(line) for line in lines if line.strip()]
+        keep, rest = records[: self._settings.buffer_records], records[self._settings.buffer_records :]
+        self._queue.extend(keep)
+        self.stats.replayed += len(keep)
+        if rest:
+            with self._spool_path.open("ab") as fh:
+                for record in rest:
+                    fh.write(encode_record(record) + b"\n")
+        replaying.unlink(missing_ok=True)
+        if keep:
+            log.info("replaying %d spooled ledger records", len(keep))

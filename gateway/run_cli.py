@@ -1,0 +1,171 @@
+"""`voxgate serve` (production) and `voxgate demo` (everything embedded, zero setup)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_UPSTREAM_KEY = "sk-voxgate-demo-emulator"
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the gateway (settings from VOXGATE_* env vars)")
+    serve.add_argument("--host", help="listen address (VOXGATE_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (VOXGATE_PORT)")
+    serve.add_argument("--upstream-url", help="Realtime API base URL (VOXGATE_UPSTREAM_URL)")
+    serve.add_argument("--database-url", help="Postgres DSN (VOXGATE_DATABASE_URL)")
+    serve.add_argument("--redis-url", help="Redis URL (VOXGATE_REDIS_URL)")
+    serve.add_argument("--migrate", action="store_true", help="apply pending migrations before serving")
+    serve.set_defaults(handler=_serve)
+
+    demo = sub.add_parser("demo", help="run the gateway with embedded Postgres, Redis and the emulator")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--home", default=os.environ.get("VOXGATE_HOME", ".voxgate"),
+                      help="where embedded data lives (default ./.voxgate)")  # fmt: skip
+    demo.set_defaults(handler=_demo)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("VOXGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _overrides(settings: Any, args: argparse.Namespace) -> Any:
+    from gateway.settings import Settings
+
+    s: Settings = settings
+    server = dataclasses.replace(s.server, host=args.host or s.server.host, port=args.port or s.server.port)
+    return dataclasses.replace(
+        s,
+        server=server,
+        database=dataclasses.replace(s.database, url=args.database_url or s.database.url),
+        redis=dataclasses.replace(s.redis, url=args.redis_url or s.redis.url),
+        upstream=dataclasses.replace(s.upstream, url=(args.upstream_url or s.upstream.url).rstrip("/")),
+    )
+
+
+async def run_gateway(settings: Any) -> None:
+    """Serve `settings` until SIGINT/SIGTERM, draining live sessions first."""
+    from gateway.app import create_app, drain
+    from gateway.server import VoxgateServer, bind_socket, uvicorn_config
+
+    app = create_app(settings)
+    config = uvicorn_config(app, ws_max_size=settings.server.max_message_bytes)
+    server = VoxgateServer(config, before_shutdown=lambda: drain(app))
+    await server.serve(sockets=[bind_socket(settings.server.host, settings.server.port)])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.settings import Settings, SettingsError
+    from gateway.storage.migrations import apply_migrations
+
+    _configure_logging()
+    try:
+        settings = _overrides(Settings.from_env(), args)
+        settings.require_services()
+    except SettingsError as exc:
+        print(f"voxgate serve: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        if args.migrate:
+            await apply_migrations(settings.database.url)
+        await run_gateway(settings)
+
+    asyncio.run(main())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_demo(args, Path(args.home).resolve()))
+    return 0
+
+
+async def _run_demo(args: argparse.Namespace, home: Path) -> None:
+    import asyncpg
+
+    from gateway.embedded import EmbeddedServices
+    from gateway.emulator import EmulatorConfig, RealtimeEmulator
+    from gateway.settings import Settings
+    from gateway.storage.migrations import apply_migrations
+    from gateway.storage.tenants import TenantDirectory
+
+    embedded = EmbeddedServices(home, os.environ.get("VOXGATE_DATABASE_URL"), os.environ.get("VOXGATE_REDIS_URL"))
+    await asyncio.to_thread(embedded.start)
+    emulator = RealtimeEmulator(EmulatorConfig(api_key=DEMO_UPSTREAM_KEY))
+    try:
+        await emulator.start(host="127.0.0.1", port=0)
+        assert embedded.database_url is not None
+        await apply_migrations(embedded.database_url)
+        pool = await asyncpg.create_pool(embedded.database_url, min_size=1, max_size=2)
+        try:
+            tenants = TenantDirectory(pool)
+            tenant = next((t for t in await tenants.list_tenants() if t.name == "demo"), None)
+            tenant = tenant or await tenants.create_tenant("demo")
+            issued = await tenants.create_key(tenant.id, name="demo")
+        finally:
+            await pool.close()
+        env = {
+            **os.environ,
+            "VOXGATE_DATABASE_URL": embedded.database_url,
+            "VOXGATE_REDIS_URL": embedded.redis_url or "",
+            "VOXGATE_UPSTREAM_URL": emulator.base_url,
+            "VOXGATE_OPENAI_API_KEY": DEMO_UPSTREAM_KEY,
+            "VOXGATE_HOST": args.host,
+            "VOXGATE_PORT": str(args.port),
+        }
+        settings = Settings.from_env(env)
+        settings = dataclasses.replace(
+            settings, ledger=dataclasses.replace(settings.ledger, spool_dir=settings.ledger.spool_dir or home / "spool")
+        )
+        print(_banner(args.host, args.port, tenant.id, issued.secret, embedded.database_url), flush=True)
+        await run_gateway(settings)
+    finally:
+        await emulator.stop()
+        await asyncio.to_thread(embedded.close)
+
+
+def _banner(host: str, port: int, tenant_id: str, secret: str, database_url: str) -> str:
+    base = f"http://{host}:{port}/v1"
+    return f"""
+voxgate demo is running on {base}  (upstream: the built-in Realtime emulator)
+  tenant  : demo ({tenant_id})
+  API key : {secret}        <- shown once; a new key is made each run
+  database: {database_url}
+
+Talk to it with the official SDK (pip install 'openai[realtime]'):
+
+    import asyncio
+    from openai import AsyncOpenAI
+
+    async def main():
+        client = AsyncOpenAI(base_url="{base}", api_key="{secret}")
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.session.update(session={{"type": "realtime", "output_modalities": ["text"]}})
+            await conn.conversation.item.create(item={{"type": "message", "role": "user",
+                "content": [{{"type": "input_text", "text": "Hello!"}}]}})
+            await conn.response.create()
+            async for event in conn:
+                if event.type == "response.output_text.delta":
+                    print(event.delta, end="", flush=True)
+                if event.type == "response.done":
+                    print("\\nusage:", event.response.usage)
+                    break
+
+    asyncio.run(main())
+
+Then: VOXGATE_DATABASE_URL='{database_url}' voxgate usage --tenant {tenant_id}
+Ctrl-C stops the demo.
+"""

@@ -1,0 +1,157 @@
+"""The ledger writer: ordered, idempotent, and nothing lost when Postgres blips."""
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from gateway.ledger import LedgerWriter, SessionEnded, SessionStarted
+from gateway.settings import LedgerSettings
+from gateway.storage.tenants import TenantDirectory
+from policies.actions import RateLimit, RateLimitsRecord, UsageRecord
+from tests.support.tcp_proxy import TcpProxy
+
+
+def usage(session_id: str, tenant_id: str, n: int, cost: int = 100) -> UsageRecord:
+    return UsageRecord(
+        response_id=f"resp_{session_id}_{n}", session_id=session_id, tenant_id=tenant_id, model="gpt-realtime",
+        status="completed", occurred_at=time.time(), input_tokens=10, output_tokens=20, total_tokens=30,
+        input_text_tokens=10, input_audio_tokens=0, input_image_tokens=0, cached_text_tokens=0,
+        cached_audio_tokens=0, cached_image_tokens=0, output_text_tokens=5, output_audio_tokens=15,
+        cost_micro_usd=cost, price_version="test",
+    )
+
+
+def started(session_id: str, tenant_id: str) -> SessionStarted:
+    return SessionStarted(session_id, tenant_id, None, "websocket", "realtime", "gpt-realtime", None, "test",
+                          time.time())
+
+
+@pytest.fixture
+async def tenant_id(pg_pool: asyncpg.Pool) -> str:
+    return (await TenantDirectory(pg_pool).create_tenant(f"ledger-{secrets.token_hex(4)}")).id
+
+
+async def test_records_land_in_order_with_session_totals(pg_pool: asyncpg.Pool, tenant_id: str) -> None:
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(batch_records=3, flush_interval_seconds=0.01))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    for n in range(5):
+        writer.submit(usage(sid, tenant_id, n, cost=100 + n))
+    writer.submit(RateLimitsRecord(sid, tenant_id, time.time(), (RateLimit("tokens", 100, 50, 1.5),)))
+    writer.submit(SessionEnded(sid, time.time(), "client_closed", None))
+    assert await writer.drain(10)
+    await writer.stop()
+    row = await pg_pool.fetchrow("SELECT * FROM realtime_sessions WHERE id = $1", sid)
+    assert row["end_reason"] == "client_closed"
+    assert (row["responses"], row["cost_micro_usd"], row["input_tokens"]) == (5, 510, 50)
+    assert await pg_pool.fetchval("SELECT count(*) FROM rate_limit_snapshots WHERE session_id = $1", sid) == 1
+
+
+async def test_same_response_id_twice_is_one_row(pg_pool: asyncpg.Pool, tenant_id: str) -> None:
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings())
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    writer.submit(usage(sid, tenant_id, 1))
+    writer.submit(usage(sid, tenant_id, 1))
+    assert await writer.drain(10)
+    writer.submit(usage(sid, tenant_id, 1))  # a later retry of an already-committed batch
+    assert await writer.drain(10)
+    await writer.stop()
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 1
+
+
+def _via(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    host = parts.hostname or "127.0.0.1"
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}", parts.path, "", ""))
+
+
+@pytest.fixture
+async def blippable_pool(pg_dsn: str):
+    parts = urlsplit(pg_dsn)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    pool = await asyncpg.create_pool(_via(pg_dsn, proxy.port), min_size=1, max_size=2, timeout=2)
+    yield proxy, pool
+    pool.terminate()
+    await proxy.stop()
+
+
+async def test_postgres_outage_is_retried_and_nothing_is_lost(blippable_pool, pg_pool, tenant_id) -> None:
+    proxy, pool = blippable_pool
+    writer = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    proxy.cut()
+    writer.submit(started(sid, tenant_id))
+    for n in range(10):
+        writer.submit(usage(sid, tenant_id, n))
+    assert not await writer.drain(0.5)
+    assert writer.stats.retries >= 1 and writer.pending == 11
+    proxy.restore()
+    assert await writer.drain(15)
+    await writer.stop()
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 10
+
+
+async def test_full_buffer_spills_to_disk_and_replays_in_order(blippable_pool, pg_pool, tenant_id, tmp_path: Path):
+    proxy, pool = blippable_pool
+    writer = LedgerWriter(lambda: pool, LedgerSettings(buffer_records=4, batch_records=2, flush_interval_seconds=0.01,
+                                                       spool_dir=tmp_path))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    proxy.cut()
+    writer.submit(started(sid, tenant_id))
+    for n in range(20):
+        writer.submit(usage(sid, tenant_id, n))
+    writer.submit(SessionEnded(sid, time.time(), "client_closed", None))
+    assert writer.pending == 4 and writer.stats.spilled == 18
+    assert (tmp_path / "ledger-spool.jsonl").exists()
+    proxy.restore()
+    assert await writer.drain(20)
+    await writer.stop()
+    assert writer.stats.dropped == 0 and writer.stats.dead_lettered == 0
+    row = await pg_pool.fetchrow("SELECT responses, end_reason FROM realtime_sessions WHERE id = $1", sid)
+    assert (row["responses"], row["end_reason"]) == (20, "client_closed")
+    assert not (tmp_path / "ledger-spool.jsonl").exists()
+
+
+async def test_without_a_spool_overflow_is_counted_as_dropped(blippable_pool, tenant_id) -> None:
+    proxy, pool = blippable_pool
+    writer = LedgerWriter(lambda: pool, LedgerSettings(buffer_records=2))
+    proxy.cut()
+    for n in range(5):
+        writer.submit(usage("vgs_x", tenant_id, n))
+    assert writer.pending == 2 and writer.stats.dropped == 3
+
+
+async def test_a_row_postgres_rejects_is_dead_lettered_without_blocking_others(pg_pool, tenant_id, tmp_path) -> None:
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(spool_dir=tmp_path))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    writer.submit(usage("vgs_no_such_session", tenant_id, 1))  # violates the session foreign key
+    writer.submit(usage(sid, tenant_id, 2))
+    assert await writer.drain(10)
+    await writer.stop()
+    assert writer.stats.dead_lettered == 1
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 1
+    assert b"vgs_no_such_session" in (tmp_path / "deadletter.jsonl").read_bytes()
+
+
+async def test_stop_spools_what_it_could_not_write(blippable_pool, tenant_id, tmp_path) -> None:
+    proxy, pool = blippable_pool
+    writer = LedgerWriter(lambda: pool, LedgerSettings(spool_dir=tmp_path))
+    writer.start()
+    proxy.cut()
+    writer.submit(usage("vgs_y", tenant_id, 1))
+    await writer.stop(timeout=0.3)
+    assert writer.pending == 0 and (tmp_path / "ledger-spool.jsonl").read_bytes().count(b"\n") == 1
+    await asyncio.sleep(0)
