@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import gateway.emulator.cli as emulator_cli
     from gateway import admin_cli, run_cli
-    from gateway.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(prog="voxgate", description="Realtime API gateway and cost-control proxy")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

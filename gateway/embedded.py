@@ -45,7 +45,7 @@ class EmbeddedServices:
                 "embedded Postgres needs the 'embedded' extra (pip install 'voxgate[embedded]'), "
                 "or set VOXGATE_DATABASE_URL"
             ) from exc
-        server = pgserver.get_server(self.home / "pgdata", cleanup_mode="stop")
+        server = pgserver.get_server(self.home / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
         self._stack.callback(server.cleanup)
         return str(server.get_uri())
 

