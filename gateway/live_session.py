@@ -103,14 +103,15 @@ class LiveSession:
     def session_id(self) -> str:
         return self.started.session_id
 
-    def from_client(self, message: Message) -> Verdict:
+    def from_client(self, message: Message, binary: bool = False) -> Verdict:
+        """A whole client message. Text may come as `str` or as its UTF-8 bytes."""
         self.client_messages += 1
-        if passthrough_type(message, PASSTHROUGH_CLIENT_TYPES) is not None:
-            return PASS
         now = self.clock()
-        if isinstance(message, bytes):
+        if binary:
             return _verdict(self.governor.on_client_garbage("Binary frames are not supported; send JSON text.", now),
                             self.ledger)  # fmt: skip
+        if passthrough_type(message, PASSTHROUGH_CLIENT_TYPES) is not None:
+            return PASS
         try:
             event = orjson.loads(message)
         except orjson.JSONDecodeError as exc:
@@ -119,8 +120,11 @@ class LiveSession:
             return _verdict(self.governor.on_client_garbage("An event must be a JSON object.", now), self.ledger)
         return _verdict(self.governor.on_client_event(event, now), self.ledger)
 
-    def from_upstream(self, message: Message) -> Verdict:
+    def from_upstream(self, message: Message, binary: bool = False) -> Verdict:
+        """A whole upstream message; binary ones are passed on untouched."""
         self.upstream_messages += 1
+        if binary:
+            return PASS
         if passthrough_type(message, PASSTHROUGH_SERVER_TYPES) is not None:
             return PASS
         try:

@@ -97,16 +97,19 @@ class AsgiRelay:
             kind = message["type"]
             if kind == "websocket.receive":
                 data = message.get("text")
-                if data is None:
+                if data is not None:
+                    await self._apply(self.live.from_client(data), data, toward_upstream=True)
+                else:
                     data = message.get("bytes") or b""
-                await self._apply(self.live.from_client(data), data, toward_upstream=True)
+                    await self._apply(self.live.from_client(data, binary=True), data, toward_upstream=True)
             elif kind == "websocket.disconnect":
                 return RelayEnded(1000, "", "client_closed", f"client close code {message.get('code')}")
 
     async def _upstream_pump(self) -> RelayEnded:
         try:
             async for data in self.upstream:
-                await self._apply(self.live.from_upstream(data), data, toward_upstream=False)
+                verdict = self.live.from_upstream(data, binary=isinstance(data, bytes))
+                await self._apply(verdict, data, toward_upstream=False)
         except ConnectionClosedOK:
             pass
         except ConnectionClosed as exc:

@@ -65,19 +65,26 @@ def test_model_comes_from_session_created_and_prices_follow_it() -> None:
     [record] = persisted(gov.on_server_event(SERVER["response.done"], NOW))
     mini, _ = DEFAULT_PRICE_TABLE.price_for("gpt-realtime-mini")
     assert record.model == "gpt-realtime-mini"
-    assert record.cost_micro_usd == cost_micro_usd(parse_response_usage(SERVER["response.done"]["response"]["usage"]), mini)
+    assert record.cost_micro_usd == cost_micro_usd(
+        parse_response_usage(SERVER["response.done"]["response"]["usage"]), mini
+    )
 
 
 def test_rate_limits_are_recorded() -> None:
     [record] = persisted(governor().on_server_event(SERVER["rate_limits.updated"], NOW))
     assert isinstance(record, RateLimitsRecord)
-    assert [(r.name, r.limit, r.remaining) for r in record.limits] == [("requests", 1000, 999), ("tokens", 50000, 49134)]
+    assert [(r.name, r.limit, r.remaining) for r in record.limits] == [
+        ("requests", 1000, 999),
+        ("tokens", 50000, 49134),
+    ]
 
 
 def test_input_transcription_is_billed_at_the_asr_model_once() -> None:
     gov = governor()
     updated = copy.deepcopy(SERVER["session.updated"])
-    updated["session"].setdefault("audio", {}).setdefault("input", {})["transcription"] = {"model": "gpt-4o-mini-transcribe"}
+    updated["session"].setdefault("audio", {}).setdefault("input", {})["transcription"] = {
+        "model": "gpt-4o-mini-transcribe"
+    }
     gov.on_server_event(updated, NOW)
     event = SERVER["conversation.item.input_audio_transcription.completed"]
     [record] = persisted(gov.on_server_event(event, NOW))
@@ -129,6 +136,12 @@ def test_malformed_server_events_are_forwarded_unbilled(event: dict[str, Any]) -
 
 def test_session_expired_error_marks_the_session() -> None:
     gov = governor()
-    gov.on_server_event({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
-                                                                     "code": "session_expired", "message": "x"}}, NOW)
+    gov.on_server_event(
+        {
+            "type": "error",
+            "event_id": "e",
+            "error": {"type": "invalid_request_error", "code": "session_expired", "message": "x"},
+        },
+        NOW,
+    )
     assert gov.expired

@@ -18,17 +18,32 @@ from tests.support.tcp_proxy import TcpProxy
 
 def usage(session_id: str, tenant_id: str, n: int, cost: int = 100) -> UsageRecord:
     return UsageRecord(
-        response_id=f"resp_{session_id}_{n}", session_id=session_id, tenant_id=tenant_id, model="gpt-realtime",
-        status="completed", occurred_at=time.time(), input_tokens=10, output_tokens=20, total_tokens=30,
-        input_text_tokens=10, input_audio_tokens=0, input_image_tokens=0, cached_text_tokens=0,
-        cached_audio_tokens=0, cached_image_tokens=0, output_text_tokens=5, output_audio_tokens=15,
-        cost_micro_usd=cost, price_version="test",
+        response_id=f"resp_{session_id}_{n}",
+        session_id=session_id,
+        tenant_id=tenant_id,
+        model="gpt-realtime",
+        status="completed",
+        occurred_at=time.time(),
+        input_tokens=10,
+        output_tokens=20,
+        total_tokens=30,
+        input_text_tokens=10,
+        input_audio_tokens=0,
+        input_image_tokens=0,
+        cached_text_tokens=0,
+        cached_audio_tokens=0,
+        cached_image_tokens=0,
+        output_text_tokens=5,
+        output_audio_tokens=15,
+        cost_micro_usd=cost,
+        price_version="test",
     )
 
 
 def started(session_id: str, tenant_id: str) -> SessionStarted:
-    return SessionStarted(session_id, tenant_id, None, "websocket", "realtime", "gpt-realtime", None, "test",
-                          time.time())
+    return SessionStarted(
+        session_id, tenant_id, None, "websocket", "realtime", "gpt-realtime", None, "test", time.time()
+    )
 
 
 @pytest.fixture
@@ -103,8 +118,9 @@ async def test_postgres_outage_is_retried_and_nothing_is_lost(blippable_pool, pg
 
 async def test_full_buffer_spills_to_disk_and_replays_in_order(blippable_pool, pg_pool, tenant_id, tmp_path: Path):
     proxy, pool = blippable_pool
-    writer = LedgerWriter(lambda: pool, LedgerSettings(buffer_records=4, batch_records=2, flush_interval_seconds=0.01,
-                                                       spool_dir=tmp_path))
+    writer = LedgerWriter(
+        lambda: pool, LedgerSettings(buffer_records=4, batch_records=2, flush_interval_seconds=0.01, spool_dir=tmp_path)
+    )
     writer.start()
     sid = f"vgs_{secrets.token_hex(6)}"
     proxy.cut()

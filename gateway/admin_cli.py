@@ -1,0 +1,403 @@
+"""Operator commands: ``voxgate migrate | tenant | key | usage``.
+
+Every command reads the database from ``--database-url`` or ``$VOXGATE_DATABASE_URL`` and
+exits 0 on success, 1 when the request cannot be honoured (unknown tenant, duplicate name,
+database unreachable) and 2 on a usage error (no or malformed database URL, bad argument).
+Errors go to stderr as one line, never as a traceback.
+
+``--json`` output is a stable contract for scripts. Timestamps are ISO 8601 in UTC with a
+``Z`` suffix; money is always integer micro-USD (1 USD = 1_000_000) and never a float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.storage.migrations import MigrationError, apply_migrations, schema_version
+from gateway.storage.tenants import ApiKeyInfo, Tenant, TenantDirectory, TenantDirectoryError, TenantNotFound
+from gateway.storage.usage_reports import UsageReport, ledger_for_tenant
+
+DATABASE_URL_ENV = "VOXGATE_DATABASE_URL"
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+Action = Callable[[argparse.Namespace, str], Coroutine[Any, Any, None]]
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure to report on stderr as one line, with the exit code to return."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``migrate``, ``tenant``, ``key`` and ``usage`` to the ``voxgate`` command."""
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database-url",
+        metavar="DSN",
+        help=f"PostgreSQL DSN (default: ${DATABASE_URL_ENV})",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common = [database, as_json]
+
+    migrate = subparsers.add_parser("migrate", parents=common, help="apply pending database migrations")
+    migrate.set_defaults(handler=_handler(_migrate))
+
+    tenant = subparsers.add_parser("tenant", help="create and list tenants")
+    tenant_actions = tenant.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
+    tenant_create = tenant_actions.add_parser("create", parents=common, help="create a tenant")
+    tenant_create.add_argument("name", help="unique tenant name")
+    tenant_create.set_defaults(handler=_handler(_tenant_create))
+    tenant_list = tenant_actions.add_parser("list", parents=common, help="list tenants")
+    tenant_list.set_defaults(handler=_handler(_tenant_list))
+
+    key = subparsers.add_parser("key", help="issue, list and revoke API keys")
+    key_actions = key.add_subparsers(dest="key_action", required=True, metavar="ACTION")
+    key_create = key_actions.add_parser("create", parents=common, help="issue a key (secret shown once)")
+    key_create.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    key_create.add_argument("--name", help="a label for humans, e.g. 'staging'")
+    key_create.set_defaults(handler=_handler(_key_create))
+    key_list = key_actions.add_parser("list", parents=common, help="list a tenant's keys")
+    key_list.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    key_list.set_defaults(handler=_handler(_key_list))
+    key_revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key for good")
+    key_revoke.add_argument("key_id", metavar="KEY_ID")
+    key_revoke.set_defaults(handler=_handler(_key_revoke))
+
+    usage = subparsers.add_parser("usage", parents=common, help="show a tenant's usage and cost")
+    usage.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    usage.add_argument(
+        "--since",
+        type=parse_timestamp,
+        metavar="ISO8601",
+        help="only responses at or after this time (UTC if no offset is given)",
+    )
+    usage.set_defaults(handler=_handler(_usage))
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 date or timestamp; one without an offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid ISO 8601 timestamp {text!r} (example: 2025-01-31T00:00:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment
+
+
+def format_usd(micro_usd: int) -> str:
+    """Integer micro-USD as dollars with 6 decimals, by integer arithmetic: 1234567 -> "$1.234567"."""
+    sign = "-" if micro_usd < 0 else ""
+    dollars, fraction = divmod(abs(micro_usd), 1_000_000)
+    return f"{sign}${dollars}.{fraction:06d}"
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def _migrate(args: argparse.Namespace, dsn: str) -> None:
+    """Apply pending migrations.
+
+    JSON: ``{"applied": ["0002_x.sql", ...], "schema_version": 2}``.
+    """
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        applied = await apply_migrations(conn)
+        version = await schema_version(conn)
+    finally:
+        await conn.close()
+    if args.json:
+        _print_json({"applied": applied, "schema_version": version})
+        return
+    for name in applied:
+        print(f"applied {name}")
+    print(f"schema is at version {version}" + ("" if applied else " (nothing to do)"))
+
+
+async def _tenant_create(args: argparse.Namespace, dsn: str) -> None:
+    """Create a tenant.
+
+    JSON: ``{"id", "name", "created_at", "disabled_at"}`` (``disabled_at`` is null).
+    """
+    async with _pool(dsn) as pool:
+        directory = TenantDirectory(pool)
+        try:
+            tenant = await directory.create_tenant(args.name)
+        except ValueError as exc:
+            raise CommandError(str(exc), exit_code=2) from None
+    if args.json:
+        _print_json(_tenant_json(tenant))
+    else:
+        print(f"created tenant {tenant.id} ({tenant.name})")
+
+
+async def _tenant_list(args: argparse.Namespace, dsn: str) -> None:
+    """List tenants, oldest first.
+
+    JSON: a list of ``{"id", "name", "created_at", "disabled_at"}``.
+    """
+    async with _pool(dsn) as pool:
+        directory = TenantDirectory(pool)
+        tenants = await directory.list_tenants()
+    if args.json:
+        _print_json([_tenant_json(t) for t in tenants])
+        return
+    _print_table(
+        ("ID", "NAME", "CREATED", "STATUS"),
+        [(t.id, t.name, _iso(t.created_at), "disabled" if t.disabled else "active") for t in tenants],
+    )
+
+
+async def _key_create(args: argparse.Namespace, dsn: str) -> None:
+    """Issue a key; the secret is printed this once and cannot be recovered later.
+
+    JSON: ``{"id", "tenant_id", "name", "prefix", "secret", "created_at"}``.
+    """
+    async with _pool(dsn) as pool:
+        directory = TenantDirectory(pool)
+        issued = await directory.create_key(args.tenant, name=args.name)
+    if args.json:
+        _print_json(
+            {
+                "id": issued.id,
+                "tenant_id": issued.tenant_id,
+                "name": issued.name,
+                "prefix": issued.prefix,
+                "secret": issued.secret,
+                "created_at": _iso(issued.created_at),
+            }
+        )
+        return
+    print(f"created key {issued.id} for tenant {issued.tenant_id}")
+    print(f"secret: {issued.secret}")
+    print("Store this secret now: it will not be shown again.")
+
+
+async def _key_list(args: argparse.Namespace, dsn: str) -> None:
+    """List a tenant's keys, revoked ones included; never secrets or hashes.
+
+    JSON: a list of ``{"id", "tenant_id", "name", "prefix", "status", "created_at",
+    "revoked_at", "last_used_at"}`` with ``status`` one of ``"active"``, ``"revoked"``.
+    """
+    async with _pool(dsn) as pool:
+        directory = TenantDirectory(pool)
+        await _require_tenant(directory, args.tenant)
+        keys = await directory.list_keys(args.tenant)
+    if args.json:
+        _print_json([_key_json(k) for k in keys])
+        return
+    _print_table(
+        ("ID", "PREFIX", "NAME", "STATUS", "CREATED", "LAST USED"),
+        [
+            (
+                k.id,
+                k.prefix + "...",
+                k.name or "",
+                _key_status(k),
+                _iso(k.created_at),
+                _iso(k.last_used_at) or "never",
+            )
+            for k in keys
+        ],
+    )
+
+
+async def _key_revoke(args: argparse.Namespace, dsn: str) -> None:
+    """Revoke a key. Exit 1 if there is no such key or it is already revoked."""
+    async with _pool(dsn) as pool:
+        directory = TenantDirectory(pool)
+        revoked = await directory.revoke_key(args.key_id)
+    if not revoked:
+        raise CommandError(f"no active key with id {args.key_id!r}")
+    print(f"revoked key {args.key_id}")
+
+
+async def _usage(args: argparse.Namespace, dsn: str) -> None:
+    """A tenant's responses with their tokens and cost, then totals.
+
+    JSON::
+
+        {"tenant_id", "since",
+         "responses": [{"response_id", "session_id", "occurred_at", "model", "status",
+                        "input_tokens", "output_tokens", "total_tokens",
+                        "input_text_tokens", "input_audio_tokens", "input_image_tokens",
+                        "cached_text_tokens", "cached_audio_tokens", "cached_image_tokens",
+                        "output_text_tokens", "output_audio_tokens",
+                        "cost_micro_usd", "price_version"}, ...],
+         "totals": {"responses", "input_tokens", "output_tokens", "cost_micro_usd"},
+         "transcription": {"items", "input_audio_tokens", "input_text_tokens",
+                           "output_tokens", "duration_ms", "cost_micro_usd"},
+         "total_cost_micro_usd"}
+
+    ``responses`` is oldest first; ``total_cost_micro_usd`` is responses plus transcription.
+    """
+    async with _pool(dsn) as pool:
+        await _require_tenant(TenantDirectory(pool), args.tenant)
+        report = await ledger_for_tenant(pool, args.tenant, args.since)
+    if args.json:
+        _print_json(_usage_json(report))
+    else:
+        _print_usage(report)
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+
+def _handler(action: Action) -> Handler:
+    """Wrap an async command: resolve the database, run it, turn failures into exit codes."""
+
+    def handler(args: argparse.Namespace) -> int:
+        dsn = args.database_url or os.environ.get(DATABASE_URL_ENV)
+        if not dsn:
+            _error(f"set {DATABASE_URL_ENV} (or run `voxgate demo`)")
+            return 2
+        try:
+            asyncio.run(action(args, dsn))
+        except CommandError as exc:
+            _error(str(exc))
+            return exc.exit_code
+        except (TenantDirectoryError, MigrationError) as exc:
+            _error(str(exc))
+            return 1
+        except asyncpg.UndefinedTableError:
+            _error("the database has no voxgate schema yet; run `voxgate migrate` first")
+            return 1
+        except asyncpg.PostgresError as exc:
+            _error(f"database error: {exc}")
+            return 1
+        except asyncpg.ClientConfigurationError as exc:
+            _error(f"invalid database URL: {exc}")
+            return 2
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            # The DSN is not echoed: it may carry a password.
+            _error(f"cannot reach the database: {exc}")
+            return 1
+        return 0
+
+    return handler
+
+
+@asynccontextmanager
+async def _pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _require_tenant(directory: TenantDirectory, tenant_id: str) -> None:
+    if await directory.get_tenant(tenant_id) is None:
+        raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+
+
+def _error(message: str) -> None:
+    print(f"voxgate: error: {message}", file=sys.stderr)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_value(value: Any) -> Any:
+    return _iso(value) if isinstance(value, datetime) else value
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str | None]]) -> None:
+    cells = [list(headers), *[[cell or "" for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _tenant_json(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "created_at": _iso(tenant.created_at),
+        "disabled_at": _iso(tenant.disabled_at),
+    }
+
+
+def _key_status(key: ApiKeyInfo) -> str:
+    return "revoked" if key.revoked else "active"
+
+
+def _key_json(key: ApiKeyInfo) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "tenant_id": key.tenant_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "status": _key_status(key),
+        "created_at": _iso(key.created_at),
+        "revoked_at": _iso(key.revoked_at),
+        "last_used_at": _iso(key.last_used_at),
+    }
+
+
+def _usage_json(report: UsageReport) -> dict[str, Any]:
+    return {
+        "tenant_id": report.tenant_id,
+        "since": _iso(report.since),
+        "responses": [
+            {name: _json_value(value) for name, value in dataclasses.asdict(row).items()} for row in report.rows
+        ],
+        "totals": dataclasses.asdict(report.totals),
+        "transcription": dataclasses.asdict(report.transcription),
+        "total_cost_micro_usd": report.total_cost_micro_usd,
+    }
+
+
+def _print_usage(report: UsageReport) -> None:
+    _print_table(
+        ("TIME", "MODEL", "STATUS", "INPUT", "OUTPUT", "COST micro-USD", "COST USD"),
+        [
+            (
+                _iso(row.occurred_at),
+                row.model,
+                row.status,
+                str(row.input_tokens),
+                str(row.output_tokens),
+                str(row.cost_micro_usd),
+                format_usd(row.cost_micro_usd),
+            )
+            for row in report.rows
+        ],
+    )
+    totals, asr = report.totals, report.transcription
+    print()
+    print(
+        f"responses: {totals.responses}  input tokens: {totals.input_tokens}  "
+        f"output tokens: {totals.output_tokens}  "
+        f"cost: {totals.cost_micro_usd} micro-USD ({format_usd(totals.cost_micro_usd)})"
+    )
+    print(
+        f"transcription: {asr.items} items  audio tokens: {asr.input_audio_tokens}  "
+        f"duration: {asr.duration_ms} ms  "
+        f"cost: {asr.cost_micro_usd} micro-USD ({format_usd(asr.cost_micro_usd)})"
+    )
+    total = report.total_cost_micro_usd
+    print(f"total cost: {total} micro-USD ({format_usd(total)})")

@@ -1,0 +1,177 @@
+"""Forward-only SQL migrations: numbered files, a checksum per file, one advisory lock per run.
+
+Rules the runner enforces:
+
+* The directory holds only files named ``NNNN_name.sql`` (four digits, lower-case snake
+  case), with no number used twice. Anything else there is an error, so a typo never
+  silently skips a migration.
+* ``schema_migrations`` records every applied file with the SHA-256 of its bytes. Editing a
+  file after it was applied, or deleting/renaming it, is an error: ship a new file instead.
+* Each file runs in its own transaction together with its ``schema_migrations`` row, so a
+  failing file leaves the database exactly as the previous file left it. A consequence:
+  statements that refuse to run inside a transaction (``CREATE INDEX CONCURRENTLY``,
+  ``VACUUM``) cannot be used in a migration file.
+* The whole run holds a session-level ``pg_advisory_lock(ADVISORY_LOCK_KEY)`` on one
+  connection. A second runner (another pod, a Helm hook racing an init container) blocks
+  until the first finishes, then finds nothing left to do.
+
+The directory defaults to ``$VOXGATE_MIGRATIONS_DIR`` when set, else the repository's
+top-level ``migrations/`` folder. An installed wheel does not ship the SQL files, so
+deployments from a wheel must point ``VOXGATE_MIGRATIONS_DIR`` at a copy of that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from gateway.storage import queries
+
+#: Key for ``pg_advisory_lock``: the ASCII bytes of "voxgate" read as one big-endian integer
+#: (0x766F7867617465). Fixed forever, so every version of voxgate serialises on it.
+ADVISORY_LOCK_KEY = 0x766F7867617465
+
+MIGRATIONS_DIR_ENV = "VOXGATE_MIGRATIONS_DIR"
+
+_FILE_NAME = re.compile(r"(?P<version>\d{4})_[a-z0-9_]+\.sql")
+
+
+class MigrationError(Exception):
+    """The migration directory or the recorded history is inconsistent, or a file failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file as found on disk."""
+
+    version: int
+    name: str  # the file name, e.g. "0001_initial.sql"
+    sql: str
+    checksum: str  # hex SHA-256 of the file's bytes
+
+
+def default_migrations_dir() -> Path:
+    """``$VOXGATE_MIGRATIONS_DIR`` if set, else ``<repository>/migrations``."""
+    configured = os.environ.get(MIGRATIONS_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def discover_migrations(directory: Path | None = None) -> list[Migration]:
+    """Read and validate every migration file in ``directory``, ordered by version."""
+    directory = default_migrations_dir() if directory is None else directory
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {str(directory)!r} does not exist")
+    by_version: dict[int, Migration] = {}
+    for path in sorted(directory.iterdir()):
+        match = _FILE_NAME.fullmatch(path.name)
+        if match is None or not path.is_file():
+            raise MigrationError(
+                f"unexpected entry {path.name!r} in {str(directory)!r}: "
+                "migration files must be named NNNN_lower_snake_name.sql"
+            )
+        version = int(match["version"])
+        if version in by_version:
+            raise MigrationError(
+                f"migration number {version:04d} is used by both {by_version[version].name!r} and {path.name!r}"
+            )
+        raw = path.read_bytes()
+        by_version[version] = Migration(
+            version=version,
+            name=path.name,
+            sql=raw.decode("utf-8"),
+            checksum=hashlib.sha256(raw).hexdigest(),
+        )
+    return [by_version[v] for v in sorted(by_version)]
+
+
+def required_schema_version(directory: Path | None = None) -> int:
+    """The highest migration number on disk: what this build needs the database to be at."""
+    found = discover_migrations(directory)
+    return found[-1].version if found else 0
+
+
+async def apply_migrations(target: str | asyncpg.Connection, directory: Path | None = None) -> list[str]:
+    """Apply every pending migration; return the file names applied by this call.
+
+    ``target`` is a DSN (a connection is opened and closed here) or an open connection,
+    which must not be inside a transaction. Raises ``MigrationError`` on a bad directory,
+    an edited or missing applied file, or a file whose SQL fails.
+    """
+    # Validate the files before touching the database: a bad directory should not even lock.
+    on_disk = discover_migrations(directory)
+    if isinstance(target, str):
+        conn = await asyncpg.connect(target)
+        try:
+            return await _apply_locked(conn, on_disk)
+        finally:
+            await conn.close()
+    return await _apply_locked(target, on_disk)
+
+
+async def schema_version(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Highest applied migration number; 0 for a database never migrated."""
+    if await conn.fetchval(queries.SCHEMA_MIGRATIONS_EXISTS) is None:
+        return 0
+    version = await conn.fetchval(queries.SCHEMA_VERSION)
+    return int(version or 0)
+
+
+async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> list[str]:
+    await conn.execute(queries.ADVISORY_LOCK, ADVISORY_LOCK_KEY)
+    try:
+        # Created under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide.
+        await conn.execute(queries.CREATE_SCHEMA_MIGRATIONS)
+        applied = {row["version"]: row for row in await conn.fetch(queries.APPLIED_MIGRATIONS)}
+        _check_history(applied, on_disk)
+        done: list[str] = []
+        for migration in on_disk:
+            if migration.version in applied:
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(queries.RECORD_MIGRATION, migration.version, migration.name, migration.checksum)
+            except asyncpg.PostgresError as exc:
+                raise MigrationError(f"migration {migration.name} failed and was rolled back: {exc}") from exc
+            done.append(migration.name)
+        return done
+    finally:
+        # A dead connection already released its session lock; do not mask the real error.
+        if not conn.is_closed():
+            await conn.execute(queries.ADVISORY_UNLOCK, ADVISORY_LOCK_KEY)
+
+
+def _check_history(applied: dict[int, asyncpg.Record], on_disk: list[Migration]) -> None:
+    files = {m.version: m for m in on_disk}
+    latest = max(applied, default=0)
+    late = [m.name for m in on_disk if m.version < latest and m.version not in applied]
+    if late:
+        # Usually a merge that numbered a file below one already shipped: renumber it.
+        raise MigrationError(
+            f"migration {late[0]} is numbered below the latest applied version {latest:04d}; "
+            "migrations only move forward, so give it a higher number"
+        )
+    for version, row in sorted(applied.items()):
+        migration = files.get(version)
+        if migration is None:
+            raise MigrationError(
+                f"migration {row['name']} (version {version:04d}) is applied in the database "
+                "but missing from the migrations directory"
+            )
+        if migration.name != row["name"]:
+            raise MigrationError(
+                f"migration {version:04d} was applied as {row['name']} but is now named {migration.name}"
+            )
+        if migration.checksum != row["checksum"]:
+            raise MigrationError(
+                f"migration {migration.name} was edited after it was applied "
+                f"(checksum {row['checksum'][:12]}… is now {migration.checksum[:12]}…); "
+                "add a new migration instead"
+            )
