@@ -1,0 +1,200 @@
+"""A tenant's policy: what it may use and how much, parsed strictly from plain data.
+
+The same tier-shaped mapping is used everywhere: the YAML tiers file
+(`VOXGATE_POLICY_FILE`), `voxgate policy set TENANT --file FILE`, the admin API, and the
+stored policy document. `parse_policy` is the one validator; every error names the
+offending key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+AtLimit = Literal["finish_response", "cancel_response"]
+MICRO_PER_USD: Final = 1_000_000
+
+
+class PolicyError(ValueError):
+    """A policy document is invalid; `key` is the dotted path of the offending field."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    """Spend limits in integer micro-USD (`None` = unlimited)."""
+
+    daily_micro_usd: int | None = None
+    monthly_micro_usd: int | None = None
+    alert_at: tuple[float, ...] = (0.5, 0.8, 1.0)  # fractions of a limit that raise an alert
+    at_limit: AtLimit = "finish_response"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """Everything voxgate enforces for one tenant. `None` means "no limit"."""
+
+    models: frozenset[str] | None = None  # None = any model
+    voices: frozenset[str] | None = None  # None = any voice
+    tools: frozenset[str] = field(default_factory=frozenset)  # function names / MCP server labels
+    max_output_tokens: int | None = None  # ceiling per response
+    max_session_tokens: int | None = None
+    max_session_seconds: float | None = None
+    idle_timeout_seconds: float | None = None
+    max_concurrent_sessions: int | None = None
+    session_starts_per_minute: int | None = None
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    redis_unavailable: Literal["fail_open", "fail_closed"] = "fail_closed"  # for NEW sessions only
+    expires_after_max_seconds: int = 600  # longest client_secret lifetime a tenant may mint
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def allows_voice(self, voice: str) -> bool:
+        return self.voices is None or voice in self.voices
+
+    def allows_tool(self, name: str) -> bool:
+        return name in self.tools
+
+
+UNRESTRICTED: Final = TenantPolicy(tools=frozenset(), budget=BudgetPolicy(alert_at=()))
+
+_KEYS: Final = frozenset({
+    "models", "voices", "tools", "max_output_tokens", "max_session_tokens", "max_session_seconds",
+    "idle_timeout_seconds", "max_concurrent_sessions", "session_starts_per_minute", "budget",
+    "redis_unavailable", "expires_after_max_seconds",
+})  # fmt: skip
+_BUDGET_KEYS: Final = frozenset({"daily_usd", "monthly_usd", "alert_at", "at_limit"})
+
+
+def _names(value: object, key: str) -> frozenset[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(key, "must be a list of non-empty strings")
+    return frozenset(value)
+
+
+def _optional_int(value: object, key: str, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(key, "must be an integer or null")
+    if value < minimum:
+        raise PolicyError(key, f"must be >= {minimum}")
+    return value
+
+
+def _optional_seconds(value: object, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise PolicyError(key, "must be a positive number of seconds or null")
+    return float(value)
+
+
+def _usd_micro(value: object, key: str) -> int | None:
+    """Exact USD -> micro-USD for budget amounts given as int or decimal string/float text."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PolicyError(key, "must be an amount in USD")
+    text = repr(value) if isinstance(value, float) else str(value) if isinstance(value, int | str) else None
+    if text is None:
+        raise PolicyError(key, "must be an amount in USD")
+    whole, _, frac = text.strip().partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()) or len(frac.rstrip("0")) > 6:
+        raise PolicyError(key, "must be a non-negative USD amount with at most 6 decimals")
+    return int(whole) * MICRO_PER_USD + int((frac + "000000")[:6] or 0)
+
+
+def _budget(value: object, key: str) -> BudgetPolicy:
+    if value is None:
+        return BudgetPolicy(alert_at=())
+    if not isinstance(value, Mapping):
+        raise PolicyError(key, "must be a mapping")
+    unknown = set(value) - _BUDGET_KEYS
+    if unknown:
+        raise PolicyError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+    alert_raw = value.get("alert_at", [0.5, 0.8, 1.0])
+    if not isinstance(alert_raw, list | tuple) or not all(
+        isinstance(a, int | float) and not isinstance(a, bool) and 0 < a <= 1 for a in alert_raw
+    ):
+        raise PolicyError(f"{key}.alert_at", "must be a list of fractions in (0, 1]")
+    at_limit = value.get("at_limit", "finish_response")
+    if at_limit not in ("finish_response", "cancel_response"):
+        raise PolicyError(f"{key}.at_limit", "must be finish_response or cancel_response")
+    return BudgetPolicy(
+        daily_micro_usd=_usd_micro(value.get("daily_usd"), f"{key}.daily_usd"),
+        monthly_micro_usd=_usd_micro(value.get("monthly_usd"), f"{key}.monthly_usd"),
+        alert_at=tuple(sorted(float(a) for a in alert_raw)),
+        at_limit=at_limit,
+    )
+
+
+def parse_policy(data: Mapping[str, Any], where: str = "policy") -> TenantPolicy:
+    """Validate a tier-shaped mapping. Unknown keys are errors, never silently ignored."""
+    if not isinstance(data, Mapping):
+        raise PolicyError(where, "must be a mapping")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise PolicyError(f"{where}.{sorted(unknown)[0]}", "unknown key")
+    redis_mode = data.get("redis_unavailable", "fail_closed")
+    if redis_mode not in ("fail_open", "fail_closed"):
+        raise PolicyError(f"{where}.redis_unavailable", "must be fail_open or fail_closed")
+    expires = _optional_int(data.get("expires_after_max_seconds", 600), f"{where}.expires_after_max_seconds", 10)
+    return TenantPolicy(
+        models=_names(data["models"], f"{where}.models") if data.get("models") is not None else None,
+        voices=_names(data["voices"], f"{where}.voices") if data.get("voices") is not None else None,
+        tools=_names(data.get("tools") or [], f"{where}.tools"),
+        max_output_tokens=_optional_int(data.get("max_output_tokens"), f"{where}.max_output_tokens"),
+        max_session_tokens=_optional_int(data.get("max_session_tokens"), f"{where}.max_session_tokens"),
+        max_session_seconds=_optional_seconds(data.get("max_session_seconds"), f"{where}.max_session_seconds"),
+        idle_timeout_seconds=_optional_seconds(data.get("idle_timeout_seconds"), f"{where}.idle_timeout_seconds"),
+        max_concurrent_sessions=_optional_int(data.get("max_concurrent_sessions"), f"{where}.max_concurrent_sessions"),
+        session_starts_per_minute=_optional_int(
+            data.get("session_starts_per_minute"), f"{where}.session_starts_per_minute"
+        ),
+        budget=_budget(data.get("budget"), f"{where}.budget"),
+        redis_unavailable=redis_mode,
+        expires_after_max_seconds=min(expires or 600, 7200),
+    )
+
+
+def parse_tiers(data: Mapping[str, Any]) -> dict[str, TenantPolicy]:
+    """Validate a tiers document: `{"tiers": {name: policy-mapping, ...}}`."""
+    if not isinstance(data, Mapping) or set(data) != {"tiers"} or not isinstance(data["tiers"], Mapping):
+        raise PolicyError("tiers", "the file must contain exactly one top-level key 'tiers' holding a mapping")
+    if not data["tiers"]:
+        raise PolicyError("tiers", "must define at least one tier")
+    return {str(name): parse_policy(tier, f"tiers.{name}") for name, tier in data["tiers"].items()}
+
+
+def policy_to_document(policy: TenantPolicy) -> dict[str, Any]:
+    """The inverse of `parse_policy` (USD amounts as exact decimal strings)."""
+
+    def usd(micro: int | None) -> str | None:
+        return None if micro is None else f"{micro // MICRO_PER_USD}.{micro % MICRO_PER_USD:06d}"
+
+    b = policy.budget
+    return {
+        "models": sorted(policy.models) if policy.models is not None else None,
+        "voices": sorted(policy.voices) if policy.voices is not None else None,
+        "tools": sorted(policy.tools),
+        "max_output_tokens": policy.max_output_tokens,
+        "max_session_tokens": policy.max_session_tokens,
+        "max_session_seconds": policy.max_session_seconds,
+        "idle_timeout_seconds": policy.idle_timeout_seconds,
+        "max_concurrent_sessions": policy.max_concurrent_sessions,
+        "session_starts_per_minute": policy.session_starts_per_minute,
+        "budget": {
+            "daily_usd": usd(b.daily_micro_usd),
+            "monthly_usd": usd(b.monthly_micro_usd),
+            "alert_at": list(b.alert_at),
+            "at_limit": b.at_limit,
+        },
+        "redis_unavailable": policy.redis_unavailable,
+        "expires_after_max_seconds": policy.expires_after_max_seconds,
+    }
