@@ -1,0 +1,20 @@
+-- Invariant: a reservation is added only if spent + reserved + amount <= limit for every
+-- configured window (reserved = all live reservations of the tenant), all in one step, so
+-- concurrent reservations can never jointly exceed a limit. Re-reserving a held id is a no-op.
+-- ARGV 8..12: reservation_id, amount, daily_limit (-1 = none), monthly_limit (-1 = none), expires_at
+-- (ARGV[7], the reservation key ttl, is set by the caller for reserve only)
+local s = load_state()
+local id = ARGV[8]
+if redis.call('HEXISTS', KEYS[1], id) == 1 then return reply(s, 1, 'existing') end
+if redis.call('ZSCORE', KEYS[4], id) then return reply(s, 0, 'settled') end
+local amount = tonumber(ARGV[9])
+local held = s.reserved + amount
+local daily, monthly = tonumber(ARGV[10]), tonumber(ARGV[11])
+if daily >= 0 and s.spent_day + held > daily then return reply(s, 0, 'day') end
+if monthly >= 0 and s.spent_month + held > monthly then return reply(s, 0, 'month') end
+redis.call('HSET', KEYS[1], id, ARGV[9])
+redis.call('ZADD', KEYS[2], ARGV[12], id)
+redis.call('INCRBY', KEYS[3], ARGV[9])
+for i = 1, 3 do extend_ttl(KEYS[i], ARGV[7]) end
+s.reserved = held
+return reply(s, 1, '')

@@ -1,0 +1,90 @@
+"""Concurrency leases: a tenant's live sessions, capped across replicas, reaped when not renewed.
+
+Each lease is a member of the tenant's `leases` ZSET scored by its expiry (`now + ttl_s`). An
+instance renews all its leases in one round trip (`heartbeat`); a replica that dies stops renewing,
+and its leases are reaped at most `ttl_s` later by whoever looks next (acquire, count, or the
+periodic `reap_expired`). Reaped sessions are kept in a per-tenant set until `reap_expired`
+reports them, so the caller can end their rows in Postgres.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.livestate import scripts
+from gateway.livestate._util import key_ttl, text
+from gateway.livestate.keys import KeyLayout
+from gateway.livestate.scripts import ScriptRunner
+
+REAPED_TTL_S = 7 * 86400  # reaped sessions wait this long for a reaper before Redis forgets them
+INDEX_IDLE_S = 3600.0  # an empty tenant leaves the reaper's index after this long without activity
+_BATCH = 500  # tenants per pipelined round trip in reap_expired
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    """Outcome of `acquire_session`: `active` counts the tenant's live leases after the call."""
+
+    granted: bool
+    active: int
+
+
+class Leases:
+    def __init__(self, runner: ScriptRunner, keys: KeyLayout) -> None:
+        self._run = runner
+        self._keys = keys
+
+    async def acquire(
+        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+    ) -> LeaseResult:
+        k = self._keys.tenant(tenant_id)
+        _, (granted, active) = await self._run.run_many([
+            (scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]),
+            (scripts.LEASE_ACQUIRE, [k.leases, k.reaped],
+             [session_id, -1 if limit is None else limit, now, now + ttl_s, key_ttl(ttl_s), REAPED_TTL_S]),
+        ])  # fmt: skip
+        return LeaseResult(bool(granted), int(active))
+
+    async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
+        """Renew leases, one round trip; returns the (tenant, session) pairs whose lease is gone."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant_id, session_id in sessions:
+            by_tenant[tenant_id].append(session_id)
+        tenants = list(by_tenant)
+        results = await self._run.run_many([
+            (scripts.LEASE_HEARTBEAT, [self._keys.tenant(t).leases], [now + ttl_s, key_ttl(ttl_s), *by_tenant[t]])
+            for t in tenants
+        ])  # fmt: skip
+        return [(t, text(s)) for t, lost in zip(tenants, results, strict=True) for s in lost]
+
+    async def release(self, tenant_id: str, session_id: str) -> bool:
+        """Drop a lease; True if it was held. Idempotent."""
+        k = self._keys.tenant(tenant_id)
+        return bool(await self._run.run(scripts.LEASE_RELEASE, [k.leases, k.reaped], [session_id]))
+
+    async def active(self, tenant_id: str, now: float) -> int:
+        k = self._keys.tenant(tenant_id)
+        return int(await self._run.run(scripts.LEASE_COUNT, [k.leases, k.reaped], [now, REAPED_TTL_S]))
+
+    async def reap_expired(self, now: float) -> list[tuple[str, str]]:
+        """Reap every tenant's expired leases and reservations; returns each reaped session once."""
+        index = self._keys.tenant_index
+        entries = [(text(m), float(s)) async for m, s in self._run.redis.zscan_iter(index)]
+        reaped: list[tuple[str, str]] = []
+        for start in range(0, len(entries), _BATCH):
+            batch = entries[start : start + _BATCH]
+            results = await self._run.run_many([self._reap_call(tenant, now) for tenant, _ in batch])
+            drops: list[scripts.Call] = []
+            for (tenant, score), (sessions, leases, reservations) in zip(batch, results, strict=True):
+                reaped.extend((tenant, text(s)) for s in sessions)
+                if int(leases) == 0 and int(reservations) == 0 and score < now - INDEX_IDLE_S:
+                    drops.append((scripts.INDEX_DROP, [index], [tenant, repr(score)]))
+            await self._run.run_many(drops)
+        return reaped
+
+    def _reap_call(self, tenant_id: str, now: float) -> scripts.Call:
+        k = self._keys.tenant(tenant_id)
+        keys = [k.leases, k.reaped, k.reservations, k.reservation_expiry, k.reserved]
+        return scripts.TENANT_REAP, keys, [now, REAPED_TTL_S]

@@ -1,0 +1,56 @@
+"""Rebuild a tenant's day/month spend from the Postgres ledger after Redis lost it.
+
+Redis records `since`: the first moment after a flush (or first use) from which every settle
+reached Redis. The ledger supplies what happened before it: rows of the window with
+`occurred_at < since`. The script adds that sum only to windows not yet known, so rebuilding
+twice, or concurrently on two replicas, adds it once, and settles that raced with the rebuild
+are kept (never overwritten).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from gateway.livestate.budgets import Budgets, SpendState
+from gateway.livestate.keys import BudgetWindows
+
+# Spend of one tenant from both ledgers: the month window and the day window, before a cutoff.
+SPEND_BEFORE_CUTOFF = """
+SELECT coalesce(sum(cost_micro_usd) FILTER (WHERE occurred_at >= $3), 0)::bigint AS day,
+       coalesce(sum(cost_micro_usd), 0)::bigint AS month
+FROM (
+    SELECT cost_micro_usd, occurred_at FROM usage_ledger
+    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
+    UNION ALL
+    SELECT cost_micro_usd, occurred_at FROM transcription_usage
+    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
+) AS spend
+"""
+
+_ATTEMPTS = 3
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def ledger_spend(pool: asyncpg.Pool, tenant_id: str, now: float, cutoff: float) -> tuple[int, int]:
+    """(day, month) micro-USD of the tenant's ledger rows in the windows of `now`, before `cutoff`."""
+    w = BudgetWindows.at(now)
+    row = await pool.fetchrow(SPEND_BEFORE_CUTOFF, tenant_id, _ts(w.month_start), _ts(w.day_start), _ts(cutoff))
+    assert row is not None
+    return int(row["day"]), int(row["month"])
+
+
+async def rebuild_spend(budgets: Budgets, pool: asyncpg.Pool, tenant_id: str, now: float) -> SpendState:
+    """Make the tenant's counters for the day and month of `now` known; returns the result."""
+    for _ in range(_ATTEMPTS):
+        state, since = await budgets.spend_with_marker(tenant_id, now)
+        if state.known:
+            return state
+        day_sum, month_sum = await ledger_spend(pool, tenant_id, now, float(since))
+        if await budgets.add_history(tenant_id, since, day_sum, month_sum, now):
+            return await budgets.spend(tenant_id, now)
+    return await budgets.spend(tenant_id, now)  # Redis keeps being flushed: report it as unknown

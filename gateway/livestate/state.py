@@ -1,0 +1,117 @@
+"""`LiveState`: everything voxgate shares across replicas, in Redis (docs/live-state.md).
+
+One object per process. Every method that takes `now` (Unix seconds) uses it for all timing, so
+callers and tests control time; Redis TTLs are only a safety net. Each update is one Lua script
+(atomic), and all keys of a tenant share the hash tag `{tenant_id}`. Redis errors propagate as
+`redis.exceptions.RedisError`; the caller decides between fail-open and fail-closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from gateway.livestate.broadcast import Broadcast, Bus
+from gateway.livestate.budgets import Budgets, ReserveResult, SpendState
+from gateway.livestate.keys import KeyLayout
+from gateway.livestate.leases import LeaseResult, Leases
+from gateway.livestate.ratelimits import Headroom, StartRate, StartResult, UpstreamHeadroom
+from gateway.livestate.rebuild import rebuild_spend
+from gateway.livestate.scripts import ScriptRunner
+
+
+class LiveState:
+    """Leases, start rates, budgets, broadcasts and upstream headroom shared by all replicas."""
+
+    def __init__(self, redis: Redis, prefix: str = "voxgate:", instance_id: str = "") -> None:
+        self.redis = redis
+        self.instance_id = instance_id
+        self.keys = KeyLayout(prefix)
+        self._scripts = ScriptRunner(redis)
+        self._leases = Leases(self._scripts, self.keys)
+        self._starts = StartRate(self._scripts, self.keys, instance_id)
+        self._budgets = Budgets(self._scripts, self.keys)
+        self._headroom = UpstreamHeadroom(self._scripts, self.keys)
+        self._bus = Bus(redis, self.keys.channel, instance_id)
+
+    async def load_scripts(self) -> None:
+        """Register the Lua scripts once (they are also reloaded on NOSCRIPT)."""
+        await self._scripts.load()
+
+    # -- concurrency leases ------------------------------------------------------------------
+
+    async def acquire_session(self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float,
+                              now: float) -> LeaseResult:  # fmt: skip
+        """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one."""
+        return await self._leases.acquire(tenant_id, session_id, limit, ttl_s, now)
+
+    async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
+        """Renew leases in one round trip; returns the (tenant, session) pairs that no longer hold one."""
+        return await self._leases.heartbeat(sessions, ttl_s, now)
+
+    async def release_session(self, tenant_id: str, session_id: str) -> bool:
+        """Give a lease back (idempotent); True if it was held."""
+        return await self._leases.release(tenant_id, session_id)
+
+    async def active_sessions(self, tenant_id: str, now: float) -> int:
+        """Live leases of the tenant, after reaping expired ones."""
+        return await self._leases.active(tenant_id, now)
+
+    async def reap_expired(self, now: float) -> list[tuple[str, str]]:
+        """Reap expired leases and reservations of every tenant; each reaped session is returned once."""
+        return await self._leases.reap_expired(now)
+
+    # -- session start rate ------------------------------------------------------------------
+
+    async def take_start(self, tenant_id: str, per_minute: int, now: float) -> StartResult:
+        """Count a session start if fewer than `per_minute` happened in the last 60 s."""
+        return await self._starts.take(tenant_id, per_minute, now)
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
+                      monthly_limit: int | None, now: float, ttl_s: float) -> ReserveResult:  # fmt: skip
+        """Hold `amount` micro-USD iff spent + reserved + amount <= limit in each configured window."""
+        return await self._budgets.reserve(tenant_id, reservation_id, amount, daily_limit, monthly_limit, now, ttl_s)
+
+    async def settle(self, tenant_id: str, reservation_id: str, actual: int, now: float) -> SpendState:
+        """Release the reservation (if still held) and add `actual` to spent, once per reservation id."""
+        return await self._budgets.settle(tenant_id, reservation_id, actual, now)
+
+    async def spend(self, tenant_id: str, now: float) -> SpendState:
+        """The tenant's spend for the UTC day and month of `now`; `known` False means rebuild first."""
+        return await self._budgets.spend(tenant_id, now)
+
+    async def rebuild_spend(self, pool: asyncpg.Pool, tenant_id: str, now: float) -> SpendState:
+        """Restore unknown day/month counters from the Postgres ledger (adds history once)."""
+        return await rebuild_spend(self._budgets, pool, tenant_id, now)
+
+    async def forget_spend(self, tenant_id: str, now: float) -> None:
+        """Mark the tenant's day/month counters unknown (e.g. after a settle failed to reach Redis),
+        so the next `rebuild_spend` recomputes them from the ledger."""
+        await self._budgets.forget(tenant_id, now)
+
+    # -- broadcasts --------------------------------------------------------------------------
+
+    async def publish(self, kind: str, tenant_id: str, detail: dict[str, Any] | None = None) -> int:
+        """Tell every replica (e.g. "budget_exhausted", "policy_changed"); returns receivers."""
+        return await self._bus.publish(kind, tenant_id, detail)
+
+    def subscribe(self, ready: asyncio.Event | None = None) -> AsyncIterator[Broadcast]:
+        """Broadcasts from every replica (this one included, see `origin_instance`), forever."""
+        return self._bus.subscribe(ready)
+
+    # -- upstream headroom -------------------------------------------------------------------
+
+    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float,
+                              now: float) -> None:  # fmt: skip
+        """Store the org's token headroom from a `rate_limits.updated` (the newest snapshot wins)."""
+        await self._headroom.record(tokens_limit, tokens_remaining, reset_seconds, now)
+
+    async def headroom(self, now: float) -> Headroom | None:
+        """The latest snapshot, or None if there is none or it is older than its reset time."""
+        return await self._headroom.read(now)
