@@ -130,7 +130,48 @@ class Persist:
     record: Record
 
 
-Action = Forward | ForwardRewritten | SendToClient | SendToUpstream | CloseSession | Persist
+@dataclass(frozen=True, slots=True)
+class ReserveBudget:
+    """Reserve `amount_micro_usd` against the tenant's shared budget, then answer with
+    `governor.on_reservation(reservation_id, granted, now)`.
+
+    `forced` marks a response that already started upstream (server VAD): record the
+    reservation even if it does not fit (`policies.budget.force_reserve`) and answer
+    whether it fitted. Otherwise reserve only if it fits (`try_reserve`).
+    """
+
+    reservation_id: str
+    amount_micro_usd: int
+    forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SettleBudget:
+    """Replace a reservation by the real cost (`policies.budget.settle`), exactly once.
+
+    `reservation_id` is None for spend that had no reservation (reserved is then 0).
+    """
+
+    reservation_id: str | None
+    reserved_micro_usd: int
+    actual_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A policy decision worth an audit row (budget cut, cap close, re-clamp)."""
+
+    kind: str
+    session_id: str
+    tenant_id: str
+    occurred_at: float
+    detail: Json
+
+
+Action = (
+    Forward | ForwardRewritten | SendToClient | SendToUpstream | CloseSession | Persist
+    | ReserveBudget | SettleBudget | AuditEvent
+)  # fmt: skip
 
 FORWARD: Final = Forward()
 FORWARD_ONLY: Final[tuple[Action, ...]] = (FORWARD,)

@@ -1,0 +1,148 @@
+"""Admission of a new session: a pure decision over a snapshot of shared state.
+
+The shell gathers an `AdmissionSnapshot` (from Redis, or memory in a single replica),
+calls `decide_admission`, and turns a `Refuse` into an HTTP response before the upgrade.
+Checks run cheapest-and-most-permanent first; the first that fails decides:
+
+| status | `code` | `type` | retry-after |
+|---|---|---|---|
+| 403 | `model_not_allowed` | `invalid_request_error` | — (retrying cannot help) |
+| 429 | `concurrency_limit_exceeded` | `rate_limit_error` | 1 s |
+| 429 | `session_rate_limit_exceeded` | `rate_limit_error` | until a start leaves the window |
+| 429 | `budget_exhausted` | `insufficient_quota` | until the next UTC day/month |
+| 429 | `upstream_capacity` | `rate_limit_error` | upstream's remaining reset time |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Final
+
+from policies.actions import RateLimitsRecord
+from policies.budget import (
+    BudgetLimits,
+    BudgetState,
+    effective_output_ceiling,
+    exhausted_windows,
+    seconds_until_reset,
+    worst_case_cost_micro_usd,
+)
+from policies.policy import TenantPolicy
+from policies.pricing import PriceTable
+from policies.ratelimit import window_take
+
+START_WINDOW_S: Final = 60.0
+UPSTREAM_RESERVE_FRACTION: Final = 0.02  # keep 2% of the org's token limit free
+CONCURRENCY_RETRY_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSnapshot:
+    """Shared state for one tenant (and the org's upstream headroom) as of `now`."""
+
+    active_sessions: int = 0
+    recent_starts: tuple[float, ...] = ()  # session start times (sliding-window log)
+    budget: BudgetState = field(default_factory=BudgetState)
+    upstream: RateLimitsRecord | None = None  # the latest `rate_limits.updated` seen org-wide
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Admit the session; `recent_starts` is the log with this start recorded."""
+
+    recent_starts: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Refuse before the upgrade with this OpenAI-shaped error."""
+
+    status: int
+    code: str
+    message: str
+    type: str = "rate_limit_error"
+    retry_after: float | None = None
+    param: str | None = None
+
+
+def decide_admission(
+    policy: TenantPolicy,
+    model: str,
+    snapshot: AdmissionSnapshot,
+    now: float,
+    prices: PriceTable | None = None,
+) -> Admit | Refuse:
+    """Admit or refuse a new session for `model` under `policy`.
+
+    With `prices`, the budget must cover one worst-case first response; without, any
+    headroom at all admits.
+    """
+    if not policy.allows_model(model):
+        return Refuse(403, "model_not_allowed", f"Model '{model}' is not allowed by this tenant's policy "
+                      "(see the policy's 'models' list).", type="invalid_request_error", param="model")  # fmt: skip
+    cap = policy.max_concurrent_sessions
+    if cap is not None and snapshot.active_sessions >= cap:
+        return Refuse(429, "concurrency_limit_exceeded", f"This tenant already has {snapshot.active_sessions} "
+                      f"active sessions (limit {cap}).", retry_after=CONCURRENCY_RETRY_S)  # fmt: skip
+    starts = snapshot.recent_starts
+    if policy.session_starts_per_minute is not None:
+        allowed, starts, retry = window_take(starts, now, policy.session_starts_per_minute, START_WINDOW_S)
+        if not allowed:
+            return Refuse(429, "session_rate_limit_exceeded", f"Too many new sessions: the limit is "
+                          f"{policy.session_starts_per_minute} per minute.", retry_after=retry)  # fmt: skip
+    else:
+        starts = (*starts, now)
+    budget = _budget_refusal(policy, model, snapshot.budget, now, prices)
+    if budget is not None:
+        return budget
+    upstream = _upstream_refusal(policy, model, snapshot.upstream, now)
+    if upstream is not None:
+        return upstream
+    return Admit(starts)
+
+
+def _budget_refusal(
+    policy: TenantPolicy, model: str, state: BudgetState, now: float, prices: PriceTable | None
+) -> Refuse | None:
+    limits = BudgetLimits.from_policy(policy.budget)
+    if not limits.limited:
+        return None
+    need = 0
+    if prices is not None:
+        price, _ = prices.price_for(model)
+        need = worst_case_cost_micro_usd(effective_output_ceiling(None, None, policy.max_output_tokens, model), 0,
+                                         price)  # fmt: skip
+    windows = exhausted_windows(state, limits, need)
+    if not windows:
+        return None
+    retry = max(seconds_until_reset(now, window) for window in windows)
+    which = " and ".join("daily" if w == "day" else "monthly" for w in windows)
+    return Refuse(429, "budget_exhausted", f"This tenant's {which} budget is exhausted.", type="insufficient_quota",
+                  retry_after=retry)  # fmt: skip
+
+
+def upstream_token_threshold(policy: TenantPolicy, model: str, limit: int) -> int:
+    """Tokens upstream must have left to admit: one worst-case response, or 2% of the limit."""
+    worst = effective_output_ceiling(None, None, policy.max_output_tokens, model)
+    return max(worst, math.ceil(limit * UPSTREAM_RESERVE_FRACTION))
+
+
+def _upstream_refusal(policy: TenantPolicy, model: str, record: RateLimitsRecord | None, now: float) -> Refuse | None:
+    if record is None:
+        return None
+    for limit in record.limits:
+        resets_in = record.observed_at + limit.reset_seconds - now
+        if resets_in <= 0:
+            continue  # that window has already refilled
+        if limit.name == "tokens":
+            short = limit.remaining < upstream_token_threshold(policy, model, limit.limit)
+        elif limit.name == "requests":
+            short = limit.remaining < 1
+        else:
+            continue
+        if short:
+            return Refuse(429, "upstream_capacity", f"The upstream organisation is nearly out of {limit.name} "
+                          f"({limit.remaining} of {limit.limit} left); retry after the reset.",
+                          retry_after=resets_in)  # fmt: skip
+    return None

@@ -1,0 +1,240 @@
+"""The governor enforces a tenant policy in session: events and `now` in, actions out."""
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from openai.types.realtime import RealtimeClientEventParam, RealtimeServerEvent
+from pydantic import Field, TypeAdapter
+
+from policies.actions import (
+    Action,
+    AuditEvent,
+    CloseSession,
+    Forward,
+    ForwardRewritten,
+    Persist,
+    ReserveBudget,
+    SendToClient,
+    SendToUpstream,
+    SettleBudget,
+)
+from policies.governor import SessionGovernor, SessionIdentity
+from policies.policy import BudgetPolicy, TenantPolicy
+from policies.pricing import DEFAULT_PRICE_TABLE
+
+EXAMPLES = json.loads((Path(__file__).parents[2] / "shared/reference/realtime-examples.json").read_text())
+SERVER = EXAMPLES["server_events"]
+SERVER_EVENT = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
+CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeClientEventParam)
+T0 = 1_800_000_000.0
+BUDGET = BudgetPolicy(daily_micro_usd=10_000_000, alert_at=())
+POLICY = TenantPolicy(voices=frozenset({"marin"}), max_output_tokens=1000, budget=BUDGET)
+
+
+def governor(policy: TenantPolicy | None = POLICY, model: str = "gpt-realtime") -> SessionGovernor:
+    return SessionGovernor(SessionIdentity("vgs_test000000001", "ten_a", model), DEFAULT_PRICE_TABLE, policy, T0)
+
+
+def checked(actions: Sequence[Action]) -> Sequence[Action]:
+    """Every event the governor emits must parse with the official SDK's models."""
+    for action in actions:
+        if isinstance(action, SendToClient):
+            SERVER_EVENT.validate_python(action.event)
+        elif isinstance(action, SendToUpstream | ForwardRewritten):
+            CLIENT_EVENT.validate_python(action.event)
+    return actions
+
+
+def of(kind: type, actions: Sequence[Action]) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def errors(actions: Sequence[Action]) -> list[str]:
+    return [a.event["error"]["code"] for a in actions if isinstance(a, SendToClient)]
+
+
+def created(response_id: str) -> dict[str, Any]:
+    event = copy.deepcopy(SERVER["response.created"])
+    event["response"]["id"] = response_id
+    return event
+
+
+def done(response_id: str, status: str = "completed", tokens: int | None = None) -> dict[str, Any]:
+    event = copy.deepcopy(SERVER["response.done"])
+    event["response"]["id"] = response_id
+    event["response"]["status"] = status
+    if tokens is not None:
+        event["response"]["usage"]["input_tokens"] = tokens
+    return event
+
+
+def test_without_a_policy_nothing_is_enforced() -> None:
+    gov = governor(policy=None)
+    assert checked(gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": "inf"}}, T0)) == (
+        Forward(),
+    )
+    assert gov.on_tick(T0 + 10**6) == ()
+
+
+def test_clamps_and_refusals_reach_the_client_as_ga_error_events() -> None:
+    gov = governor(TenantPolicy(voices=frozenset({"marin"}), max_output_tokens=1000))
+    [rewritten] = checked(gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": "inf"}},
+                                              T0))  # fmt: skip
+    assert isinstance(rewritten, ForwardRewritten) and rewritten.event["response"]["max_output_tokens"] == 1000
+    refused = checked(gov.on_client_event({"type": "response.create", "event_id": "e9",
+                                           "response": {"audio": {"output": {"voice": "alloy"}}}}, T0))  # fmt: skip
+    assert errors(refused) == ["voice_not_allowed"] and not of(Forward, refused)
+    assert refused[0].event["error"]["event_id"] == "e9"
+
+
+def test_session_created_with_inf_is_reclamped_upstream() -> None:
+    gov = governor()
+    actions = checked(gov.on_server_event(SERVER["session.created"], T0))
+    [update] = of(SendToUpstream, actions)
+    assert update.event["session"] == {"type": "realtime", "max_output_tokens": 1000}
+    # Once the session carries the ceiling, a later session.update is not rewritten.
+    assert gov.on_client_event({"type": "session.update", "session": {"type": "realtime"}}, T0) == (Forward(),)
+
+
+def test_reservation_granted_forwards_the_held_create_and_what_queued_behind_it() -> None:
+    gov = governor()
+    [reserve] = gov.on_client_event({"type": "response.create"}, T0)
+    assert isinstance(reserve, ReserveBudget) and not reserve.forced
+    # 1000 output tokens at $64/1M, no context yet.
+    assert reserve.amount_micro_usd == 64_000
+    assert gov.on_client_event({"type": "conversation.item.delete", "item_id": "item_1"}, T0) == ()
+    actions = checked(gov.on_reservation(reserve.reservation_id, True, T0 + 0.01))
+    sent = [a.event["type"] for a in of(SendToUpstream, actions)]
+    assert sent == ["response.create", "conversation.item.delete"]
+    assert of(SendToUpstream, actions)[0].event["response"]["max_output_tokens"] == 1000
+    assert checked(gov.on_server_event(created("resp_1"), T0 + 0.1)) == (Forward(),)
+    finished = gov.on_server_event(done("resp_1"), T0 + 2)
+    [settle] = of(SettleBudget, finished)
+    [record] = [a.record for a in finished if isinstance(a, Persist)]
+    assert settle == SettleBudget(reserve.reservation_id, 64_000, record.cost_micro_usd)
+    assert of(SettleBudget, gov.on_server_event(done("resp_1"), T0 + 3)) == []  # settled exactly once
+
+
+def test_reservation_refused_answers_budget_exhausted_and_forwards_nothing() -> None:
+    gov = governor()
+    [reserve] = gov.on_client_event({"type": "response.create", "event_id": "evt_7"}, T0)
+    actions = checked(gov.on_reservation(reserve.reservation_id, False, T0))
+    assert errors(actions) == ["budget_exhausted"] and not of(SendToUpstream, actions)
+    assert actions[0].event["error"]["event_id"] == "evt_7"
+    assert actions[0].event["error"]["type"] == "insufficient_quota"
+
+
+def test_upstream_refusing_a_reserved_create_releases_the_reservation() -> None:
+    gov = governor()
+    [reserve] = gov.on_client_event({"type": "response.create", "event_id": "evt_8"}, T0)
+    gov.on_reservation(reserve.reservation_id, True, T0)
+    error = copy.deepcopy(SERVER["error"])
+    error["error"].update(code="conversation_already_has_active_response", event_id="evt_8")
+    assert of(SettleBudget, gov.on_server_event(error, T0)) == [SettleBudget(reserve.reservation_id, 64_000, 0)]
+
+
+def test_unanswered_reservation_is_refused_after_the_timeout() -> None:
+    gov = governor()
+    [reserve] = gov.on_client_event({"type": "response.create"}, T0)
+    assert gov.on_tick(T0 + 1) == ()
+    assert errors(checked(gov.on_tick(T0 + 5))) == ["budget_exhausted"]
+    assert gov.on_reservation(reserve.reservation_id, True, T0 + 6) == ()
+
+
+def test_vad_response_is_reserved_after_the_fact_and_settled() -> None:
+    gov = governor()
+    actions = gov.on_server_event(created("resp_vad"), T0)
+    [reserve] = of(ReserveBudget, actions)
+    assert reserve.forced and isinstance(actions[0], Forward)
+    assert gov.on_reservation(reserve.reservation_id, True, T0) == ()
+    [settle] = of(SettleBudget, gov.on_server_event(done("resp_vad"), T0 + 1))
+    assert settle.reservation_id == reserve.reservation_id
+
+
+def test_refused_vad_reservation_cuts_the_session_finishing_the_response() -> None:
+    gov = governor()
+    [reserve] = of(ReserveBudget, gov.on_server_event(created("resp_vad"), T0))
+    cut = gov.on_reservation(reserve.reservation_id, False, T0)
+    assert [a.kind for a in of(AuditEvent, cut)] == ["budget_cut"] and not of(CloseSession, cut)
+    assert errors(checked(gov.on_client_event({"type": "response.create"}, T0))) == ["budget_exhausted"]
+    end = checked(gov.on_server_event(done("resp_vad"), T0 + 0.5))
+    assert errors(end) == ["budget_exhausted"]
+    assert of(CloseSession, end) == [CloseSession(4003, "budget exhausted", "budget_exhausted")]
+
+
+def test_budget_broadcast_with_cancel_response_cancels_and_closes_within_a_second() -> None:
+    policy = TenantPolicy(budget=BudgetPolicy(daily_micro_usd=10**7, at_limit="cancel_response"))
+    gov = governor(policy)
+    gov.on_server_event(created("resp_1"), T0)
+    actions = checked(gov.on_budget_exhausted(T0 + 1))
+    [cancel] = of(SendToUpstream, actions)
+    assert cancel.event["type"] == "response.cancel" and cancel.event["response_id"] == "resp_1"
+    assert gov.on_tick(T0 + 1.5) == ()
+    [close] = of(CloseSession, checked(gov.on_tick(T0 + 2)))
+    assert close.code == 4003 and gov.closed == close
+    # Its reservation was settled at worst case at the close; a late response.done adds nothing.
+    assert of(SettleBudget, gov.on_server_event(done("resp_1", "cancelled"), T0 + 3)) == []
+
+
+def test_budget_broadcast_with_nothing_in_flight_closes_at_once() -> None:
+    actions = checked(governor().on_budget_exhausted(T0))
+    assert errors(actions) == ["budget_exhausted"] and of(CloseSession, actions)[0].end_reason == "budget_exhausted"
+
+
+def test_duration_cap_lets_the_response_finish_within_the_grace() -> None:
+    gov = governor(TenantPolicy(max_session_seconds=60))
+    gov.on_server_event(created("resp_1"), T0 + 50)
+    assert gov.on_tick(T0 + 59) == ()
+    assert of(CloseSession, gov.on_tick(T0 + 60)) == []
+    assert errors(checked(gov.on_client_event({"type": "response.create"}, T0 + 61))) == ["session_duration_exceeded"]
+    [close] = of(CloseSession, checked(gov.on_tick(T0 + 65)))
+    assert close == CloseSession(4001, "session duration limit reached", "duration_cap")
+
+
+def test_duration_cap_closes_when_the_response_ends_inside_the_grace() -> None:
+    gov = governor(TenantPolicy(max_session_seconds=60))
+    gov.on_server_event(created("resp_1"), T0 + 50)
+    gov.on_tick(T0 + 60)
+    end = checked(gov.on_server_event(done("resp_1"), T0 + 62))
+    assert errors(end) == ["session_duration_exceeded"] and of(CloseSession, end)[0].code == 4001
+
+
+def test_idle_timeout_counts_client_activity_and_responses() -> None:
+    gov = governor(TenantPolicy(idle_timeout_seconds=30))
+    gov.note_client_activity(T0 + 20)  # an audio append the shell did not decode
+    assert gov.on_tick(T0 + 49) == ()
+    gov.on_server_event(created("resp_1"), T0 + 49)
+    assert gov.on_tick(T0 + 100) == ()  # never idle while a response is in flight
+    gov.on_server_event(done("resp_1"), T0 + 100)
+    assert gov.on_tick(T0 + 129) == ()
+    actions = checked(gov.on_tick(T0 + 130))
+    assert errors(actions) == ["idle_timeout"] and of(CloseSession, actions)[0].code == 4002
+
+
+def test_session_token_ceiling_closes_after_the_response_that_crossed_it() -> None:
+    gov = governor(TenantPolicy(max_session_tokens=500))
+    gov.on_server_event(created("resp_1"), T0)
+    assert of(CloseSession, gov.on_server_event(done("resp_1"), T0)) == []  # 253 tokens
+    gov.on_server_event(created("resp_2"), T0 + 1)
+    actions = checked(gov.on_server_event(done("resp_2"), T0 + 2))
+    assert errors(actions) == ["session_token_limit"]
+    assert of(CloseSession, actions) == [CloseSession(4004, "session token limit reached", "session_token_cap")]
+
+
+def test_lower_ceiling_mid_session_reclamps_the_live_session() -> None:
+    gov = governor()
+    gov.on_server_event(SERVER["session.created"], T0)
+    actions = checked(gov.on_policy_changed(TenantPolicy(max_output_tokens=200), T0 + 1))
+    [update] = of(SendToUpstream, actions)
+    assert update.event["session"]["max_output_tokens"] == 200
+    assert of(AuditEvent, actions)[0].kind == "reclamp"
+    assert gov.on_policy_changed(TenantPolicy(max_output_tokens=500), T0 + 2) == ()
+    # New ceilings apply to the next events.
+    assert gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": 400}}, T0 + 3) == (
+        Forward(),
+    )
+    [rewritten] = gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": 900}}, T0 + 3)
+    assert isinstance(rewritten, ForwardRewritten) and rewritten.event["response"]["max_output_tokens"] == 500

@@ -1,0 +1,82 @@
+"""Admission before the upgrade: each refusal has its own status, code and retry-after."""
+
+import pytest
+
+from policies.actions import RateLimit, RateLimitsRecord
+from policies.admission import AdmissionSnapshot, Admit, Refuse, decide_admission, upstream_token_threshold
+from policies.budget import BudgetState
+from policies.policy import BudgetPolicy, TenantPolicy
+from policies.pricing import DEFAULT_PRICE_TABLE
+
+NOW = 1_798_761_600.0 - 3600  # 2026-12-31T23:00:00Z
+POLICY = TenantPolicy(
+    models=frozenset({"gpt-realtime-2"}),
+    max_output_tokens=1024,
+    max_concurrent_sessions=2,
+    session_starts_per_minute=3,
+    budget=BudgetPolicy(daily_micro_usd=1_000_000, monthly_micro_usd=10_000_000),
+)
+
+
+def upstream(remaining: int, limit: int = 100_000, reset: float = 30.0, observed: float = NOW - 10) -> RateLimitsRecord:
+    return RateLimitsRecord("vgs_x", "ten_x", observed, (RateLimit("requests", 1000, 999, 60.0),
+                                                         RateLimit("tokens", limit, remaining, reset)))  # fmt: skip
+
+
+def test_admits_and_records_the_start() -> None:
+    decision = decide_admission(POLICY, "gpt-realtime-2", AdmissionSnapshot(recent_starts=(NOW - 5,)), NOW)
+    assert decision == Admit((NOW - 5, NOW))
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "model", "status", "code", "kind", "retry"),
+    [
+        (AdmissionSnapshot(), "gpt-realtime", 403, "model_not_allowed", "invalid_request_error", None),
+        (AdmissionSnapshot(active_sessions=2), "gpt-realtime-2", 429, "concurrency_limit_exceeded",
+         "rate_limit_error", 1.0),
+        (AdmissionSnapshot(recent_starts=(NOW - 50, NOW - 20, NOW - 1)), "gpt-realtime-2", 429,
+         "session_rate_limit_exceeded", "rate_limit_error", 10.0),
+        (AdmissionSnapshot(budget=BudgetState(1_000_000, 1_000_000)), "gpt-realtime-2", 429, "budget_exhausted",
+         "insufficient_quota", 3600.0),
+        (AdmissionSnapshot(budget=BudgetState(500_000, 9_000_000, 500_000, 0)), "gpt-realtime-2", 429,
+         "budget_exhausted", "insufficient_quota", 3600.0),
+        (AdmissionSnapshot(upstream=upstream(remaining=1500)), "gpt-realtime-2", 429, "upstream_capacity",
+         "rate_limit_error", 20.0),
+    ],
+)  # fmt: skip
+def test_each_refusal_has_a_distinct_code(
+    snapshot: AdmissionSnapshot, model: str, status: int, code: str, kind: str, retry: float | None
+) -> None:
+    decision = decide_admission(POLICY, model, snapshot, NOW)
+    assert isinstance(decision, Refuse)
+    assert (decision.status, decision.code, decision.type) == (status, code, kind)
+    assert decision.retry_after == (pytest.approx(retry) if retry is not None else None)
+
+
+def test_with_prices_the_budget_must_cover_one_worst_case_response() -> None:
+    # 1024 output tokens at $64/1M = 65_536 micro-USD; 60_000 left is not enough.
+    snapshot = AdmissionSnapshot(budget=BudgetState(940_000, 940_000))
+    assert isinstance(decide_admission(POLICY, "gpt-realtime-2", snapshot, NOW), Admit)
+    refused = decide_admission(POLICY, "gpt-realtime-2", snapshot, NOW, DEFAULT_PRICE_TABLE)
+    assert isinstance(refused, Refuse) and refused.code == "budget_exhausted"
+
+
+def test_upstream_threshold_is_one_worst_case_response_or_two_percent() -> None:
+    assert upstream_token_threshold(POLICY, "gpt-realtime-2", 10_000) == 1024
+    assert upstream_token_threshold(POLICY, "gpt-realtime-2", 1_000_000) == 20_000
+    assert upstream_token_threshold(TenantPolicy(), "gpt-realtime-2", 10_000) == 32768
+
+
+def test_upstream_headroom_recovers_once_its_reset_time_has_passed() -> None:
+    stale = AdmissionSnapshot(upstream=upstream(remaining=10, reset=5.0, observed=NOW - 6))
+    assert isinstance(decide_admission(POLICY, "gpt-realtime-2", stale, NOW), Admit)
+    enough = AdmissionSnapshot(upstream=upstream(remaining=50_000))
+    assert isinstance(decide_admission(POLICY, "gpt-realtime-2", enough, NOW), Admit)
+    no_requests = RateLimitsRecord("s", "t", NOW, (RateLimit("requests", 100, 0, 2.5),))
+    refused = decide_admission(POLICY, "gpt-realtime-2", AdmissionSnapshot(upstream=no_requests), NOW)
+    assert isinstance(refused, Refuse) and refused.code == "upstream_capacity" and refused.retry_after == 2.5
+
+
+def test_an_unrestricted_policy_admits_everything() -> None:
+    snapshot = AdmissionSnapshot(active_sessions=10_000, recent_starts=tuple(NOW - i for i in range(500)))
+    assert isinstance(decide_admission(TenantPolicy(), "anything", snapshot, NOW), Admit)
