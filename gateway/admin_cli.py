@@ -1,9 +1,13 @@
-"""Operator commands: ``voxgate migrate | tenant | key | usage``.
+"""Operator commands: ``voxgate migrate | tenant | key | policy | usage``.
 
 Every command reads the database from ``--database-url`` or ``$VOXGATE_DATABASE_URL`` and
 exits 0 on success, 1 when the request cannot be honoured (unknown tenant, duplicate name,
 database unreachable) and 2 on a usage error (no or malformed database URL, bad argument).
 Errors go to stderr as one line, never as a traceback.
+
+Changes (tenant create, key create/revoke, policy set) write the same audit rows as the
+admin API, with actor ``"cli"``; a policy change is also announced on Redis when
+``$VOXGATE_REDIS_URL`` is set, so running gateways apply it to live sessions.
 
 ``--json`` output is a stable contract for scripts. Timestamps are ISO 8601 in UTC with a
 ``Z`` suffix; money is always integer micro-USD (1 USD = 1_000_000) and never a float.
@@ -23,12 +27,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
+import yaml
 
+from gateway.adminapi import changes
+from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import MigrationError, apply_migrations, schema_version
+from gateway.storage.policy_store import PolicyStore, UnknownTier
 from gateway.storage.tenants import ApiKeyInfo, Tenant, TenantDirectory, TenantDirectoryError, TenantNotFound
 from gateway.storage.usage_reports import UsageReport, ledger_for_tenant
+from gateway.tiers import PolicyFileError, load_tiers, read_policy_file
+from policies.policy import PolicyError, policy_to_document
 
 DATABASE_URL_ENV = "VOXGATE_DATABASE_URL"
+CLI_ACTOR = "cli"  # the audit log's actor for changes made with this command
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 Action = Callable[[argparse.Namespace, str], Coroutine[Any, Any, None]]
@@ -44,7 +56,7 @@ class CommandError(Exception):
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``migrate``, ``tenant``, ``key`` and ``usage`` to the ``voxgate`` command."""
+    """Add ``migrate``, ``tenant``, ``key``, ``policy`` and ``usage`` to the ``voxgate`` command."""
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument(
         "--database-url",
@@ -62,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tenant_actions = tenant.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
     tenant_create = tenant_actions.add_parser("create", parents=common, help="create a tenant")
     tenant_create.add_argument("name", help="unique tenant name")
+    tenant_create.add_argument("--tier", help="a tier from the tiers file ($VOXGATE_POLICY_FILE)")
     tenant_create.set_defaults(handler=_handler(_tenant_create))
     tenant_list = tenant_actions.add_parser("list", parents=common, help="list tenants")
     tenant_list.set_defaults(handler=_handler(_tenant_list))
@@ -78,6 +91,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     key_revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key for good")
     key_revoke.add_argument("key_id", metavar="KEY_ID")
     key_revoke.set_defaults(handler=_handler(_key_revoke))
+
+    policy = subparsers.add_parser("policy", help="show and set a tenant's policy")
+    policy_actions = policy.add_subparsers(dest="policy_action", required=True, metavar="ACTION")
+    policy_show = policy_actions.add_parser("show", parents=common, help="show the policy in force")
+    policy_show.add_argument("tenant", metavar="TENANT_ID")
+    policy_show.set_defaults(handler=_handler(_policy_show))
+    policy_set = policy_actions.add_parser("set", parents=common, help="store a new policy version")
+    policy_set.add_argument("tenant", metavar="TENANT_ID")
+    policy_set.add_argument("--file", required=True, metavar="FILE", help="one tier-shaped mapping in YAML")
+    policy_set.set_defaults(handler=_handler(_policy_set))
 
     usage = subparsers.add_parser("usage", parents=common, help="show a tenant's usage and cost")
     usage.add_argument("--tenant", required=True, metavar="TENANT_ID")
@@ -131,20 +154,22 @@ async def _migrate(args: argparse.Namespace, dsn: str) -> None:
 
 
 async def _tenant_create(args: argparse.Namespace, dsn: str) -> None:
-    """Create a tenant.
+    """Create a tenant, optionally on a tier (exit 2 for a tier the tiers file lacks).
 
-    JSON: ``{"id", "name", "created_at", "disabled_at"}`` (``disabled_at`` is null).
+    JSON: ``{"id", "name", "created_at", "disabled_at"}`` (``disabled_at`` is null), plus
+    ``"tier"`` when ``--tier`` was given.
     """
-    async with _pool(dsn) as pool:
-        directory = TenantDirectory(pool)
+    async with _pool(dsn) as pool, _policy_store(pool) as store:
         try:
-            tenant = await directory.create_tenant(args.name)
+            tenant = await changes.create_tenant(pool, store, args.name, args.tier, CLI_ACTOR)
+        except UnknownTier as exc:
+            raise CommandError(str(exc), exit_code=2) from None
         except ValueError as exc:
             raise CommandError(str(exc), exit_code=2) from None
     if args.json:
-        _print_json(_tenant_json(tenant))
+        _print_json({**_tenant_json(tenant), **({"tier": args.tier} if args.tier else {})})
     else:
-        print(f"created tenant {tenant.id} ({tenant.name})")
+        print(f"created tenant {tenant.id} ({tenant.name})" + (f" on tier {args.tier}" if args.tier else ""))
 
 
 async def _tenant_list(args: argparse.Namespace, dsn: str) -> None:
@@ -170,8 +195,7 @@ async def _key_create(args: argparse.Namespace, dsn: str) -> None:
     JSON: ``{"id", "tenant_id", "name", "prefix", "secret", "created_at"}``.
     """
     async with _pool(dsn) as pool:
-        directory = TenantDirectory(pool)
-        issued = await directory.create_key(args.tenant, name=args.name)
+        issued = await changes.create_key(pool, args.tenant, args.name, CLI_ACTOR)
     if args.json:
         _print_json(
             {
@@ -221,11 +245,55 @@ async def _key_list(args: argparse.Namespace, dsn: str) -> None:
 async def _key_revoke(args: argparse.Namespace, dsn: str) -> None:
     """Revoke a key. Exit 1 if there is no such key or it is already revoked."""
     async with _pool(dsn) as pool:
-        directory = TenantDirectory(pool)
-        revoked = await directory.revoke_key(args.key_id)
+        revoked = await changes.revoke_key(pool, args.key_id, CLI_ACTOR)
     if not revoked:
         raise CommandError(f"no active key with id {args.key_id!r}")
     print(f"revoked key {args.key_id}")
+
+
+async def _policy_show(args: argparse.Namespace, dsn: str) -> None:
+    """The policy in force for a tenant and where it comes from.
+
+    JSON: ``{"tenant_id", "source", "version", "tier", "policy"}``: ``source`` is ``"tenant"``
+    (a stored version), ``"tier"`` or ``"default"``; ``version`` is null unless ``source`` is
+    ``"tenant"``; ``policy`` is the tier-shaped document (USD amounts as decimal strings).
+    """
+    async with _pool(dsn) as pool, _policy_store(pool) as store:
+        effective = await store.effective(args.tenant)
+        tier = await store.tier_of(args.tenant)
+    document = {
+        "tenant_id": args.tenant,
+        "source": effective.source,
+        "version": effective.version,
+        "tier": tier,
+        "policy": policy_to_document(effective.policy),
+    }
+    if args.json:
+        _print_json(document)
+        return
+    origin = {"tenant": f"version {effective.version}", "tier": f"tier {tier}", "default": "the default tier"}
+    print(f"tenant {args.tenant}: policy from {origin[effective.source]}" + (f" (tier: {tier})" if tier else ""))
+    print(yaml.safe_dump(document["policy"], sort_keys=False).rstrip())
+
+
+async def _policy_set(args: argparse.Namespace, dsn: str) -> None:
+    """Store the mapping in ``--file`` as the tenant's next policy version (exit 2 if invalid).
+
+    JSON: ``{"tenant_id", "version"}``.
+    """
+    try:
+        mapping = read_policy_file(args.file)
+    except PolicyFileError as exc:
+        raise CommandError(str(exc), exit_code=2) from None
+    async with _pool(dsn) as pool, _policy_store(pool) as store:
+        try:
+            version = await store.set(args.tenant, mapping, CLI_ACTOR)
+        except PolicyError as exc:
+            raise CommandError(f"policy file {args.file}: invalid key {exc.key}", exit_code=2) from None
+    if args.json:
+        _print_json({"tenant_id": args.tenant, "version": version})
+    else:
+        print(f"tenant {args.tenant}: policy version {version} stored")
 
 
 async def _usage(args: argparse.Namespace, dsn: str) -> None:
@@ -300,6 +368,22 @@ async def _pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def _policy_store(pool: asyncpg.Pool) -> AsyncIterator[PolicyStore]:
+    """A PolicyStore over the tiers file; it publishes changes when $VOXGATE_REDIS_URL is set."""
+    try:
+        settings = Settings.from_env()
+        tiers = load_tiers(settings.admin.policy_file)
+    except (SettingsError, PolicyFileError) as exc:
+        raise CommandError(str(exc), exit_code=2) from None
+    redis = aioredis.from_url(settings.redis.url) if settings.redis.url else None
+    try:
+        yield PolicyStore(pool, tiers, settings.admin.default_tier, redis, settings.redis.key_prefix)
+    finally:
+        if redis is not None:
+            await redis.aclose()
 
 
 async def _require_tenant(directory: TenantDirectory, tenant_id: str) -> None:

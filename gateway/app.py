@@ -16,21 +16,27 @@ from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from redis.exceptions import RedisError
 
 from gateway import __version__
+from gateway.adminapi.router import SECURITY_COMPONENTS, build_admin_router
+from gateway.enforcement import Enforcement
 from gateway.errors import GatewayError
 from gateway.ledger import LedgerWriter
+from gateway.livestate import LiveState
 from gateway.relay_asgi import RealtimeEndpoint
 from gateway.services import GatewayServices
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import schema_version
+from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
+from gateway.tiers import PolicyFileError, load_tiers
 from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 
 log = logging.getLogger("voxgate.app")
 
 # The schema this build needs; readiness waits until the database has at least this.
-REQUIRED_SCHEMA_VERSION = 1
+REQUIRED_SCHEMA_VERSION = 2
 
 _realtime_endpoint = RealtimeEndpoint()
 
@@ -93,9 +99,16 @@ class VoxgatePlugin(InitPluginProtocol):
     def __init__(self, settings: Settings, prices: PriceTable = DEFAULT_PRICE_TABLE) -> None:
         self.settings = settings
         self.prices = prices
+        try:  # validated before anything listens, so a bad tiers file stops the start
+            self.tiers = load_tiers(settings.admin.policy_file)
+        except PolicyFileError as exc:
+            raise SettingsError(f"VOXGATE_POLICY_FILE: {exc}") from None
+        if settings.admin.default_tier is not None and settings.admin.default_tier not in self.tiers:
+            log.warning("default tier %r is not in the tiers file: tenants without a policy or tier are "
+                        "unrestricted", settings.admin.default_tier)  # fmt: skip
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([realtime, healthz, readyz])
+        app_config.route_handlers.extend([realtime, healthz, readyz, build_admin_router(self.settings.admin)])
         app_config.exception_handlers.update({
             GatewayError: _gateway_error_handler,
             HTTPException: _http_exception_handler,
@@ -117,12 +130,24 @@ class VoxgatePlugin(InitPluginProtocol):
         services = GatewayServices(
             settings=settings, pool=pool, redis=redis, tenants=TenantDirectory(pool), ledger=ledger,
             prices=self.prices,
+            policy_store=PolicyStore(pool, self.tiers, settings.admin.default_tier, redis, settings.redis.key_prefix),
         )  # fmt: skip
+        live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
+        try:
+            await live_state.load_scripts()
+        except RedisError as exc:  # scripts are loaded again on first use (NOSCRIPT fallback)
+            log.warning("could not load live-state scripts at start: %s", exc)
+        services.enforcement = Enforcement(
+            live_state, services.policy_store, pool, ledger, self.prices,
+            lambda: list(services.live.sessions), settings.enforcement,
+        )  # fmt: skip
+        services.enforcement.start()
         app.state.services = services
         try:
             yield
         finally:
             await services.live.drain(0.0)
+            await services.enforcement.stop()
             await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
             await redis.aclose()
             await pool.close()
@@ -138,5 +163,5 @@ async def drain(app: Litestar) -> None:
 def create_app(settings: Settings | None = None, prices: PriceTable = DEFAULT_PRICE_TABLE) -> Litestar:
     """Build the gateway app. Nothing connects until the ASGI lifespan starts."""
     settings = settings or Settings.from_env()
-    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs")
+    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs", components=SECURITY_COMPONENTS)
     return Litestar(plugins=[VoxgatePlugin(settings, prices)], openapi_config=openapi)

@@ -32,7 +32,14 @@ import asyncpg
 import orjson
 
 from gateway.settings import LedgerSettings
-from policies.actions import RateLimit, RateLimitsRecord, SessionInfoRecord, TranscriptionRecord, UsageRecord
+from policies.actions import (
+    AuditEvent,
+    RateLimit,
+    RateLimitsRecord,
+    SessionInfoRecord,
+    TranscriptionRecord,
+    UsageRecord,
+)
 
 log = logging.getLogger("voxgate.ledger")
 
@@ -58,11 +65,15 @@ class SessionEnded:
     end_detail: str | None
 
 
-LedgerRecord = SessionStarted | SessionEnded | UsageRecord | TranscriptionRecord | RateLimitsRecord | SessionInfoRecord
+LedgerRecord = (
+    SessionStarted | SessionEnded | UsageRecord | TranscriptionRecord | RateLimitsRecord | SessionInfoRecord
+    | AuditEvent
+)  # fmt: skip
 
 _KINDS: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (SessionStarted, SessionEnded, UsageRecord, TranscriptionRecord, RateLimitsRecord, SessionInfoRecord)
+    for cls in (SessionStarted, SessionEnded, UsageRecord, TranscriptionRecord, RateLimitsRecord, SessionInfoRecord,
+                AuditEvent)
 }
 
 INSERT_SESSION = """
@@ -102,6 +113,12 @@ INSERT_RATE_LIMIT = """
 INSERT INTO rate_limit_snapshots
     (session_id, tenant_id, observed_at, name, limit_value, remaining, reset_seconds)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+# Policy decisions (budget alerts and cuts, cap closes, re-clamps) for the audit trail.
+INSERT_AUDIT_EVENT = """
+INSERT INTO audit_log (at, actor, tenant_id, action, detail)
+VALUES ($1, 'voxgate', $2, $3, $4::jsonb)
 """
 
 # Totals are recomputed from the ledger, so ending a session twice is harmless.
@@ -149,6 +166,9 @@ def _statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
         ]  # fmt: skip
     if isinstance(record, SessionEnded):
         return [(END_SESSION, (record.session_id, _ts(record.ended_at), record.end_reason, record.end_detail))]
+    if isinstance(record, AuditEvent):
+        detail = orjson.dumps({"session_id": record.session_id, **dict(record.detail)}, default=str).decode()
+        return [(INSERT_AUDIT_EVENT, (_ts(record.occurred_at), record.tenant_id, record.kind, detail))]
     if isinstance(record, SessionInfoRecord):
         return [(UPDATE_SESSION_INFO, (record.session_id, record.model, record.voice, record.upstream_session_id))]
     if isinstance(record, TranscriptionRecord):
@@ -232,7 +252,8 @@ class LedgerWriter:
             return
         self._queue.append(record)
         self._idle.clear()
-        if len(self._queue) >= self._settings.batch_records:
+        # Wake an idle writer at once; a busy one batches what arrives while it writes.
+        if len(self._queue) == 1 or len(self._queue) >= self._settings.batch_records:
             self._wakeup.set()
 
     @property

@@ -14,25 +14,36 @@ drives it the same way:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway.ledger import LedgerWriter, SessionEnded, SessionStarted
 from policies.actions import (
     Action,
+    AuditEvent,
     CloseSession,
     Forward,
     ForwardRewritten,
     Persist,
+    RateLimitsRecord,
+    ReserveBudget,
     SendToClient,
     SendToUpstream,
+    SettleBudget,
+    TranscriptionRecord,
 )
 from policies.frames import PASSTHROUGH_CLIENT_TYPES, PASSTHROUGH_SERVER_TYPES, passthrough_type
 from policies.governor import SessionGovernor
+from policies.policy import TenantPolicy
+
+if TYPE_CHECKING:
+    from gateway.enforcement import Enforcement, SessionEffects
 
 Message = str | bytes
+Deliver = Callable[["Verdict"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +64,7 @@ def _encode(event: object) -> str:
     return orjson.dumps(event).decode()
 
 
-def _verdict(actions: Sequence[Action], ledger: LedgerWriter) -> Verdict:
+def _verdict(actions: Sequence[Action], ledger: LedgerWriter, effects: SessionEffects | None = None) -> Verdict:
     forward = False
     to_client: list[str] = []
     to_upstream: list[str] = []
@@ -64,6 +75,18 @@ def _verdict(actions: Sequence[Action], ledger: LedgerWriter) -> Verdict:
             forward = True
         elif isinstance(action, Persist):
             ledger.submit(action.record)
+            if effects is not None:
+                record = action.record
+                if isinstance(record, RateLimitsRecord):
+                    effects.submit(("headroom", record))
+                elif isinstance(record, TranscriptionRecord):
+                    settle_id = f"tr:{record.session_id}:{record.item_id}:{record.content_index}"
+                    effects.submit(("spend", settle_id, record.cost_micro_usd))
+        elif isinstance(action, ReserveBudget | SettleBudget):
+            if effects is not None:
+                effects.submit(action)
+        elif isinstance(action, AuditEvent):
+            ledger.submit(action)
         elif isinstance(action, SendToClient):
             to_client.append(_encode(action.event))
         elif isinstance(action, SendToUpstream):
@@ -89,15 +112,60 @@ class LiveSession:
         ledger: LedgerWriter,
         started: SessionStarted,
         clock: Callable[[], float] = time.time,
+        effects: SessionEffects | None = None,
+        enforcement: Enforcement | None = None,
+        leased: bool = False,
     ) -> None:
         self.governor = governor
         self.ledger = ledger
         self.started = started
         self.clock = clock
+        self.effects = effects
+        self.enforcement = enforcement
+        self.leased = leased
         self.ended: SessionEnded | None = None
         self.client_messages = 0
         self.upstream_messages = 0
+        self._deliver: Deliver | None = None
         ledger.submit(started)
+
+    def attach(self, deliver: Deliver) -> None:
+        """The transport's way to receive verdicts that arrive later (reservations, broadcasts)."""
+        self._deliver = deliver
+        if self.effects is not None:
+            self.effects.start(self)
+
+    async def _send_later(self, actions: Sequence[Action]) -> None:
+        verdict = self._apply(actions)
+        if self._deliver is not None and verdict is not HOLD:
+            await self._deliver(verdict)
+
+    def _apply(self, actions: Sequence[Action]) -> Verdict:
+        if self.effects is None:
+            actions = self._grant_locally(actions)
+        return _verdict(actions, self.ledger, self.effects)
+
+    def _grant_locally(self, actions: Sequence[Action]) -> Sequence[Action]:
+        # Without shared state (no enforcement configured) every reservation is granted at once.
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, ReserveBudget):
+                out.extend(self._grant_locally(self.governor.on_reservation(action.reservation_id, True,
+                                                                            self.clock())))  # fmt: skip
+            else:
+                out.append(action)
+        return out
+
+    async def reservation_answered(self, reservation_id: str, granted: bool) -> None:
+        await self._send_later(self.governor.on_reservation(reservation_id, granted, self.clock()))
+
+    async def budget_exhausted(self, now: float) -> None:
+        await self._send_later(self.governor.on_budget_exhausted(now))
+
+    async def policy_changed(self, policy: TenantPolicy, now: float) -> None:
+        if self.effects is not None:
+            self.effects.policy = policy
+        await self._send_later(self.governor.on_policy_changed(policy, now))
 
     @property
     def session_id(self) -> str:
@@ -108,17 +176,17 @@ class LiveSession:
         self.client_messages += 1
         now = self.clock()
         if binary:
-            return _verdict(self.governor.on_client_garbage("Binary frames are not supported; send JSON text.", now),
-                            self.ledger)  # fmt: skip
+            return self._apply(self.governor.on_client_garbage("Binary frames are not supported; send JSON text.", now))
         if passthrough_type(message, PASSTHROUGH_CLIENT_TYPES) is not None:
+            self.governor.note_client_activity(now, len(message))
             return PASS
         try:
             event = orjson.loads(message)
         except orjson.JSONDecodeError as exc:
-            return _verdict(self.governor.on_client_garbage(f"Invalid JSON: {exc.msg}.", now), self.ledger)
+            return self._apply(self.governor.on_client_garbage(f"Invalid JSON: {exc.msg}.", now))
         if not isinstance(event, dict):
-            return _verdict(self.governor.on_client_garbage("An event must be a JSON object.", now), self.ledger)
-        return _verdict(self.governor.on_client_event(event, now), self.ledger)
+            return self._apply(self.governor.on_client_garbage("An event must be a JSON object.", now))
+        return self._apply(self.governor.on_client_event(event, now))
 
     def from_upstream(self, message: Message, binary: bool = False) -> Verdict:
         """A whole upstream message; binary ones are passed on untouched."""
@@ -133,10 +201,10 @@ class LiveSession:
             return PASS  # not ours to judge; the client's SDK will report it
         if not isinstance(event, dict):
             return PASS
-        return _verdict(self.governor.on_server_event(event, self.clock()), self.ledger)
+        return self._apply(self.governor.on_server_event(event, self.clock()))
 
     def tick(self) -> Verdict:
-        return _verdict(self.governor.on_tick(self.clock()), self.ledger)
+        return self._apply(self.governor.on_tick(self.clock()))
 
     def end(self, reason: str, detail: str | None = None) -> None:
         """Record the end of the session once; later calls keep the first reason."""
@@ -146,3 +214,11 @@ class LiveSession:
             reason = "session_expired"
         self.ended = SessionEnded(self.session_id, self.clock(), reason, detail)
         self.ledger.submit(self.ended)
+
+    async def aclose(self) -> None:
+        """After `end()`: finish pending shared-state work and give back the concurrency lease."""
+        if self.effects is not None:
+            await self.effects.stop()
+        if self.enforcement is not None and self.leased:
+            await self.enforcement.release(self.started.tenant_id, self.session_id)
+            self.leased = False

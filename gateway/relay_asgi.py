@@ -12,22 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
-from urllib.parse import parse_qsl
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from gateway.auth import accepted_subprotocol, read_credentials, safety_identifier
-from gateway.errors import GatewayError, invalid_api_key, missing_api_key
-from gateway.ids import new_id
-from gateway.ledger import SessionStarted
+from gateway.admission import abandon, admit, start_live_session
+from gateway.errors import GatewayError
 from gateway.live_session import LiveSession, Verdict
 from gateway.services import GatewayServices
 from gateway.upstream import open_upstream
 from policies.actions import CloseSession
-from policies.governor import CLOSE_BAD_GATEWAY, CLOSE_INTERNAL_ERROR, SessionGovernor, SessionIdentity
+from policies.governor import CLOSE_BAD_GATEWAY, CLOSE_INTERNAL_ERROR
 
 log = logging.getLogger("voxgate.relay")
 
@@ -69,6 +65,18 @@ class AsgiRelay:
     def shutdown(self, code: int, reason: str, end_reason: str) -> None:
         if not self._stop.done():
             self._stop.set_result(RelayEnded(code, reason, end_reason))
+
+    async def deliver(self, verdict: Verdict) -> None:
+        """A verdict that arrived later (a budget answer, a broadcast): send it, close if asked."""
+        try:
+            for message in verdict.to_upstream:
+                await self.upstream.send(message)
+            for message in verdict.to_client:
+                await self._to_client(message)
+        except ConnectionClosed:
+            pass
+        if verdict.close is not None:
+            self.shutdown(verdict.close.code, verdict.close.reason, verdict.close.end_reason)
 
     async def _to_client(self, text: str | bytes) -> None:
         async with self._client_lock:
@@ -183,41 +191,23 @@ class RealtimeEndpoint:
             await deny(send, scope, error)
 
     async def _serve(self, services: GatewayServices, scope: Scope, receive: Any, send: Any) -> None:
-        if services.live.draining:
-            raise GatewayError(503, "This gateway instance is shutting down; reconnect.", code="gateway_draining",
-                               retry_after=1.0)  # fmt: skip
-        creds = read_credentials(scope["headers"], scope.get("subprotocols") or [])
-        if not creds.secret:
-            raise missing_api_key()
-        identity = await services.tenants.authenticate(creds.secret)
-        if identity is None:
-            raise invalid_api_key()
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        if "call_id" in query:
-            raise GatewayError(400, "Attach to WebRTC calls through voxgate's call APIs.", code="unsupported_parameter",
-                               param="call_id")  # fmt: skip
-        intent = query.get("intent", "realtime")
-        model = query.get("model") or ("" if intent == "transcription" else "gpt-realtime")
-        end_user = creds.end_user or f"key:{identity.key_id}"
-        safety_id = safety_identifier(services.settings.security.safety_identifier_secret, identity.tenant_id, end_user)
-        beta = _header(scope, b"openai-beta")
-        upstream = await open_upstream(services.settings.upstream, query, safety_id, beta)
-
-        session_id = new_id("vgs")
-        started = SessionStarted(
-            session_id=session_id, tenant_id=identity.tenant_id, api_key_id=identity.key_id,
-            transport="websocket", intent=intent, model=model or None, end_user_hash=safety_id,
-            gateway_instance=services.settings.server.instance_id, started_at=time.time(),
-        )  # fmt: skip
-        governor = SessionGovernor(SessionIdentity(session_id, identity.tenant_id, model, intent), services.prices)
-        live = LiveSession(governor, services.ledger, started)
+        admission = await admit(services, scope["headers"], scope.get("subprotocols") or [],
+                                scope.get("query_string", b""))  # fmt: skip
+        try:
+            upstream = await open_upstream(services.settings.upstream, admission.query, admission.safety_id,
+                                           admission.beta)  # fmt: skip
+        except BaseException:
+            await abandon(services, admission)
+            raise
+        live = start_live_session(services, admission)
         relay = AsgiRelay(live, upstream, receive, send)
         services.live.add(relay)
+        live.attach(relay.deliver)
         try:
             await send({
                 "type": "websocket.accept",
-                "subprotocol": accepted_subprotocol(creds.offered_subprotocols),
-                "headers": [(b"x-voxgate-session-id", session_id.encode())],
+                "subprotocol": admission.subprotocol,
+                "headers": [(b"x-voxgate-session-id", live.session_id.encode())],
             })  # fmt: skip
             ended = await relay.run()
             live.end(ended.end_reason, ended.detail)
@@ -227,13 +217,7 @@ class RealtimeEndpoint:
             services.live.discard(relay)
             with contextlib.suppress(Exception):
                 await upstream.close()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+            await live.aclose()
 
 
 async def _http_refusal(send: Any, error: GatewayError) -> None:

@@ -55,15 +55,15 @@ def _overrides(settings: Any, args: argparse.Namespace) -> Any:
     )
 
 
-async def run_gateway(settings: Any) -> None:
+async def run_gateway(settings: Any, sock: Any = None) -> None:
     """Serve `settings` until SIGINT/SIGTERM, draining live sessions first."""
     from gateway.app import create_app, drain
     from gateway.server import VoxgateServer, bind_socket, uvicorn_config
 
     app = create_app(settings)
-    config = uvicorn_config(app, ws_max_size=settings.server.max_message_bytes)
+    config = uvicorn_config(app, ws_max_size=settings.server.max_message_bytes, relay=settings.server.relay)
     server = VoxgateServer(config, before_shutdown=lambda: drain(app))
-    await server.serve(sockets=[bind_socket(settings.server.host, settings.server.port)])
+    await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -131,8 +131,11 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
         settings = dataclasses.replace(
             settings, ledger=dataclasses.replace(settings.ledger, spool_dir=settings.ledger.spool_dir or home / "spool")
         )
+        from gateway.server import bind_socket
+
+        sock = bind_socket(args.host, args.port)  # listening before the banner invites connections
         print(_banner(args.host, args.port, tenant.id, issued.secret, redact_url(embedded.database_url)), flush=True)
-        await run_gateway(settings)
+        await run_gateway(settings, sock)
     finally:
         await emulator.stop()
         await asyncio.to_thread(embedded.close)
@@ -144,6 +147,7 @@ def _banner(host: str, port: int, tenant_id: str, secret: str, database_url: str
 voxgate demo is running on {base}  (upstream: the built-in Realtime emulator)
   tenant  : demo ({tenant_id})
   API key : {secret}        <- shown once; a new key is made each run
+  policy  : the default tier (VOXGATE_DEFAULT_TIER, 'standard'; see gateway/default_tiers.yaml)
   database: {database_url}
 
 Talk to it with the official SDK (pip install 'openai[realtime]'):
@@ -153,7 +157,7 @@ Talk to it with the official SDK (pip install 'openai[realtime]'):
 
     async def main():
         client = AsyncOpenAI(base_url="{base}", api_key="{secret}")
-        async with client.realtime.connect(model="gpt-realtime") as conn:
+        async with client.realtime.connect(model="gpt-realtime-2") as conn:
             await conn.session.update(session={{"type": "realtime", "output_modalities": ["text"]}})
             await conn.conversation.item.create(item={{"type": "message", "role": "user",
                 "content": [{{"type": "input_text", "text": "Hello!"}}]}})

@@ -26,15 +26,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, *, ws_max_size: int, lifespan: Lifespan = "on", **extra: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, *, ws_max_size: int, lifespan: Lifespan = "on", relay: str = "asgi", **extra: Any
+) -> uvicorn.Config:
     """The one uvicorn configuration voxgate uses everywhere.
 
     No permessage-deflate: audio is base64 and barely compresses, and the official SDKs
-    do not ask for it; compression would only cost CPU per frame.
+    do not ask for it; compression would only cost CPU per frame. With `relay="fast"`,
+    WebSocket upgrades go to the frame-splicing relay bound to `app` (docs/relay.md).
     """
+    ws: Any = "websockets-sansio"
+    if relay == "fast":
+        from gateway.fastrelay.protocol import realtime_protocol_class
+
+        ws = realtime_protocol_class(app)
     return uvicorn.Config(
         app,
-        ws="websockets-sansio",
+        ws=ws,
         ws_per_message_deflate=False,
         ws_max_size=ws_max_size,
         ws_ping_interval=20.0,
@@ -98,11 +106,11 @@ class _InProcessServer(VoxgateServer):
 
 async def start_server(
     app: Any, host: str = "127.0.0.1", port: int = 0, *, ws_max_size: int = 16 * 1024 * 1024,
-    lifespan: Lifespan = "on", before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    lifespan: Lifespan = "on", before_shutdown: Callable[[], Awaitable[None]] | None = None, relay: str = "asgi",
 ) -> RunningServer:
     """Start `app` on `host:port` and return once it accepts connections."""
     sock = bind_socket(host, port)
-    config = uvicorn_config(app, ws_max_size=ws_max_size, lifespan=lifespan)
+    config = uvicorn_config(app, ws_max_size=ws_max_size, lifespan=lifespan, relay=relay)
     server = _InProcessServer(config, before_shutdown)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -12,8 +12,11 @@ from typing import Protocol
 import asyncpg
 import redis.asyncio as aioredis
 
+from gateway.enforcement import Enforcement
 from gateway.ledger import LedgerWriter
+from gateway.live_session import LiveSession
 from gateway.settings import Settings
+from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
 from policies.pricing import PriceTable
 
@@ -22,6 +25,8 @@ log = logging.getLogger("voxgate.services")
 
 class Drainable(Protocol):
     """A live connection the gateway can ask to end (on shutdown or policy)."""
+
+    live: LiveSession
 
     def shutdown(self, code: int, reason: str, end_reason: str) -> None: ...
 
@@ -79,3 +84,5 @@ class GatewayServices:
     prices: PriceTable
     live: LiveRegistry = field(default_factory=LiveRegistry)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    policy_store: PolicyStore | None = None
+    enforcement: Enforcement | None = None

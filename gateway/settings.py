@@ -25,6 +25,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _default_tier(raw: str | None) -> str | None:
+    if raw is None:
+        return "standard"
+    return None if raw.strip().lower() in ("", "none") else raw.strip()
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -55,6 +61,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+RELAYS = ("fast", "asgi")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name) or default
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Where the gateway listens and how it treats connections."""
@@ -64,6 +80,7 @@ class ServerSettings:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
     max_message_bytes: int = 16 * 1024 * 1024  # VOXGATE_MAX_MESSAGE_BYTES (append events are <= 15 MiB)
     shutdown_grace_seconds: float = 10.0  # VOXGATE_SHUTDOWN_GRACE_SECONDS
+    relay: str = "fast"  # VOXGATE_RELAY: "fast" (frame-splicing, docs/relay.md) or "asgi"
 
 
 @dataclass(frozen=True)
@@ -101,9 +118,31 @@ class LedgerSettings:
 
 
 @dataclass(frozen=True)
+class EnforcementSettings:
+    """Shared live state: how long a replica's session leases live without a heartbeat."""
+
+    lease_ttl_seconds: float = 30.0  # VOXGATE_LEASE_TTL_SECONDS (a dead replica's sessions free up after this)
+    reap_interval_seconds: float = 5.0  # VOXGATE_REAP_INTERVAL_SECONDS
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     # Keys the OpenAI-Safety-Identifier hash; rotate it and end-user hashes change.
     safety_identifier_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin API's JWT verification and the tiers file (docs/admin-api.md)."""
+
+    jwt_secret: str | None = field(default=None, repr=False)  # VOXGATE_ADMIN_JWT_SECRET (HS256)
+    jwt_public_key: str | None = field(default=None, repr=False)  # VOXGATE_ADMIN_JWT_PUBLIC_KEY (PEM or path)
+    jwks_url: str | None = None  # VOXGATE_ADMIN_JWKS_URL (RS256/ES256 keys)
+    jwt_audience: str = "voxgate-admin"  # VOXGATE_ADMIN_JWT_AUDIENCE
+    jwt_issuer: str | None = None  # VOXGATE_ADMIN_JWT_ISSUER (checked when set)
+    policy_file: Path | None = None  # VOXGATE_POLICY_FILE (unset = packaged gateway/default_tiers.yaml)
+    # VOXGATE_DEFAULT_TIER: tenants with no policy and no tier get it; "" or "none" = unrestricted.
+    default_tier: str | None = "standard"
 
 
 @dataclass(frozen=True)
@@ -114,6 +153,8 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    enforcement: EnforcementSettings = field(default_factory=EnforcementSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -124,11 +165,13 @@ class Settings:
             port=_int(env, "VOXGATE_PORT", 8000),
             max_message_bytes=_int(env, "VOXGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             shutdown_grace_seconds=_float(env, "VOXGATE_SHUTDOWN_GRACE_SECONDS", 10.0),
+            relay=_choice(env, "VOXGATE_RELAY", RELAYS, ServerSettings.relay),
         )
         if env.get("VOXGATE_INSTANCE_ID"):
             server = replace(server, instance_id=env["VOXGATE_INSTANCE_ID"])
         secret = env.get("VOXGATE_SAFETY_ID_SECRET")
         spool = env.get("VOXGATE_SPOOL_DIR")
+        policy_file = env.get("VOXGATE_POLICY_FILE")
         return cls(
             server=server,
             database=DatabaseSettings(
@@ -153,9 +196,22 @@ class Settings:
                 flush_interval_seconds=_float(env, "VOXGATE_LEDGER_FLUSH_INTERVAL", 0.05),
                 spool_dir=Path(spool) if spool else None,
             ),
+            enforcement=EnforcementSettings(
+                lease_ttl_seconds=_float(env, "VOXGATE_LEASE_TTL_SECONDS", 30.0),
+                reap_interval_seconds=_float(env, "VOXGATE_REAP_INTERVAL_SECONDS", 5.0),
+            ),
             security=SecuritySettings(safety_identifier_secret=secret.encode())
             if secret
             else SecuritySettings(),
+            admin=AdminSettings(
+                jwt_secret=env.get("VOXGATE_ADMIN_JWT_SECRET") or None,
+                jwt_public_key=env.get("VOXGATE_ADMIN_JWT_PUBLIC_KEY") or None,
+                jwks_url=env.get("VOXGATE_ADMIN_JWKS_URL") or None,
+                jwt_audience=env.get("VOXGATE_ADMIN_JWT_AUDIENCE") or "voxgate-admin",
+                jwt_issuer=env.get("VOXGATE_ADMIN_JWT_ISSUER") or None,
+                policy_file=Path(policy_file) if policy_file else None,
+                default_tier=_default_tier(env.get("VOXGATE_DEFAULT_TIER")),
+            ),
         )
 
     def require_services(self) -> None:

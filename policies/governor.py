@@ -225,7 +225,11 @@ class SessionGovernor:
         """The shell's answer to a `ReserveBudget`. Unknown ids are ignored."""
         pending = self._pending
         if pending is not None and pending.reservation.reservation_id == reservation_id:
-            return tuple(self._answer_pending(pending, granted, now))
+            actions = self._answer_pending(pending, granted, now)
+            if not granted:  # shared state refused: the budget cannot cover a response, so cut the session
+                actions.extend(self._begin_close(BUDGET_CAP, now, audit_kind="budget_cut",
+                                                 detail={"cause": "reservation_refused"}))  # fmt: skip
+            return tuple(actions)
         for rid, reservation in list(self._by_response.items()):
             if reservation.reservation_id == reservation_id and reservation.forced:
                 if granted:

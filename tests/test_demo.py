@@ -45,7 +45,7 @@ async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path
 
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1))
         try:
-            async with client.realtime.connect(model="gpt-realtime") as conn:
+            async with client.realtime.connect(model="gpt-realtime-2") as conn:
                 await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
                 await conn.conversation.item.create(
                     item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}

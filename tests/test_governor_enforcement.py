@@ -122,9 +122,13 @@ def test_reservation_refused_answers_budget_exhausted_and_forwards_nothing() -> 
     gov = governor()
     [reserve] = gov.on_client_event({"type": "response.create", "event_id": "evt_7"}, T0)
     actions = checked(gov.on_reservation(reserve.reservation_id, False, T0))
-    assert errors(actions) == ["budget_exhausted"] and not of(SendToUpstream, actions)
+    assert not of(SendToUpstream, actions)
+    # The refusal answers the client's event; then the session is cut (nothing in flight: at once).
+    assert errors(actions)[0] == "budget_exhausted"
     assert actions[0].event["error"]["event_id"] == "evt_7"
     assert actions[0].event["error"]["type"] == "insufficient_quota"
+    [close] = of(CloseSession, actions)
+    assert (close.code, close.end_reason) == (4003, "budget_exhausted")
 
 
 def test_upstream_refusing_a_reserved_create_releases_the_reservation() -> None:

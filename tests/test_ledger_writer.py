@@ -171,3 +171,17 @@ async def test_stop_spools_what_it_could_not_write(blippable_pool, tenant_id, tm
     await writer.stop(timeout=0.3)
     assert writer.pending == 0 and (tmp_path / "ledger-spool.jsonl").read_bytes().count(b"\n") == 1
     await asyncio.sleep(0)
+
+
+async def test_a_lone_record_is_written_promptly_without_a_drain(pg_pool, tenant_id) -> None:
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.05))
+    writer.start()
+    await asyncio.sleep(0.1)  # the writer is idle, waiting for work
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not await pg_pool.fetchval("SELECT count(*) FROM realtime_sessions WHERE id = $1", sid):
+        assert loop.time() - t0 < 0.5, "a single record waited for a batch"
+        await asyncio.sleep(0.01)
+    await writer.stop()

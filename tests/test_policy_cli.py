@@ -130,7 +130,7 @@ def test_policy_set_publishes_the_change_when_redis_is_configured(
     client = redis.Redis.from_url(REDIS_URL)
     pubsub = client.pubsub()
     try:
-        pubsub.subscribe(f"{prefix}policy")
+        pubsub.subscribe(f"{prefix}events")  # the live-state broadcast channel
         pubsub.get_message(timeout=1)
         assert voxgate("policy", "set", tenant["id"], "--file", str(policy_file)) == 0
         deadline = time.monotonic() + 5
@@ -141,4 +141,5 @@ def test_policy_set_publishes_the_change_when_redis_is_configured(
         pubsub.close()
         client.close()
     assert message is not None
-    assert message["data"] == tenant["id"].encode()
+    broadcast = json.loads(message["data"])
+    assert (broadcast["kind"], broadcast["tenant_id"]) == ("policy_changed", tenant["id"])

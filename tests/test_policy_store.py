@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -124,12 +125,12 @@ async def test_unknown_tier_and_unknown_tenant(store: PolicyStore, pg_pool: asyn
         await store.set_tier("ten_missing", "gold", "alice")
 
 
-async def test_changes_are_published_on_the_policy_channel(
+async def test_changes_are_broadcast_to_every_replica(
     store: PolicyStore, pg_pool: asyncpg.Pool, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     tenant = await make_tenant(pg_pool)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(f"{redis_prefix}policy")
+    await pubsub.subscribe(f"{redis_prefix}events")  # the live-state broadcast channel
     try:
         await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         await store.set(tenant.tenant_id, {"max_output_tokens": 5}, "alice")
@@ -137,7 +138,8 @@ async def test_changes_are_published_on_the_policy_channel(
         received = [await pubsub.get_message(ignore_subscribe_messages=True, timeout=5) for _ in range(2)]
     finally:
         await pubsub.aclose()
-    assert [m["data"] for m in received if m] == [tenant.tenant_id.encode()] * 2
+    messages = [json.loads(m["data"]) for m in received if m]
+    assert [(m["kind"], m["tenant_id"]) for m in messages] == [("policy_changed", tenant.tenant_id)] * 2
 
 
 async def test_a_redis_outage_does_not_fail_a_stored_change(pg_pool: asyncpg.Pool) -> None:

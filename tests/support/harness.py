@@ -15,7 +15,9 @@ from gateway.emulator import EmulatorConfig, RealtimeEmulator
 from gateway.server import RunningServer, start_server
 from gateway.services import GatewayServices
 from gateway.settings import (
+    AdminSettings,
     DatabaseSettings,
+    EnforcementSettings,
     LedgerSettings,
     RedisSettings,
     ServerSettings,
@@ -25,6 +27,8 @@ from gateway.settings import (
 from gateway.storage.tenants import TenantDirectory
 
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(8)
+# Which relay shell gateways started by tests use; conftest's `relay` fixture sets it per test.
+relay_under_test: str = ServerSettings.relay
 
 
 @dataclass
@@ -59,17 +63,21 @@ class Gateway:
 
 def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: Any) -> Settings:
     return Settings(
-        server=replace(ServerSettings(), **{"shutdown_grace_seconds": 0.0, **server}),
+        server=replace(ServerSettings(), **{"shutdown_grace_seconds": 0.0, "relay": relay_under_test, **server}),
         database=DatabaseSettings(url=pg_dsn, pool_max=5),
         redis=RedisSettings(url=redis_url, key_prefix=f"vgtest:{secrets.token_hex(4)}:"),
         upstream=UpstreamSettings(url=upstream_url, api_key=UPSTREAM_KEY, connect_timeout_seconds=3.0),
         ledger=LedgerSettings(flush_interval_seconds=0.01),
+        # Tenants are unrestricted unless a test gives them a policy.
+        admin=AdminSettings(default_tier=None),
+        enforcement=EnforcementSettings(lease_ttl_seconds=5.0, reap_interval_seconds=0.5),
     )
 
 
 async def start_gateway(settings: Settings) -> Gateway:
     app = create_app(settings)
-    server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app))
+    server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app),
+                                relay=settings.server.relay)  # fmt: skip
     return Gateway(server=server, app=app, settings=settings)
 
 

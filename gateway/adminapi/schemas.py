@@ -1,0 +1,154 @@
+"""Wire types of the admin API (msgspec Structs): request bodies and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.storage.policy_store import AuditEntry, PolicyVersion
+from gateway.storage.tenants import ApiKeyInfo, IssuedKey, Tenant
+from gateway.storage.usage_reports import TranscriptionTotals, UsageReport, UsageRow, UsageTotals
+
+
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    tier: str | None = None
+
+
+class TierAssignment(msgspec.Struct, forbid_unknown_fields=True):
+    tier: str | None  # null clears the assignment (the default tier applies)
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+
+
+class TenantOut(msgspec.Struct):
+    id: str
+    name: str
+    status: Literal["active", "disabled"]
+    tier: str | None
+    created_at: datetime
+    disabled_at: datetime | None
+    object: str = "tenant"
+
+    @classmethod
+    def of(cls, tenant: Tenant, tier: str | None) -> TenantOut:
+        return cls(id=tenant.id, name=tenant.name, status="disabled" if tenant.disabled else "active", tier=tier,
+                   created_at=tenant.created_at, disabled_at=tenant.disabled_at)  # fmt: skip
+
+
+class TenantList(msgspec.Struct):
+    data: list[TenantOut]
+    object: str = "list"
+
+
+class KeyOut(msgspec.Struct):
+    id: str
+    tenant_id: str
+    name: str | None
+    prefix: str
+    status: Literal["active", "revoked"]
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    object: str = "api_key"
+
+    @classmethod
+    def of(cls, key: ApiKeyInfo) -> KeyOut:
+        return cls(id=key.id, tenant_id=key.tenant_id, name=key.name, prefix=key.prefix,
+                   status="revoked" if key.revoked else "active", created_at=key.created_at,
+                   revoked_at=key.revoked_at, last_used_at=key.last_used_at)  # fmt: skip
+
+
+class KeyList(msgspec.Struct):
+    data: list[KeyOut]
+    object: str = "list"
+
+
+class IssuedKeyOut(msgspec.Struct):
+    """A new key. `secret` is returned this once and cannot be recovered."""
+
+    id: str
+    tenant_id: str
+    name: str | None
+    prefix: str
+    secret: str
+    created_at: datetime
+    object: str = "api_key"
+
+    @classmethod
+    def of(cls, key: IssuedKey) -> IssuedKeyOut:
+        return cls(id=key.id, tenant_id=key.tenant_id, name=key.name, prefix=key.prefix, secret=key.secret,
+                   created_at=key.created_at)  # fmt: skip
+
+
+class PolicyOut(msgspec.Struct):
+    """The policy in force: `source` is tenant (a stored version), tier, or default."""
+
+    tenant_id: str
+    source: Literal["tenant", "tier", "default"]
+    version: int | None
+    tier: str | None
+    policy: dict[str, Any]
+    object: str = "policy"
+
+
+class PolicyVersionOut(msgspec.Struct):
+    version: int
+    created_at: datetime
+    created_by: str
+    policy: dict[str, Any]
+
+    @classmethod
+    def of(cls, stored: PolicyVersion) -> PolicyVersionOut:
+        return cls(version=stored.version, created_at=stored.created_at, created_by=stored.created_by,
+                   policy=stored.document)  # fmt: skip
+
+
+class PolicyHistory(msgspec.Struct):
+    tenant_id: str
+    data: list[PolicyVersionOut]  # newest first
+    object: str = "list"
+
+
+class TierList(msgspec.Struct):
+    default_tier: str | None  # the tier tenants with no policy and no tier get (null = unrestricted)
+    tiers: dict[str, dict[str, Any]]
+
+
+class UsageOut(msgspec.Struct):
+    """Like `voxgate usage --json`: money is integer micro-USD."""
+
+    tenant_id: str
+    since: datetime | None
+    responses: list[UsageRow]
+    totals: UsageTotals
+    transcription: TranscriptionTotals
+    total_cost_micro_usd: int
+
+    @classmethod
+    def of(cls, report: UsageReport) -> UsageOut:
+        return cls(tenant_id=report.tenant_id, since=report.since, responses=report.rows, totals=report.totals,
+                   transcription=report.transcription, total_cost_micro_usd=report.total_cost_micro_usd)  # fmt: skip
+
+
+class AuditOut(msgspec.Struct):
+    id: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditOut:
+        return cls(id=entry.id, at=entry.at, actor=entry.actor, tenant_id=entry.tenant_id, action=entry.action,
+                   detail=entry.detail)  # fmt: skip
+
+
+class AuditList(msgspec.Struct):
+    data: list[AuditOut]  # newest first
+    object: str = "list"

@@ -1,0 +1,376 @@
+"""The splice: frames move verbatim between two transports; only messages that need it are read.
+
+`FastRelay` is a transport shell around `LiveSession`, like the ASGI relay, but it owns
+both sockets after the upgrade. For each direction it reads frame headers, forwards runs
+of frames it need not change with one `write`, and reassembles (and unmasks) a message
+only to hand it to the `LiveSession`. Control frames pass through; close frames end the
+session with the reasons in docs/close-codes.md; each side's write buffer throttles
+reading from the other. Everything here runs in transport callbacks: no task per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.fastrelay.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_TEXT,
+    FrameHeader,
+    ProtocolError,
+    build_close,
+    build_frame,
+    parse_close,
+    parse_header,
+    payload_of,
+)
+from gateway.live_session import LiveSession, Verdict
+from policies.governor import CLOSE_BAD_GATEWAY, CLOSE_INTERNAL_ERROR
+
+log = logging.getLogger("voxgate.fastrelay")
+
+TICK_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 2.0
+# Per-transport write buffer: above HIGH the other side stops being read, below LOW it resumes.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+UPSTREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_TOO_BIG = 1009
+
+
+class Side:
+    """One end of the splice: its transport, what is half-read from it, and its close state."""
+
+    def __init__(self, name: str, transport: asyncio.Transport, masked: bool, max_message: int) -> None:
+        self.name = name
+        self.transport = transport
+        self.masked = masked  # frames *from* this side are masked (it is the client side)
+        self.max_message = max_message
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+        self.need = 0
+        self.skip = 0  # bytes of a refused oversized frame still to discard
+        # A fragmented message being reassembled: its original frames and unmasked payload.
+        self.frag_frames: list[bytes] | None = None
+        self.frag_payload: list[bytes] = []
+        self.frag_len = 0
+        self.frag_binary = False
+        self.close_sent = False
+        self.close_received = False
+        self.lost = False
+        self.paused_by_peer = False
+
+    def write(self, data: bytes) -> None:
+        if not self.lost and not self.close_sent and data:
+            self.transport.write(data)
+
+    def send_close(self, frame: bytes) -> None:
+        if not self.lost and not self.close_sent:
+            self.transport.write(frame)
+        self.close_sent = True
+
+    def pause(self) -> None:
+        if not self.paused_by_peer and not self.lost:
+            self.paused_by_peer = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused_by_peer:
+            self.paused_by_peer = False
+            if not self.lost:
+                self.transport.resume_reading()
+
+
+class FastRelay:
+    """One proxied session: client transport <-> voxgate <-> upstream transport."""
+
+    def __init__(
+        self,
+        live: LiveSession,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        *,
+        max_message_bytes: int,
+        on_done: Callable[[FastRelay], None],
+    ) -> None:
+        self.live = live
+        self.client = Side("client", client, masked=True, max_message=max_message_bytes)
+        self.upstream = Side("upstream", upstream, masked=False, max_message=UPSTREAM_MAX_MESSAGE_BYTES)
+        self.ending = False
+        self._on_done = on_done
+        self._loop = asyncio.get_running_loop()
+        self._tick: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = self._loop.create_future()
+
+    def start(self) -> None:
+        for side in (self.client, self.upstream):
+            side.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self._tick = self._loop.call_later(TICK_SECONDS, self._on_tick)
+        self.live.attach(self._deliver)
+
+    async def _deliver(self, verdict: Verdict) -> None:
+        """Verdicts that arrive between frames (budget reservations, policy broadcasts)."""
+        if not self.ending:
+            self._execute(verdict, b"", self.upstream)
+
+    # Drainable (services.live)
+    def shutdown(self, code: int, reason: str, end_reason: str) -> None:
+        """End the session from outside (drain): `code` to the client, 1000 upstream."""
+        self._end(end_reason, None, build_close(code, reason, masked=False), build_close(1000, masked=True))
+
+    # Events from the two protocols
+    def client_data(self, data: bytes) -> None:
+        self._guarded(self.client, data)
+
+    def upstream_data(self, data: bytes) -> None:
+        self._guarded(self.upstream, data)
+
+    def client_lost(self, exc: Exception | None) -> None:
+        self._lost(self.client)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self._lost(self.upstream)
+
+    def client_pause_writing(self) -> None:
+        self.upstream.pause()
+
+    def client_resume_writing(self) -> None:
+        self.upstream.resume()
+
+    def upstream_pause_writing(self) -> None:
+        self.client.pause()
+
+    def upstream_resume_writing(self) -> None:
+        self.client.resume()
+
+    # The splice
+    def _other(self, side: Side) -> Side:
+        return self.upstream if side is self.client else self.client
+
+    def _guarded(self, side: Side, data: bytes) -> None:
+        try:
+            self._feed(side, data)
+        except ProtocolError as exc:
+            self._protocol_error(side, str(exc))
+        except Exception as exc:  # a bug in voxgate must still end the session cleanly
+            log.exception("fast relay failed for session %s", self.live.session_id)
+            self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
+                      masked=False), build_close(1000, masked=True))  # fmt: skip
+
+    def _feed(self, side: Side, data: bytes) -> None:
+        if side.lost or side.close_received:
+            return
+        if side.skip:
+            if len(data) <= side.skip:
+                side.skip -= len(data)
+                return
+            data, side.skip = data[side.skip :], 0
+        if side.pending:
+            side.pending.append(data)
+            side.pending_len += len(data)
+            if side.pending_len < side.need:
+                return
+            buf = b"".join(side.pending)
+            side.pending.clear()
+            side.pending_len = 0
+        else:
+            buf = data
+        n = len(buf)
+        pos = 0
+        run = 0  # start of frames that go on verbatim in one write
+        other = self._other(side)
+        need = 0
+        while pos < n:
+            header = parse_header(buf, pos, expect_masked=side.masked)
+            if isinstance(header, int):
+                need = header
+                break
+            opcode = header.opcode
+            end = header.payload_end
+            if opcode < OP_CLOSE:
+                too_big = header.length + (side.frag_len if opcode == OP_CONTINUATION else 0) > side.max_message
+                if self.ending or too_big:  # dropped without buffering it
+                    other.write(buf[run:pos])
+                    if not self.ending:
+                        self._too_big(side)
+                    side.skip = max(0, end - n)
+                    pos = run = min(end, n)
+                    continue
+            if end > n:
+                need = end - pos
+                break
+            if self.ending:  # only a close reply still matters
+                if opcode == OP_CLOSE:
+                    self._close_frame(side, buf, header, pos)
+                    return
+                pos = run = end
+                continue
+            if opcode > OP_CLOSE:  # ping and pong ride along verbatim
+                pos = end
+                continue
+            if opcode == OP_CLOSE:
+                other.write(buf[run:pos])
+                self._close_frame(side, buf, header, pos)
+                return
+            if opcode == OP_CONTINUATION or not header.fin or side.frag_frames is not None:
+                other.write(buf[run:pos])
+                self._fragment(side, buf, header, pos)
+                pos = run = end
+                continue
+            verdict = self._inspect(side, payload_of(buf, header), opcode == OP_BINARY)
+            if verdict.forward and not (verdict.to_client or verdict.to_upstream or verdict.close):
+                pos = end
+                continue
+            other.write(buf[run:pos])
+            self._execute(verdict, buf[pos:end], other)
+            pos = run = end
+            if self.ending:
+                return
+        if run == 0 and pos == n:
+            other.write(buf)
+        else:
+            other.write(buf[run:pos])
+        if pos < n:
+            side.pending.append(buf[pos:])
+            side.pending_len = n - pos
+            side.need = need
+
+    def _fragment(self, side: Side, buf: bytes, header: FrameHeader, pos: int) -> None:
+        if header.opcode == OP_CONTINUATION:
+            if side.frag_frames is None:
+                raise ProtocolError("continuation frame without a message to continue")
+        else:
+            if side.frag_frames is not None:
+                raise ProtocolError("new message before the fragmented one finished")
+            side.frag_frames, side.frag_payload, side.frag_len = [], [], 0
+            side.frag_binary = header.opcode == OP_BINARY
+        side.frag_frames.append(buf[pos : header.payload_end])
+        side.frag_payload.append(payload_of(buf, header))
+        side.frag_len += header.length
+        if not header.fin:
+            return
+        frames, payload, binary = side.frag_frames, b"".join(side.frag_payload), side.frag_binary
+        side.frag_frames, side.frag_payload, side.frag_len = None, [], 0
+        self._execute(self._inspect(side, payload, binary), b"".join(frames), self._other(side))
+
+    def _inspect(self, side: Side, payload: bytes, binary: bool) -> Verdict:
+        if side is self.client:
+            return self.live.from_client(payload, binary=binary)
+        return self.live.from_upstream(payload, binary=binary)
+
+    def _execute(self, verdict: Verdict, original: bytes, other: Side) -> None:
+        if verdict.forward:
+            other.write(original)
+        for message in verdict.to_upstream:
+            self.upstream.write(build_frame(OP_TEXT, message.encode(), masked=True))
+        for message in verdict.to_client:
+            self.client.write(build_frame(OP_TEXT, message.encode(), masked=False))
+        if verdict.close is not None:
+            close = verdict.close
+            self._end(close.end_reason, None, build_close(close.code, close.reason, masked=False),
+                      build_close(1000, masked=True))  # fmt: skip
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        if self.ending:
+            return
+        try:
+            self._execute(self.live.tick(), b"", self.upstream)
+        except Exception as exc:
+            log.exception("fast relay tick failed for session %s", self.live.session_id)
+            self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
+                      masked=False), build_close(1000, masked=True))  # fmt: skip
+        if not self.ending:
+            self._tick = self._loop.call_later(TICK_SECONDS, self._on_tick)
+
+    # Ending
+    def _close_frame(self, side: Side, buf: bytes, header: FrameHeader, pos: int) -> None:
+        code, _ = parse_close(payload_of(buf, header))
+        side.close_received = True
+        if not self.ending:
+            original = buf[pos : header.payload_end]  # a valid frame in the other direction too
+            echo_to_side = build_close(code, masked=side is self.upstream)
+            if side is self.client:
+                self._end("client_closed", f"client close code {code}", echo_to_side, original)
+            else:
+                end_reason = "upstream_closed" if code in (None, 1000, 1001) else "upstream_error"
+                self._end(end_reason, f"upstream close code {code}", original, echo_to_side)
+        self._settle(side)
+
+    def _protocol_error(self, side: Side, detail: str) -> None:
+        side.close_received = True  # its byte stream can no longer be followed: read no more
+        if side is self.client:
+            self._end("client_closed", f"client protocol error: {detail}",
+                      build_close(CLOSE_PROTOCOL_ERROR, masked=False), build_close(1000, masked=True))  # fmt: skip
+        else:
+            self._end("upstream_error", f"upstream protocol error: {detail}",
+                      build_close(CLOSE_BAD_GATEWAY, "upstream protocol error", masked=False),
+                      build_close(CLOSE_PROTOCOL_ERROR, masked=True))  # fmt: skip
+
+    def _too_big(self, side: Side) -> None:
+        if side is self.client:
+            self._end("client_closed", "client message too big", build_close(CLOSE_TOO_BIG, masked=False),
+                      build_close(1000, masked=True))  # fmt: skip
+        else:
+            self._end("upstream_error", "upstream message too big",
+                      build_close(CLOSE_BAD_GATEWAY, "upstream message too big", masked=False),
+                      build_close(CLOSE_TOO_BIG, masked=True))  # fmt: skip
+
+    def _lost(self, side: Side) -> None:
+        side.lost = True
+        if not self.ending:
+            if side is self.client:
+                self._end("client_closed", "client connection lost", None, build_close(1000, masked=True))
+            else:
+                self._end("upstream_error", "upstream connection lost",
+                          build_close(CLOSE_BAD_GATEWAY, "upstream connection lost", masked=False), None)  # fmt: skip
+        self._settle(self._other(side))
+        self._maybe_done()
+
+    def _end(self, end_reason: str, detail: str | None, to_client: bytes | None, to_upstream: bytes | None) -> None:
+        """Record the end once, send each side its close frame, and let the handshakes finish."""
+        if self.ending:
+            return
+        self.ending = True
+        self.live.end(end_reason, detail)
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for side, frame in ((self.client, to_client), (self.upstream, to_upstream)):
+            if frame is not None:
+                side.send_close(frame)
+            side.resume()  # read the close reply even if this side was throttled
+        self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_SECONDS, self._abort)
+        self._settle(self.client)
+        self._settle(self.upstream)
+
+    def _settle(self, side: Side) -> None:
+        """Close a side's TCP once its close handshake is complete (or it has no peer left)."""
+        if not side.lost and side.close_sent and side.close_received:
+            side.transport.close()
+
+    def _abort(self) -> None:
+        for side in (self.client, self.upstream):
+            if not side.lost:
+                side.transport.abort()
+
+    def _maybe_done(self) -> None:
+        if self.client.lost and self.upstream.lost and self._finishing is None:
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+            self._finishing = self._loop.create_task(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            await self.live.aclose()  # pending shared-state work, the concurrency lease
+        except Exception:
+            log.exception("closing session %s failed", self.live.session_id)
+        finally:
+            self.done.set_result(None)
+            self._on_done(self)

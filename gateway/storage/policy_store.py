@@ -1,0 +1,235 @@
+"""Tenant policies in Postgres: versioned documents, tier assignment, and the audit log.
+
+The policy in force for a tenant (`PolicyStore.effective`) is, in order:
+
+1. the latest version the tenant has in ``tenant_policies`` (source ``"tenant"``);
+2. else the tenant's assigned tier from the tiers file (source ``"tier"``);
+3. else the default tier (``VOXGATE_DEFAULT_TIER``) if the tiers file defines it, otherwise
+   ``UNRESTRICTED`` (source ``"default"``).
+
+A tenant whose assigned tier is no longer in the tiers file falls through to 3 (logged).
+Every change is written with its audit row in one transaction, then announced on the Redis
+channel ``{prefix}policy`` with the tenant id as the payload, so live sessions on every
+replica can reload their policy within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from gateway.storage.tenants import TenantNotFound
+from policies.policy import UNRESTRICTED, TenantPolicy, parse_policy, policy_to_document
+
+log = logging.getLogger("voxgate.policy_store")
+
+PolicySource = Literal["tenant", "tier", "default"]
+
+# --- named queries ----------------------------------------------------------------------------
+
+EFFECTIVE_POLICY = """
+SELECT t.tier, p.version, p.document
+FROM tenants t
+LEFT JOIN LATERAL (
+    SELECT version, document FROM tenant_policies WHERE tenant_id = t.id ORDER BY version DESC LIMIT 1
+) p ON true
+WHERE t.id = $1
+"""
+
+LOCK_TENANT = "SELECT tier FROM tenants WHERE id = $1 FOR UPDATE"
+
+# The caller holds the tenant row lock, so max(version) + 1 cannot race.
+INSERT_POLICY_VERSION = """
+INSERT INTO tenant_policies (tenant_id, version, document, created_by)
+SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3 FROM tenant_policies WHERE tenant_id = $1
+RETURNING version, created_at
+"""
+
+POLICY_HISTORY = """
+SELECT tenant_id, version, document, created_at, created_by
+FROM tenant_policies WHERE tenant_id = $1 ORDER BY version DESC
+"""
+
+SET_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
+
+TENANT_TIERS = "SELECT id, tier FROM tenants"
+
+INSERT_AUDIT = """
+INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1, $2, $3, $4::jsonb)
+RETURNING id
+"""
+
+AUDIT_FOR_TENANT = """
+SELECT id, at, actor, tenant_id, action, detail
+FROM audit_log WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2
+"""
+
+
+# --- types -------------------------------------------------------------------------------------
+
+
+class UnknownTier(ValueError):
+    """The named tier is not defined in the tiers file."""
+
+    def __init__(self, tier: str, known: list[str]) -> None:
+        super().__init__(f"unknown tier {tier!r}; the tiers file defines: {', '.join(known) or '(none)'}")
+        self.tier = tier
+
+
+class EffectivePolicy(NamedTuple):
+    """The policy in force for a tenant, its version (tenant policies only) and where it came from."""
+
+    policy: TenantPolicy
+    version: int | None
+    source: PolicySource
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """One stored version of a tenant's policy."""
+
+    tenant_id: str
+    version: int
+    document: dict[str, Any]
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    detail: dict[str, Any]
+
+
+async def audit(
+    conn_or_pool: asyncpg.Connection | asyncpg.Pool,
+    actor: str,
+    tenant_id: str | None,
+    action: str,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Append one audit row (who did what to which tenant); returns its id.
+
+    Pass the connection of an open transaction to make the row commit with the change.
+    """
+    row_id = await conn_or_pool.fetchval(
+        INSERT_AUDIT, actor, tenant_id, action, json.dumps(dict(detail or {}), default=str)
+    )
+    return int(row_id)
+
+
+async def audit_entries(pool: asyncpg.Pool, tenant_id: str, limit: int = 100) -> list[AuditEntry]:
+    """A tenant's most recent audit rows, newest first."""
+    rows = await pool.fetch(AUDIT_FOR_TENANT, tenant_id, limit)
+    return [AuditEntry(**{**dict(row), "detail": json.loads(row["detail"])}) for row in rows]
+
+
+class PolicyStore:
+    """Reads and changes tenant policies; announces every change on Redis."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        tiers: Mapping[str, TenantPolicy],
+        default_tier: str | None,
+        redis: aioredis.Redis | None = None,
+        prefix: str = "voxgate:",
+    ) -> None:
+        self._pool = pool
+        self.tiers = dict(tiers)
+        self.default_tier = default_tier
+        self._redis = redis
+        self._prefix = prefix
+
+    @property
+    def default_policy(self) -> TenantPolicy:
+        """What a tenant with no policy and no (known) tier gets."""
+        if self.default_tier is not None and self.default_tier in self.tiers:
+            return self.tiers[self.default_tier]
+        return UNRESTRICTED
+
+    async def effective(self, tenant_id: str) -> EffectivePolicy:
+        """The policy in force for `tenant_id` (see the module docstring for the order)."""
+        row = await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id)
+        if row is None:
+            raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+        if row["version"] is not None:
+            return EffectivePolicy(parse_policy(json.loads(row["document"])), row["version"], "tenant")
+        tier = row["tier"]
+        if tier is not None:
+            if tier in self.tiers:
+                return EffectivePolicy(self.tiers[tier], None, "tier")
+            log.warning("tenant %s has tier %r, which the tiers file no longer defines", tenant_id, tier)
+        return EffectivePolicy(self.default_policy, None, "default")
+
+    async def tier_of(self, tenant_id: str) -> str | None:
+        """The tier assigned to a tenant (None if none). Raises TenantNotFound."""
+        row = await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id)
+        if row is None:
+            raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+        tier: str | None = row["tier"]
+        return tier
+
+    async def tenant_tiers(self) -> dict[str, str | None]:
+        """Every tenant's assigned tier, by tenant id."""
+        return {row["id"]: row["tier"] for row in await self._pool.fetch(TENANT_TIERS)}
+
+    async def set(self, tenant_id: str, document: Mapping[str, Any], actor: str) -> int:
+        """Validate a tier-shaped mapping and store it as the tenant's next version.
+
+        Raises PolicyError (naming the key) for an invalid document, TenantNotFound for an
+        unknown tenant. Returns the new version number.
+        """
+        policy = parse_policy(document)
+        stored = policy_to_document(policy)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchrow(LOCK_TENANT, tenant_id) is None:
+                raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+            row = await conn.fetchrow(INSERT_POLICY_VERSION, tenant_id, json.dumps(stored), actor)
+            version = int(row["version"])
+            await audit(conn, actor, tenant_id, "policy.set", {"version": version, "document": stored})
+        await self.notify(tenant_id)
+        return version
+
+    async def history(self, tenant_id: str) -> list[PolicyVersion]:
+        """Every stored version of a tenant's policy, newest first (empty if it never had one)."""
+        rows = await self._pool.fetch(POLICY_HISTORY, tenant_id)
+        return [PolicyVersion(**{**dict(row), "document": json.loads(row["document"])}) for row in rows]
+
+    def check_tier(self, tier: str | None) -> None:
+        """Raise UnknownTier unless `tier` is None or defined in the tiers file."""
+        if tier is not None and tier not in self.tiers:
+            raise UnknownTier(tier, sorted(self.tiers))
+
+    async def set_tier(self, tenant_id: str, tier: str | None, actor: str) -> None:
+        """Assign a tier (None clears it). Raises UnknownTier or TenantNotFound."""
+        self.check_tier(tier)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_TENANT, tenant_id)
+            if row is None:
+                raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+            await conn.execute(SET_TENANT_TIER, tenant_id, tier)
+            await audit(conn, actor, tenant_id, "tenant.tier", {"tier": tier, "previous": row["tier"]})
+        await self.notify(tenant_id)
+
+    async def notify(self, tenant_id: str) -> None:
+        """Tell every replica that `tenant_id`'s policy changed. Best effort: the change is stored."""
+        if self._redis is None:
+            return
+        from gateway.livestate import LiveState  # the broadcast bus every replica listens to
+
+        try:
+            await LiveState(self._redis, self._prefix, instance_id="policy-store").publish("policy_changed", tenant_id)
+        except Exception as exc:  # a Redis outage must not undo or fail a stored change
+            log.warning("could not publish the policy change of %s: %s", tenant_id, type(exc).__name__)

@@ -1,0 +1,334 @@
+"""The admin REST API through a real gateway: every route, the role matrix, OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.settings import AdminSettings
+from gateway.storage.policy_store import audit_entries
+from tests.conftest import REDIS_URL
+from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token, claims, handmade, hs256
+from tests.support.harness import Gateway, gateway_settings, make_tenant, start_gateway
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def admin_gateway(pg_dsn: str, emulator: Any) -> AsyncIterator[Gateway]:
+    settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
+    settings = replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER))
+    gateway = await start_gateway(settings)
+    yield gateway
+    await gateway.stop()
+
+
+@pytest.fixture
+async def api(admin_gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    base = f"{admin_gateway.server.http_url}/admin/v1"
+    async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {admin_token()}"}) as client:
+        yield client
+
+
+def as_(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None, param: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert error["code"] == code
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+async def new_tenant(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await api.post("/tenants", json={"name": f"acme-{secrets.token_hex(4)}", **body})
+    assert response.status_code == 201, response.text
+    tenant: dict[str, Any] = response.json()
+    return tenant
+
+
+# --- routes, as an admin --------------------------------------------------------------------------
+
+
+async def test_tenant_lifecycle(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api, tier="standard")
+    assert tenant["status"] == "active"
+    assert tenant["tier"] == "standard"
+    assert tenant["id"].startswith("ten_")
+
+    listed = (await api.get("/tenants")).json()
+    assert listed["object"] == "list"
+    assert tenant["id"] in [t["id"] for t in listed["data"]]
+    assert (await api.get(f"/tenants/{tenant['id']}")).json() == tenant
+
+    disabled = (await api.post(f"/tenants/{tenant['id']}/disable")).json()
+    assert disabled["status"] == "disabled"
+    assert disabled["disabled_at"]
+    assert (await api.post(f"/tenants/{tenant['id']}/disable")).json()["status"] == "disabled"
+    assert (await api.post(f"/tenants/{tenant['id']}/enable")).json()["status"] == "active"
+
+    assert (await api.put(f"/tenants/{tenant['id']}/tier", json={"tier": None})).json()["tier"] is None
+
+
+async def test_tenant_errors(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    assert_openai_error(await api.post("/tenants", json={"name": tenant["name"]}), 409, "tenant_exists", "name")
+    assert_openai_error(await api.post("/tenants", json={"name": "  "}), 400, "invalid_tenant_name", "name")
+    assert_openai_error(await api.post("/tenants", json={"name": "x", "tier": "platinum"}), 400, "unknown_tier", "tier")
+    assert_openai_error(await api.post("/tenants", json={"nam": "x"}), 400, "invalid_request")
+    assert_openai_error(await api.post("/tenants", content=b"{not json"), 400, "invalid_request")
+    assert_openai_error(await api.get("/tenants/ten_missing"), 404, "tenant_not_found", "tenant_id")
+    assert_openai_error(await api.post("/tenants/ten_missing/disable"), 404, "tenant_not_found")
+    assert_openai_error(await api.put(f"/tenants/{tenant['id']}/tier", json={"tier": "x"}), 400, "unknown_tier")
+
+
+async def test_keys_secret_shown_once_then_revoked(api: httpx.AsyncClient, admin_gateway: Gateway) -> None:
+    tenant = await new_tenant(api)
+    created = await api.post(f"/tenants/{tenant['id']}/keys", json={"name": "backend"})
+    assert created.status_code == 201
+    key = created.json()
+    assert key["secret"].startswith("vg_live_")
+    assert key["name"] == "backend"
+    identity = await admin_gateway.services.tenants.authenticate(key["secret"])
+    assert identity is not None
+    assert identity.tenant_id == tenant["id"]
+
+    unnamed = await api.post(f"/tenants/{tenant['id']}/keys")
+    assert unnamed.status_code == 201
+    assert unnamed.json()["name"] is None
+
+    listed = (await api.get(f"/tenants/{tenant['id']}/keys")).json()["data"]
+    assert [k["id"] for k in listed] == [key["id"], unnamed.json()["id"]]
+    assert all("secret" not in k for k in listed)
+    assert key["secret"] not in str(listed)
+
+    revoked = await api.delete(f"/tenants/{tenant['id']}/keys/{key['id']}")
+    assert revoked.status_code == 200
+    assert revoked.json()["status"] == "revoked"
+    assert await admin_gateway.services.tenants.authenticate(key["secret"]) is None
+    assert_openai_error(await api.delete(f"/tenants/{tenant['id']}/keys/{key['id']}"), 404, "key_not_found", "key_id")
+
+    other = await new_tenant(api)
+    assert_openai_error(await api.delete(f"/tenants/{other['id']}/keys/{unnamed.json()['id']}"), 404, "key_not_found")
+    assert_openai_error(await api.post("/tenants/ten_missing/keys"), 404, "tenant_not_found")
+
+
+async def test_policy_versions_and_sources(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/policy"
+    default = (await api.get(path)).json()
+    assert (default["source"], default["version"], default["tier"]) == ("default", None, None)
+    assert default["policy"]["max_output_tokens"] == 1024
+
+    await api.put(f"/tenants/{tenant['id']}/tier", json={"tier": "standard"})
+    assert (await api.get(path)).json()["source"] == "tier"
+
+    first = await api.put(path, json={"max_output_tokens": 300, "budget": {"daily_usd": "2.5"}})
+    assert first.status_code == 200, first.text
+    assert (first.json()["source"], first.json()["version"]) == ("tenant", 1)
+    assert first.json()["policy"]["budget"]["daily_usd"] == "2.500000"
+    second = (await api.put(path, json={"models": ["gpt-realtime-mini"]})).json()
+    assert second["version"] == 2
+    assert second["policy"]["max_output_tokens"] is None  # a version replaces the whole document
+
+    history = (await api.get(f"{path}/history")).json()
+    assert [(v["version"], v["created_by"]) for v in history["data"]] == [(2, "alice"), (1, "alice")]
+    assert history["data"][1]["policy"]["max_output_tokens"] == 300
+
+
+async def test_invalid_policy_names_the_key(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/policy"
+    response = await api.put(path, json={"budget": {"daily_usd": "1.0000001"}})
+    assert_openai_error(response, 400, "invalid_policy", "policy.budget.daily_usd")
+    typo = await api.put(path, json={"max_output_tokns": 1})
+    assert_openai_error(typo, 400, "invalid_policy", "policy.max_output_tokns")
+    assert_openai_error(await api.put(path, json=[1, 2]), 400, "invalid_request")
+    assert (await api.get(f"{path}/history")).json()["data"] == []
+    assert_openai_error(await api.put("/tenants/ten_missing/policy", json={}), 404, "tenant_not_found")
+
+
+async def test_usage_report(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    usage = (await api.get(f"/tenants/{tenant['id']}/usage", params={"since": "2026-01-01T00:00:00"})).json()
+    assert usage["tenant_id"] == tenant["id"]
+    assert usage["since"].startswith("2026-01-01T00:00:00")
+    assert usage["responses"] == []
+    assert usage["totals"] == {"responses": 0, "input_tokens": 0, "output_tokens": 0, "cost_micro_usd": 0}
+    assert usage["total_cost_micro_usd"] == 0
+    assert (await api.get(f"/tenants/{tenant['id']}/usage")).json()["since"] is None
+    assert_openai_error(await api.get(f"/tenants/{tenant['id']}/usage", params={"since": "yesterday"}), 400,
+                        "invalid_request", "since")  # fmt: skip
+
+
+async def test_tiers_route(api: httpx.AsyncClient) -> None:
+    tiers = (await api.get("/tiers")).json()
+    assert tiers["default_tier"] == "standard"
+    assert tiers["tiers"]["standard"]["models"] == ["gpt-realtime-2", "gpt-realtime-mini"]
+
+
+async def test_every_mutation_is_audited_with_the_token_subject(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+) -> None:
+    headers = as_(admin_token(sub="carol@acme"))
+    tenant = (await api.post("/tenants", json={"name": f"aud-{secrets.token_hex(4)}"}, headers=headers)).json()
+    tid = tenant["id"]
+    key = (await api.post(f"/tenants/{tid}/keys", headers=headers)).json()
+    await api.delete(f"/tenants/{tid}/keys/{key['id']}", headers=headers)
+    await api.put(f"/tenants/{tid}/policy", json={}, headers=headers)
+    await api.put(f"/tenants/{tid}/tier", json={"tier": "standard"}, headers=headers)
+    await api.post(f"/tenants/{tid}/disable", headers=headers)
+    await api.post(f"/tenants/{tid}/enable", headers=headers)
+
+    entries = await audit_entries(pg_pool, tid)
+    assert [e.action for e in reversed(entries)] == [
+        "tenant.create", "key.create", "key.revoke", "policy.set", "tenant.tier", "tenant.disable", "tenant.enable",
+    ]  # fmt: skip
+    assert {e.actor for e in entries} == {"carol@acme"}
+    assert key["secret"] not in str([e.detail for e in entries])
+    served = (await api.get(f"/tenants/{tid}/audit", params={"limit": 2})).json()["data"]
+    assert [e["action"] for e in served] == ["tenant.enable", "tenant.disable"]
+
+
+async def test_a_policy_change_is_published_for_live_sessions(api: httpx.AsyncClient, admin_gateway: Gateway) -> None:
+    tenant = await new_tenant(api)
+    client = aioredis.from_url(REDIS_URL)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(f"{admin_gateway.settings.redis.key_prefix}events")  # live-state broadcasts
+        await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        await api.put(f"/tenants/{tenant['id']}/policy", json={"max_output_tokens": 64})
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+    assert message is not None
+    broadcast = json.loads(message["data"])
+    assert (broadcast["kind"], broadcast["tenant_id"]) == ("policy_changed", tenant["id"])
+
+
+async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=admin_gateway.server.http_url) as client:
+        schema = (await client.get("/docs/openapi.json")).json()
+    operations = {
+        op["operationId"]: op for path, item in schema["paths"].items() if path.startswith("/admin/v1")
+        for op in item.values()
+    }  # fmt: skip
+    assert set(operations) == {
+        "admin_create_tenant", "admin_list_tenants", "admin_get_tenant", "admin_disable_tenant",
+        "admin_enable_tenant", "admin_set_tenant_tier", "admin_list_keys", "admin_create_key", "admin_revoke_key",
+        "admin_get_policy", "admin_set_policy", "admin_get_policy_history", "admin_get_usage", "admin_list_audit",
+        "admin_list_tiers",
+    }  # fmt: skip
+    assert all(op["tags"] and op["security"] == [{"AdminJWT": []}] for op in operations.values())
+    assert schema["components"]["securitySchemes"]["AdminJWT"]["scheme"] == "bearer"
+
+
+# --- authentication over HTTP -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        hs256(claims(roles=["admin"]), secret="y" * 48),  # forged
+        hs256(claims(roles=["admin"], exp=1_000_000)),  # expired
+        hs256(claims(roles=["admin"], aud="other")),  # wrong audience
+        hs256(claims(roles=["admin"], iss="https://evil.test")),  # wrong issuer
+        handmade({"alg": "none"}, claims(roles=["admin"]), None),  # alg none
+        hs256(claims(sub=None, roles=["admin"])),  # missing sub
+    ],
+    ids=["forged", "expired", "wrong-audience", "wrong-issuer", "alg-none", "missing-sub"],
+)
+async def test_bad_tokens_get_a_401_that_never_echoes_them(api: httpx.AsyncClient, token: str) -> None:
+    response = await api.get("/tenants", headers=as_(token))
+    assert_openai_error(response, 401, "invalid_token")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert token not in response.text
+
+
+async def test_no_token_is_a_401(admin_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=f"{admin_gateway.server.http_url}/admin/v1") as client:
+        assert_openai_error(await client.get("/tenants"), 401, "invalid_token")
+        assert_openai_error(await client.get("/tenants", headers={"authorization": "Basic x"}), 401, "invalid_token")
+
+
+# --- the role matrix ------------------------------------------------------------------------------
+
+
+ROUTES = [
+    ("GET", "/tenants"), ("POST", "/tenants"), ("GET", "/tenants/{t}"), ("POST", "/tenants/{t}/disable"),
+    ("POST", "/tenants/{t}/enable"), ("PUT", "/tenants/{t}/tier"), ("GET", "/tenants/{t}/keys"),
+    ("POST", "/tenants/{t}/keys"), ("GET", "/tenants/{t}/policy"), ("PUT", "/tenants/{t}/policy"),
+    ("GET", "/tenants/{t}/policy/history"), ("GET", "/tenants/{t}/usage"), ("GET", "/tenants/{t}/audit"),
+    ("GET", "/tiers"),
+]  # fmt: skip
+ALLOWED = {
+    "admin": {f"{m} {p}" for m, p in ROUTES},
+    "finance": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history",
+                "GET /tenants/{t}/usage", "GET /tenants/{t}/audit", "GET /tiers"},
+    "tenant_admin": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/keys", "POST /tenants/{t}/keys",
+                     "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history", "GET /tenants/{t}/usage",
+                     "GET /tiers"},
+    "viewer": set(),
+}  # fmt: skip
+BODIES = {"POST /tenants": {"name": "n"}, "PUT /tenants/{t}/tier": {"tier": "standard"},
+          "PUT /tenants/{t}/policy": {}}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", sorted(ALLOWED))
+async def test_role_matrix(api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: str) -> None:
+    own = await make_tenant(pg_pool, prefix="own")
+    other = await make_tenant(pg_pool, prefix="other")
+    token = hs256(claims(sub=f"{role}-user", roles=[role], tenant_id=own.tenant_id))
+    for method, template in ROUTES:
+        route = f"{method} {template}"
+        body = {**BODIES[route], "name": f"m-{secrets.token_hex(4)}"} if route == "POST /tenants" else BODIES.get(route)
+        response = await api.request(method, template.format(t=own.tenant_id), json=body, headers=as_(token))
+        if route in ALLOWED[role]:
+            assert response.status_code in (200, 201), (role, route, response.text)
+        else:
+            assert_openai_error(response, 403, "insufficient_role")
+        if "{t}" in template and role == "tenant_admin":
+            # Another tenant is invisible to a tenant_admin: 404, exactly as if it did not exist.
+            elsewhere = await api.request(method, template.format(t=other.tenant_id), json=body,
+                                          headers=as_(token))  # fmt: skip
+            expected = 404 if route in ALLOWED[role] else 403
+            assert elsewhere.status_code == expected, (route, elsewhere.text)
+            missing = await api.request(method, template.format(t="ten_missing"), json=body,
+                                        headers=as_(token))  # fmt: skip
+            assert missing.status_code == expected
+            if expected == 404:
+                assert elsewhere.json() == {**missing.json(), "error": {**missing.json()["error"],
+                                            "message": elsewhere.json()["error"]["message"]}}  # fmt: skip
+
+
+async def test_a_tenant_admin_lists_only_its_own_tenant(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:
+    own = await make_tenant(pg_pool, prefix="own")
+    token = hs256(claims(roles=["tenant_admin"], tenant_id=own.tenant_id))
+    listed = (await api.get("/tenants", headers=as_(token))).json()["data"]
+    assert [t["id"] for t in listed] == [own.tenant_id]
+
+
+async def test_a_tenant_admin_manages_its_keys_audited_as_itself(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:
+    own = await make_tenant(pg_pool, prefix="own")
+    headers = as_(hs256(claims(sub="dev@tenant", roles=["tenant_admin"], tenant_id=own.tenant_id)))
+    key = (await api.post(f"/tenants/{own.tenant_id}/keys", headers=headers)).json()
+    assert (await api.delete(f"/tenants/{own.tenant_id}/keys/{key['id']}", headers=headers)).status_code == 200
+    await asyncio.sleep(0)
+    actions = [(e.actor, e.action) for e in await audit_entries(pg_pool, own.tenant_id)]
+    assert actions == [("dev@tenant", "key.revoke"), ("dev@tenant", "key.create")]

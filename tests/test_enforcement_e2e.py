@@ -1,0 +1,222 @@
+"""Issue 4 end to end: policies enforced by a real gateway (both relays) on real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+import websockets
+from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.storage.policy_store import PolicyStore
+from tests.conftest import REDIS_URL
+from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
+
+pytestmark = pytest.mark.e2e
+
+BASE_POLICY: dict[str, Any] = {"models": ["gpt-realtime", "gpt-realtime-mini"], "voices": ["marin", "cedar"]}
+
+
+async def set_policy(pool: asyncpg.Pool, tenant: TenantKey, **fields: Any) -> None:
+    await PolicyStore(pool, {}, None).set(tenant.tenant_id, {**BASE_POLICY, **fields}, actor="test")
+
+
+def auth(tenant: TenantKey) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.secret}"}
+
+
+async def connect(gateway, tenant: TenantKey, model: str = "gpt-realtime") -> websockets.ClientConnection:
+    ws = await websockets.connect(f"{gateway.ws_url}?model={model}", additional_headers=auth(tenant))
+    return ws
+
+
+async def next_of(ws: websockets.ClientConnection, kind: str, seconds: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(seconds):
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == kind:
+                return event
+
+
+async def until_closed(ws: websockets.ClientConnection, seconds: float = 10.0) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(seconds):
+            while True:
+                events.append(json.loads(await ws.recv()))
+    return events
+
+
+async def test_disallowed_model_is_refused_before_upgrade(gateway, emulator, tenant, pg_pool) -> None:
+    await set_policy(pg_pool, tenant)
+    before = len(emulator.sessions)
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime-2", additional_headers=auth(tenant)):
+            pass
+    assert info.value.response.status_code == 403
+    assert json.loads(info.value.response.body)["error"]["code"] == "model_not_allowed"
+    assert len(emulator.sessions) == before
+
+
+async def test_max_output_tokens_is_clamped_under_both_names(gateway, emulator, tenant, pg_pool) -> None:
+    await set_policy(pg_pool, tenant, max_output_tokens=64)
+    before = len(emulator.sessions)
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret)
+    try:
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.session.update(
+                session={"type": "realtime", "max_output_tokens": 100_000, "output_modalities": ["text"]}
+            )
+            await conn.conversation.item.create(
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x " * 400}]}
+            )
+            # The beta name, accepted silently by the SDK as an extra field, must be clamped too.
+            await conn.send({"type": "response.create", "response": {"max_response_output_tokens": "inf"}})  # type: ignore[arg-type]
+            async with asyncio.timeout(10):
+                async for event in conn:
+                    assert event.type != "error", event
+                    if event.type == "response.done":
+                        assert event.response.usage.output_tokens <= 64
+                        break
+    finally:
+        await client.close()
+    seen = emulator.sessions[before].client_events
+    updates = [e for e in seen if e["type"] == "session.update" and "max_output_tokens" in e["session"]]
+    assert updates and all(e["session"]["max_output_tokens"] <= 64 for e in updates)
+    [create] = [e for e in seen if e["type"] == "response.create"]
+    values = [
+        v for k, v in create.get("response", {}).items() if k in ("max_output_tokens", "max_response_output_tokens")
+    ]
+    assert values and all(isinstance(v, int) and v <= 64 for v in values)
+
+
+async def test_duration_cap_closes_the_session_on_time(gateway, tenant, pg_pool) -> None:
+    await set_policy(pg_pool, tenant, max_session_seconds=1)
+    started = time.monotonic()
+    ws = await connect(gateway, tenant)
+    events = await until_closed(ws, 8)
+    elapsed = time.monotonic() - started
+    assert ws.close_code == 4001 and 0.9 <= elapsed < 3.5
+    assert any(e["type"] == "error" and e["error"]["code"] == "session_duration_exceeded" for e in events)
+    await gateway.settle()
+    reason = await pg_pool.fetchval("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
+    assert reason == "duration_cap"
+
+
+async def test_idle_timeout(gateway, tenant, pg_pool) -> None:
+    await set_policy(pg_pool, tenant, idle_timeout_seconds=1)
+    ws = await connect(gateway, tenant)
+    events = await until_closed(ws, 8)
+    assert ws.close_code == 4002
+    assert any(e["type"] == "error" and e["error"]["code"] == "idle_timeout" for e in events)
+
+
+async def test_upstream_nearly_out_of_tokens_gives_429_with_retry_after(pg_dsn, tenant, pg_pool) -> None:
+    emulator = await start_emulator(tokens_limit=100_000)
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    try:
+        await set_policy(pg_pool, tenant)
+        emulator.rate_limits.tokens_remaining = 50  # the org is nearly out
+        client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret)
+        try:
+            async with client.realtime.connect(model="gpt-realtime") as conn:
+                await conn.conversation.item.create(
+                    item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+                )
+                await conn.response.create()
+                async with asyncio.timeout(10):
+                    async for event in conn:
+                        if event.type == "response.done":
+                            break
+        finally:
+            await client.close()
+        await gateway.settle()
+        await asyncio.sleep(0.2)
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth(tenant)):
+                pass
+        response = info.value.response
+        assert response.status_code == 429
+        assert json.loads(response.body)["error"]["code"] == "upstream_capacity"
+        assert int(response.headers["retry-after"]) >= 1
+    finally:
+        await gateway.stop()
+        await emulator.stop()
+
+
+async def test_budget_exhausted_mid_session_refuses_and_closes(gateway, tenant, pg_pool) -> None:
+    # A budget big enough for the first response's reservation but not for much more.
+    await set_policy(
+        pg_pool, tenant, max_output_tokens=200, budget={"daily_usd": "0.03", "at_limit": "finish_response"}
+    )
+    ws = await connect(gateway, tenant)
+    await next_of(ws, "session.created")
+    deadline = time.monotonic() + 20
+    closed_at = None
+    refused = []
+    try:
+        while time.monotonic() < deadline:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "tell me more " * 50}],
+                        },
+                    }
+                )
+            )
+            await ws.send(json.dumps({"type": "response.create"}))
+            async with asyncio.timeout(10):
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event["type"] == "error" and event["error"]["code"] == "budget_exhausted":
+                        refused.append(event)
+                        break
+                    if event["type"] == "response.done":
+                        break
+    except ConnectionClosed:
+        closed_at = time.monotonic()
+    assert closed_at is not None, "the session was never cut"
+    assert ws.close_code == 4003
+    await gateway.settle()
+    spent = await pg_pool.fetchval(
+        "SELECT COALESCE(sum(cost_micro_usd), 0) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
+    )
+    biggest = await pg_pool.fetchval(
+        "SELECT COALESCE(max(cost_micro_usd), 0) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
+    )
+    # The documented bound: at most one response per live session beyond the limit.
+    assert spent <= 30_000 + biggest
+    reason = await pg_pool.fetchval("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
+    assert reason == "budget_exhausted"
+    audit = await pg_pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action LIKE 'budget%'", tenant.tenant_id
+    )
+    assert audit >= 1
+
+
+async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, pg_pool, redis_client) -> None:
+    await set_policy(pg_pool, tenant, max_output_tokens=500)
+    before = len(emulator.sessions)
+    ws = await connect(gateway, tenant)
+    await next_of(ws, "session.created")
+    await asyncio.sleep(0.2)
+    # The same path as the admin API and the CLI: store a new version, announce it to every replica.
+    store = PolicyStore(pg_pool, {}, None, redis_client, gateway.settings.redis.key_prefix)
+    await store.set(tenant.tenant_id, {**BASE_POLICY, "max_output_tokens": 50}, actor="test")
+    upstream = emulator.sessions[before]
+    async with asyncio.timeout(5):
+        while not any(
+            e["type"] == "session.update" and e["session"].get("max_output_tokens") == 50
+            for e in upstream.client_events
+        ):
+            await asyncio.sleep(0.05)
+    await ws.close()

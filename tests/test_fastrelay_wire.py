@@ -1,0 +1,560 @@
+"""The fast relay at frame level: a raw client, voxgate, and a scripted upstream, on loopback.
+
+The client here writes and reads frames byte by byte, and the upstream is a `websockets`
+server whose behaviour each test scripts, so every case a real relay must handle can be
+produced on purpose: fragments, pings both ways, close handshakes both ways, oversized
+messages, TCP resets on either side, and a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from gateway.fastrelay.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameHeader,
+    build_close,
+    build_frame,
+    parse_close,
+    parse_header,
+    payload_of,
+)
+from gateway.fastrelay.handshake import HEAD_END, accept_key, parse_response
+from gateway.fastrelay.relay import WRITE_HIGH_WATER, FastRelay
+from gateway.live_session import Verdict
+from tests.conftest import REDIS_URL
+from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
+
+pytestmark = pytest.mark.e2e
+
+MAX_MESSAGE = 64 * 1024
+Script = Callable[[ServerConnection], Awaitable[None]]
+
+
+class ScriptedUpstream:
+    """A Realtime stand-in whose per-connection behaviour a test sets in `script`."""
+
+    def __init__(self) -> None:
+        self.script: Script = self.echo_events
+        self.connections: list[ServerConnection] = []
+        self.received: list[str | bytes] = []
+        self.closed = asyncio.Event()
+        self.server: Server | None = None
+
+    async def start(self) -> ScriptedUpstream:
+        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections.append(ws)
+        try:
+            await ws.send(json.dumps({"type": "session.created", "session": {"id": "sess_wire"}}))
+            await self.script(ws)
+        finally:
+            self.closed.set()
+
+    async def echo_events(self, ws: ServerConnection) -> None:
+        """Record every message; answer each with an event naming it."""
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                self.received.append(message)
+                await ws.send(json.dumps({"type": "conversation.item.done", "echo": len(message)}))
+
+    def reset(self) -> None:
+        self.script, self.received, self.closed = self.echo_events, [], asyncio.Event()
+
+
+class RawClient:
+    """A WebSocket client that sends and reads individual frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.buf = b""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def connect(cls, gateway: Gateway, headers: dict[str, str]) -> RawClient:
+        reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+        client = cls(reader, writer)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET /v1/realtime?model=gpt-realtime HTTP/1.1", f"Host: {gateway.server.host}",
+                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await reader.readuntil(HEAD_END)
+        response = parse_response(head[: -len(HEAD_END)])
+        client.status, client.headers = response.status, response.headers
+        if response.status == 101:
+            assert response.headers["sec-websocket-accept"] == accept_key(key)
+        return client
+
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        self.writer.write(build_frame(opcode, payload, masked=True, fin=fin))
+
+    def send_json(self, event: dict[str, Any]) -> None:
+        self.send(OP_TEXT, json.dumps(event).encode())
+
+    async def frame(self, timeout: float = 5.0) -> tuple[bool, int, bytes]:
+        """The next frame as (fin, opcode, payload); server frames must arrive unmasked."""
+        async with asyncio.timeout(timeout):
+            while True:
+                header = parse_header(self.buf, 0, expect_masked=False)
+                if isinstance(header, FrameHeader) and header.payload_end <= len(self.buf):
+                    payload = payload_of(self.buf, header)
+                    self.buf = self.buf[header.payload_end :]
+                    return header.fin, header.opcode, payload
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise EOFError
+                self.buf += chunk
+
+    async def event(self) -> dict[str, Any]:
+        fin, opcode, payload = await self.frame()
+        assert (fin, opcode) == (True, OP_TEXT), (fin, opcode, payload[:80])
+        return json.loads(payload)  # type: ignore[no-any-return]
+
+    async def until_close(self) -> tuple[int | None, str]:
+        while True:
+            _, opcode, payload = await self.frame()
+            if opcode == OP_CLOSE:
+                return parse_close(payload)
+
+    async def eof(self, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while await self.reader.read(65536):
+                pass
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP RST, no close frame."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    up = await ScriptedUpstream().start()
+    yield up
+    assert up.server is not None
+    up.server.close()
+    await up.server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+async def wire_gateway(pg_dsn: str, upstream: ScriptedUpstream) -> AsyncIterator[Gateway]:
+    settings = gateway_settings(pg_dsn, REDIS_URL, upstream.base_url, relay="fast", max_message_bytes=MAX_MESSAGE)
+    gw = await start_gateway(settings)
+    yield gw
+    await gw.stop()
+
+
+Connect = Callable[..., Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def connect(wire_gateway: Gateway, upstream: ScriptedUpstream, tenant: TenantKey) -> AsyncIterator[Connect]:
+    """Open a session whose upstream runs `script` (default: record and answer each message)."""
+    opened: list[RawClient] = []
+
+    async def open_session(script: Script | None = None) -> RawClient:
+        upstream.reset()
+        if script is not None:
+            upstream.script = script
+        raw = await RawClient.connect(wire_gateway, {"Authorization": f"Bearer {tenant.secret}"})
+        opened.append(raw)
+        assert raw.status == 101
+        assert (await raw.event())["type"] == "session.created"
+        return raw
+
+    yield open_session
+    for raw in opened:
+        raw.close()
+
+
+@pytest.fixture
+async def client(connect: Connect) -> RawClient:
+    return await connect()
+
+
+async def end_reason(gateway: Gateway, pool: asyncpg.Pool, tenant: TenantKey) -> str:
+    await gateway.settle()
+    reasons = await pool.fetch("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
+    [reason] = [r["end_reason"] for r in reasons]
+    return str(reason)
+
+
+def the_relay(gateway: Gateway) -> FastRelay:
+    [relay] = gateway.services.live.sessions
+    assert isinstance(relay, FastRelay)
+    return relay
+
+
+async def test_fragmented_client_message_is_inspected_whole_and_forwarded_as_its_fragments(connect: Connect) -> None:
+    fragments: list[str] = []
+
+    async def streaming(ws: ServerConnection) -> None:
+        async for fragment in ws.recv_streaming():
+            fragments.append(str(fragment))
+        await ws.send(json.dumps({"type": "conversation.item.done"}))
+        await ws.wait_closed()
+
+    client = await connect(streaming)
+    event = json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user"}})
+    parts = [event[:10], event[10:30], event[30:]]
+    client.send(OP_TEXT, parts[0].encode(), fin=False)
+    client.send(OP_PING, b"in-between")  # control frames may interleave with fragments
+    client.send(OP_CONTINUATION, parts[1].encode(), fin=False)
+    client.send(OP_CONTINUATION, parts[2].encode())
+    assert await client.frame() == (True, OP_PONG, b"in-between")
+    assert (await client.event())["type"] == "conversation.item.done"
+    assert fragments == parts
+
+
+async def test_fragmented_garbage_is_answered_with_an_error_and_not_forwarded(
+    client: RawClient, upstream: ScriptedUpstream
+) -> None:
+    client.send(OP_TEXT, b"{not", fin=False)
+    client.send(OP_CONTINUATION, b" json")
+    error = await client.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
+    client.send_json({"type": "input_audio_buffer.clear"})
+    assert (await client.event())["type"] == "conversation.item.done"
+    assert upstream.received == ['{"type": "input_audio_buffer.clear"}']
+
+
+async def test_fragmented_upstream_message_reaches_the_client_as_the_same_frames(connect: Connect) -> None:
+    async def fragmented(ws: ServerConnection) -> None:
+        await ws.send(iter(['{"type": "response.done", ', '"response": {"id": "resp_1", ', '"status": "completed"}}']))
+        await ws.wait_closed()
+
+    client = await connect(fragmented)
+    frames = [await client.frame()]
+    while not frames[-1][0]:
+        frames.append(await client.frame())
+    # Exactly the frames `websockets` sent: three fragments and its empty final continuation.
+    assert [(fin, op) for fin, op, _ in frames] == [(False, OP_TEXT), (False, OP_CONTINUATION),
+                                                    (False, OP_CONTINUATION), (True, OP_CONTINUATION)]  # fmt: skip
+    assert frames[-1][2] == b""
+    assert json.loads(b"".join(p for _, _, p in frames))["response"]["id"] == "resp_1"
+
+
+async def test_pings_and_pongs_cross_the_relay_both_ways(client: RawClient, upstream: ScriptedUpstream) -> None:
+    client.send(OP_PING, b"from-client")
+    assert await client.frame() == (True, OP_PONG, b"from-client")  # answered by upstream
+    ws = upstream.connections[-1]
+    waiter = await ws.ping(b"from-upstream")
+    _, opcode, payload = await client.frame()
+    assert (opcode, payload) == (OP_PING, b"from-upstream")
+    client.send(OP_PONG, payload)
+    async with asyncio.timeout(5):
+        await waiter
+
+
+async def test_client_initiated_close_handshake(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    ws = upstream.connections[-1]
+    client.writer.write(build_close(1000, "bye", masked=True))
+    assert await client.until_close() == (1000, "")
+    await client.eof()  # the server side closes TCP after the handshake
+    async with asyncio.timeout(5):
+        await upstream.closed.wait()
+    rcvd = ws.protocol.close_rcvd
+    assert rcvd is not None and (rcvd.code, rcvd.reason) == (1000, "bye")
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
+
+
+async def test_upstream_initiated_close_handshake(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    ws = upstream.connections[-1]
+    closing = asyncio.create_task(ws.close(1000, "done"))
+    assert await client.until_close() == (1000, "done")
+    client.writer.write(build_close(1000, masked=True))
+    await client.eof()
+    async with asyncio.timeout(5):
+        await closing
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000  # voxgate answered the handshake
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "upstream_closed"
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_oversized_client_message_closes_with_1009_and_reaches_nobody(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool,
+    fragmented: bool,
+) -> None:  # fmt: skip
+    big = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (MAX_MESSAGE + 10)}).encode()
+    if fragmented:
+        half = len(big) // 2
+        client.send(OP_TEXT, big[:half], fin=False)
+        client.send(OP_CONTINUATION, big[half:])
+    else:
+        client.send(OP_TEXT, big)
+    assert await client.until_close() == (1009, "")
+    client.writer.write(build_close(1009, masked=True))
+    await client.eof()
+    assert upstream.received == []
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
+
+
+async def test_client_tcp_reset_ends_the_session_and_closes_upstream(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    ws = upstream.connections[-1]
+    client.reset()
+    async with asyncio.timeout(5):
+        await upstream.closed.wait()
+        await ws.wait_closed()
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
+    assert len(wire_gateway.services.live) == 0
+
+
+async def test_upstream_tcp_reset_closes_the_client_with_1014(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    ws = upstream.connections[-1]
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()
+    assert await client.until_close() == (1014, "upstream connection lost")
+    client.writer.write(build_close(1014, masked=True))
+    await client.eof()
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "upstream_error"
+
+
+async def test_a_client_that_stops_reading_throttles_the_upstream(wire_gateway: Gateway, connect: Connect) -> None:
+    delta = json.dumps({"type": "response.output_audio.delta", "delta": "QUJD" * 1024}).encode()
+    sent = 0
+    total = 8000  # ~33 MB: far more than the socket buffers on both hops can hide
+
+    async def flood(ws: ServerConnection) -> None:
+        nonlocal sent
+        for _ in range(total):
+            await ws.send(delta.decode())
+            sent += 1
+        await ws.wait_closed()
+
+    client = await connect(flood)
+    await asyncio.sleep(1.0)  # the client reads nothing meanwhile
+    relay = the_relay(wire_gateway)
+    stalled_at = sent
+    await asyncio.sleep(0.3)
+    assert sent == stalled_at < total  # upstream writes are blocked...
+    assert relay.upstream.paused_by_peer  # ...because voxgate stopped reading it
+    assert relay.client.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536
+    received = 0
+    while received < total:
+        fin, opcode, payload = await client.frame()
+        assert (fin, opcode) == (True, OP_TEXT) and payload == delta
+        received += 1
+    assert sent == total and not relay.upstream.paused_by_peer
+
+
+async def test_an_upstream_that_stops_reading_throttles_the_client(wire_gateway: Gateway, connect: Connect) -> None:
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": "QUJD" * 1024}).encode()
+    total = 8000
+    release = asyncio.Event()
+    received = 0
+
+    async def stalled(ws: ServerConnection) -> None:
+        nonlocal received
+        await release.wait()
+        async for _ in ws:
+            received += 1
+            if received == total:
+                await ws.send(json.dumps({"type": "conversation.item.done"}))
+
+    client = await connect(stalled)
+    for _ in range(total):
+        client.send(OP_TEXT, append)
+    await asyncio.sleep(1.0)
+    relay = the_relay(wire_gateway)
+    assert relay.client.paused_by_peer  # voxgate stopped reading the client...
+    assert relay.upstream.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536  # ...and holds little
+    assert client.writer.transport.get_write_buffer_size() > 0  # the client's own sends are backed up
+    release.set()
+    assert (await client.event())["type"] == "conversation.item.done"
+    assert received == total and not relay.client.paused_by_peer
+
+
+async def test_browser_subprotocol_is_answered_with_realtime_only_and_nothing_is_negotiated(
+    wire_gateway: Gateway, upstream: ScriptedUpstream, tenant: TenantKey
+) -> None:
+    upstream.reset()
+    raw = await RawClient.connect(wire_gateway, {
+        "Sec-WebSocket-Protocol": f"realtime, openai-insecure-api-key.{tenant.secret}",
+        "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+    })  # fmt: skip
+    try:
+        assert raw.status == 101
+        assert raw.headers["sec-websocket-protocol"] == "realtime"
+        assert "sec-websocket-extensions" not in raw.headers
+        assert tenant.secret not in json.dumps(raw.headers)
+        assert raw.headers["x-voxgate-session-id"].startswith("vgs_")
+        assert (await raw.event())["type"] == "session.created"
+        request = upstream.connections[-1].request
+        assert request is not None
+        assert "sec-websocket-extensions" not in request.headers and "sec-websocket-protocol" not in request.headers
+        assert tenant.secret not in str(request.headers)
+    finally:
+        raw.close()
+
+
+async def test_binary_client_message_gets_an_error_and_upstream_binary_passes(connect: Connect) -> None:
+    async def binary(ws: ServerConnection) -> None:
+        await ws.send(b"\x00\x01upstream-bytes")
+        await ws.wait_closed()
+
+    client = await connect(binary)
+    assert await client.frame() == (True, OP_BINARY, b"\x00\x01upstream-bytes")
+    client.send(OP_BINARY, b"\x00\x01")
+    error = await client.event()
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
+
+
+async def test_other_websocket_paths_are_left_to_the_asgi_app(wire_gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /v1/not-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())  # fmt: skip
+    head = await asyncio.wait_for(reader.readuntil(HEAD_END), 5)
+    assert parse_response(head[:-4]).status in (403, 404)  # Litestar has no such route
+    writer.transport.abort()
+
+
+async def test_a_client_leaving_during_admission_leaves_no_upstream_connection(pg_dsn: str, tenant: TenantKey) -> None:
+    upstream_gone = asyncio.Event()
+    accepted = asyncio.Event()
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until voxgate drops the connection
+        upstream_gone.set()
+        writer.close()
+
+    stall = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{stall.sockets[0].getsockname()[1]}/v1"
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, url, relay="fast"))
+    try:
+        _, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                      f"Authorization: Bearer {tenant.secret}\r\n\r\n").encode())  # fmt: skip
+        async with asyncio.timeout(5):
+            await accepted.wait()
+        writer.transport.abort()
+        async with asyncio.timeout(5):
+            await upstream_gone.wait()
+        assert len(gateway.services.live) == 0
+    finally:
+        await gateway.stop()
+        stall.close()
+        await stall.wait_closed()
+
+
+class CapturingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += bytes(data)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+class RewritingLive:
+    """A LiveSession stand-in whose governor replaces every client message with two new ones."""
+
+    session_id = "vgs_stub"
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def from_client(self, message: bytes, binary: bool = False) -> Verdict:
+        return Verdict(False, to_client=('{"type":"error"}',), to_upstream=('{"type":"rewritten"}',))
+
+    def end(self, reason: str, detail: str | None = None) -> None:
+        self.ended.append(reason)
+
+    def attach(self, deliver: Callable[[Verdict], Awaitable[None]]) -> None:
+        self.deliver = deliver
+
+    async def aclose(self) -> None:
+        pass
+
+
+def frames_in(wire: bytes, *, masked: bool) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(wire):
+        header = parse_header(wire, pos, expect_masked=masked)
+        assert isinstance(header, FrameHeader)
+        out.append((header.opcode, payload_of(wire, header)))
+        pos = header.payload_end
+    return out
+
+
+async def test_governor_made_messages_are_masked_toward_upstream_and_plain_toward_the_client() -> None:
+    client, upstream = CapturingTransport(), CapturingTransport()
+    live = RewritingLive()
+    relay = FastRelay(live, client, upstream, max_message_bytes=MAX_MESSAGE, on_done=lambda _: None)  # type: ignore[arg-type]
+    relay.start()
+    relay.client_data(build_frame(OP_TEXT, b'{"type":"session.update"}', masked=True))
+    assert frames_in(upstream.sent, masked=True) == [(OP_TEXT, b'{"type":"rewritten"}')]
+    assert frames_in(client.sent, masked=False) == [(OP_TEXT, b'{"type":"error"}')]
+    await live.deliver(Verdict(False, to_upstream=('{"type":"response.cancel"}',)))  # between frames
+    assert frames_in(upstream.sent, masked=True)[-1] == (OP_TEXT, b'{"type":"response.cancel"}')
+    relay.shutdown(1001, "gateway shutting down", "gateway_shutdown")
+    assert live.ended == ["gateway_shutdown"]
+    assert frames_in(client.sent, masked=False)[-1] == (OP_CLOSE, b"\x03\xe9gateway shutting down")
+    assert frames_in(upstream.sent, masked=True)[-1] == (OP_CLOSE, b"\x03\xe8")
+    relay.client_lost(None)
+    relay.upstream_lost(None)
+    async with asyncio.timeout(1):
+        await relay.done

@@ -1,0 +1,250 @@
+"""Admin JWT verification: good tokens from every key source pass; every attack is a safe 401."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from gateway.errors import GatewayError
+from gateway.jwt_auth import AdminPrincipal, AdminTokenVerifier, Permission, bearer_token
+from gateway.settings import AdminSettings, SettingsError
+from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, claims, handmade, hs256
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@dataclass
+class JwksServer:
+    url: str
+    hits: list[str]
+
+
+@pytest.fixture(scope="module")
+def jwks() -> Iterator[JwksServer]:
+    """A JWKS document served over real HTTP on 127.0.0.1 (one RSA and one P-256 key)."""
+    rsa_jwk = {**RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256", "use": "sig"}
+    ec_jwk = {**ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256", "use": "sig"}
+    body = json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield JwksServer(f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", hits)
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def verifier(**admin: Any) -> AdminTokenVerifier:
+    return AdminTokenVerifier(AdminSettings(**{"jwt_audience": AUDIENCE, "jwt_issuer": ISSUER, **admin}))
+
+
+async def refused(v: AdminTokenVerifier, token: str) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        await v.verify(token)
+    error = caught.value
+    assert error.status == 401
+    assert error.code == "invalid_token"
+    assert not token or token not in error.message
+    assert error.body()["error"]["type"] == "invalid_request_error"
+    return error
+
+
+# --- good tokens --------------------------------------------------------------------------------
+
+
+async def test_hs256_secret_token_gives_subject_and_roles() -> None:
+    principal = await verifier(jwt_secret=SECRET).verify(hs256(claims(sub="ops@acme", roles=["admin", "finance"])))
+    assert principal == AdminPrincipal(subject="ops@acme", roles=frozenset({"admin", "finance"}), tenant_id=None)
+
+
+async def test_single_role_claim_and_tenant_scope() -> None:
+    token = hs256(claims(role="tenant_admin", tenant_id="ten_1"))
+    principal = await verifier(jwt_secret=SECRET).verify(token)
+    assert principal.roles == {"tenant_admin"}
+    assert principal.tenant_id == "ten_1"
+
+
+@pytest.mark.parametrize(("key", "alg"), [(RSA_KEY, "RS256"), (EC_KEY, "ES256")])
+async def test_pem_public_key_tokens(key: Any, alg: str) -> None:
+    token = jwt.encode(claims(roles=["admin"]), key, algorithm=alg)
+    principal = await verifier(jwt_public_key=pem(key)).verify(token)
+    assert principal.subject == "alice"
+
+
+async def test_pem_public_key_can_be_a_file_path(tmp_path: Any) -> None:
+    path = tmp_path / "admin.pem"
+    path.write_text(pem(RSA_KEY))
+    token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256")
+    assert (await verifier(jwt_public_key=str(path)).verify(token)).subject == "alice"
+
+
+@pytest.mark.parametrize(("key", "alg", "kid"), [(RSA_KEY, "RS256", "rsa-1"), (EC_KEY, "ES256", "ec-1")])
+async def test_jwks_served_tokens(jwks: JwksServer, key: Any, alg: str, kid: str) -> None:
+    token = jwt.encode(claims(roles=["finance"]), key, algorithm=alg, headers={"kid": kid})
+    principal = await verifier(jwks_url=jwks.url).verify(token)
+    assert principal.roles == {"finance"}
+
+
+async def test_jwks_keys_are_cached(jwks: JwksServer) -> None:
+    v = verifier(jwks_url=jwks.url)
+    token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    before = len(jwks.hits)
+    for _ in range(5):
+        await v.verify(token)
+    assert len(jwks.hits) - before == 1
+
+
+# --- the attack matrix --------------------------------------------------------------------------
+
+
+async def test_forged_signature_is_refused() -> None:
+    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"]), secret="x" * 48))
+    assert "signature" in error.message
+
+
+async def test_tampered_payload_is_refused() -> None:
+    token = hs256(claims(roles=["finance"]))
+    header, _, signature = token.split(".")
+    forged_payload = handmade({"alg": "HS256"}, claims(roles=["admin"]), None).split(".")[1]
+    await refused(verifier(jwt_secret=SECRET), f"{header}.{forged_payload}.{signature}")
+
+
+async def test_expired_token_is_refused() -> None:
+    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], exp=1_000_000)))
+    assert "expired" in error.message
+
+
+async def test_wrong_audience_is_refused() -> None:
+    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], aud="someone-else")))
+    assert "audience" in error.message
+
+
+async def test_wrong_issuer_is_refused() -> None:
+    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], iss="https://evil.test")))
+    assert "issuer" in error.message
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+async def test_alg_none_is_refused(alg: str) -> None:
+    await refused(verifier(jwt_secret=SECRET), handmade({"alg": alg, "typ": "JWT"}, claims(roles=["admin"]), None))
+
+
+async def test_key_confusion_hmac_signed_with_the_public_pem_is_refused() -> None:
+    public_pem = pem(RSA_KEY)
+    token = handmade({"alg": "HS256", "typ": "JWT"}, claims(roles=["admin"]), public_pem.encode())
+    await refused(verifier(jwt_public_key=public_pem), token)
+    # Also when a secret is configured next to the public key: the secret, not the PEM, checks HS256.
+    await refused(verifier(jwt_public_key=public_pem, jwt_secret=SECRET), token)
+
+
+async def test_rs256_token_is_refused_when_only_a_secret_is_configured() -> None:
+    await refused(verifier(jwt_secret=SECRET), jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256"))
+
+
+async def test_es256_token_is_refused_by_an_rsa_public_key() -> None:
+    await refused(verifier(jwt_public_key=pem(RSA_KEY)), jwt.encode(claims(roles=["admin"]), EC_KEY, algorithm="ES256"))
+
+
+async def test_jwks_unknown_kid_and_foreign_key_are_refused(jwks: JwksServer) -> None:
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    v = verifier(jwks_url=jwks.url)
+    await refused(v, jwt.encode(claims(roles=["admin"]), stranger, algorithm="ES256", headers={"kid": "nope"}))
+    await refused(v, jwt.encode(claims(roles=["admin"]), stranger, algorithm="ES256", headers={"kid": "ec-1"}))
+
+
+@pytest.mark.parametrize("missing", ["sub", "exp", "aud", "iss"])
+async def test_missing_required_claim_is_refused(missing: str) -> None:
+    payload = claims(roles=["admin"])
+    del payload[missing]
+    error = await refused(verifier(jwt_secret=SECRET), hs256(payload))
+    assert missing in error.message
+
+
+async def test_iss_is_optional_when_no_issuer_is_configured() -> None:
+    payload = claims(roles=["admin"])
+    del payload["iss"]
+    v = AdminTokenVerifier(AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE))
+    assert (await v.verify(hs256(payload))).subject == "alice"
+
+
+@pytest.mark.parametrize(
+    "bad", [{"sub": ""}, {"roles": "admin"}, {"roles": [1]}, {"role": ["admin"]}, {"roles": ["tenant_admin"]}]
+)
+async def test_malformed_claims_are_refused(bad: dict[str, Any]) -> None:
+    await refused(verifier(jwt_secret=SECRET), hs256({**claims(roles=["admin"]), **bad}))
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "e30.e30.", "x" * 5000])
+async def test_malformed_tokens_are_refused(token: str) -> None:
+    await refused(verifier(jwt_secret=SECRET), token)
+
+
+async def test_nothing_configured_refuses_everything() -> None:
+    error = await refused(AdminTokenVerifier(AdminSettings()), hs256(claims(roles=["admin"])))
+    assert "disabled" in error.message
+
+
+def test_short_secret_and_bad_pem_are_settings_errors() -> None:
+    with pytest.raises(SettingsError, match="VOXGATE_ADMIN_JWT_SECRET"):
+        AdminTokenVerifier(AdminSettings(jwt_secret="short"))
+    with pytest.raises(SettingsError, match="VOXGATE_ADMIN_JWT_PUBLIC_KEY"):
+        AdminTokenVerifier(AdminSettings(jwt_public_key="-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"))
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer   "])
+def test_bearer_header_is_required(header: str | None) -> None:
+    with pytest.raises(GatewayError) as caught:
+        bearer_token(header)
+    assert caught.value.status == 401
+
+
+# --- roles ----------------------------------------------------------------------------------------
+
+
+def test_role_permissions() -> None:
+    admin = AdminPrincipal("a", frozenset({"admin"}), None)
+    finance = AdminPrincipal("f", frozenset({"finance"}), None)
+    scoped = AdminPrincipal("t", frozenset({"tenant_admin"}), "ten_1")
+    nobody = AdminPrincipal("n", frozenset({"viewer"}), None)
+    assert all(admin.grants(p, "ten_2") for p in Permission)
+    assert finance.grants(Permission.USAGE_READ, "ten_2")
+    assert not finance.grants(Permission.POLICY_WRITE, "ten_2")
+    assert not finance.grants(Permission.KEYS_WRITE, "ten_2")
+    assert scoped.grants(Permission.KEYS_WRITE, "ten_1")
+    assert not scoped.grants(Permission.KEYS_WRITE, "ten_2")
+    assert not scoped.grants(Permission.POLICY_WRITE, "ten_1")
+    assert not scoped.grants(Permission.TENANTS_WRITE, "ten_1")
+    assert not any(nobody.grants(p, None) for p in Permission)
