@@ -102,5 +102,6 @@ def start_live_session(services: GatewayServices, admission: Admission) -> LiveS
     policy = admission.policy if enforcement is not None else None
     governor = SessionGovernor(identity_, services.prices, policy=policy, started_at=now)
     effects = SessionEffects(enforcement, identity.tenant_id, session_id, admission.policy) if enforcement else None
+    services.metrics.sessions_started.labels(started.transport, services.settings.server.relay).inc()
     return LiveSession(governor, services.ledger, started, effects=effects, enforcement=enforcement,
-                       leased=admission.leased)  # fmt: skip
+                       leased=admission.leased, metrics=services.metrics)  # fmt: skip

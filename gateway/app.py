@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,8 @@ from gateway.enforcement import Enforcement
 from gateway.errors import GatewayError
 from gateway.ledger import LedgerWriter
 from gateway.livestate import LiveState
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import counter, gauge
 from gateway.relay_asgi import RealtimeEndpoint
 from gateway.services import GatewayServices
 from gateway.settings import Settings, SettingsError
@@ -77,6 +79,29 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(checks, status_code=200 if ok else 503)
 
 
+@get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus metrics for this replica."""
+    services: GatewayServices = request.app.state.services
+    return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+def _scrape_time_metrics(services: GatewayServices) -> Callable[[], Iterator[Any]]:
+    def collect() -> Iterator[Any]:
+        stats = services.ledger.stats
+        yield gauge("voxgate_live_sessions", "Sessions this replica is carrying.", len(services.live))
+        yield gauge("voxgate_draining", "1 while this replica drains for shutdown.", float(services.live.draining))
+        yield gauge("voxgate_ledger_pending", "Ledger records waiting for Postgres.", services.ledger.pending)
+        yield counter("voxgate_ledger_records", "Ledger records by outcome.", ["outcome"], {
+            ("written",): stats.written, ("spilled",): stats.spilled, ("replayed",): stats.replayed,
+            ("dropped",): stats.dropped, ("dead_lettered",): stats.dead_lettered,
+        })  # fmt: skip
+        yield counter("voxgate_ledger_retries", "Ledger batches retried after a Postgres failure.", [],
+                      {(): stats.retries})  # fmt: skip
+
+    return collect
+
+
 def _gateway_error_handler(_: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
     return Response(exc.body(), status_code=exc.status, headers=exc.response_headers())
 
@@ -108,7 +133,7 @@ class VoxgatePlugin(InitPluginProtocol):
                         "unrestricted", settings.admin.default_tier)  # fmt: skip
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([realtime, healthz, readyz, build_admin_router(self.settings.admin)])
+        app_config.route_handlers.extend([realtime, healthz, readyz, metrics, build_admin_router(self.settings.admin)])
         app_config.exception_handlers.update({
             GatewayError: _gateway_error_handler,
             HTTPException: _http_exception_handler,
@@ -142,6 +167,7 @@ class VoxgatePlugin(InitPluginProtocol):
             lambda: list(services.live.sessions), settings.enforcement,
         )  # fmt: skip
         services.enforcement.start()
+        services.metrics.watch(_scrape_time_metrics(services))
         app.state.services = services
         try:
             yield

@@ -34,6 +34,7 @@ from policies.actions import (
     SendToUpstream,
     SettleBudget,
     TranscriptionRecord,
+    UsageRecord,
 )
 from policies.frames import PASSTHROUGH_CLIENT_TYPES, PASSTHROUGH_SERVER_TYPES, passthrough_type
 from policies.governor import SessionGovernor
@@ -41,6 +42,7 @@ from policies.policy import TenantPolicy
 
 if TYPE_CHECKING:
     from gateway.enforcement import Enforcement, SessionEffects
+    from gateway.metrics import GatewayMetrics
 
 Message = str | bytes
 Deliver = Callable[["Verdict"], Awaitable[None]]
@@ -64,7 +66,12 @@ def _encode(event: object) -> str:
     return orjson.dumps(event).decode()
 
 
-def _verdict(actions: Sequence[Action], ledger: LedgerWriter, effects: SessionEffects | None = None) -> Verdict:
+def _verdict(
+    actions: Sequence[Action],
+    ledger: LedgerWriter,
+    effects: SessionEffects | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> Verdict:
     forward = False
     to_client: list[str] = []
     to_upstream: list[str] = []
@@ -75,8 +82,11 @@ def _verdict(actions: Sequence[Action], ledger: LedgerWriter, effects: SessionEf
             forward = True
         elif isinstance(action, Persist):
             ledger.submit(action.record)
+            record = action.record
+            if metrics is not None and isinstance(record, UsageRecord):
+                metrics.responses.labels(record.model, record.status).inc()
+                metrics.cost.labels(record.model).inc(record.cost_micro_usd)
             if effects is not None:
-                record = action.record
                 if isinstance(record, RateLimitsRecord):
                     effects.submit(("headroom", record))
                 elif isinstance(record, TranscriptionRecord):
@@ -87,6 +97,8 @@ def _verdict(actions: Sequence[Action], ledger: LedgerWriter, effects: SessionEf
                 effects.submit(action)
         elif isinstance(action, AuditEvent):
             ledger.submit(action)
+            if metrics is not None:
+                metrics.policy_decisions.labels(action.kind).inc()
         elif isinstance(action, SendToClient):
             to_client.append(_encode(action.event))
         elif isinstance(action, SendToUpstream):
@@ -115,6 +127,7 @@ class LiveSession:
         effects: SessionEffects | None = None,
         enforcement: Enforcement | None = None,
         leased: bool = False,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.governor = governor
         self.ledger = ledger
@@ -123,6 +136,7 @@ class LiveSession:
         self.effects = effects
         self.enforcement = enforcement
         self.leased = leased
+        self.metrics = metrics
         self.ended: SessionEnded | None = None
         self.client_messages = 0
         self.upstream_messages = 0
@@ -143,7 +157,7 @@ class LiveSession:
     def _apply(self, actions: Sequence[Action]) -> Verdict:
         if self.effects is None:
             actions = self._grant_locally(actions)
-        return _verdict(actions, self.ledger, self.effects)
+        return _verdict(actions, self.ledger, self.effects, self.metrics)
 
     def _grant_locally(self, actions: Sequence[Action]) -> Sequence[Action]:
         # Without shared state (no enforcement configured) every reservation is granted at once.
@@ -214,6 +228,8 @@ class LiveSession:
             reason = "session_expired"
         self.ended = SessionEnded(self.session_id, self.clock(), reason, detail)
         self.ledger.submit(self.ended)
+        if self.metrics is not None:
+            self.metrics.sessions_ended.labels(reason).inc()
 
     async def aclose(self) -> None:
         """After `end()`: finish pending shared-state work and give back the concurrency lease."""

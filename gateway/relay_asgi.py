@@ -188,6 +188,7 @@ class RealtimeEndpoint:
         try:
             await self._serve(services, scope, receive, send)
         except GatewayError as error:
+            services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
             await deny(send, scope, error)
 
     async def _serve(self, services: GatewayServices, scope: Scope, receive: Any, send: Any) -> None:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from gateway.enforcement import Enforcement
 from gateway.ledger import LedgerWriter
 from gateway.live_session import LiveSession
+from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
@@ -86,3 +87,4 @@ class GatewayServices:
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     policy_store: PolicyStore | None = None
     enforcement: Enforcement | None = None
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.test_metrics import sample, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -178,7 +179,7 @@ async def test_budget_exhausted_mid_session_refuses_and_closes(gateway, tenant, 
                 while True:
                     event = json.loads(await ws.recv())
                     if event["type"] == "error" and event["error"]["code"] == "budget_exhausted":
-                        refused.append(event)
+                        refused.append(time.monotonic())
                         break
                     if event["type"] == "response.done":
                         break
@@ -186,6 +187,9 @@ async def test_budget_exhausted_mid_session_refuses_and_closes(gateway, tenant, 
         closed_at = time.monotonic()
     assert closed_at is not None, "the session was never cut"
     assert ws.close_code == 4003
+    # New responses were refused, and the session closed within a second of the first refusal.
+    assert refused
+    assert closed_at - refused[0] < 1.0
     await gateway.settle()
     spent = await pg_pool.fetchval(
         "SELECT COALESCE(sum(cost_micro_usd), 0) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
@@ -201,6 +205,7 @@ async def test_budget_exhausted_mid_session_refuses_and_closes(gateway, tenant, 
         "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action LIKE 'budget%'", tenant.tenant_id
     )
     assert audit >= 1
+    assert sample(await scrape(gateway), "voxgate_policy_decisions_total", kind="budget_cut") >= 1
 
 
 async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, pg_pool, redis_client) -> None:

@@ -146,6 +146,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         delegate.data_received(raw)
 
     def _refuse(self, error: GatewayError) -> None:
+        services: GatewayServices | None = getattr(self.app.state, "services", None)
+        if services is not None:
+            services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
         if self.transport is not None and not self._lost and not self.transport.is_closing():
             self.transport.write(refusal(error))
             self.transport.close()
