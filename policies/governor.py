@@ -25,15 +25,11 @@ from policies.actions import (
     Forward,
     ForwardRewritten,
     Persist,
-    RateLimit,
-    RateLimitsRecord,
     ReserveBudget,
     SendToClient,
     SendToUpstream,
     SessionInfoRecord,
     SettleBudget,
-    TranscriptionRecord,
-    UsageRecord,
     error_event,
 )
 from policies.budget import (
@@ -44,9 +40,15 @@ from policies.budget import (
     worst_case_cost_micro_usd,
 )
 from policies.clamp import BETA_TOKENS, GA_TOKENS, Refused, Rewritten, police_client_event
+from policies.metering import (
+    as_int,
+    rate_limits_record,
+    read_session_config,
+    transcription_record,
+    usage_record,
+)
 from policies.policy import TenantPolicy
-from policies.pricing import PriceTable, cost_micro_usd, transcription_cost_micro_usd
-from policies.usage import parse_response_usage, parse_transcription_usage
+from policies.pricing import PriceTable
 
 # Close codes a shell uses; documented in docs/close-codes.md.
 CLOSE_NORMAL = 1000
@@ -474,44 +476,21 @@ class SessionGovernor:
 
     def _response_done(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         response = event.get("response")
-        if not isinstance(response, Mapping):
+        if not isinstance(response, Mapping) or response.get("id") in self._seen_responses:
             return FORWARD_ONLY
-        response_id = response.get("id")
-        if not isinstance(response_id, str) or not response_id or response_id in self._seen_responses:
+        priced = usage_record(response, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id,
+                              model=self.model, prices=self.prices, now=now)  # fmt: skip
+        if priced is None:
             return FORWARD_ONLY
-        self._seen_responses.add(response_id)
-        usage = parse_response_usage(response.get("usage"))
-        price, _ = self.prices.price_for(self.model)
-        cost = cost_micro_usd(usage, price)
-        status = response.get("status")
-        record = UsageRecord(
-            response_id=response_id,
-            session_id=self.identity.session_id,
-            tenant_id=self.identity.tenant_id,
-            model=self.model,
-            status=status if isinstance(status, str) else "unknown",
-            occurred_at=now,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            total_tokens=usage.total_tokens,
-            input_text_tokens=usage.input_text,
-            input_audio_tokens=usage.input_audio,
-            input_image_tokens=usage.input_image,
-            cached_text_tokens=usage.cached_text,
-            cached_audio_tokens=usage.cached_audio,
-            cached_image_tokens=usage.cached_image,
-            output_text_tokens=usage.output_text,
-            output_audio_tokens=usage.output_audio,
-            cost_micro_usd=cost,
-            price_version=self.prices.version,
-        )
+        record, usage = priced
+        self._seen_responses.add(record.response_id)
         totals = self.totals
         totals.responses += 1
         totals.input_tokens += usage.input_tokens
         totals.output_tokens += usage.output_tokens
-        totals.cost_micro_usd += cost
+        totals.cost_micro_usd += record.cost_micro_usd
         self._context_tokens, self._added_tokens = usage.input_tokens + usage.output_tokens, 0
-        return (Forward(), Persist(record), *self._after_response(response_id, cost, now))
+        return (Forward(), Persist(record), *self._after_response(record.response_id, record.cost_micro_usd, now))
 
     def _after_response(self, response_id: str, cost: int, now: float) -> list[Action]:
         self._in_flight.discard(response_id)
@@ -573,53 +552,20 @@ class SessionGovernor:
         return FORWARD_ONLY
 
     def _rate_limits(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        raw = event.get("rate_limits")
-        limits: list[RateLimit] = []
-        if isinstance(raw, list):
-            for item in raw:
-                if not isinstance(item, Mapping):
-                    continue
-                name, limit = item.get("name"), _as_int(item.get("limit"))
-                remaining, reset = _as_int(item.get("remaining")), item.get("reset_seconds")
-                if not isinstance(name, str) or limit is None or remaining is None:
-                    continue
-                reset_s = float(reset) if isinstance(reset, int | float) and not isinstance(reset, bool) else 0.0
-                limits.append(RateLimit(name=name, limit=limit, remaining=remaining, reset_seconds=reset_s))
-        if not limits:
-            return FORWARD_ONLY
-        record = RateLimitsRecord(
-            session_id=self.identity.session_id,
-            tenant_id=self.identity.tenant_id,
-            observed_at=now,
-            limits=tuple(limits),
-        )
-        return (Forward(), Persist(record))
+        record = rate_limits_record(event, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id,
+                                    now=now)  # fmt: skip
+        return FORWARD_ONLY if record is None else (Forward(), Persist(record))
 
     def _session_config(self, event: Mapping[str, Any]) -> Sequence[Action]:
         session = event.get("session")
         if not isinstance(session, Mapping):
             return FORWARD_ONLY
-        model = session.get("model")
-        if isinstance(model, str) and model:
-            self.model = model
-        sid = session.get("id")
-        if isinstance(sid, str) and sid:
-            self.upstream_session_id = sid
-        audio = session.get("audio")
-        audio_in = audio.get("input") if isinstance(audio, Mapping) else None
-        audio_out = audio.get("output") if isinstance(audio, Mapping) else None
-        if isinstance(audio_out, Mapping):
-            voice = audio_out.get("voice")
-            if isinstance(voice, str):
-                self.voice = voice
-            elif isinstance(voice, Mapping) and isinstance(voice.get("id"), str):
-                self.voice = str(voice["id"])
-        if isinstance(audio_in, Mapping):
-            transcription = audio_in.get("transcription")
-            if isinstance(transcription, Mapping) and isinstance(transcription.get("model"), str):
-                self.transcription_model = str(transcription["model"])
-            elif transcription is None and "transcription" in audio_in:
-                self.transcription_model = None
+        view = read_session_config(session)
+        self.model = view.model or self.model
+        self.upstream_session_id = view.upstream_session_id or self.upstream_session_id
+        self.voice = view.voice or self.voice
+        if view.transcription_model is not None or view.transcription_cleared:
+            self.transcription_model = view.transcription_model
         info = SessionInfoRecord(
             session_id=self.identity.session_id,
             model=self.model,
@@ -649,34 +595,13 @@ class SessionGovernor:
         return [SendToUpstream({"type": "session.update", "event_id": self._next_id(), "session": body})]
 
     def _transcription(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        item_id = event.get("item_id")
-        content_index = _as_int(event.get("content_index")) or 0
-        usage = parse_transcription_usage(event.get("usage"))
-        if not isinstance(item_id, str) or usage is None:
+        record = transcription_record(event, session_id=self.identity.session_id,
+                                      tenant_id=self.identity.tenant_id, model=self.transcription_model,
+                                      prices=self.prices, now=now)  # fmt: skip
+        if record is None or (record.item_id, record.content_index) in self._seen_transcriptions:
             return FORWARD_ONLY
-        key = (item_id, content_index)
-        if key in self._seen_transcriptions:
-            return FORWARD_ONLY
-        self._seen_transcriptions.add(key)
-        model = self.transcription_model or "unknown-transcription-model"
-        price, _ = self.prices.transcription_price_for(model)
-        cost = transcription_cost_micro_usd(usage, price)
-        self.totals.transcription_cost_micro_usd += cost
-        record = TranscriptionRecord(
-            session_id=self.identity.session_id,
-            tenant_id=self.identity.tenant_id,
-            item_id=item_id,
-            content_index=content_index,
-            model=model,
-            occurred_at=now,
-            usage_type=usage.kind,
-            input_text_tokens=usage.input_text,
-            input_audio_tokens=usage.input_audio,
-            output_tokens=usage.output_tokens,
-            duration_ms=usage.duration_ms,
-            cost_micro_usd=cost,
-            price_version=self.prices.version,
-        )
+        self._seen_transcriptions.add((record.item_id, record.content_index))
+        self.totals.transcription_cost_micro_usd += record.cost_micro_usd
         return (Forward(), Persist(record))
 
     # -- helpers ------------------------------------------------------------------------
@@ -697,15 +622,5 @@ class SessionGovernor:
 
 def _token_value(value: object) -> int | None:
     """A max_output_tokens value as an int, or None for "inf", unset or garbage."""
-    number = _as_int(value)
+    number = as_int(value)
     return number if number is not None and number >= 1 else None
-
-
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
