@@ -24,5 +24,11 @@ lint: $(STAMP)
 	$(BIN)/mypy policies gateway
 	$(BIN)/lint-imports
 
+# The benchmark suite (docs/benchmarks.md): ~6 minutes; `make bench BENCH_ARGS=--quick` for ~70 s.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ def register(sub: Any) -> None:
     demo.add_argument("--home", default=os.environ.get("VOXGATE_HOME", ".voxgate"),
                       help="where embedded data lives (default ./.voxgate)")  # fmt: skip
     demo.set_defaults(handler=_demo)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when it is installed (it is a dependency off Windows), else asyncio.
+
+    uvicorn only picks uvloop when it creates the loop itself; voxgate creates it.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _configure_logging() -> None:
@@ -83,14 +97,14 @@ def _serve(args: argparse.Namespace) -> int:
             await apply_migrations(settings.database.url)
         await run_gateway(settings)
 
-    asyncio.run(main())
+    run_loop(main())
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     _configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_demo(args, Path(args.home).resolve()))
+        run_loop(_run_demo(args, Path(args.home).resolve()))
     return 0
 
 
