@@ -290,7 +290,7 @@ async def test_without_a_configured_key_any_key_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("query", "headers"),
-    [("call_id=rtc_unknown", {}), ("intent=translation", {}), ("model=gpt-realtime", {"OpenAI-Beta": "realtime=v1"})],
+    [("intent=translation", {}), ("model=gpt-realtime", {"OpenAI-Beta": "realtime=v1"})],
 )
 async def test_unsupported_handshakes_are_refused_with_400(
     emu: RealtimeEmulator, query: str, headers: dict[str, str]

@@ -1,9 +1,9 @@
-"""The emulator's ASGI application (Litestar): `/v1/realtime` today, HTTP endpoints later."""
+"""The emulator's ASGI application (Litestar): the `/v1/realtime` socket and the HTTP endpoints."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from litestar import Litestar, asgi
@@ -26,8 +26,11 @@ async def send_json_error(
     await send({"type": f"{prefix}.body", "body": raw, "more_body": False})
 
 
-def create_app(serve_websocket: WebSocketServer) -> Litestar:
-    """Build the app; `serve_websocket(scope, receive, send)` owns every `/v1/realtime` socket."""
+def create_app(serve_websocket: WebSocketServer, route_handlers: Sequence[Any] = ()) -> Litestar:
+    """Build the app; `serve_websocket(scope, receive, send)` owns every `/v1/realtime` socket.
+
+    `route_handlers` are the HTTP endpoints next to it (`gateway.emulator.calls`).
+    """
 
     @asgi(REALTIME_PATH, copy_scope=True)
     async def realtime(scope: Any, receive: Any, send: Any) -> None:
@@ -39,4 +42,4 @@ def create_app(serve_websocket: WebSocketServer) -> Litestar:
         )
         await send_json_error(send, 405, body, [], websocket=False)
 
-    return Litestar(route_handlers=[realtime], openapi_config=None, logging_config=None, debug=False)
+    return Litestar(route_handlers=[realtime, *route_handlers], openapi_config=None, logging_config=None, debug=False)

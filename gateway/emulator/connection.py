@@ -1,8 +1,9 @@
-"""The I/O shell around one `SessionProtocol`: ASGI WebSocket frames, timers and faults.
+"""The I/O shell around one `SessionProtocol`: a transport, timers and faults.
 
-How it drives the core:
+The transport is an ASGI WebSocket (`run`) or anything with the `Transport` shape (`serve`),
+e.g. a WebRTC data channel (`gateway.emulator.webrtc`). How it drives the core:
 1. send `protocol.open()`;
-2. for every text frame, send `protocol.receive_text(frame)`, then stream each response
+2. for every text message, send `protocol.receive_text(frame)`, then stream each response
    `protocol.take_started()` returns, one `Step` at a time, waiting for the step to be
    written (plus audio pacing) before asking for the next one, so a cancel can cut in;
 3. when `max_session_seconds` is up, send `protocol.expire()` and close with 1000.
@@ -17,7 +18,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.emulator.config import EmulatorConfig, Faults
 from gateway.emulator.responses import ResponseRun
@@ -31,6 +32,51 @@ SESSION_EXPIRED_CLOSE_REASON = "session expired"
 class _Close:
     code: int
     reason: str
+
+
+class Transport(Protocol):
+    """What a session reads client messages from and writes server events to."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next client message; `None` once the peer has gone."""
+        ...
+
+    async def send_text(self, text: str) -> None:
+        """Write one event; raise `OSError` when the peer has gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class AsgiWebSocket:
+    """An accepted ASGI WebSocket as a `Transport`."""
+
+    def __init__(self, receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def send_text(self, text: str) -> None:
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class AudioOutput(Protocol):
+    """The media track a WebRTC session speaks on (`gateway.emulator.webrtc.ToneTrack`)."""
+
+    def play(self, ms: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+    async def drained(self, timeout: float) -> None: ...
 
 
 class EmulatedSession:
@@ -49,6 +95,7 @@ class EmulatedSession:
         config: EmulatorConfig,
         faults: Callable[[], Faults],
         abort: Callable[[], None],
+        audio_output: AudioOutput | None = None,
     ) -> None:
         self.protocol = protocol
         self.id = protocol.id
@@ -64,6 +111,13 @@ class EmulatedSession:
         self._outbox: asyncio.Queue[dict[str, Any] | _Close] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._done = asyncio.Event()
+        # WebRTC: audio goes on this track instead of `response.output_audio.delta` events.
+        self.audio_output = audio_output
+        self.transport = "webrtc" if audio_output is not None else "websocket"
+        self.serving = False
+        # Called with every event written (sideband sockets of a WebRTC call).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._audio_runs: set[str] = set()  # responses whose audio is on the track
 
     @property
     def client_events(self) -> list[dict[str, Any]]:
@@ -94,21 +148,21 @@ class EmulatedSession:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self, receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
-        self._spawn(self._write(send))
+        """Serve an accepted ASGI WebSocket until it disconnects."""
+        await self.serve(AsgiWebSocket(receive, send))
+
+    async def serve(self, transport: Transport) -> None:
+        """Serve `transport` until it reports the peer gone."""
+        self.serving = True
+        self._spawn(self._write(transport))
         self._spawn(self._expire_later())
         self._enqueue(self.protocol.open())
         try:
             while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
+                message = await transport.receive()
+                if message is None:
                     break
-                if message.get("text") is not None:
-                    events = self.protocol.receive_text(message["text"])
-                else:
-                    events = self.protocol.receive_bytes()
-                self._enqueue(events)
-                for run in self.protocol.take_started():
-                    self._spawn(self._stream(run))
+                self.feed(message)
         finally:
             self.closed = True
             for run in list(self.protocol.runs.values()):
@@ -118,6 +172,42 @@ class EmulatedSession:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._done.set()
+
+    def feed(self, message: str | bytes) -> None:
+        """One client message (from the transport, or a WebRTC call's sideband socket)."""
+        if self.closed:
+            return
+        text = isinstance(message, str)
+        self._after(self.protocol.receive_text(str(message)) if text else self.protocol.receive_bytes())
+
+    def feed_audio(self, pcm16: bytes) -> None:
+        """Input audio from a media track: 16-bit mono PCM at the input buffer's rate."""
+        if self.serving and not self.closed:
+            self._after(self.protocol.receive_audio(pcm16))
+
+    def _after(self, events: list[dict[str, Any]]) -> None:
+        if self.audio_output is not None:
+            events = self._audio_side_effects(events)
+        self._enqueue(events)
+        for run in self.protocol.take_started():
+            self._spawn(self._stream(run))
+
+    def _audio_side_effects(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """WebRTC: a clear, or a response cut off by the user's speech, empties the track."""
+        assert self.audio_output is not None
+        out: list[dict[str, Any]] = []
+        for event in events:
+            out.append(event)
+            if event["type"] == "output_audio_buffer.cleared":
+                self._audio_runs.discard(event["response_id"])
+                self.audio_output.clear()
+            elif event["type"] == "response.done" and event["response"]["id"] in self._audio_runs:
+                details = event["response"].get("status_details") or {}
+                if details.get("reason") == "turn_detected":
+                    self._audio_runs.discard(event["response"]["id"])
+                    self.audio_output.clear()
+                    out.append(self.protocol.audio_cleared(event["response"]["id"]))
+        return out
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -134,29 +224,51 @@ class EmulatedSession:
             step = next(steps, None)
             if step is None:
                 break
-            self._enqueue(step.events)
+            events = step.events
+            if self.audio_output is not None:
+                events = self._on_track(run, step.audio_ms, events)
+            self._enqueue(events)
             await self._outbox.join()
             pause = step.audio_ms / 1000 if self._config.pace_audio else 0.0
             await asyncio.sleep(pause)
+        if self.audio_output is not None and run.id in self._audio_runs:
+            # `output_audio_buffer.stopped` once the track has played the response's audio.
+            await self.audio_output.drained(timeout=30.0)
+            if run.id in self._audio_runs:
+                self._audio_runs.discard(run.id)
+                self._enqueue([self.protocol.audio_stopped(run.id)])
+
+    def _on_track(self, run: ResponseRun, audio_ms: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """WebRTC: the audio of a step goes on the track; its delta events are not sent."""
+        assert self.audio_output is not None
+        kept = [e for e in events if e["type"] != "response.output_audio.delta"]
+        if audio_ms:
+            if run.id not in self._audio_runs:
+                self._audio_runs.add(run.id)
+                kept.insert(0, self.protocol.audio_started(run.id))
+            self.audio_output.play(audio_ms)
+        return kept
 
     async def _expire_later(self) -> None:
         await asyncio.sleep(self._config.max_session_seconds)
         self._enqueue(self.protocol.expire())
         self.close(SESSION_EXPIRED_CLOSE_CODE, SESSION_EXPIRED_CLOSE_REASON)
 
-    async def _write(self, send: Callable[[Any], Any]) -> None:
+    async def _write(self, transport: Transport) -> None:
         while True:
             item = await self._outbox.get()
             try:
                 if isinstance(item, _Close):
                     self.close_code = item.code
-                    await send({"type": "websocket.close", "code": item.code, "reason": item.reason})
+                    await transport.close(item.code, item.reason)
                     return
                 latency = self._faults().event_latency_ms
                 if latency > 0:
                     await asyncio.sleep(latency / 1000)
-                await send({"type": "websocket.send", "text": json.dumps(item)})
+                await transport.send_text(json.dumps(item))
                 self.server_events.append(item)
+                for listener in list(self.listeners):
+                    listener(item)
                 limit = self._faults().drop_after_server_events
                 if limit is not None and len(self.server_events) >= limit:
                     self.drop()

@@ -6,9 +6,11 @@ import asyncio
 import socket
 import struct
 import time
+from dataclasses import replace
 from typing import Any
 
 from gateway.emulator.app import create_app, send_json_error
+from gateway.emulator.calls import EmulatedCall, MintedSecret, WebRtcEndpoints
 from gateway.emulator.config import EmulatorConfig, Faults, RateLimits
 from gateway.emulator.connection import EmulatedSession
 from gateway.emulator.handshake import Refusal, decide, request_headers, request_query
@@ -40,7 +42,9 @@ class RealtimeEmulator:
         self.sessions: list[EmulatedSession] = []
         # Handshakes answered with an HTTP error: {"status", "headers", "query"}.
         self.refused: list[dict[str, Any]] = []
-        self.app = create_app(self._serve_websocket)
+        # WebRTC: calls answered on POST /v1/realtime/calls, and client secrets minted.
+        self.webrtc = WebRtcEndpoints(self)
+        self.app = create_app(self._serve_websocket, self.webrtc.route_handlers())
         self._server: RunningServer | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -51,8 +55,19 @@ class RealtimeEmulator:
             raise RuntimeError("emulator already started")
         self._server = await start_server(self.app, host, port, lifespan="off")
 
+    @property
+    def calls(self) -> list[EmulatedCall]:
+        """WebRTC calls answered, in order."""
+        return self.webrtc.calls
+
+    @property
+    def client_secrets(self) -> list[MintedSecret]:
+        """Every `client_secrets` mint: the request body as sent and the session minted."""
+        return self.webrtc.client_secrets
+
     async def stop(self) -> None:
-        """Close every live session (1001), abort the stragglers, and stop serving."""
+        """End every call, close every live session (1001), abort the stragglers, and stop serving."""
+        await self.webrtc.close_all()
         live = [s for s in self.sessions if not s.closed]
         for session in live:
             session.close(1001, "server shutting down")
@@ -102,18 +117,26 @@ class RealtimeEmulator:
         headers, query = request_headers(scope), request_query(scope)
         if self.faults.connect_delay_s > 0:
             await asyncio.sleep(self.faults.connect_delay_s)
-        decision = decide(headers, query, self.config, self.faults)
+        if "call_id" in query:
+            await self.webrtc.serve_sideband(headers, query, receive, send)
+            return
+        minted = self.webrtc.websocket_secret(headers)
+        config = replace(self.config, api_key=minted.value) if isinstance(minted, MintedSecret) else self.config
+        decision = minted if isinstance(minted, Refusal) else decide(headers, query, config, self.faults)
         if isinstance(decision, Refusal):
             self.refused.append({"status": decision.status, "headers": headers, "query": query})
             await send_json_error(send, decision.status, decision.body, decision.headers, websocket=True)
             return
-        protocol = SessionProtocol(
-            config=self.config,
-            rate_limits=self.rate_limits,
-            now=time.time(),
-            model=decision.model,
-            intent=decision.intent,
-        )
+        if isinstance(minted, MintedSecret):  # an ephemeral key: its session's config
+            protocol = self.webrtc.new_protocol([minted.request.get("session") or {}], session_id=minted.session["id"])
+        else:
+            protocol = SessionProtocol(
+                config=self.config,
+                rate_limits=self.rate_limits,
+                now=time.time(),
+                model=decision.model,
+                intent=decision.intent,
+            )
         client = tuple(scope.get("client") or ())
         session = EmulatedSession(
             protocol,

@@ -76,6 +76,11 @@ SERVER_EVENTS = frozenset(
     }
 )
 
+# Sent only over WebRTC: the response's audio plays on the media track between these.
+WEBRTC_SERVER_EVENTS = frozenset(
+    {"output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared"}
+)
+
 
 def _event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "event_id": new_id("event"), **fields}
@@ -98,8 +103,10 @@ class SessionProtocol:
         model: str | None,
         intent: str = "realtime",
         session_id: str | None = None,
+        webrtc: bool = False,
     ) -> None:
         self.id = session_id or new_id("sess")
+        self.webrtc = webrtc  # audio on a media track; `output_audio_buffer.*` apply
         self.config = config
         self.rate_limits = rate_limits
         expires_at = int(now + config.max_session_seconds)
@@ -118,6 +125,7 @@ class SessionProtocol:
         self._started: list[ResponseRun] = []
         self._previous_context: list[Any] = []
         self._speech_item: str | None = None
+        self.last_response_id: str | None = None
         audio_input = self.session["audio"]["input"]
         self.buffer = InputAudioBuffer(AudioFormat.parse(audio_input["format"]), audio_input["turn_detection"])
 
@@ -154,6 +162,25 @@ class SessionProtocol:
 
     def receive_bytes(self) -> list[dict[str, Any]]:
         return [error_event("Binary frames are not supported; send JSON text frames.", code="invalid_value")]
+
+    def configure(self, update: Any) -> None:
+        """Apply a session config given at creation (client secret, `/calls`); may raise `ProtocolError`."""
+        self._on_session_update({"type": "session.update", "session": update})
+
+    def receive_audio(self, pcm16: bytes) -> list[dict[str, Any]]:
+        """Input audio from a media track: 16-bit mono PCM at the input buffer's rate."""
+        fmt = self.buffer.format
+        data = pcm16 if fmt.type == "audio/pcm" else fmt.encode(AudioFormat("audio/pcm", fmt.rate).decode(pcm16))
+        return self._append(data)
+
+    def audio_started(self, response_id: str) -> dict[str, Any]:
+        return _event("output_audio_buffer.started", response_id=response_id)
+
+    def audio_stopped(self, response_id: str) -> dict[str, Any]:
+        return _event("output_audio_buffer.stopped", response_id=response_id)
+
+    def audio_cleared(self, response_id: str) -> dict[str, Any]:
+        return _event("output_audio_buffer.cleared", response_id=response_id)
 
     def take_started(self) -> list[ResponseRun]:
         """Responses started since the last call; the connection streams each one."""
@@ -196,6 +223,9 @@ class SessionProtocol:
         data = decode_audio(event.get("audio"), "audio")
         if len(data) % self.buffer.format.bytes_per_sample:
             raise ProtocolError.invalid("audio", "Invalid 'audio': expected whole 16-bit samples.")
+        return self._append(data)
+
+    def _append(self, data: bytes) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         for change in self.buffer.append(data):
             if change.kind == "started":
@@ -282,6 +312,8 @@ class SessionProtocol:
         return run.cancel("client_cancelled")
 
     def _on_output_audio_buffer_clear(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webrtc:
+            return [self.audio_cleared(self.last_response_id or new_id("resp"))]
         raise ProtocolError.invalid("type", "output_audio_buffer.clear is only supported for WebRTC and SIP sessions.")
 
     # --- internals -----------------------------------------------------------------------
@@ -370,6 +402,7 @@ class SessionProtocol:
         self._previous_context = run.context
         self.locks.model_fixed = True
         self.runs[run.id] = run
+        self.last_response_id = run.id
         if settings.conversation == "auto":
             self.active = run
         self._started.append(run)
