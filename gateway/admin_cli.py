@@ -24,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,6 +32,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from gateway.adminapi import changes
+from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError, BrowserAuthStore
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import MigrationError, apply_migrations, schema_version
 from gateway.storage.policy_store import PolicyStore, UnknownTier
@@ -78,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tenant_create.set_defaults(handler=_handler(_tenant_create))
     tenant_list = tenant_actions.add_parser("list", parents=common, help="list tenants")
     tenant_list.set_defaults(handler=_handler(_tenant_list))
+    tenant_jwt = tenant_actions.add_parser("jwt", parents=common, help="set the keys the tenant's browser JWTs are "
+                                           "verified with (docs/webrtc.md)")  # fmt: skip
+    tenant_jwt.add_argument("tenant", metavar="TENANT_ID")
+    tenant_jwt.add_argument("--hs256-secret-file", metavar="FILE", help="a file holding the HS256 secret (>= 32 bytes)")
+    tenant_jwt.add_argument("--jwks-url", metavar="URL", help="https:// JWKS with the RS256/ES256 public keys")
+    tenant_jwt.add_argument("--audience", default="voxgate", help="the 'aud' the tokens carry (default: voxgate)")
+    tenant_jwt.add_argument("--clear", action="store_true", help="remove the tenant's browser-token keys")
+    tenant_jwt.set_defaults(handler=_handler(_tenant_jwt))
 
     key = subparsers.add_parser("key", help="issue, list and revoke API keys")
     key_actions = key.add_subparsers(dest="key_action", required=True, metavar="ACTION")
@@ -187,6 +197,46 @@ async def _tenant_list(args: argparse.Namespace, dsn: str) -> None:
         ("ID", "NAME", "CREATED", "STATUS"),
         [(t.id, t.name, _iso(t.created_at), "disabled" if t.disabled else "active") for t in tenants],
     )
+
+
+def _read_secret_file(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
+    """Set (or clear) the keys a tenant's browser JWTs are verified with. The secret is never printed.
+
+    JSON: ``{"tenant_id", "hs256": bool, "jwks_url", "audience"}`` (or ``{"tenant_id", "cleared"}``).
+    """
+    if args.clear == bool(args.hs256_secret_file or args.jwks_url):
+        raise CommandError("give --hs256-secret-file and/or --jwks-url, or --clear", exit_code=2)
+    secret = None
+    if args.hs256_secret_file:
+        try:
+            secret = _read_secret_file(Path(args.hs256_secret_file))
+        except OSError as exc:
+            raise CommandError(f"cannot read the secret file: {exc.strerror}", exit_code=2) from None
+    async with _pool(dsn) as pool:
+        await _require_tenant(TenantDirectory(pool), args.tenant)
+        store = BrowserAuthStore(pool)
+        if args.clear:
+            cleared = await store.clear(args.tenant)
+            if args.json:
+                _print_json({"tenant_id": args.tenant, "cleared": cleared})
+            else:
+                print(f"browser-token keys of {args.tenant} " + ("removed" if cleared else "were not set"))
+            return
+        try:
+            await store.set(BrowserAuthConfig(args.tenant, secret, args.jwks_url, args.audience))
+        except BrowserAuthConfigError as exc:
+            raise CommandError(str(exc), exit_code=2) from None
+    summary = {"tenant_id": args.tenant, "hs256": secret is not None, "jwks_url": args.jwks_url,
+               "audience": args.audience}  # fmt: skip
+    if args.json:
+        _print_json(summary)
+    else:
+        kinds = " and ".join(k for k, on in (("HS256 secret", secret is not None), ("JWKS URL", args.jwks_url)) if on)
+        print(f"browser tokens of {args.tenant} are verified with its {kinds} (aud {args.audience!r})")
 
 
 async def _key_create(args: argparse.Namespace, dsn: str) -> None:

@@ -20,15 +20,18 @@ from redis.exceptions import RedisError
 
 from gateway import __version__
 from gateway.adminapi.router import SECURITY_COMPONENTS, build_admin_router
+from gateway.calls_monitor import CallsMonitor
 from gateway.enforcement import Enforcement
 from gateway.errors import GatewayError
 from gateway.ledger import LedgerWriter
 from gateway.livestate import LiveState
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
+from gateway.realtime_http import register as register_realtime_http
 from gateway.relay_asgi import RealtimeEndpoint
 from gateway.services import GatewayServices
 from gateway.settings import Settings, SettingsError
+from gateway.storage.calls import CallStore
 from gateway.storage.migrations import schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
@@ -38,7 +41,7 @@ from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 log = logging.getLogger("voxgate.app")
 
 # The schema this build needs; readiness waits until the database has at least this.
-REQUIRED_SCHEMA_VERSION = 2
+REQUIRED_SCHEMA_VERSION = 3
 
 _realtime_endpoint = RealtimeEndpoint()
 
@@ -134,6 +137,7 @@ class VoxgatePlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend([realtime, healthz, readyz, metrics, build_admin_router(self.settings.admin)])
+        register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
         app_config.exception_handlers.update({
             GatewayError: _gateway_error_handler,
             HTTPException: _http_exception_handler,
@@ -168,11 +172,19 @@ class VoxgatePlugin(InitPluginProtocol):
         )  # fmt: skip
         services.enforcement.start()
         services.metrics.watch(_scrape_time_metrics(services))
+        calls = CallStore(pool, redis, settings.redis.key_prefix)
+        monitor = CallsMonitor(services, lease_ttl_s=settings.enforcement.lease_ttl_seconds,
+                               scan_every_s=settings.enforcement.calls_scan_seconds)  # fmt: skip
+        monitor.on_call_ended = calls.end
+        monitor.find_active = calls.active
+        services.calls_monitor = monitor
+        monitor.start()
         app.state.services = services
         try:
             yield
         finally:
             await services.live.drain(0.0)
+            await monitor.stop()
             await services.enforcement.stop()
             await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
             await redis.aclose()

@@ -110,18 +110,78 @@ _SAFE_MESSAGES: Final[tuple[tuple[type[jwt.InvalidTokenError], str], ...]] = (
 )
 
 
-def _public_key(text: str) -> tuple[Any, str]:
+def _public_key(text: str, setting: str = "VOXGATE_ADMIN_JWT_PUBLIC_KEY") -> tuple[Any, str]:
     """Load a PEM public key (or a file holding one); returns the key and its one algorithm."""
     pem = text if "-----BEGIN" in text else Path(text).read_text(encoding="ascii")
     try:
         key = load_pem_public_key(pem.encode("ascii"))
     except ValueError as exc:
-        raise SettingsError(f"VOXGATE_ADMIN_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
+        raise SettingsError(f"{setting} is not a PEM public key: {exc}") from None
     if isinstance(key, rsa.RSAPublicKey):
         return key, "RS256"
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key, "ES256"
-    raise SettingsError("VOXGATE_ADMIN_JWT_PUBLIC_KEY must be an RSA or P-256 EC public key")
+    raise SettingsError(f"{setting} must be an RSA or P-256 EC public key")
+
+
+class KeySet:
+    """The keys one issuer may sign with, and the one algorithm each key type may verify.
+
+    Shared by admin tokens and browser tokens (`gateway.browser_auth`): an HS256 secret,
+    a PEM public key (RS256 or ES256, by key type) and/or a JWKS URL (RS256 / ES256 by
+    ``kid``). The token's header never picks how it is checked beyond this allowlist, so
+    ``alg: none`` and HS256-signed-with-the-public-key tokens find no key.
+    """
+
+    def __init__(self, secret: bytes | None = None, public: tuple[Any, str] | None = None,
+                 jwks_url: str | None = None) -> None:  # fmt: skip
+        self.secret = secret
+        self.public = public
+        self.jwks = (
+            jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=JWKS_CACHE_SECONDS, timeout=5) if jwks_url else None
+        )
+
+    @property
+    def configured(self) -> bool:
+        return self.secret is not None or self.public is not None or self.jwks is not None
+
+    async def key_for(self, token: str) -> tuple[Any, list[str]]:
+        """The key and the single algorithm to verify `token` with, or a 401."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise invalid_token("The token is malformed.") from None
+        alg = header.get("alg")
+        if alg == "HS256" and self.secret is not None:
+            return self.secret, ["HS256"]
+        if alg in ASYMMETRIC_ALGORITHMS:
+            if self.public is not None and self.public[1] == alg:
+                return self.public[0], [alg]
+            if self.jwks is not None:
+                try:
+                    # PyJWKClient fetches over blocking HTTP; keep it off the event loop.
+                    jwk = await asyncio.to_thread(self.jwks.get_signing_key_from_jwt, token)
+                except (jwt.PyJWKClientError, jwt.InvalidTokenError):
+                    raise invalid_token("No trusted key matches the token.") from None
+                if jwk.algorithm_name != alg:
+                    raise invalid_token("The token's algorithm is not accepted.")
+                return jwk, [alg]
+        raise invalid_token("The token's algorithm is not accepted.")
+
+    async def decode(self, token: str, *, audience: str, issuer: str | None, required: list[str]) -> dict[str, Any]:
+        """Verify signature and registered claims; every failure is a safe 401 ``invalid_token``."""
+        key, algorithms = await self.key_for(token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=algorithms, audience=audience, issuer=issuer,
+                options={"require": required}, leeway=LEEWAY_SECONDS,
+            )  # fmt: skip
+        except jwt.MissingRequiredClaimError as exc:
+            raise invalid_token(f"The token lacks the required {exc.claim!r} claim.") from None
+        except jwt.InvalidTokenError as exc:
+            message = next((m for kind, m in _SAFE_MESSAGES if isinstance(exc, kind)), "The token is invalid.")
+            raise invalid_token(message) from None
+        return claims
 
 
 class AdminTokenVerifier:
@@ -130,63 +190,25 @@ class AdminTokenVerifier:
     def __init__(self, settings: AdminSettings) -> None:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
-        self._secret: bytes | None = None
+        secret: bytes | None = None
         if settings.jwt_secret is not None:
-            self._secret = settings.jwt_secret.encode()
-            if len(self._secret) < MIN_SECRET_BYTES:
+            secret = settings.jwt_secret.encode()
+            if len(secret) < MIN_SECRET_BYTES:
                 raise SettingsError(f"VOXGATE_ADMIN_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
-        self._public: tuple[Any, str] | None = None
-        if settings.jwt_public_key is not None:
-            self._public = _public_key(settings.jwt_public_key)
-        self._jwks = (
-            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=JWKS_CACHE_SECONDS, timeout=5)
-            if settings.jwks_url
-            else None
-        )
+        public = _public_key(settings.jwt_public_key) if settings.jwt_public_key is not None else None
+        self._keys = KeySet(secret, public, settings.jwks_url)
 
     @property
     def configured(self) -> bool:
-        return self._secret is not None or self._public is not None or self._jwks is not None
+        return self._keys.configured
 
     async def verify(self, token: str) -> AdminPrincipal:
         """Verify signature and claims; map every failure to a safe 401."""
         if not self.configured:
             raise invalid_token("The admin API is disabled: no admin JWT key is configured.")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise invalid_token("The token is malformed.") from None
-        alg = header.get("alg")
-        key, algorithms = await self._key_for(alg, token)
         required = ["exp", "aud", "sub"] + (["iss"] if self._issuer else [])
-        try:
-            claims = jwt.decode(
-                token, key, algorithms=algorithms, audience=self._audience, issuer=self._issuer,
-                options={"require": required}, leeway=LEEWAY_SECONDS,
-            )  # fmt: skip
-        except jwt.MissingRequiredClaimError as exc:
-            raise invalid_token(f"The token lacks the required {exc.claim!r} claim.") from None
-        except jwt.InvalidTokenError as exc:
-            message = next((m for kind, m in _SAFE_MESSAGES if isinstance(exc, kind)), "The token is invalid.")
-            raise invalid_token(message) from None
+        claims = await self._keys.decode(token, audience=self._audience, issuer=self._issuer, required=required)
         return _principal(claims)
-
-    async def _key_for(self, alg: object, token: str) -> tuple[Any, list[str]]:
-        if alg == "HS256" and self._secret is not None:
-            return self._secret, ["HS256"]
-        if alg in ASYMMETRIC_ALGORITHMS:
-            if self._public is not None and self._public[1] == alg:
-                return self._public[0], [alg]
-            if self._jwks is not None:
-                try:
-                    # PyJWKClient fetches over blocking HTTP; keep it off the event loop.
-                    jwk = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-                except (jwt.PyJWKClientError, jwt.InvalidTokenError):
-                    raise invalid_token("No trusted key matches the token.") from None
-                if jwk.algorithm_name != alg:
-                    raise invalid_token("The token's algorithm is not accepted.")
-                return jwk, [alg]
-        raise invalid_token("The token's algorithm is not accepted.")
 
 
 def _principal(claims: dict[str, Any]) -> AdminPrincipal:

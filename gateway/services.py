@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -88,3 +88,4 @@ class GatewayServices:
     policy_store: PolicyStore | None = None
     enforcement: Enforcement | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    calls_monitor: Any = None  # gateway.calls_monitor.CallsMonitor (set in the lifespan)

@@ -123,6 +123,9 @@ class EnforcementSettings:
 
     lease_ttl_seconds: float = 30.0  # VOXGATE_LEASE_TTL_SECONDS (a dead replica's sessions free up after this)
     reap_interval_seconds: float = 5.0  # VOXGATE_REAP_INTERVAL_SECONDS
+    # VOXGATE_CALLS_SCAN_SECONDS: how often a replica looks for WebRTC calls no live replica
+    # monitors (its owner died) and takes them over; 0 turns the scan off.
+    calls_scan_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class Settings:
             enforcement=EnforcementSettings(
                 lease_ttl_seconds=_float(env, "VOXGATE_LEASE_TTL_SECONDS", 30.0),
                 reap_interval_seconds=_float(env, "VOXGATE_REAP_INTERVAL_SECONDS", 5.0),
+                calls_scan_seconds=_float(env, "VOXGATE_CALLS_SCAN_SECONDS", 2.0),
             ),
             security=SecuritySettings(safety_identifier_secret=secret.encode())
             if secret

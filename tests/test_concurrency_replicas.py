@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 @asynccontextmanager
 async def gateway_process(
-    pg_dsn: str, upstream_url: str, prefix: str, name: str
+    pg_dsn: str, upstream_url: str, prefix: str, name: str, scan: str = "0"
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
     env = {
@@ -35,7 +35,7 @@ async def gateway_process(
         "VOXGATE_UPSTREAM_URL": upstream_url, "VOXGATE_OPENAI_API_KEY": UPSTREAM_KEY,
         "VOXGATE_PORT": str(port), "VOXGATE_INSTANCE_ID": name, "VOXGATE_LEASE_TTL_SECONDS": "1.5",
         "VOXGATE_REAP_INTERVAL_SECONDS": "0.3", "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0", "VOXGATE_LOG_LEVEL": "WARNING",
-        "VOXGATE_DEFAULT_TIER": "",
+        "VOXGATE_DEFAULT_TIER": "", "VOXGATE_CALLS_SCAN_SECONDS": scan,
     }  # fmt: skip
     proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).with_name("voxgate")), "serve", env=env)
     url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"

@@ -369,7 +369,8 @@ async def test_a_client_that_stops_reading_throttles_the_upstream(wire_gateway: 
     await asyncio.sleep(0.3)
     assert sent == stalled_at < total  # upstream writes are blocked...
     assert relay.upstream.paused_by_peer  # ...because voxgate stopped reading it
-    assert relay.client.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536
+    # The high-water mark plus at most one read (asyncio reads up to 256 KiB at once).
+    assert relay.client.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 256 * 1024
     received = 0
     while received < total:
         fin, opcode, payload = await client.frame()
@@ -393,14 +394,17 @@ async def test_an_upstream_that_stops_reading_throttles_the_client(wire_gateway:
                 await ws.send(json.dumps({"type": "conversation.item.done"}))
 
     client = await connect(stalled)
-    for _ in range(total):
-        client.send(OP_TEXT, append)
-    await asyncio.sleep(1.0)
-    relay = the_relay(wire_gateway)
-    assert relay.client.paused_by_peer  # voxgate stopped reading the client...
-    assert relay.upstream.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 2 * 65536  # ...and holds little
-    assert client.writer.transport.get_write_buffer_size() > 0  # the client's own sends are backed up
-    release.set()
+    try:
+        for _ in range(total):
+            client.send(OP_TEXT, append)
+        await asyncio.sleep(1.0)
+        relay = the_relay(wire_gateway)
+        assert relay.client.paused_by_peer  # voxgate stopped reading the client...
+        # ...and holds little: the high-water mark plus at most one read (asyncio reads up to 256 KiB at once).
+        assert relay.upstream.transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 256 * 1024
+        assert client.writer.transport.get_write_buffer_size() > 0  # the client's own sends are backed up
+    finally:
+        release.set()  # never leave the scripted upstream stalled (its server waits for handlers on close)
     assert (await client.event())["type"] == "conversation.item.done"
     assert received == total and not relay.client.paused_by_peer
 

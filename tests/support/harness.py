@@ -70,7 +70,9 @@ def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: A
         ledger=LedgerSettings(flush_interval_seconds=0.01),
         # Tenants are unrestricted unless a test gives them a policy.
         admin=AdminSettings(default_tier=None),
-        enforcement=EnforcementSettings(lease_ttl_seconds=5.0, reap_interval_seconds=0.5),
+        # Test gateways share one database but not a Redis prefix, so each would see the others'
+        # calls as unmonitored: the takeover scan is off unless a test turns it on.
+        enforcement=EnforcementSettings(lease_ttl_seconds=5.0, reap_interval_seconds=0.5, calls_scan_seconds=0.0),
     )
 
 

@@ -1,0 +1,190 @@
+"""Browser tokens: short-lived JWTs a tenant's own backend signs for its end users.
+
+A browser cannot hold a tenant API key, so the tenant's backend signs a JWT for the
+signed-in user and the browser presents it as ``Authorization: Bearer <jwt>`` on the
+WebRTC routes (``POST /v1/realtime/calls`` with a raw SDP offer, and hangup). Rules:
+
+* The token names its tenant in a ``tenant_id`` claim (voxgate's ``ten_…`` id). The claim
+  is read unverified only to pick that tenant's keys; the signature then covers it.
+* Keys are registered per tenant (``voxgate tenant jwt``, table ``tenant_browser_auth``):
+  an HS256 secret (at least 32 bytes) and/or a JWKS URL serving RS256 / ES256 keys. Each
+  key type verifies exactly one algorithm family (`gateway.jwt_auth.KeySet`, shared with
+  the admin API), so ``alg: none`` and key-confusion tokens find no key.
+* ``aud`` must equal the tenant's audience (default ``voxgate``); ``exp`` is required and
+  at most 15 minutes ahead (plus the 30 s clock-skew leeway); ``sub`` (the end user) is
+  required and becomes the upstream safety identifier.
+* Every failure is a 401 ``invalid_token`` whose message never echoes the token and never
+  says whether the tenant exists.
+
+The HS256 secret is a verification key, so it is stored as given, never returned. Use
+JWKS in production: then voxgate stores only a URL and holds nothing that can sign.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import asyncpg
+import jwt
+
+from gateway.errors import GatewayError
+from gateway.jwt_auth import LEEWAY_SECONDS, MIN_SECRET_BYTES, KeySet, invalid_token
+
+DEFAULT_AUDIENCE: Final = "voxgate"
+MAX_LIFETIME_SECONDS: Final = 15 * 60
+CONFIG_CACHE_SECONDS: Final = 10.0  # a rotated key is in force on every replica within this
+TENANT_CLAIM: Final = "tenant_id"
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+GET_CONFIG: Final = """
+SELECT b.tenant_id, b.hs256_secret, b.jwks_url, b.audience
+FROM tenant_browser_auth b JOIN tenants t ON t.id = b.tenant_id
+WHERE b.tenant_id = $1 AND t.disabled_at IS NULL
+"""
+
+UPSERT_CONFIG: Final = """
+INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, jwks_url, audience, updated_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (tenant_id) DO UPDATE
+SET hs256_secret = EXCLUDED.hs256_secret, jwks_url = EXCLUDED.jwks_url, audience = EXCLUDED.audience,
+    updated_at = now()
+"""
+
+DELETE_CONFIG: Final = "DELETE FROM tenant_browser_auth WHERE tenant_id = $1 RETURNING tenant_id"
+
+
+class BrowserAuthConfigError(ValueError):
+    """A browser-token configuration that cannot be stored (short secret, bad URL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserAuthConfig:
+    tenant_id: str
+    hs256_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    audience: str = DEFAULT_AUDIENCE
+
+    def validate(self) -> None:
+        if self.hs256_secret is None and self.jwks_url is None:
+            raise BrowserAuthConfigError("give an HS256 secret or a JWKS URL")
+        if self.hs256_secret is not None and len(self.hs256_secret.encode()) < MIN_SECRET_BYTES:
+            raise BrowserAuthConfigError(f"the HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+        if self.jwks_url is not None:
+            parts = urlsplit(self.jwks_url)
+            loopback = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
+            if not parts.netloc or not (parts.scheme == "https" or loopback):
+                raise BrowserAuthConfigError("the JWKS URL must be https:// (http:// only on loopback)")
+        if not self.audience:
+            raise BrowserAuthConfigError("the audience must not be empty")
+
+
+class BrowserAuthStore:
+    """Per-tenant browser-token keys in Postgres (`tenant_browser_auth`)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, tenant_id: str) -> BrowserAuthConfig | None:
+        """The tenant's config, or None if it has none or the tenant is disabled."""
+        row = await self._pool.fetchrow(GET_CONFIG, tenant_id)
+        if row is None:
+            return None
+        return BrowserAuthConfig(row["tenant_id"], row["hs256_secret"], row["jwks_url"], row["audience"])
+
+    async def set(self, config: BrowserAuthConfig) -> None:
+        """Store (replace) a tenant's config. Raises `BrowserAuthConfigError` or `asyncpg.ForeignKeyViolationError`."""
+        config.validate()
+        await self._pool.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url,
+                                 config.audience)  # fmt: skip
+
+    async def clear(self, tenant_id: str) -> bool:
+        return await self._pool.fetchval(DELETE_CONFIG, tenant_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserPrincipal:
+    """A verified browser token: whose tenant, which end user, until when."""
+
+    tenant_id: str
+    subject: str
+    expires_at: float
+
+
+def _unverified_tenant(token: str) -> str:
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise invalid_token("The token is malformed.") from None
+    tenant_id = claims.get(TENANT_CLAIM) if isinstance(claims, dict) else None
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise invalid_token(f"The token lacks the required {TENANT_CLAIM!r} claim.")
+    return tenant_id
+
+
+class BrowserTokenVerifier:
+    """Verifies browser JWTs against the keys of the tenant they name (cached briefly)."""
+
+    def __init__(self, store: BrowserAuthStore, cache_seconds: float = CONFIG_CACHE_SECONDS) -> None:
+        self._store = store
+        self._cache_seconds = cache_seconds
+        self._configs: dict[str, tuple[float, BrowserAuthConfig | None]] = {}
+        self._keysets: dict[tuple[str | None, str | None], KeySet] = {}
+
+    async def verify(self, token: str, now: float | None = None) -> BrowserPrincipal:
+        now = time.time() if now is None else now
+        tenant_id = _unverified_tenant(token)
+        config = await self._config(tenant_id, now)
+        if config is None:
+            # Same answer whether the tenant is unknown, disabled or has no browser keys.
+            raise invalid_token("No trusted key matches the token.")
+        keys = self._keyset(config)
+        claims = await keys.decode(token, audience=config.audience, issuer=None,
+                                   required=["exp", "aud", "sub", TENANT_CLAIM])  # fmt: skip
+        return _principal(claims, tenant_id, now)
+
+    async def _config(self, tenant_id: str, now: float) -> BrowserAuthConfig | None:
+        cached = self._configs.get(tenant_id)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        config = await self._store.get(tenant_id)
+        if len(self._configs) > 10_000:
+            self._configs.clear()
+        self._configs[tenant_id] = (now, config)
+        return config
+
+    def _keyset(self, config: BrowserAuthConfig) -> KeySet:
+        ident = (config.hs256_secret, config.jwks_url)
+        keys = self._keysets.get(ident)
+        if keys is None:
+            if len(self._keysets) > 10_000:
+                self._keysets.clear()
+            secret = config.hs256_secret.encode() if config.hs256_secret is not None else None
+            keys = self._keysets[ident] = KeySet(secret=secret, jwks_url=config.jwks_url)
+        return keys
+
+
+def _principal(claims: dict[str, Any], tenant_id: str, now: float) -> BrowserPrincipal:
+    if claims.get(TENANT_CLAIM) != tenant_id:  # cannot differ once verified, but be explicit
+        raise invalid_token("The token is invalid.")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise invalid_token("The token's 'sub' claim must be a non-empty string.")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise invalid_token("The token's 'exp' claim must be a number.")
+    if exp > now + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
+        raise invalid_token(f"The token lives too long: 'exp' may be at most {MAX_LIFETIME_SECONDS // 60} "
+                            "minutes ahead.")  # fmt: skip
+    iat = claims.get("iat")
+    if isinstance(iat, int | float) and not isinstance(iat, bool) and exp - iat > MAX_LIFETIME_SECONDS:
+        raise invalid_token(f"The token lives too long: at most {MAX_LIFETIME_SECONDS // 60} minutes from 'iat'.")
+    return BrowserPrincipal(tenant_id=tenant_id, subject=subject, expires_at=float(exp))
+
+
+def browser_tokens_unsupported() -> GatewayError:
+    """A browser token where only a tenant API key may act (minting secrets, attaching calls)."""
+    return GatewayError(403, "This endpoint needs a tenant API key; browser tokens cannot use it.",
+                        code="browser_token_not_allowed")  # fmt: skip

@@ -1,0 +1,263 @@
+"""WebRTC calls and minted client secrets, findable from any replica.
+
+Postgres (`realtime_calls`, `minted_client_secrets`, migration 0003) is the record; a Redis
+hash per call (`<prefix>call:<call_id>`) is a cache every replica reads first, so the
+sideband monitor and the hangup route find a call's tenant without a database round trip.
+A Redis miss (expired, flushed, or Redis down) falls back to Postgres and refills the hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from policies.policy import UNRESTRICTED, TenantPolicy
+
+log = logging.getLogger("voxgate.calls")
+
+CALL_CACHE_TTL_S: Final = 24 * 3600
+CallSource = Literal["brokered", "attached"]
+CallState = Literal["active", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A WebRTC call voxgate brokered or had attached: what the sideband monitor receives.
+
+    `session_id` is voxgate's `realtime_sessions.id` the call's usage is metered into;
+    `leased` is True when admission took a concurrency lease for `session_id` that the
+    monitor now owns (it must release it when the call ends). `policy` and `safety_id`
+    are only known on the replica that admitted or attached the call; a `Call` loaded
+    from storage carries `UNRESTRICTED` and the stored safety id, and the monitor
+    re-reads the tenant's policy.
+    """
+
+    call_id: str
+    tenant_id: str
+    session_id: str
+    policy: TenantPolicy = UNRESTRICTED
+    safety_id: str = ""
+    leased: bool = False
+    source: CallSource = "brokered"
+    api_key_id: str | None = None  # the tenant key that brokered or attached it; None for a browser JWT
+    model: str | None = None
+    upstream_session_id: str | None = None
+    state: CallState = "active"
+    end_reason: str | None = None
+    created_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The call as `GET /v1/realtime/calls/{call_id}` shows it (no policy, no hashes)."""
+        return {
+            "object": "voxgate.realtime.call",
+            "id": self.call_id,
+            "session_id": self.session_id,
+            "upstream_session_id": self.upstream_session_id,
+            "source": self.source,
+            "model": self.model,
+            "state": self.state,
+            "end_reason": self.end_reason,
+            "created_at": int(self.created_at),
+            "ended_at": int(self.ended_at) if self.ended_at is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MintedSecret:
+    upstream_session_id: str
+    tenant_id: str
+    session_id: str
+    end_user_hash: str | None
+
+
+INSERT_CALL: Final = """
+INSERT INTO realtime_calls (call_id, tenant_id, session_id, upstream_session_id, source, model, end_user_hash,
+                            state, created_at, api_key_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9)
+ON CONFLICT (call_id) DO NOTHING
+RETURNING call_id
+"""
+
+_CALL_COLUMNS: Final = """call_id, tenant_id, session_id, api_key_id, upstream_session_id, source, model, end_user_hash,
+       state, end_reason, created_at, ended_at"""
+
+GET_CALL: Final = f"SELECT {_CALL_COLUMNS} FROM realtime_calls WHERE call_id = $1"
+
+ACTIVE_CALLS: Final = f"SELECT {_CALL_COLUMNS} FROM realtime_calls WHERE state = 'active' ORDER BY created_at LIMIT $1"
+
+REOPEN_CALL: Final = """
+UPDATE realtime_calls SET state = 'active', end_reason = NULL, ended_at = NULL
+WHERE call_id = $1 AND state = 'ended' AND end_reason = $2
+RETURNING call_id
+"""
+
+
+END_CALL: Final = """
+UPDATE realtime_calls SET state = 'ended', end_reason = $2, ended_at = $3
+WHERE call_id = $1 AND state = 'active'
+RETURNING call_id
+"""
+
+INSERT_MINTED: Final = """
+INSERT INTO minted_client_secrets (upstream_session_id, tenant_id, session_id, end_user_hash, expires_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (upstream_session_id) DO NOTHING
+"""
+
+GET_MINTED: Final = """
+SELECT upstream_session_id, tenant_id, session_id, end_user_hash FROM minted_client_secrets
+WHERE upstream_session_id = $1
+"""
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _call_from_row(row: asyncpg.Record) -> Call:
+    ended = row["ended_at"]
+    return Call(
+        call_id=row["call_id"], tenant_id=row["tenant_id"], session_id=row["session_id"],
+        safety_id=row["end_user_hash"] or "", source=row["source"], api_key_id=row["api_key_id"], model=row["model"],
+        upstream_session_id=row["upstream_session_id"], state=row["state"], end_reason=row["end_reason"],
+        created_at=row["created_at"].timestamp(), ended_at=ended.timestamp() if ended is not None else None,
+    )  # fmt: skip
+
+
+def _call_to_hash(call: Call) -> dict[str, str]:
+    return {
+        "tenant_id": call.tenant_id, "session_id": call.session_id, "safety_id": call.safety_id,
+        "source": call.source, "api_key_id": call.api_key_id or "", "model": call.model or "",
+        "upstream_session_id": call.upstream_session_id or "",
+        "state": call.state, "end_reason": call.end_reason or "", "created_at": repr(call.created_at),
+        "ended_at": repr(call.ended_at) if call.ended_at is not None else "",
+        "leased": "1" if call.leased else "0",
+    }  # fmt: skip
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _call_from_hash(call_id: str, raw: Mapping[Any, Any]) -> Call | None:
+    data = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        return Call(
+            call_id=call_id, tenant_id=data["tenant_id"], session_id=data["session_id"],
+            safety_id=data.get("safety_id", ""), leased=data.get("leased") == "1",
+            source="attached" if data.get("source") == "attached" else "brokered",
+            api_key_id=data.get("api_key_id") or None,
+            model=data.get("model") or None, upstream_session_id=data.get("upstream_session_id") or None,
+            state="ended" if data.get("state") == "ended" else "active", end_reason=data.get("end_reason") or None,
+            created_at=float(data["created_at"]),
+            ended_at=float(data["ended_at"]) if data.get("ended_at") else None,
+        )  # fmt: skip
+    except (KeyError, ValueError):
+        return None
+
+
+class CallStore:
+    """Calls and minted secrets in Postgres, with a Redis hash per call for fast lookups."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis | None, key_prefix: str = "voxgate:") -> None:
+        self._pool = pool
+        self._redis = redis
+        self._prefix = key_prefix
+
+    def cache_key(self, call_id: str) -> str:
+        return f"{self._prefix}call:{call_id}"
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def record(self, call: Call) -> bool:
+        """Record a new call; False if the call id is already recorded (nothing changes)."""
+        inserted = await self._pool.fetchval(
+            INSERT_CALL, call.call_id, call.tenant_id, call.session_id, call.upstream_session_id, call.source,
+            call.model, call.safety_id or None, _ts(call.created_at), call.api_key_id,
+        )  # fmt: skip
+        if inserted is None:
+            return False
+        await self._cache(call)
+        return True
+
+    async def get(self, call_id: str) -> Call | None:
+        """The call, from Redis if cached, else from Postgres (refilling the cache)."""
+        if self._redis is not None:
+            try:
+                raw: dict[Any, Any] = await self._redis.hgetall(self.cache_key(call_id))  # type: ignore[misc,unused-ignore]
+            except RedisError as exc:
+                log.warning("call cache unreachable (%s); reading %s from Postgres", exc, call_id)
+                raw = {}
+            if raw:
+                cached = _call_from_hash(call_id, raw)
+                if cached is not None:
+                    return cached
+        row = await self._pool.fetchrow(GET_CALL, call_id)
+        if row is None:
+            return None
+        call = _call_from_row(row)
+        await self._cache(call)
+        return call
+
+    async def get_for_tenant(self, call_id: str, tenant_id: str) -> Call | None:
+        """The call if it belongs to `tenant_id`; another tenant's call is indistinguishable from none."""
+        call = await self.get(call_id)
+        return call if call is not None and call.tenant_id == tenant_id else None
+
+    async def end(self, call_id: str, reason: str, now: float | None = None) -> bool:
+        """Mark an active call ended; False if it was not active (already ended or unknown)."""
+        now = time.time() if now is None else now
+        ended = await self._pool.fetchval(END_CALL, call_id, reason, _ts(now))
+        if self._redis is not None:
+            # Postgres decides who ended the call first; the cache only follows it.
+            with contextlib.suppress(RedisError):
+                await self._redis.delete(self.cache_key(call_id))  # refilled from Postgres on the next read
+        return ended is not None
+
+    async def reopen(self, call_id: str, reason: str) -> bool:
+        """Undo `end(call_id, reason)` (an upstream hangup that did not happen); False if it was not that end."""
+        reopened = await self._pool.fetchval(REOPEN_CALL, call_id, reason)
+        if self._redis is not None:
+            with contextlib.suppress(RedisError):
+                await self._redis.delete(self.cache_key(call_id))  # refilled from Postgres on the next read
+        return reopened is not None
+
+    async def active(self, limit: int = 10_000) -> list[Call]:
+        """Calls not yet ended, oldest first: what the sideband monitors must cover between them."""
+        return [_call_from_row(row) for row in await self._pool.fetch(ACTIVE_CALLS, limit)]
+
+    async def _cache(self, call: Call) -> None:
+        if self._redis is None:
+            return
+        key = self.cache_key(call.call_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=_call_to_hash(call))  # type: ignore[arg-type]
+                pipe.expire(key, CALL_CACHE_TTL_S)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not cache call %s: %s", call.call_id, exc)
+
+    # -- minted client secrets ------------------------------------------------------------
+
+    async def record_minted(self, secret: MintedSecret, expires_at: float | None) -> None:
+        await self._pool.execute(
+            INSERT_MINTED, secret.upstream_session_id, secret.tenant_id, secret.session_id, secret.end_user_hash,
+            _ts(expires_at) if expires_at is not None else None,
+        )  # fmt: skip
+
+    async def minted(self, upstream_session_id: str) -> MintedSecret | None:
+        row = await self._pool.fetchrow(GET_MINTED, upstream_session_id)
+        if row is None:
+            return None
+        return MintedSecret(row["upstream_session_id"], row["tenant_id"], row["session_id"], row["end_user_hash"])

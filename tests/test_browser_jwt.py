@@ -1,0 +1,289 @@
+"""Issue 5 §1: browser JWTs a tenant's backend signs, and the attacks voxgate must refuse."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from gateway import cli
+from gateway.browser_auth import (
+    BrowserAuthConfig,
+    BrowserAuthConfigError,
+    BrowserAuthStore,
+    BrowserTokenVerifier,
+)
+from gateway.errors import GatewayError
+from tests.support.admin_tokens import handmade
+from tests.support.harness import TenantKey, make_tenant
+
+pytestmark = pytest.mark.e2e
+
+HS_SECRET = secrets.token_urlsafe(40)
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+
+
+def _jwk(public_key: Any, kid: str, alg: str) -> dict[str, Any]:
+    algorithm = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
+    return {**algorithm.to_jwk(public_key, as_dict=True), "kid": kid, "alg": alg, "use": "sig"}
+
+
+@pytest.fixture(scope="module")
+def jwks_url() -> Iterator[str]:
+    document = json.dumps({"keys": [_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
+                                    _jwk(EC_KEY.public_key(), "ec-1", "ES256")]}).encode()  # fmt: skip
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def claims(tenant_id: str, **extra: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"tenant_id": tenant_id, "sub": "end-user-7", "aud": "voxgate", "iat": now, "exp": now + 300, **extra}
+
+
+def hs(payload: dict[str, Any], secret: str = HS_SECRET) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def rs(payload: dict[str, Any], kid: str = "rsa-1") -> str:
+    return jwt.encode(payload, RSA_KEY, algorithm="RS256", headers={"kid": kid})
+
+
+def es(payload: dict[str, Any], kid: str = "ec-1") -> str:
+    return jwt.encode(payload, EC_KEY, algorithm="ES256", headers={"kid": kid})
+
+
+@pytest.fixture
+async def hs_tenant(pg_pool: asyncpg.Pool) -> TenantKey:
+    tenant = await make_tenant(pg_pool, "hs")
+    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
+    return tenant
+
+
+@pytest.fixture
+async def jwks_tenant(pg_pool: asyncpg.Pool, jwks_url: str) -> TenantKey:
+    tenant = await make_tenant(pg_pool, "jwks")
+    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, jwks_url=jwks_url, audience="acme-voice"))
+    return tenant
+
+
+async def probe(gateway, token: str) -> httpx.Response:
+    """A route that accepts browser tokens: 404 for an unknown call means the token was accepted."""
+    async with httpx.AsyncClient() as http:
+        url = f"{gateway.base_url}/realtime/calls/rtc_nope"
+        return await http.get(url, headers={"Authorization": f"Bearer {token}"})
+
+
+async def assert_refused(gateway, token: str, fragment: str = "") -> None:
+    response = await probe(gateway, token)
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_token"
+    assert error["type"] == "invalid_request_error"
+    assert fragment.lower() in error["message"].lower()
+    assert token not in response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+# -- accepted -------------------------------------------------------------------------------
+
+
+async def test_hs256_token_is_accepted(gateway, hs_tenant) -> None:
+    response = await probe(gateway, hs(claims(hs_tenant.tenant_id)))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "call_not_found"
+
+
+@pytest.mark.parametrize("sign", [rs, es], ids=["RS256", "ES256"])
+async def test_jwks_tokens_are_accepted(gateway, jwks_tenant, sign) -> None:
+    response = await probe(gateway, sign(claims(jwks_tenant.tenant_id, aud="acme-voice")))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "call_not_found"
+
+
+async def test_subject_becomes_the_safety_identifier(pg_pool, hs_tenant) -> None:
+    principal = await BrowserTokenVerifier(BrowserAuthStore(pg_pool)).verify(hs(claims(hs_tenant.tenant_id)))
+    assert principal.tenant_id == hs_tenant.tenant_id
+    assert principal.subject == "end-user-7"
+
+
+# -- the attack matrix ----------------------------------------------------------------------
+
+
+async def test_expired_token(gateway, hs_tenant) -> None:
+    now = int(time.time())
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, iat=now - 900, exp=now - 120)), "expired")
+
+
+async def test_forged_signature(gateway, hs_tenant) -> None:
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id), secrets.token_urlsafe(40)), "signature")
+
+
+async def test_tampered_payload(gateway, hs_tenant) -> None:
+    header, _, signature = hs(claims(hs_tenant.tenant_id)).split(".")
+    forged_payload = jwt.utils.base64url_encode(json.dumps(claims(hs_tenant.tenant_id, sub="admin")).encode())
+    await assert_refused(gateway, f"{header}.{forged_payload.decode()}.{signature}", "signature")
+
+
+async def test_wrong_audience(gateway, hs_tenant, jwks_tenant) -> None:
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, aud="someone-else")), "audience")
+    # The JWKS tenant registered its own audience; the default one is not accepted for it.
+    await assert_refused(gateway, rs(claims(jwks_tenant.tenant_id)), "audience")
+
+
+async def test_alg_none(gateway, hs_tenant) -> None:
+    for alg in ("none", "None", "NONE"):
+        await assert_refused(gateway, handmade({"alg": alg, "typ": "JWT"}, claims(hs_tenant.tenant_id), None),
+                             "algorithm")  # fmt: skip
+
+
+async def test_key_confusion_public_key_as_hmac_secret(gateway, jwks_tenant) -> None:
+    # The classic attack: HS256 "signed" with the RSA public key the verifier trusts.
+    token = handmade({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(jwks_tenant.tenant_id, aud="acme-voice"),
+                     RSA_PUBLIC_PEM)  # fmt: skip
+    await assert_refused(gateway, token, "algorithm")
+
+
+async def test_asymmetric_alg_for_an_hs256_only_tenant(gateway, hs_tenant) -> None:
+    await assert_refused(gateway, rs(claims(hs_tenant.tenant_id)), "algorithm")
+
+
+async def test_unknown_kid(gateway, jwks_tenant) -> None:
+    await assert_refused(gateway, rs(claims(jwks_tenant.tenant_id, aud="acme-voice"), kid="rsa-9"), "key")
+
+
+async def test_kid_of_the_other_algorithm(gateway, jwks_tenant) -> None:
+    # An RS256 header pointing at the EC key: the JWK's algorithm must match the header's.
+    await assert_refused(gateway, rs(claims(jwks_tenant.tenant_id, aud="acme-voice"), kid="ec-1"))
+
+
+async def test_long_lived_tokens(gateway, hs_tenant) -> None:
+    now = int(time.time())
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, exp=now + 3600)), "too long")
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, exp=now + 16 * 60)), "too long")
+    # A token minted long ago whose exp is near is still refused if it was issued for longer.
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, iat=now - 3000, exp=now + 60)), "too long")
+
+
+@pytest.mark.parametrize("missing", ["exp", "sub", "aud", "tenant_id"])
+async def test_required_claims(gateway, hs_tenant, missing) -> None:
+    payload = claims(hs_tenant.tenant_id)
+    del payload[missing]
+    await assert_refused(gateway, hs(payload), "")
+
+
+async def test_token_for_another_tenant(gateway, hs_tenant, pg_pool) -> None:
+    other = await make_tenant(pg_pool, "other")
+    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(other.tenant_id, hs256_secret=secrets.token_urlsafe(40)))
+    # Signed with hs_tenant's secret but naming the other tenant: the other tenant's key decides.
+    await assert_refused(gateway, hs(claims(other.tenant_id)), "signature")
+
+
+async def test_unknown_disabled_and_unconfigured_tenants_look_alike(gateway, hs_tenant, pg_pool) -> None:
+    bare = await make_tenant(pg_pool, "bare")
+    await assert_refused(gateway, hs(claims("ten_doesnotexist000")), "no trusted key")
+    await assert_refused(gateway, hs(claims(bare.tenant_id)), "no trusted key")
+    disabled = await make_tenant(pg_pool, "off")
+    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(disabled.tenant_id, hs256_secret=HS_SECRET))
+    await pg_pool.execute("UPDATE tenants SET disabled_at = now() WHERE id = $1", disabled.tenant_id)
+    await assert_refused(gateway, hs(claims(disabled.tenant_id)), "no trusted key")
+
+
+async def test_garbage_tokens(gateway) -> None:
+    for token in ("eyJ.eyJ.x", "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2ln"):
+        await assert_refused(gateway, token, "")
+
+
+async def test_verifier_refuses_alg_none_without_a_gateway(pg_pool, hs_tenant) -> None:
+    verifier = BrowserTokenVerifier(BrowserAuthStore(pg_pool))
+    with pytest.raises(GatewayError) as caught:
+        await verifier.verify(handmade({"alg": "none"}, claims(hs_tenant.tenant_id), None))
+    assert caught.value.status == 401
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BrowserAuthConfig("ten_x"),
+        BrowserAuthConfig("ten_x", hs256_secret="short"),
+        BrowserAuthConfig("ten_x", jwks_url="http://idp.example.com/jwks.json"),
+        BrowserAuthConfig("ten_x", jwks_url="ftp://idp.example.com/jwks.json"),
+        BrowserAuthConfig("ten_x", hs256_secret=HS_SECRET, audience=""),
+    ],
+)
+def test_bad_configs_are_refused(config: BrowserAuthConfig) -> None:
+    with pytest.raises(BrowserAuthConfigError):
+        config.validate()
+
+
+def test_secret_is_never_in_repr() -> None:
+    assert HS_SECRET not in repr(BrowserAuthConfig("ten_x", hs256_secret=HS_SECRET))
+
+
+def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys) -> None:
+    import asyncio
+
+    monkeypatch.setenv("VOXGATE_DATABASE_URL", pg_dsn)
+    assert cli.main(["tenant", "create", f"cli-jwt-{secrets.token_hex(3)}", "--json"]) == 0
+    tenant_id = json.loads(capsys.readouterr().out)["id"]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(HS_SECRET + "\n")
+    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(secret_file),
+                     "--audience", "acme", "--json"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert HS_SECRET not in out
+    assert json.loads(out) == {"tenant_id": tenant_id, "hs256": True, "jwks_url": None, "audience": "acme"}
+
+    async def stored() -> BrowserAuthConfig | None:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        try:
+            return await BrowserAuthStore(pool).get(tenant_id)
+        finally:
+            await pool.close()
+
+    config = asyncio.run(stored())
+    assert config is not None
+    assert (config.hs256_secret, config.audience) == (HS_SECRET, "acme")
+    short = tmp_path / "short"
+    short.write_text("too-short")
+    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(short)]) == 2
+    assert cli.main(["tenant", "jwt", tenant_id]) == 2  # nothing to set
+    assert cli.main(["tenant", "jwt", "ten_doesnotexist000", "--jwks-url", "https://idp/jwks"]) == 1
+    capsys.readouterr()
+    assert cli.main(["tenant", "jwt", tenant_id, "--clear"]) == 0
+    assert asyncio.run(stored()) is None
