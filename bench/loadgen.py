@@ -379,8 +379,14 @@ async def run_connect(args: argparse.Namespace) -> dict[str, object]:
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = now() - t0
     print("DONE", flush=True)
+    return _latency_summary("connect", latencies, elapsed, stats, cpu0)
+
+
+
+def _latency_summary(mode: str, latencies: list[float], elapsed: float, stats: Stats, cpu0: float) -> dict[str, object]:
+    """The result of a run of independent requests (connects or HTTP GETs)."""
     return {
-        "mode": "connect",
+        "mode": mode,
         "ok": len(latencies),
         "per_second": len(latencies) / elapsed,
         "p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
@@ -390,7 +396,6 @@ async def run_connect(args: argparse.Namespace) -> dict[str, object]:
         "first_error": stats.first_error,
         "loadgen_cpu_fraction": (cpu_seconds() - cpu0) / elapsed,
     }
-
 
 async def run_http(args: argparse.Namespace) -> dict[str, object]:
     """N `GET <path>` requests, each on a new connection, C at a time."""
@@ -425,17 +430,7 @@ async def run_http(args: argparse.Namespace) -> dict[str, object]:
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = now() - t0
     print("DONE", flush=True)
-    return {
-        "mode": "http",
-        "ok": len(latencies),
-        "per_second": len(latencies) / elapsed,
-        "p50_ms": 1000 * (percentile(latencies, 0.5) or 0),
-        "p99_ms": 1000 * (percentile(latencies, 0.99) or 0),
-        "errors": stats.errors,
-        "error_count": sum(stats.errors.values()),
-        "first_error": stats.first_error,
-        "loadgen_cpu_fraction": (cpu_seconds() - cpu0) / elapsed,
-    }
+    return _latency_summary("http", latencies, elapsed, stats, cpu0)
 
 
 async def run_idle(args: argparse.Namespace) -> dict[str, object]:
