@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -418,20 +419,28 @@ async def _http_conn(port: int, win: Window) -> None:
             await writer.wait_closed()
 
 
-async def run_http(server: Server, conns: int, warmup: float, duration: float) -> PhaseResult:
+async def _run_phase(
+    server: Server, label: str, conn: Callable[[int, Window], Awaitable[None]], conns: int, warmup: float,
+    duration: float,
+) -> PhaseResult:
+    """`conns` concurrent connections running `conn` for one measurement window."""
     win = Window(server, warmup, duration)
     cpu = asyncio.create_task(win.sample_cpu())
     results = await asyncio.wait_for(
-        asyncio.gather(*(_http_conn(server.port, win) for _ in range(conns)), return_exceptions=True),
+        asyncio.gather(*(conn(server.port, win) for _ in range(conns)), return_exceptions=True),
         timeout=warmup + duration + 15,
     )
     await cpu
     win.result.errors += sum(1 for r in results if isinstance(r, BaseException))
     for r in results:
         if isinstance(r, BaseException):
-            print(f"  [{server.name}] http connection error: {r!r}", file=sys.stderr)
+            print(f"  [{server.name}] {label} connection error: {r!r}", file=sys.stderr)
             break
     return win.result
+
+
+async def run_http(server: Server, conns: int, warmup: float, duration: float) -> PhaseResult:
+    return await _run_phase(server, "http", _http_conn, conns, warmup, duration)
 
 
 async def _ws_conn(port: int, win: Window) -> None:
@@ -452,19 +461,7 @@ async def _ws_conn(port: int, win: Window) -> None:
 
 
 async def run_ws(server: Server, conns: int, warmup: float, duration: float) -> PhaseResult:
-    win = Window(server, warmup, duration)
-    cpu = asyncio.create_task(win.sample_cpu())
-    results = await asyncio.wait_for(
-        asyncio.gather(*(_ws_conn(server.port, win) for _ in range(conns)), return_exceptions=True),
-        timeout=warmup + duration + 15,
-    )
-    await cpu
-    win.result.errors += sum(1 for r in results if isinstance(r, BaseException))
-    for r in results:
-        if isinstance(r, BaseException):
-            print(f"  [{server.name}] ws connection error: {r!r}", file=sys.stderr)
-            break
-    return win.result
+    return await _run_phase(server, "ws", _ws_conn, conns, warmup, duration)
 
 
 # --------------------------------------------------------------------------------------------
