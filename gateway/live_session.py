@@ -36,7 +36,14 @@ from policies.actions import (
     TranscriptionRecord,
     UsageRecord,
 )
-from policies.frames import PASSTHROUGH_CLIENT_TYPES, PASSTHROUGH_SERVER_TYPES, passthrough_type
+from policies.frames import (
+    CLIENT_EXACT_PREFIXES,
+    PASSTHROUGH_CLIENT_TYPES,
+    PASSTHROUGH_SERVER_TYPES,
+    SERVER_EXACT_PREFIXES,
+    exact_passthrough,
+    passthrough_type,
+)
 from policies.governor import SessionGovernor
 from policies.policy import TenantPolicy
 
@@ -201,6 +208,29 @@ class LiveSession:
         if not isinstance(event, dict):
             return self._apply(self.governor.on_client_garbage("An event must be a JSON object.", now))
         return self._apply(self.governor.on_client_event(event, now))
+
+    def client_audio(self, message: bytes) -> bool:
+        """The splicing relay's fast path for one whole client text message (UTF-8 bytes).
+
+        True: it is an audio append, noted as activity, to be forwarded as it is. False:
+        nothing happened; the relay must call `from_client`.
+        """
+        if exact_passthrough(message, 0, len(message), CLIENT_EXACT_PREFIXES):
+            self.client_messages += 1
+            self.governor.note_client_activity(self.clock(), len(message))
+            return True
+        return False
+
+    def upstream_content(self, frame: bytes, start: int, end: int) -> bool:
+        """The splicing relay's fast path for the upstream text message `frame[start:end]`.
+
+        True: it is a content delta, to be forwarded as it is. False: nothing happened;
+        the relay must call `from_upstream`.
+        """
+        if exact_passthrough(frame, start, end, SERVER_EXACT_PREFIXES):
+            self.upstream_messages += 1
+            return True
+        return False
 
     def from_upstream(self, message: Message, binary: bool = False) -> Verdict:
         """A whole upstream message; binary ones are passed on untouched."""

@@ -28,6 +28,18 @@ PASSTHROUGH_SERVER_TYPES: Final = frozenset(
     }
 )
 
+
+
+def _exact_prefixes(types: frozenset[str], most_common: str) -> tuple[bytes, ...]:
+    ordered = [most_common, *sorted(types - {most_common})]
+    return tuple(f'{{"type":{gap}"{kind}"'.encode() for kind in ordered for gap in ("", " "))
+
+
+# The two spellings the official SDKs and OpenAI put on the wire (`JSON.stringify`,
+# `json.dumps`), audio first: `startswith` tries them in order.
+CLIENT_EXACT_PREFIXES: Final = _exact_prefixes(PASSTHROUGH_CLIENT_TYPES, "input_audio_buffer.append")
+SERVER_EXACT_PREFIXES: Final = _exact_prefixes(PASSTHROUGH_SERVER_TYPES, "response.output_audio.delta")
+
 _WS_STR: Final = " \t\r\n"
 _WS_BYTES: Final = b" \t\r\n"
 
@@ -51,6 +63,30 @@ def passthrough_type(data: str | bytes, allowed: frozenset[str]) -> str | None:
     if isinstance(data, str):
         return _passthrough_str(data, allowed)
     return _passthrough_bytes(data, allowed)
+
+
+def exact_passthrough(data: bytes, start: int, end: int, prefixes: tuple[bytes, ...]) -> bool:
+    """The relay's per-frame test on the message `data[start:end]`, without copying it.
+
+    True only when the message begins with one of `prefixes` (no whitespace before the
+    key, none or one space after the colon) and meets `passthrough_type`'s other
+    conditions: no backslash and no second ``"type"`` key. Every message it accepts,
+    `passthrough_type` accepts too; anything else goes to `passthrough_type` or the parser.
+
+    Searching a 1.3 KB payload for ``"type"`` costs more than everything else here, so
+    when the message ends with a string value (``..."<value>"}``, as audio appends and
+    deltas do) only the part before that value is searched: the value has no quote in it
+    (the quote before it was found with a single-byte search, which is `memchr`), so it
+    cannot hold a key.
+    """
+    if not data.startswith(prefixes, start, end) or data.find(b"\\", start, end) >= 0:
+        return False
+    first = start + 2  # past the opening quote of the first "type"
+    if data.endswith(b'"}', start, end):
+        opening = data.rfind(b'"', first, end - 2)
+        if end - 2 - opening > 6:  # room for no key in the value; the quote itself is searched
+            return data.find(b'"type"', first, opening + 1) < 0
+    return data.find(b'"type"', first, end) < 0
 
 
 def _passthrough_str(data: str, allowed: frozenset[str]) -> str | None:

@@ -33,8 +33,8 @@ from policies.actions import (
     error_event,
 )
 from policies.budget import (
+    B64_CHARS_PER_AUDIO_TOKEN,
     BudgetLimits,
-    audio_b64_tokens,
     effective_output_ceiling,
     item_token_estimate,
     worst_case_cost_micro_usd,
@@ -197,9 +197,14 @@ class SessionGovernor:
     def note_client_activity(self, now: float, audio_b64_chars: int = 0) -> None:
         """A client message the shell did not decode (an audio append): it is activity,
         and `audio_b64_chars` of base64 audio will join the context."""
-        self._touch(now)
+        # `_touch` and `audio_b64_tokens`, inlined: this runs for every audio frame.
+        if self.started_at is None:
+            self.started_at = now
+        last = self._last_activity
+        if last is None or now > last:
+            self._last_activity = now
         if audio_b64_chars > 0:
-            self._added_tokens += audio_b64_tokens(audio_b64_chars)
+            self._added_tokens += -(-audio_b64_chars // B64_CHARS_PER_AUDIO_TOKEN)
 
     def on_server_event(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         """A decoded server event. Returns what to do with it."""

@@ -444,6 +444,74 @@ async def test_binary_client_message_gets_an_error_and_upstream_binary_passes(co
     assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
 
 
+AUDIO_B64 = base64.b64encode(os.urandom(960)).decode()
+
+
+def append_event(n: int) -> bytes:
+    return json.dumps({"type": "input_audio_buffer.append", "event_id": f"evt_{n}", "audio": AUDIO_B64}).encode()
+
+
+def delta_event(n: int) -> bytes:
+    event = {"type": "response.output_audio.delta", "event_id": f"event_{n}", "response_id": "resp_1",
+             "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": AUDIO_B64}  # fmt: skip
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize("cut", [None, 3, 700, 1500])
+async def test_several_client_frames_in_one_read_keep_their_order_and_their_inspection(
+    connect: Connect, upstream: ScriptedUpstream, cut: int | None
+) -> None:
+    """Audio frames take the relay's fast path, the rest `_feed`; one read may hold both,
+    and a frame may be cut anywhere between two reads."""
+    client = await connect()
+    frames = [build_frame(OP_TEXT, m, masked=True) for m in (append_event(1), append_event(2))]
+    frames.append(build_frame(OP_TEXT, b'{"type": "response.create", "response": {', masked=True))
+    frames.append(build_frame(OP_TEXT, append_event(3), masked=True))
+    smuggler = b'{"type": "input_audio_buffer.append", "audio": "' + AUDIO_B64.encode() + b'", "type": "x.y"}'
+    frames.append(build_frame(OP_TEXT, smuggler, masked=True))
+    frames.append(build_frame(OP_TEXT, append_event(4), masked=True))
+    wire = b"".join(frames)
+    if cut is None:
+        client.writer.write(wire)
+    else:
+        client.writer.write(wire[:cut])
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+        client.writer.write(wire[cut:])
+    answers = [await client.event() for _ in range(6)]  # five upstream echoes and one error
+    [error] = [e for e in answers if e["type"] == "error"]  # the broken JSON is answered, never forwarded
+    assert error["error"]["code"] == "invalid_json"
+    # The smuggler is parsed (orjson keeps the last "type") and forwarded as the event it is.
+    async with asyncio.timeout(5):
+        while len(upstream.received) < 5:
+            await asyncio.sleep(0.01)
+    kinds = [json.loads(m)["type"] for m in upstream.received]
+    ids = [json.loads(m).get("event_id") for m in upstream.received]
+    assert kinds == ["input_audio_buffer.append"] * 3 + ["x.y", "input_audio_buffer.append"]
+    assert ids == ["evt_1", "evt_2", "evt_3", None, "evt_4"]
+    assert upstream.received[0] == append_event(1).decode()  # verbatim
+
+
+async def test_several_upstream_frames_in_one_read_reach_the_client_in_order(connect: Connect) -> None:
+    done = {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": []}}
+
+    async def burst(ws: ServerConnection) -> None:
+        # One TCP write holding deltas around an event the governor must read.
+        frames = [build_frame(OP_TEXT, delta_event(n), masked=False) for n in (1, 2)]
+        frames.append(build_frame(OP_TEXT, json.dumps(done).encode(), masked=False))
+        frames.append(build_frame(OP_TEXT, delta_event(3), masked=False))
+        ws.transport.write(b"".join(frames))
+        await ws.wait_closed()
+
+    client = await connect(burst)
+    got = [await client.event() for _ in range(4)]
+    assert [e["type"] for e in got] == ["response.output_audio.delta"] * 2 + ["response.done"] + [
+        "response.output_audio.delta"
+    ]
+    assert [e.get("event_id") for e in got] == ["event_1", "event_2", None, "event_3"]
+    assert got[0]["delta"] == AUDIO_B64
+
+
 async def test_other_websocket_paths_are_left_to_the_asgi_app(wire_gateway: Gateway) -> None:
     reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -520,6 +588,9 @@ class RewritingLive:
 
     def __init__(self) -> None:
         self.ended: list[str] = []
+
+    def client_audio(self, message: bytes) -> bool:
+        return False  # nothing takes the fast path: every message goes to from_client
 
     def from_client(self, message: bytes, binary: bool = False) -> Verdict:
         return Verdict(False, to_client=('{"type":"error"}',), to_upstream=('{"type":"rewritten"}',))

@@ -4,8 +4,17 @@ import base64
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from policies.frames import PASSTHROUGH_CLIENT_TYPES, PASSTHROUGH_SERVER_TYPES, passthrough_type
+from policies.frames import (
+    CLIENT_EXACT_PREFIXES,
+    PASSTHROUGH_CLIENT_TYPES,
+    PASSTHROUGH_SERVER_TYPES,
+    SERVER_EXACT_PREFIXES,
+    exact_passthrough,
+    passthrough_type,
+)
 
 AUDIO = base64.b64encode(bytes(range(256)) * 8).decode()
 
@@ -21,9 +30,7 @@ def test_sdk_shaped_audio_append_skips_inspection(as_bytes: bool) -> None:
         assert passthrough_type(data, PASSTHROUGH_CLIENT_TYPES) == "input_audio_buffer.append"
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
+AMBIGUOUS = [
         # type not first: could hide a nested "type" before the real one
         '{"audio": "AAAA", "type": "input_audio_buffer.append"}',
         # a nested object claiming to be audio in front of a real response.create
@@ -37,8 +44,15 @@ def test_sdk_shaped_audio_append_skips_inspection(as_bytes: bool) -> None:
         "[]",
         "",
         "not json",
-    ],
-)
+        # a second "type" key after the audio, where the relay's fast test looks last
+        '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type": "response.create"}',
+        '{"type": "input_audio_buffer.append", "type": "response.create", "audio": "' + AUDIO + '"}',
+        '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type":"response.create","x": "' + AUDIO
+        + '"}',
+]
+
+
+@pytest.mark.parametrize("text", AMBIGUOUS)
 def test_ambiguous_or_other_messages_are_inspected(text: str) -> None:
     assert passthrough_type(text, PASSTHROUGH_CLIENT_TYPES) is None
     assert passthrough_type(text.encode(), PASSTHROUGH_CLIENT_TYPES) is None
@@ -53,3 +67,60 @@ def test_server_deltas_skip_but_usage_carrying_events_do_not() -> None:
 
 def test_non_ascii_type_bytes_are_inspected() -> None:
     assert passthrough_type('{"type": "input_audio_bufférappend"}'.encode(), PASSTHROUGH_CLIENT_TYPES) is None
+
+
+def exact(data: bytes, prefixes: tuple[bytes, ...]) -> bool:
+    return exact_passthrough(data, 0, len(data), prefixes)
+
+
+def test_the_relay_fast_test_takes_what_the_sdks_and_openai_send() -> None:
+    sdk = [
+        json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO}),
+        json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO, "event_id": "evt_1"}),
+        json.dumps({"type": "input_audio_buffer.append", "event_id": "evt_1", "audio": AUDIO}, separators=(",", ":")),
+    ]
+    for text in sdk:
+        assert exact(text.encode(), CLIENT_EXACT_PREFIXES)
+    delta = {"type": "response.output_audio.delta", "event_id": "event_CX1", "response_id": "resp_CX2",
+             "item_id": "item_CX3", "output_index": 0, "content_index": 0, "delta": AUDIO}  # fmt: skip
+    assert exact(json.dumps(delta, separators=(",", ":")).encode(), SERVER_EXACT_PREFIXES)
+    assert exact(json.dumps(delta).encode(), SERVER_EXACT_PREFIXES)
+    # In the middle of a larger buffer (the relay tests frames where they lie).
+    framed = b"\x81~xx" + json.dumps(delta).encode() + b"\x81\x02{}"
+    assert exact_passthrough(framed, 4, len(framed) - 4, SERVER_EXACT_PREFIXES)
+    assert not exact_passthrough(framed, 3, len(framed) - 4, SERVER_EXACT_PREFIXES)
+    assert not exact_passthrough(framed, 4, 30, SERVER_EXACT_PREFIXES)  # the prefix must lie inside the message
+
+
+@pytest.mark.parametrize("text", AMBIGUOUS)
+def test_the_relay_fast_test_refuses_everything_ambiguous(text: str) -> None:
+    assert not exact(text.encode(), CLIENT_EXACT_PREFIXES)
+
+
+def test_the_relay_fast_test_is_narrower_than_the_parser_check() -> None:
+    # Whitespace the SDKs never write, and the type key not first: left to `passthrough_type`.
+    loose = '  {  "type" :  "input_audio_buffer.append", "audio": "' + AUDIO + '"}'
+    assert passthrough_type(loose.encode(), PASSTHROUGH_CLIENT_TYPES) is not None
+    assert not exact(loose.encode(), CLIENT_EXACT_PREFIXES)
+    for kind in ("response.done", "rate_limits.updated", "response.created"):
+        assert not exact(json.dumps({"type": kind, "x": AUDIO}).encode(), SERVER_EXACT_PREFIXES)
+
+
+_PIECES = st.sampled_from(
+    ['"type"', '"type":', '"', "\\", "\\u0065", ":", ",", " ", "{", "}", '"audio"', '"response.create"', "A" * 40,
+     '"input_audio_buffer.append"', "typ", "e", '"}', "x"]
+)
+
+
+@given(
+    prefix=st.sampled_from((*CLIENT_EXACT_PREFIXES, b'{ "type": "input_audio_buffer.append"')),
+    body=st.lists(_PIECES, max_size=30),
+    pad=st.integers(0, 1400),
+)
+def test_whatever_the_fast_test_takes_the_parser_check_takes_too(prefix: bytes, body: list[str], pad: int) -> None:
+    """No message gets past the fast test that the full check (and so the governor) would stop."""
+    data = prefix + "".join(body).encode() + b', "audio": "' + b"A" * pad + b'"}'
+    for variant in (data, data[:-1], data + b" "):
+        if exact(variant, CLIENT_EXACT_PREFIXES):
+            assert passthrough_type(variant, PASSTHROUGH_CLIENT_TYPES) == "input_audio_buffer.append"
+            assert variant.count(b'"type"') == 1

@@ -195,6 +195,11 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self.transport.write(switching_protocols(key, admission.subprotocol,
                                                  [("x-voxgate-session-id", live.session_id)]))  # fmt: skip
         self._relay = relay
+        # From now on every read goes straight to the relay: an instance attribute shadows
+        # `data_received`, and `set_protocol` makes the transport look it up again (uvloop
+        # caches the bound method; the stdlib loop looks it up on every read anyway).
+        self.data_received = relay.client_data  # type: ignore[method-assign]
+        self.transport.set_protocol(self)
         relay.start()
         if self._write_paused:
             relay.client_pause_writing()

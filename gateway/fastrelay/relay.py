@@ -21,6 +21,7 @@ from gateway.fastrelay.frames import (
     OP_TEXT,
     FrameHeader,
     ProtocolError,
+    apply_mask,
     build_close,
     build_frame,
     parse_close,
@@ -125,11 +126,78 @@ class FastRelay:
         self._end(end_reason, None, build_close(code, reason, masked=False), build_close(1000, masked=True))
 
     # Events from the two protocols
+    #
+    # The fast paths: while nothing is half-read, each whole, final, text frame (under
+    # 64 KiB) at the front of `data` that `LiveSession` lets through uninspected (audio
+    # appends one way, content deltas the other) is forwarded, all of them in one write.
+    # The rest of `data`, from the first frame that is anything else, goes to `_feed`.
     def client_data(self, data: bytes) -> None:
-        self._guarded(self.client, data)
+        side = self.client
+        if self.ending or side.pending or side.skip or side.frag_frames is not None:
+            self._guarded(side, data)
+            return
+        n = len(data)
+        pos = 0
+        audio = self.live.client_audio
+        limit = side.max_message
+        try:
+            while pos + 8 <= n and data[pos] == 0x81:
+                b1 = data[pos + 1]
+                if b1 == 0xFE:  # masked, 16-bit length
+                    head = pos + 8
+                    end = head + (data[pos + 2] << 8 | data[pos + 3])
+                elif 0x80 <= b1 < 0xFE:  # masked, 7-bit length
+                    head = pos + 6
+                    end = head + (b1 & 0x7F)
+                else:
+                    break
+                if end > n or end - head > limit or not audio(apply_mask(data[head:end], data[head - 4 : head])):
+                    break
+                pos = end
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if pos == n:
+            self.upstream.transport.write(data)
+        else:
+            self._feed_rest(side, self.upstream, data, pos)
 
     def upstream_data(self, data: bytes) -> None:
-        self._guarded(self.upstream, data)
+        side = self.upstream
+        if self.ending or side.pending or side.skip or side.frag_frames is not None:
+            self._guarded(side, data)
+            return
+        n = len(data)
+        pos = 0
+        content = self.live.upstream_content
+        try:
+            while pos + 4 <= n and data[pos] == 0x81:
+                b1 = data[pos + 1]
+                if b1 == 126:  # 16-bit length
+                    head = pos + 4
+                    end = head + (data[pos + 2] << 8 | data[pos + 3])
+                elif b1 < 126:
+                    head = pos + 2
+                    end = head + b1
+                else:
+                    break
+                if end > n or not content(data, head, end):
+                    break
+                pos = end
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if pos == n:
+            self.client.transport.write(data)
+        else:
+            self._feed_rest(side, self.client, data, pos)
+
+    def _feed_rest(self, side: Side, other: Side, data: bytes, pos: int) -> None:
+        """Forward the `pos` bytes the fast path passed, and give `_feed` the rest."""
+        if pos:
+            other.transport.write(data[:pos])
+            data = data[pos:]
+        self._guarded(side, data)
 
     def client_lost(self, exc: Exception | None) -> None:
         self._lost(self.client)
@@ -159,9 +227,12 @@ class FastRelay:
         except ProtocolError as exc:
             self._protocol_error(side, str(exc))
         except Exception as exc:  # a bug in voxgate must still end the session cleanly
-            log.exception("fast relay failed for session %s", self.live.session_id)
-            self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
-                      masked=False), build_close(1000, masked=True))  # fmt: skip
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        log.exception("fast relay failed for session %s", self.live.session_id, exc_info=exc)
+        self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
+                  masked=False), build_close(1000, masked=True))  # fmt: skip
 
     def _feed(self, side: Side, data: bytes) -> None:
         if side.lost or side.close_received:
@@ -283,9 +354,7 @@ class FastRelay:
         try:
             self._execute(self.live.tick(), b"", self.upstream)
         except Exception as exc:
-            log.exception("fast relay tick failed for session %s", self.live.session_id)
-            self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
-                      masked=False), build_close(1000, masked=True))  # fmt: skip
+            self._failed(exc)
         if not self.ending:
             self._tick = self._loop.call_later(TICK_SECONDS, self._on_tick)
 

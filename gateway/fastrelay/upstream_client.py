@@ -125,6 +125,9 @@ class UpstreamLink(asyncio.Protocol):
     def attach(self, sink: UpstreamSink) -> None:
         """Start delivering to `sink`, beginning with anything that came with the 101."""
         self.sink = sink
+        if self.transport is not None:  # reads go straight to the sink (see protocol.py's upgrade)
+            self.data_received = sink.upstream_data  # type: ignore[method-assign]
+            self.transport.set_protocol(self)
         early, self._early = self._early, []
         for data in early:
             sink.upstream_data(data)

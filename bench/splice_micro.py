@@ -1,0 +1,140 @@
+"""The fast relay's own Python cost per frame, in one process, without sockets.
+
+`python bench/splice_micro.py` builds a real `FastRelay` around a real `LiveSession` and
+`SessionGovernor` (the bench tier's policy: every check on), with transports that only
+count what is written to them, and feeds it the benchmark's frames: masked
+`input_audio_buffer.append` frames from the client and `response.output_audio.delta`
+frames from upstream, one frame per `data_received` as in a paced run. It prints the
+microseconds of CPU per frame for each direction and, for scale, the cost of the two calls
+every relay makes per frame anyway (`bytes` slicing and a no-op method call), measured in
+the same run. System calls are not in these numbers: `bench/run.py` measures the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gateway.fastrelay.frames import build_frame
+from gateway.fastrelay.relay import FastRelay
+from gateway.ledger import SessionStarted
+from gateway.live_session import LiveSession
+from gateway.tiers import parse_tiers_yaml
+from policies.governor import SessionGovernor, SessionIdentity
+from policies.pricing import DEFAULT_PRICE_TABLE
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import BENCH_TIERS  # the tier `make bench` gives voxgate: every check on
+
+AUDIO_B64 = "AAAAAAEAAgADAP//" * 80
+
+
+class CountingTransport:
+    """Stands in for a socket: counts bytes written, nothing else."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.bytes += len(data)
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class ListLedger:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def submit(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def make_relay() -> tuple[FastRelay, CountingTransport, CountingTransport]:
+    policy = parse_tiers_yaml(BENCH_TIERS, "bench")["bench"]
+    now = time.time()
+    identity = SessionIdentity("vgs_bench", "tenant", "gpt-realtime", "realtime")
+    governor = SessionGovernor(identity, DEFAULT_PRICE_TABLE, policy=policy, started_at=now)
+    started = SessionStarted("vgs_bench", "tenant", None, "websocket", "realtime", "gpt-realtime", None, "bench", now)
+    live = LiveSession(governor, ListLedger(), started)  # type: ignore[arg-type]
+    client, upstream = CountingTransport(), CountingTransport()
+    relay = FastRelay(live, client, upstream, max_message_bytes=1 << 20, on_done=lambda r: None)  # type: ignore[arg-type]
+    relay.start()
+    return relay, client, upstream
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def per_frame(fn: Any, frames: list[bytes]) -> float:
+    start = cpu()
+    for frame in frames:
+        fn(frame)
+    return (cpu() - start) / len(frames) * 1e6
+
+
+async def main(n: int, repeat: int) -> None:
+    relay, client, upstream = make_relay()
+    append = '{"type": "input_audio_buffer.append", "event_id": "%d", "audio": "' + AUDIO_B64 + '"}'
+    delta = (
+        '{"type": "response.output_audio.delta", "event_id": "event_%d", "response_id": "resp_1", '
+        '"item_id": "item_%d", "output_index": 0, "content_index": 0, "delta": "' + AUDIO_B64 + '"}'
+    )
+    appends = [build_frame(1, (append % i).encode(), masked=True) for i in range(n)]
+    deltas = [build_frame(1, (delta % (i, i)).encode(), masked=False) for i in range(n)]
+
+    class Null:
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    null = Null()
+    rows = []
+    for _ in range(repeat):
+        rows.append(
+            (
+                per_frame(relay.client_data, appends),
+                per_frame(relay.upstream_data, deltas),
+                per_frame(null.data_received, appends),
+                per_frame(lambda f: f[2:], appends),
+            )
+        )
+    rows.sort()
+    c, u, call, slc = rows[len(rows) // 2]
+    if upstream.writes < n or client.writes < n:
+        raise SystemExit("frames were not forwarded: the relay refused the benchmark's frames")
+    print(f"client append -> upstream : {c:6.2f} us/frame")
+    print(f"upstream delta -> client  : {u:6.2f} us/frame")
+    print(f"round trip (both)         : {c + u:6.2f} us")
+    print(f"baseline: a no-op method call {call:.2f} us, a bytes slice {slc:.2f} us")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(main(args.frames, args.repeat))
