@@ -137,6 +137,18 @@ class FastRelay:
             self._guarded(side, data)
             return
         n = len(data)
+        if n > 8 and data[0] == 0x81 and data[1] == 0xFE and (data[2] << 8 | data[3]) == n - 8:
+            # The commonest read of all: one whole masked audio append (126-32767 bytes).
+            try:
+                passed = n - 8 <= side.max_message and self.live.client_audio(apply_mask(data[8:], data[4:8]))
+            except Exception as exc:
+                self._failed(exc)
+                return
+            if passed:
+                self.upstream.transport.write(data)
+            else:
+                self._guarded(side, data)
+            return
         pos = 0
         audio = self.live.client_audio
         limit = side.max_message
@@ -168,6 +180,18 @@ class FastRelay:
             self._guarded(side, data)
             return
         n = len(data)
+        if n > 4 and data[0] == 0x81 and data[1] == 126 and (data[2] << 8 | data[3]) == n - 4:
+            # The commonest read of all: one whole content delta (126-65535 bytes).
+            try:
+                passed = self.live.upstream_content(data, 4, n)
+            except Exception as exc:
+                self._failed(exc)
+                return
+            if passed:
+                self.client.transport.write(data)
+            else:
+                self._guarded(side, data)
+            return
         pos = 0
         content = self.live.upstream_content
         try:
