@@ -5,9 +5,9 @@ exits 0 on success, 1 when the request cannot be honoured (unknown tenant, dupli
 database unreachable) and 2 on a usage error (no or malformed database URL, bad argument).
 Errors go to stderr as one line, never as a traceback.
 
-Changes (tenant create, key create/revoke, policy set) write the same audit rows as the
-admin API, with actor ``"cli"``; a policy change is also announced on Redis when
-``$VOXGATE_REDIS_URL`` is set, so running gateways apply it to live sessions.
+Changes (tenant create, key create/revoke, policy set, browser-token keys) write the same
+audit rows as the admin API, with actor ``"cli"``; a policy change is also announced on
+Redis when ``$VOXGATE_REDIS_URL`` is set, so running gateways apply it to live sessions.
 
 ``--json`` output is a stable contract for scripts. Timestamps are ISO 8601 in UTC with a
 ``Z`` suffix; money is always integer micro-USD (1 USD = 1_000_000) and never a float.
@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from gateway.adminapi import changes
-from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError, BrowserAuthStore
+from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import MigrationError, apply_migrations, schema_version
 from gateway.storage.policy_store import PolicyStore, UnknownTier
@@ -218,16 +218,16 @@ async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
             raise CommandError(f"cannot read the secret file: {exc.strerror}", exit_code=2) from None
     async with _pool(dsn) as pool:
         await _require_tenant(TenantDirectory(pool), args.tenant)
-        store = BrowserAuthStore(pool)
         if args.clear:
-            cleared = await store.clear(args.tenant)
+            cleared = await changes.clear_browser_auth(pool, args.tenant, CLI_ACTOR)
             if args.json:
                 _print_json({"tenant_id": args.tenant, "cleared": cleared})
             else:
                 print(f"browser-token keys of {args.tenant} " + ("removed" if cleared else "were not set"))
             return
         try:
-            await store.set(BrowserAuthConfig(args.tenant, secret, args.jwks_url, args.audience))
+            await changes.set_browser_auth(pool, BrowserAuthConfig(args.tenant, secret, args.jwks_url, args.audience),
+                                           CLI_ACTOR)  # fmt: skip
         except BrowserAuthConfigError as exc:
             raise CommandError(str(exc), exit_code=2) from None
     summary = {"tenant_id": args.tenant, "hs256": secret is not None, "jwks_url": args.jwks_url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -14,7 +14,7 @@ from litestar.config.app import AppConfig
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins import InitPluginProtocol
+from litestar.plugins import InitPluginProtocol, PluginProtocol
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import RedisError
 
@@ -41,7 +41,7 @@ from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 log = logging.getLogger("voxgate.app")
 
 # The schema this build needs; readiness waits until the database has at least this.
-REQUIRED_SCHEMA_VERSION = 3
+REQUIRED_SCHEMA_VERSION = 4
 
 _realtime_endpoint = RealtimeEndpoint()
 
@@ -198,8 +198,13 @@ async def drain(app: Litestar) -> None:
         await services.live.drain(services.settings.server.shutdown_grace_seconds)
 
 
-def create_app(settings: Settings | None = None, prices: PriceTable = DEFAULT_PRICE_TABLE) -> Litestar:
-    """Build the gateway app. Nothing connects until the ASGI lifespan starts."""
+def create_app(
+    settings: Settings | None = None, prices: PriceTable = DEFAULT_PRICE_TABLE, plugins: Sequence[PluginProtocol] = ()
+) -> Litestar:
+    """Build the gateway app. Nothing connects until the ASGI lifespan starts.
+
+    `plugins` add routes on top of voxgate's own, e.g. `voxgate demo`'s browser page (`gateway.demo_page`).
+    """
     settings = settings or Settings.from_env()
     openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs", components=SECURITY_COMPONENTS)
-    return Litestar(plugins=[VoxgatePlugin(settings, prices)], openapi_config=openapi)
+    return Litestar(plugins=[VoxgatePlugin(settings, prices), *plugins], openapi_config=openapi)

@@ -10,6 +10,10 @@ Ownership is a Redis lease per call (`<prefix>{<tenant>}:monitor:<call_id>`), re
 the owning replica. If that replica dies, the lease expires and another replica's scan
 attaches a new sideband within seconds. Metering continues without double counting: the
 ledger is keyed by `response_id`, and a fresh sideband only sees new events.
+
+The same background loop sweeps client secrets that expired without an attached call and
+ends their session rows (`client_secret_expired`); every replica sweeps, Postgres row locks
+make each row end once (`CallStore.expire_unattached_secrets`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.errors import GatewayError
-from gateway.ledger import SessionStarted
+from gateway.ledger import SessionEnded, SessionStarted
 from gateway.live_session import LiveSession, Verdict
+from gateway.storage.calls import EXPIRED_UNATTACHED, CallStore
 from gateway.upstream import USER_AGENT, open_upstream, upstream_headers
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
@@ -36,6 +41,10 @@ from policies.policy import UNRESTRICTED, TenantPolicy
 log = logging.getLogger("voxgate.sideband")
 
 TICK_SECONDS = 1.0
+SECRET_SWEEP_SECONDS = 15.0  # how often each replica looks for expired, never-attached client secrets
+# A browser opens its call before the secret expires, but its backend may attach a little later.
+SECRET_ATTACH_GRACE_SECONDS = 60.0
+EXPIRED_UNATTACHED_DETAIL = "the client secret expired and no call was attached with it"
 
 # KEYS[1] = lease key; ARGV = owner, ttl_ms. Take the lease if free or already ours.
 _ACQUIRE = """
@@ -115,7 +124,7 @@ class Sideband:
                 await self.monitor.hangup(self.call.call_id)
                 self.live.end(end_reason, reason)
             else:
-                self.live.end(*pump.result())
+                self.live.end(*await self.monitor.why_it_ended(self.call.call_id, *pump.result()))
         finally:
             for task in (pump, ticker):
                 task.cancel()
@@ -142,10 +151,20 @@ class Sideband:
 class CallsMonitor:
     """Attaches sidebands to calls, owns them through Redis leases, resumes orphans."""
 
-    def __init__(self, services: Any, lease_ttl_s: float = 10.0, scan_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        services: Any,
+        lease_ttl_s: float = 10.0,
+        scan_every_s: float = 2.0,
+        secret_sweep_s: float = SECRET_SWEEP_SECONDS,
+        secret_grace_s: float = SECRET_ATTACH_GRACE_SECONDS,
+    ) -> None:
         self.services = services
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.scan_every_s = scan_every_s
+        self.secret_sweep_s = secret_sweep_s
+        self.secret_grace_s = secret_grace_s
+        self.store = CallStore(services.pool, services.redis, services.settings.redis.key_prefix)
         self.instance = services.settings.server.instance_id
         redis = services.redis
         self._acquire = redis.register_script(_ACQUIRE)
@@ -195,6 +214,9 @@ class CallsMonitor:
             upstream = await open_upstream(services.settings.upstream, {"call_id": call.call_id}, call.safety_id)
         except GatewayError as exc:
             log.warning("sideband for %s refused upstream: %s", call.call_id, exc.message)
+            if exc.status == 404:  # upstream no longer knows the call: it ended while nobody watched
+                await self._ended_unwatched(call)
+                return
             await self._forget(call)
             return
         started = SessionStarted(
@@ -231,6 +253,27 @@ class CallsMonitor:
         if end_reason is not None and self.on_call_ended is not None:
             await self.on_call_ended(call.call_id, end_reason)
 
+    async def why_it_ended(self, call_id: str, end_reason: str, detail: str | None) -> tuple[str, str | None]:
+        """Why the session of a call whose sideband dropped ended: a hangup through voxgate marks the
+        call before it reaches upstream, so its reason wins over what the sideband saw."""
+        try:
+            stored = await self.store.get(call_id)
+        except Exception:
+            log.exception("could not read call %s to learn why it ended", call_id)
+            return end_reason, detail
+        if stored is not None and stored.state == "ended" and stored.end_reason == "hangup":
+            return "client_hangup", f"call {call_id}"
+        return end_reason, detail
+
+    async def _ended_unwatched(self, call: MonitoredCall) -> None:
+        """End the session and the call of a call that ended upstream before a sideband saw it."""
+        self.services.ledger.submit(SessionEnded(call.session_id, time.time(), "call_ended",
+                                                 "the call was gone upstream when its sideband attached"))  # fmt: skip
+        self.services.metrics.sessions_ended.labels("call_ended").inc()
+        if call.leased and self.services.enforcement is not None:
+            await self.services.enforcement.release(call.tenant_id, call.session_id)
+        await self._forget(call, "call_ended")
+
     def watching(self, call_id: str) -> MonitoredCall | None:
         """The call if this replica is monitoring it now."""
         return self._calls.get(call_id)
@@ -263,16 +306,36 @@ class CallsMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
 
+    async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
+        """End the session rows of client secrets that expired unattached (past the grace period).
+
+        Safe on every replica at once: each row is ended by exactly one sweep. Returns the
+        session ids this sweep ended.
+        """
+        now = time.time() if now is None else now
+        ended = await self.store.expire_unattached_secrets(now, self.secret_grace_s, EXPIRED_UNATTACHED_DETAIL)
+        if ended:
+            self.services.metrics.sessions_ended.labels(EXPIRED_UNATTACHED).inc(len(ended))
+            log.info("ended %d client-secret sessions that expired without an attached call", len(ended))
+        return ended
+
     async def _maintain(self) -> None:
         renew_every = self.lease_ttl_ms / 3000
-        next_scan = 0.0
+        waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
+        next_scan = next_sweep = 0.0
         while True:
-            await asyncio.sleep(min(renew_every, self.scan_every_s) if self.scan_every_s > 0 else renew_every)
+            await asyncio.sleep(min(waits))
             for call in list(self._calls.values()):
                 with contextlib.suppress(RedisError):
                     if not await self._renew(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms]):
                         log.warning("lost the monitor lease of %s", call.call_id)
             now = time.monotonic()
+            if self.secret_sweep_s > 0 and now >= next_sweep:
+                next_sweep = now + self.secret_sweep_s
+                try:
+                    await self.sweep_expired_secrets()
+                except Exception:
+                    log.exception("sweeping expired client secrets failed")
             if self.find_active is None or self.scan_every_s <= 0 or now < next_scan:
                 continue
             next_scan = now + self.scan_every_s

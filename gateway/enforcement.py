@@ -291,7 +291,7 @@ class SessionEffects:
         if isinstance(item, ReserveBudget):
             result = await state.reserve(self.tenant_id, item.reservation_id, item.amount_micro_usd,
                                          limits.daily_micro_usd, limits.monthly_micro_usd, now,
-                                         RESERVATION_TTL_S)  # fmt: skip
+                                         RESERVATION_TTL_S, forced=item.forced)  # fmt: skip
             if self._owner is not None:
                 await self._owner.reservation_answered(item.reservation_id, result.granted)
         elif isinstance(item, SettleBudget):

@@ -121,10 +121,14 @@ INSERT INTO audit_log (at, actor, tenant_id, action, detail)
 VALUES ($1, 'voxgate', $2, $3, $4::jsonb)
 """
 
-# Totals are recomputed from the ledger, so ending a session twice is harmless.
+# The first end wins the time and reason; every end recomputes the totals from the ledger.
+# A call can be ended twice from two replicas (a hangup here, its sideband monitor there),
+# and the monitor may meter a last response after the first end: the second end counts it.
 END_SESSION = """
 UPDATE realtime_sessions s
-SET ended_at = $2, end_reason = $3, end_detail = $4,
+SET ended_at = COALESCE(s.ended_at, $2),
+    end_reason = CASE WHEN s.ended_at IS NULL THEN $3 ELSE s.end_reason END,
+    end_detail = CASE WHEN s.ended_at IS NULL THEN $4 ELSE s.end_detail END,
     responses = u.n, input_tokens = u.input_tokens, output_tokens = u.output_tokens,
     cost_micro_usd = u.cost + t.cost
 FROM (SELECT count(*)::int AS n, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
@@ -133,7 +137,7 @@ FROM (SELECT count(*)::int AS n, COALESCE(sum(input_tokens), 0)::bigint AS input
       FROM usage_ledger WHERE session_id = $1) u,
      (SELECT COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
       FROM transcription_usage WHERE session_id = $1) t
-WHERE s.id = $1 AND s.ended_at IS NULL
+WHERE s.id = $1
 """
 
 

@@ -58,6 +58,7 @@ MAX_MULTIPART_BYTES: Final = MAX_SDP_BYTES + MAX_JSON_BYTES
 DEFAULT_MODEL: Final = "gpt-realtime"
 UPSTREAM_TIMEOUT_S: Final = 30.0
 PROBE_TIMEOUT_S: Final = 5.0
+UPSTREAM_SECRET_SECONDS: Final = 600  # upstream's default client-secret lifetime
 TAGS: Final = ["realtime", "webrtc"]
 CallId = FromPath[str]
 _SDP_LINE = re.compile(r"[a-z]=[\x20-\x7e\t]*")
@@ -100,6 +101,14 @@ class RealtimeHttp:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def browser_keys_changed(app_state: Any) -> None:
+    """A tenant's browser-token keys changed through this process: drop every cached key now
+    (other replicas follow within `CONFIG_CACHE_SECONDS`)."""
+    state = getattr(app_state, "realtime_http", None)
+    if isinstance(state, RealtimeHttp):
+        state.browser_tokens = BrowserTokenVerifier(state.browser_auth)
 
 
 def _state(request: Request[Any, Any, Any]) -> RealtimeHttp:
@@ -298,12 +307,12 @@ def clamp_expires_after(body: dict[str, Any], policy: TenantPolicy) -> None:
     ceiling = policy.expires_after_max_seconds
     expires = body.get("expires_after")
     if expires is None:
-        if ceiling < 600:  # upstream's default lifetime is 600 s
+        if ceiling < UPSTREAM_SECRET_SECONDS:
             body["expires_after"] = {"anchor": "created_at", "seconds": ceiling}
         return
     if not isinstance(expires, dict):
         raise _bad_request("'expires_after' must be an object.", "invalid_value", "expires_after")
-    seconds = expires.get("seconds", 600)
+    seconds = expires.get("seconds", UPSTREAM_SECRET_SECONDS)
     if isinstance(seconds, bool) or not isinstance(seconds, int):
         raise _bad_request("'expires_after.seconds' must be an integer.", "invalid_value", "expires_after.seconds")
     anchor = expires.get("anchor", "created_at")
@@ -438,14 +447,23 @@ async def create_client_secret(request: Request[Any, Any, Any]) -> Response[byte
         voice = _voice(minted_session)
         services.ledger.submit(SessionInfoRecord(session_id, minted_session.get("model") or model, voice,
                                                  upstream_session_id))  # fmt: skip
-        expires_at = minted.get("expires_at")
-        await state.calls.record_minted(
-            MintedSecret(upstream_session_id, caller.tenant_id, session_id, caller.safety_id),
-            float(expires_at) if isinstance(expires_at, int | float) else None,
-        )
+        secret_key = upstream_session_id
     else:
         log.warning("upstream minted a client secret without a session id; it cannot be attached later")
+        secret_key = f"unattachable:{session_id}"  # no upstream id matches it; the sweep still ends the session
+    await state.calls.record_minted(MintedSecret(secret_key, caller.tenant_id, session_id, caller.safety_id),
+                                    secret_expiry(minted, body, now))  # fmt: skip
     return Response(response.content, status_code=200, media_type="application/json")
+
+
+def secret_expiry(minted: Mapping[str, Any], request: Mapping[str, Any], now: float) -> float:
+    """When a minted secret stops being usable: upstream's `expires_at`, else what was asked for."""
+    expires_at = minted.get("expires_at")
+    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+        return float(expires_at)
+    asked = request.get("expires_after")
+    seconds = asked.get("seconds") if isinstance(asked, dict) else None
+    return now + (seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else UPSTREAM_SECRET_SECONDS)
 
 
 def _voice(session: Mapping[str, Any]) -> str | None:
@@ -613,7 +631,7 @@ async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
     call = Call(call_id=call_id, tenant_id=caller.tenant_id, session_id=minted.session_id, policy=policy,
                 safety_id=minted.end_user_hash or caller.safety_id, leased=False, source="attached",
                 api_key_id=caller.api_key_id, upstream_session_id=upstream_session_id)  # fmt: skip
-    if not await state.calls.record(call):
+    if not await state.calls.record_attached(call):
         again = await state.calls.get_for_tenant(call_id, caller.tenant_id)
         if again is None:
             raise call_not_found(call_id)

@@ -136,6 +136,17 @@ async def emulator():
     await emu.stop()
 
 
+@pytest.fixture
+async def end_emulated_calls(emulator):
+    """End every WebRTC call a test left open in the emulator, so no aiortc peer keeps the
+    shared loop busy afterwards (`pytestmark = pytest.mark.usefixtures("end_emulated_calls")`)."""
+    before = len(emulator.calls)
+    yield
+    for call in emulator.calls[before:]:
+        if not call.ended:
+            await emulator.webrtc.end(call)
+
+
 # Test modules run once per relay shell (docs/relay.md), so both stay tested.
 RELAY_MODULES = frozenset({"test_proxy_websocket", "test_proxy_lifecycle", "test_enforcement_e2e"})
 

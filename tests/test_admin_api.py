@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 import redis.asyncio as aioredis
 
@@ -19,6 +23,7 @@ from gateway.storage.policy_store import audit_entries
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token, claims, handmade, hs256
 from tests.support.harness import Gateway, gateway_settings, make_tenant, start_gateway
+from tests.support.webrtc_client import ClientPeer
 
 pytestmark = pytest.mark.e2e
 
@@ -233,10 +238,143 @@ async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> No
         "admin_create_tenant", "admin_list_tenants", "admin_get_tenant", "admin_disable_tenant",
         "admin_enable_tenant", "admin_set_tenant_tier", "admin_list_keys", "admin_create_key", "admin_revoke_key",
         "admin_get_policy", "admin_set_policy", "admin_get_policy_history", "admin_get_usage", "admin_list_audit",
-        "admin_list_tiers",
+        "admin_list_tiers", "admin_get_browser_auth", "admin_set_browser_auth", "admin_delete_browser_auth",
     }  # fmt: skip
     assert all(op["tags"] and op["security"] == [{"AdminJWT": []}] for op in operations.values())
     assert schema["components"]["securitySchemes"]["AdminJWT"]["scheme"] == "bearer"
+
+
+# --- browser-token keys ---------------------------------------------------------------------------
+
+
+def fingerprint(secret: str) -> str:
+    """The documented recipe: `printf %s "$SECRET" | sha256sum | cut -c1-16`."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+async def test_browser_keys_are_set_rotated_read_and_deleted_without_showing_the_secret(
+    api: httpx.AsyncClient, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/browser-auth"
+    first, second = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
+    assert_openai_error(await api.get(path), 404, "browser_auth_not_configured", "tenant_id")
+
+    created = await api.put(path, json={"hs256_secret": first, "audience": "acme-voice"})
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert (body["object"], body["tenant_id"], body["kinds"]) == ("browser_auth", tenant["id"], ["hs256"])
+    assert (body["hs256_fingerprint"], body["jwks_url"], body["audience"]) == (fingerprint(first), None, "acme-voice")
+    assert (await api.get(path)).json() == body
+
+    rotated = (await api.put(path, json={"hs256_secret": second})).json()
+    assert rotated["hs256_fingerprint"] == fingerprint(second) != body["hs256_fingerprint"]
+    assert rotated["audience"] == "voxgate"  # the whole config is replaced, like a policy version
+    assert rotated["created_at"] == body["created_at"]
+    assert rotated["updated_at"] >= body["updated_at"]
+
+    both = (await api.put(path, json={"hs256_secret": second, "jwks_url": "https://idp.example/jwks.json"})).json()
+    assert (both["kinds"], both["jwks_url"]) == (["hs256", "jwks"], "https://idp.example/jwks.json")
+    only_jwks = (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).json()
+    assert (only_jwks["kinds"], only_jwks["hs256_fingerprint"]) == (["jwks"], None)
+    assert await pg_pool.fetchval("SELECT hs256_secret FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant["id"]) is None  # fmt: skip
+
+    deleted = await api.delete(path)
+    assert deleted.status_code == 200
+    assert deleted.json() == {"tenant_id": tenant["id"], "deleted": True, "object": "browser_auth.deleted"}
+    assert_openai_error(await api.get(path), 404, "browser_auth_not_configured")
+    assert_openai_error(await api.delete(path), 404, "browser_auth_not_configured")
+
+    entries = list(reversed(await audit_entries(pg_pool, tenant["id"])))
+    changes = [(e.actor, e.action) for e in entries if e.action.startswith("browser_auth.")]
+    assert changes == [("alice", "browser_auth.set")] * 4 + [("alice", "browser_auth.delete")]
+    fingerprints = [e.detail["hs256_fingerprint"] for e in entries if e.action == "browser_auth.set"]
+    assert fingerprints == [fingerprint(first), fingerprint(second), fingerprint(second), None]
+    served = (await api.get(f"/tenants/{tenant['id']}/audit")).text
+    for secret in (first, second):
+        assert secret not in str([e.detail for e in entries])
+        assert secret not in served
+        assert secret not in caplog.text
+
+
+async def test_browser_keys_are_validated(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/browser-auth"
+    short = "s" * 31
+    too_short = await api.put(path, json={"hs256_secret": short})
+    assert_openai_error(too_short, 400, "invalid_browser_auth", "hs256_secret")
+    assert short not in too_short.text
+    for url in ("http://idp.example/jwks.json", "ftp://idp.example/jwks.json", "https:///jwks.json", "jwks.json"):
+        assert_openai_error(await api.put(path, json={"jwks_url": url}), 400, "invalid_browser_auth", "jwks_url")
+    mixed = await api.put(path, json={"hs256_secret": secrets.token_urlsafe(40), "jwks_url": "http://idp.example/j"})
+    assert_openai_error(mixed, 400, "invalid_browser_auth", "jwks_url")
+    assert_openai_error(await api.put(path, json={}), 400, "invalid_browser_auth")
+    assert_openai_error(await api.put(path, json={"jwks_url": "https://idp.example/j", "audience": ""}), 400,
+                        "invalid_request", "audience")  # fmt: skip
+    assert_openai_error(await api.put(path, json={"secret": "x" * 40}), 400, "invalid_request")
+    assert_openai_error(await api.get(path), 404, "browser_auth_not_configured")  # nothing invalid was stored
+    loopback = await api.put(path, json={"jwks_url": "http://127.0.0.1:9/jwks.json"})  # plain http on loopback only
+    assert loopback.status_code == 200, loopback.text
+    assert_openai_error(await api.put("/tenants/ten_missing/browser-auth", json={"jwks_url": "https://idp.example/j"}),
+                        404, "tenant_not_found")  # fmt: skip
+
+
+def browser_token(tenant_id: str, secret: str) -> str:
+    now = int(time.time())
+    claims = {"tenant_id": tenant_id, "sub": "user-1", "aud": "voxgate", "iat": now, "exp": now + 300}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def place_browser_call(gateway: Gateway, token: str) -> httpx.Response:
+    """What a browser does: a raw SDP offer with its JWT (hung up again when accepted)."""
+    peer = ClientPeer()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.server.http_url) as http:
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+            response = await http.post("/v1/realtime/calls", content=await peer.offer(), headers=headers)
+            if response.status_code == 201:
+                await peer.accept(response.text)
+                hangup = await http.post(f"{response.headers['location']}/hangup", headers=headers)
+                assert hangup.status_code == 200, hangup.text
+        return response
+    finally:
+        await peer.close()
+
+
+async def test_after_rotation_old_browser_tokens_are_refused_and_new_ones_accepted(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+) -> None:
+    tenant = await make_tenant(pg_pool, prefix="web")
+    path = f"/tenants/{tenant.tenant_id}/browser-auth"
+    old_secret, new_secret = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
+    assert (await api.put(path, json={"hs256_secret": old_secret})).status_code == 200
+    old_token = browser_token(tenant.tenant_id, old_secret)
+    assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # and its keys are now cached
+
+    assert (await api.put(path, json={"hs256_secret": new_secret})).status_code == 200
+    refused = await place_browser_call(admin_gateway, old_token)
+    assert_openai_error(refused, 401, "invalid_token")
+    assert old_token not in refused.text
+    accepted = await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))
+    assert accepted.status_code == 201, accepted.text
+
+    assert (await api.delete(path)).status_code == 200
+    assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret)), 401,
+                        "invalid_token")  # fmt: skip
+
+
+async def test_a_tenant_admin_rotates_its_own_browser_keys_only(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:
+    own, other = await make_tenant(pg_pool, prefix="own"), await make_tenant(pg_pool, prefix="other")
+    headers = as_(hs256(claims(sub="dev@tenant", roles=["tenant_admin"], tenant_id=own.tenant_id)))
+    body = {"hs256_secret": secrets.token_urlsafe(40)}
+    assert (await api.put(f"/tenants/{own.tenant_id}/browser-auth", json=body, headers=headers)).status_code == 200
+    assert_openai_error(await api.put(f"/tenants/{other.tenant_id}/browser-auth", json=body, headers=headers), 404,
+                        "tenant_not_found")  # fmt: skip
+    actions = [(e.actor, e.action) for e in await audit_entries(pg_pool, own.tenant_id)]
+    assert actions == [("dev@tenant", "browser_auth.set")]
+    assert await audit_entries(pg_pool, other.tenant_id) == []
 
 
 # --- authentication over HTTP -----------------------------------------------------------------------
@@ -276,18 +414,23 @@ ROUTES = [
     ("POST", "/tenants/{t}/keys"), ("GET", "/tenants/{t}/policy"), ("PUT", "/tenants/{t}/policy"),
     ("GET", "/tenants/{t}/policy/history"), ("GET", "/tenants/{t}/usage"), ("GET", "/tenants/{t}/audit"),
     ("GET", "/tiers"),
+    # set first, so that reading and deleting find something
+    ("PUT", "/tenants/{t}/browser-auth"), ("GET", "/tenants/{t}/browser-auth"), ("DELETE", "/tenants/{t}/browser-auth"),
 ]  # fmt: skip
+BROWSER_AUTH_ROUTES = {"PUT /tenants/{t}/browser-auth", "GET /tenants/{t}/browser-auth",
+                       "DELETE /tenants/{t}/browser-auth"}  # fmt: skip
 ALLOWED = {
     "admin": {f"{m} {p}" for m, p in ROUTES},
     "finance": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history",
                 "GET /tenants/{t}/usage", "GET /tenants/{t}/audit", "GET /tiers"},
+    # Browser-token keys are the tenant's credentials, like its API keys: its tenant_admin manages them.
     "tenant_admin": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/keys", "POST /tenants/{t}/keys",
                      "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history", "GET /tenants/{t}/usage",
-                     "GET /tiers"},
+                     "GET /tiers", *BROWSER_AUTH_ROUTES},
     "viewer": set(),
 }  # fmt: skip
-BODIES = {"POST /tenants": {"name": "n"}, "PUT /tenants/{t}/tier": {"tier": "standard"},
-          "PUT /tenants/{t}/policy": {}}  # fmt: skip
+BODIES = {"POST /tenants": {"name": "n"}, "PUT /tenants/{t}/tier": {"tier": "standard"}, "PUT /tenants/{t}/policy": {},
+          "PUT /tenants/{t}/browser-auth": {"hs256_secret": secrets.token_urlsafe(40)}}  # fmt: skip
 
 
 @pytest.mark.parametrize("role", sorted(ALLOWED))

@@ -25,6 +25,7 @@ from gateway.browser_auth import (
     BrowserTokenVerifier,
 )
 from gateway.errors import GatewayError
+from gateway.storage.policy_store import audit_entries
 from tests.support.admin_tokens import handmade
 from tests.support.harness import TenantKey, make_tenant
 
@@ -287,3 +288,17 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     capsys.readouterr()
     assert cli.main(["tenant", "jwt", tenant_id, "--clear"]) == 0
     assert asyncio.run(stored()) is None
+
+    async def audited() -> list[tuple[str, str, dict[str, Any]]]:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        try:
+            entries = reversed(await audit_entries(pool, tenant_id))
+            return [(e.actor, e.action, e.detail) for e in entries if e.action.startswith("browser_auth.")]
+        finally:
+            await pool.close()
+
+    # The same audit rows as the admin API, with a fingerprint and never the secret.
+    assert [(actor, action) for actor, action, _ in asyncio.run(audited())] == [
+        ("cli", "browser_auth.set"), ("cli", "browser_auth.delete"),
+    ]  # fmt: skip
+    assert HS_SECRET not in str(asyncio.run(audited()))

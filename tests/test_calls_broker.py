@@ -29,7 +29,7 @@ from gateway.realtime_http import call_id_from_location, parse_multipart, valida
 from gateway.storage.policy_store import PolicyStore
 from tests.support.harness import UPSTREAM_KEY, TenantKey, make_tenant, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("end_emulated_calls")]
 
 POLICY: dict[str, Any] = {
     "models": ["gpt-realtime", "gpt-realtime-mini"], "voices": ["marin"], "max_output_tokens": 300,
@@ -85,15 +85,6 @@ async def peer() -> AsyncIterator[Peer]:
     yield p
     await p.close()
 
-
-@pytest.fixture(autouse=True)
-async def _end_emulated_calls(emulator) -> AsyncIterator[None]:
-    """End every call a test left open, so no aiortc peer keeps the shared loop busy afterwards."""
-    before = len(emulator.calls)
-    yield
-    for call in emulator.calls[before:]:
-        if not call.ended:
-            await emulator.webrtc.end(call)
 
 
 @pytest.fixture

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import time
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -13,7 +16,10 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.emulator.audio import silence, tone
 from gateway.storage.policy_store import PolicyStore
+from policies.budget import effective_output_ceiling, worst_case_cost_micro_usd
+from policies.pricing import DEFAULT_PRICE_TABLE
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.test_metrics import sample, scrape
@@ -225,3 +231,121 @@ async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, p
         ):
             await asyncio.sleep(0.05)
     await ws.close()
+
+
+def user_text(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+async def test_session_token_ceiling_closes_after_the_crossing_response(gateway, tenant, pg_pool) -> None:
+    cap = 150
+    await set_policy(pg_pool, tenant, max_session_tokens=cap)
+    used: list[int] = []  # input + output tokens of each response, as the client saw them
+    errors: list[Any] = []
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0)
+    try:
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+
+            async def read_turn() -> None:
+                async for event in conn:
+                    if event.type == "error":
+                        errors.append(event.error)
+                    if event.type == "response.done":
+                        assert event.response.status == "completed"
+                        used.append(event.response.usage.input_tokens + event.response.usage.output_tokens)
+                        return
+
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(20):
+                    for turn in range(100):
+                        await conn.conversation.item.create(item=user_text(f"turn {turn}: tell me more"))
+                        await conn.response.create()
+                        await read_turn()
+            with contextlib.suppress(ConnectionClosed):
+                await read_turn()  # what the gateway sent before closing is still readable
+    finally:
+        await client.close()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4004, "session token limit reached")
+    # Responses ran while the session stayed under the ceiling; the one that reached it finished,
+    # and the session closed right after it, before any further response.
+    assert len(used) >= 2
+    assert sum(used[:-1]) < cap <= sum(used)
+    assert [e.code for e in errors] == ["session_token_limit"]
+    await gateway.settle()
+    row = await pg_pool.fetchrow(
+        "SELECT end_reason, responses, input_tokens + output_tokens AS tokens FROM realtime_sessions"
+        " WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
+    assert (row["end_reason"], row["responses"], row["tokens"]) == ("session_token_cap", len(used), sum(used))
+    audit = await pg_pool.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2",
+                                   tenant.tenant_id, "close_session_token_cap")  # fmt: skip
+    assert audit == 1
+
+
+async def speak(ws: websockets.ClientConnection, ms: int) -> None:
+    """An utterance the server VAD hears, then enough silence for it to end the turn."""
+    for chunk in (tone(ms), silence(800)):
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}))
+
+
+@pytest.mark.parametrize("at_limit", ["cancel_response", "finish_response"])
+async def test_a_server_started_response_over_budget_is_cancelled_or_finished_per_at_limit(
+    pg_dsn, tenant, pg_pool, at_limit: str
+) -> None:
+    # Paced audio: the response speaks in real time (seconds), so there is something to cancel.
+    emulator = await start_emulator(pace_audio=True)
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    try:
+        # The budget covers exactly what admission asks for (one worst-case response with no
+        # input), so the response the VAD starts after the user spoke (its input is that audio)
+        # cannot fit: the session is cut while that response runs.
+        ceiling = 100
+        price, _ = DEFAULT_PRICE_TABLE.price_for("gpt-realtime")
+        limit = worst_case_cost_micro_usd(effective_output_ceiling(None, None, ceiling, "gpt-realtime"), 0, price)
+        daily_usd = str(Decimal(limit) / 1_000_000)
+        await set_policy(pg_pool, tenant, max_output_tokens=ceiling,
+                         budget={"daily_usd": daily_usd, "at_limit": at_limit})  # fmt: skip
+        ws = await connect(gateway, tenant)
+        await next_of(ws, "session.created")
+        await speak(ws, 600)
+        created = await next_of(ws, "response.created")
+        created_at = time.monotonic()
+        reserved = 0
+        if at_limit == "finish_response":
+            # While the response plays on, its after-the-fact reservation holds the budget.
+            live_state = gateway.services.enforcement.state
+            deadline = time.monotonic() + 1.0
+            while not reserved and time.monotonic() < deadline:
+                reserved = (await live_state.spend(tenant.tenant_id, time.time())).reserved_day
+                await asyncio.sleep(0.02)
+        events = await until_closed(ws, 15)
+        closed_at = time.monotonic()
+        upstream = emulator.sessions[-1]
+    finally:
+        await gateway.stop()
+        await emulator.stop()
+    assert ws.close_code == 4003
+    [done] = [e for e in events if e["type"] == "response.done"]
+    assert done["response"]["id"] == created["response"]["id"]
+    codes = [e["error"]["code"] for e in events if e["type"] == "error"]
+    assert codes and set(codes) == {"budget_exhausted"}
+    cancels = [e for e in upstream.client_events if e["type"] == "response.cancel"]
+    audio_bytes = sum(len(base64.b64decode(e["delta"])) for e in events if e["type"] == "response.output_audio.delta")
+    if at_limit == "cancel_response":
+        assert done["response"]["status"] == "cancelled"
+        assert [c["response_id"] for c in cancels] == [created["response"]["id"]]
+        assert closed_at - created_at < 2.0  # within a second of the cut (plus the tick)
+    else:
+        assert done["response"]["status"] == "completed"
+        assert cancels == []
+        assert audio_bytes > 0
+        # Recorded although it did not fit (docs/budgets.md, step 3): no other session may start one.
+        assert reserved > limit
+    row = await pg_pool.fetchrow("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
+    assert row["end_reason"] == "budget_exhausted"
+    cut = await pg_pool.fetchval("SELECT detail->>'cause' FROM audit_log WHERE tenant_id = $1 AND action = $2",
+                                 tenant.tenant_id, "budget_cut")  # fmt: skip
+    assert cut == "reservation_refused"

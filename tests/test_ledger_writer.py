@@ -68,6 +68,31 @@ async def test_records_land_in_order_with_session_totals(pg_pool: asyncpg.Pool, 
     assert await pg_pool.fetchval("SELECT count(*) FROM rate_limit_snapshots WHERE session_id = $1", sid) == 1
 
 
+async def test_the_first_end_wins_and_a_later_end_counts_late_usage(pg_pool: asyncpg.Pool, tenant_id: str) -> None:
+    # A call hung up on one replica while its sideband, on another, meters one last response.
+    hangup = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
+    sideband = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
+    hangup.start()
+    sideband.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    sideband.submit(started(sid, tenant_id))
+    sideband.submit(usage(sid, tenant_id, 1, cost=100))
+    assert await sideband.drain(10)
+    first_end = time.time()
+    hangup.submit(SessionEnded(sid, first_end, "client_hangup", "call rtc_1"))
+    assert await hangup.drain(10)
+    sideband.submit(usage(sid, tenant_id, 2, cost=250))
+    sideband.submit(SessionEnded(sid, first_end + 1, "call_ended", "sideband closed"))
+    assert await sideband.drain(10)
+    await hangup.stop()
+    await sideband.stop()
+    row = await pg_pool.fetchrow("SELECT * FROM realtime_sessions WHERE id = $1", sid)
+    assert (row["end_reason"], row["end_detail"], row["ended_at"].timestamp()) == (
+        "client_hangup", "call rtc_1", pytest.approx(first_end)
+    )  # fmt: skip
+    assert (row["responses"], row["cost_micro_usd"], row["output_tokens"]) == (2, 350, 40)
+
+
 async def test_same_response_id_twice_is_one_row(pg_pool: asyncpg.Pool, tenant_id: str) -> None:
     writer = LedgerWriter(lambda: pg_pool, LedgerSettings())
     writer.start()

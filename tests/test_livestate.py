@@ -244,6 +244,19 @@ async def test_exhausted_budget_refuses_even_zero(state: LiveState) -> None:
     assert not (await state.reserve(t, "r", 0, 999, None, T0, 60)).granted
 
 
+async def test_a_forced_reservation_is_held_even_when_it_does_not_fit(state: LiveState) -> None:
+    # A response server VAD already started upstream: recorded, and reported as not fitting.
+    t = await known_tenant(state, T0)
+    await state.settle(t, "x", 900, T0)
+    r = await state.reserve(t, "vad_1", 500, 1_000, None, T0, 60, forced=True)
+    assert (r.granted, r.refused_by, r.state.reserved_day) == (False, "day", 500)
+    assert not (await state.reserve(t, "r2", 0, 1_000, None, T0, 60)).granted  # it holds the budget
+    fitting = await state.reserve(t, "vad_2", 10, None, None, T0, 60, forced=True)
+    assert (fitting.granted, fitting.state.reserved_day) == (True, 510)
+    st = await state.settle(t, "vad_1", 300, T0 + 1)
+    assert (st.spent_day, st.reserved_day) == (1_200, 10)
+
+
 async def test_settle_is_idempotent_and_releases_the_hold(state: LiveState) -> None:
     t = await known_tenant(state, T0)
     r = await state.reserve(t, "resp_1", 5_000, 1_000_000, None, T0, 60)

@@ -1,4 +1,4 @@
-"""Audited changes to tenants and keys, shared by the admin API and the CLI.
+"""Audited changes to tenants, keys and browser-token keys, shared by the admin API and the CLI.
 
 Each function makes one change and writes its audit row (`actor` = the JWT subject, or
 "cli"). Policy and tier changes live on `PolicyStore`, which audits them the same way.
@@ -6,13 +6,21 @@ Each function makes one change and writes its audit row (`actor` = the JWT subje
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
 import asyncpg
 
+from gateway.browser_auth import DELETE_CONFIG, UPSERT_CONFIG, BrowserAuthConfig
 from gateway.storage.policy_store import PolicyStore, audit
 from gateway.storage.tenants import IssuedKey, Tenant, TenantDirectory
 
 SET_NEW_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
 KEY_TENANT = "SELECT tenant_id FROM api_keys WHERE id = $1"
+GET_BROWSER_AUTH = """
+SELECT hs256_secret, jwks_url, audience, created_at, updated_at FROM tenant_browser_auth WHERE tenant_id = $1
+"""
 
 
 async def create_tenant(pool: asyncpg.Pool, store: PolicyStore, name: str, tier: str | None, actor: str) -> Tenant:
@@ -57,3 +65,66 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str, actor: str, tenant_id: str
     if revoked:
         await audit(pool, actor, owner, "key.revoke", {"key_id": key_id})
     return revoked
+
+
+# -- browser-token keys --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserAuthInfo:
+    """What may be shown about a tenant's browser-token keys: never the HS256 secret itself."""
+
+    tenant_id: str
+    hs256_fingerprint: str | None
+    jwks_url: str | None
+    audience: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind, on in (("hs256", self.hs256_fingerprint), ("jwks", self.jwks_url)) if on]
+
+
+def secret_fingerprint(secret: str) -> str:
+    """`sha256:` + the first 16 hex digits of SHA-256(secret): enough to tell secrets apart,
+    and what `printf %s "$SECRET" | sha256sum | cut -c1-16` prints."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _details(config: BrowserAuthConfig) -> dict[str, object]:
+    fingerprint = secret_fingerprint(config.hs256_secret) if config.hs256_secret is not None else None
+    return {"hs256_fingerprint": fingerprint, "jwks_url": config.jwks_url, "audience": config.audience}
+
+
+async def browser_auth(pool: asyncpg.Pool, tenant_id: str) -> BrowserAuthInfo | None:
+    """A tenant's browser-token key metadata, or None when it has none (disabled tenants included)."""
+    row = await pool.fetchrow(GET_BROWSER_AUTH, tenant_id)
+    if row is None:
+        return None
+    secret = row["hs256_secret"]
+    return BrowserAuthInfo(tenant_id, secret_fingerprint(secret) if secret is not None else None, row["jwks_url"],
+                           row["audience"], row["created_at"], row["updated_at"])  # fmt: skip
+
+
+async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor: str) -> BrowserAuthInfo:
+    """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds a fingerprint only.
+
+    Raises `BrowserAuthConfigError` (short secret, bad URL) or `asyncpg.ForeignKeyViolationError`.
+    """
+    config.validate()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url, config.audience)
+        await audit(conn, actor, config.tenant_id, "browser_auth.set", _details(config))
+    info = await browser_auth(pool, config.tenant_id)
+    assert info is not None
+    return info
+
+
+async def clear_browser_auth(pool: asyncpg.Pool, tenant_id: str, actor: str) -> bool:
+    """Remove a tenant's browser-token keys; False (and no audit row) when it had none."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(DELETE_CONFIG, tenant_id) is None:
+            return False
+        await audit(conn, actor, tenant_id, "browser_auth.delete", {})
+    return True

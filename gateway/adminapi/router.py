@@ -9,6 +9,7 @@ from litestar.di import Provide
 from litestar.exceptions import ClientException
 from litestar.openapi.spec import Components, SecurityScheme
 
+from gateway.adminapi.browser_auth import BrowserAuthController
 from gateway.adminapi.policies import PoliciesController, ReportsController, list_tiers
 from gateway.adminapi.security import admin_guard, provide_principal, provide_services
 from gateway.adminapi.tenants import KeysController, TenantsController
@@ -37,7 +38,14 @@ def build_admin_router(settings: AdminSettings) -> Router:
     """`/admin/v1`: every route needs an admin JWT and the permission it names in `opt`."""
     return Router(
         path=ADMIN_PATH,
-        route_handlers=[TenantsController, KeysController, PoliciesController, ReportsController, list_tiers],
+        route_handlers=[
+            TenantsController,
+            KeysController,
+            BrowserAuthController,
+            PoliciesController,
+            ReportsController,
+            list_tiers,
+        ],
         guards=[admin_guard(AdminTokenVerifier(settings))],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

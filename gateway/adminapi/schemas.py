@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.adminapi.changes import BrowserAuthInfo
 from gateway.storage.policy_store import AuditEntry, PolicyVersion
 from gateway.storage.tenants import ApiKeyInfo, IssuedKey, Tenant
 from gateway.storage.usage_reports import TranscriptionTotals, UsageReport, UsageRow, UsageTotals
@@ -23,6 +24,17 @@ class TierAssignment(msgspec.Struct, forbid_unknown_fields=True):
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
+
+
+class BrowserAuthSet(msgspec.Struct, forbid_unknown_fields=True):
+    """A tenant's browser-token keys, replaced whole: an HS256 secret and/or a JWKS URL."""
+
+    hs256_secret: str | None = None
+    jwks_url: str | None = None
+    audience: Annotated[str, msgspec.Meta(min_length=1)] = "voxgate"
+
+    def __repr__(self) -> str:  # never the secret, wherever a request body is printed
+        return f"BrowserAuthSet(hs256_secret={'***' if self.hs256_secret else None}, jwks_url={self.jwks_url!r})"
 
 
 class TenantOut(msgspec.Struct):
@@ -152,3 +164,28 @@ class AuditOut(msgspec.Struct):
 class AuditList(msgspec.Struct):
     data: list[AuditOut]  # newest first
     object: str = "list"
+
+
+class BrowserAuthOut(msgspec.Struct):
+    """A tenant's browser-token keys as the API shows them: a fingerprint, never the HS256 secret."""
+
+    tenant_id: str
+    kinds: list[str]  # "hs256" and/or "jwks"
+    hs256_fingerprint: str | None  # "sha256:" + 16 hex digits of SHA-256(secret)
+    jwks_url: str | None
+    audience: str
+    created_at: datetime
+    updated_at: datetime
+    object: str = "browser_auth"
+
+    @classmethod
+    def of(cls, info: BrowserAuthInfo) -> BrowserAuthOut:
+        return cls(tenant_id=info.tenant_id, kinds=info.kinds, hs256_fingerprint=info.hs256_fingerprint,
+                   jwks_url=info.jwks_url, audience=info.audience, created_at=info.created_at,
+                   updated_at=info.updated_at)  # fmt: skip
+
+
+class BrowserAuthDeleted(msgspec.Struct):
+    tenant_id: str
+    deleted: bool = True
+    object: str = "browser_auth.deleted"

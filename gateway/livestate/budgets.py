@@ -100,7 +100,8 @@ class Budgets:
         return (await self.spend_with_marker(tenant_id, now))[0]
 
     async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float) -> ReserveResult:  # fmt: skip
+                      monthly_limit: int | None, now: float, ttl_s: float,
+                      forced: bool = False) -> ReserveResult:  # fmt: skip
         if amount < 0:
             raise ValueError("amount must be >= 0 micro-USD")
         extra: list[scripts.Arg] = [
@@ -109,6 +110,7 @@ class Budgets:
             _limit(daily_limit),
             _limit(monthly_limit),
             now + ttl_s,
+            1 if forced else 0,
         ]
         call, w = self._call(scripts.BUDGET_RESERVE, tenant_id, now, extra, key_ttl(ttl_s))
         _, raw = await self._run.run_many([(scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]), call])

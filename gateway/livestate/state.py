@@ -74,9 +74,14 @@ class LiveState:
     # -- budgets -----------------------------------------------------------------------------
 
     async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float) -> ReserveResult:  # fmt: skip
-        """Hold `amount` micro-USD iff spent + reserved + amount <= limit in each configured window."""
-        return await self._budgets.reserve(tenant_id, reservation_id, amount, daily_limit, monthly_limit, now, ttl_s)
+                      monthly_limit: int | None, now: float, ttl_s: float,
+                      forced: bool = False) -> ReserveResult:  # fmt: skip
+        """Hold `amount` micro-USD iff spent + reserved + amount <= limit in each configured window.
+
+        `forced` (a response that already started upstream) holds it even when it does not fit;
+        `granted` still says whether it fitted."""
+        return await self._budgets.reserve(tenant_id, reservation_id, amount, daily_limit, monthly_limit, now, ttl_s,
+                                           forced)  # fmt: skip
 
     async def settle(self, tenant_id: str, reservation_id: str, actual: int, now: float) -> SpendState:
         """Release the reservation (if still held) and add `actual` to spent, once per reservation id."""

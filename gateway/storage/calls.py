@@ -1,9 +1,13 @@
 """WebRTC calls and minted client secrets, findable from any replica.
 
-Postgres (`realtime_calls`, `minted_client_secrets`, migration 0003) is the record; a Redis
-hash per call (`<prefix>call:<call_id>`) is a cache every replica reads first, so the
+Postgres (`realtime_calls`, `minted_client_secrets`, migrations 0003-0004) is the record; a
+Redis hash per call (`<prefix>call:<call_id>`) is a cache every replica reads first, so the
 sideband monitor and the hangup route find a call's tenant without a database round trip.
 A Redis miss (expired, flushed, or Redis down) falls back to Postgres and refills the hash.
+
+A minted secret's session row ends either with the call attached to it, or, never attached,
+when `expire_unattached_secrets` sweeps it after expiry. Both lock the secret's
+`minted_client_secrets` row, so a sweep and an attach never both win (docs/webrtc.md).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from policies.policy import UNRESTRICTED, TenantPolicy
 log = logging.getLogger("voxgate.calls")
 
 CALL_CACHE_TTL_S: Final = 24 * 3600
+EXPIRED_UNATTACHED: Final = "client_secret_expired"  # realtime_sessions.end_reason of a secret never attached
+MAX_SECRET_LIFETIME_S: Final = 7200  # upstream's longest `expires_after`: the expiry of a secret stored without one
 CallSource = Literal["brokered", "attached"]
 CallState = Literal["active", "ended"]
 
@@ -119,6 +125,50 @@ SELECT upstream_session_id, tenant_id, session_id, end_user_hash FROM minted_cli
 WHERE upstream_session_id = $1
 """
 
+# Attach takes the secret's row lock (a running sweep has it, or skips it), then un-ends a
+# session a sweep ended first: the call's end will end it again, with the call's reason.
+LOCK_MINTED: Final = "SELECT expired_at FROM minted_client_secrets WHERE upstream_session_id = $1 FOR UPDATE"
+
+MARK_MINTED_ATTACHED: Final = """
+UPDATE minted_client_secrets
+SET call_id = COALESCE(call_id, $2), attached_at = COALESCE(attached_at, $3), expired_at = NULL
+WHERE upstream_session_id = $1
+"""
+
+REOPEN_EXPIRED_SESSION: Final = f"""
+UPDATE realtime_sessions SET ended_at = NULL, end_reason = NULL, end_detail = NULL
+WHERE id = $1 AND end_reason = '{EXPIRED_UNATTACHED}'
+"""
+
+# Secrets past expiry + grace, never attached, whose session row the ledger has written:
+# mark them swept and end their open session rows at the secret's expiry. SKIP LOCKED lets
+# replicas sweep at once without waiting on each other or ending a row twice.
+# $1 now, $2 expiry cutoff, $3 creation cutoff (secrets stored without an expiry), $4 batch, $5 detail.
+SWEEP_EXPIRED_SECRETS: Final = f"""
+WITH due AS (
+    SELECT m.upstream_session_id
+    FROM minted_client_secrets m
+    WHERE m.attached_at IS NULL AND m.expired_at IS NULL
+      AND (m.expires_at < $2 OR (m.expires_at IS NULL AND m.created_at < $3))
+      AND EXISTS (SELECT 1 FROM realtime_sessions s WHERE s.id = m.session_id)
+    ORDER BY m.expires_at
+    LIMIT $4
+    FOR UPDATE OF m SKIP LOCKED
+), swept AS (
+    UPDATE minted_client_secrets m SET expired_at = $1
+    FROM due
+    WHERE m.upstream_session_id = due.upstream_session_id
+    RETURNING m.session_id, COALESCE(m.expires_at, m.created_at + interval '{MAX_SECRET_LIFETIME_S} seconds') AS expiry
+), ended AS (
+    UPDATE realtime_sessions s
+    SET ended_at = LEAST(swept.expiry, $1), end_reason = '{EXPIRED_UNATTACHED}', end_detail = $5
+    FROM swept
+    WHERE s.id = swept.session_id AND s.ended_at IS NULL
+    RETURNING s.id
+)
+SELECT (SELECT count(*) FROM swept) AS swept, ARRAY(SELECT id FROM ended) AS ended
+"""
+
 
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
@@ -190,6 +240,30 @@ class CallStore:
         await self._cache(call)
         return True
 
+    async def record_attached(self, call: Call) -> bool:
+        """Record a call attached with a minted secret (`call.upstream_session_id`) and mark the
+        secret attached, in one transaction; False if the call id is already recorded.
+
+        If a sweep ended the secret's session as expired first, the session is open again:
+        the call now owns it, and the call's end ends it.
+        """
+        assert call.upstream_session_id is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                INSERT_CALL, call.call_id, call.tenant_id, call.session_id, call.upstream_session_id, call.source,
+                call.model, call.safety_id or None, _ts(call.created_at), call.api_key_id,
+            )  # fmt: skip
+            if inserted is None:
+                return False
+            swept_at = await conn.fetchval(LOCK_MINTED, call.upstream_session_id)
+            await conn.execute(MARK_MINTED_ATTACHED, call.upstream_session_id, call.call_id, _ts(call.created_at))
+            if swept_at is not None:
+                await conn.execute(REOPEN_EXPIRED_SESSION, call.session_id)
+                log.info("call %s attached after its secret's session was swept; the session is open again",
+                         call.call_id)  # fmt: skip
+        await self._cache(call)
+        return True
+
     async def get(self, call_id: str) -> Call | None:
         """The call, from Redis if cached, else from Postgres (refilling the cache)."""
         if self._redis is not None:
@@ -251,6 +325,7 @@ class CallStore:
     # -- minted client secrets ------------------------------------------------------------
 
     async def record_minted(self, secret: MintedSecret, expires_at: float | None) -> None:
+        """Record a secret voxgate minted, so attach can find it and a sweep can end it after `expires_at`."""
         await self._pool.execute(
             INSERT_MINTED, secret.upstream_session_id, secret.tenant_id, secret.session_id, secret.end_user_hash,
             _ts(expires_at) if expires_at is not None else None,
@@ -261,3 +336,20 @@ class CallStore:
         if row is None:
             return None
         return MintedSecret(row["upstream_session_id"], row["tenant_id"], row["session_id"], row["end_user_hash"])
+
+    async def expire_unattached_secrets(self, now: float, grace_s: float, detail: str, batch: int = 500) -> list[str]:
+        """End the session rows of secrets that expired more than `grace_s` ago unattached.
+
+        Each row ends once (`end_reason = 'client_secret_expired'`, `ended_at` = the secret's
+        expiry) however many replicas sweep at once. Works in batches (one transaction each)
+        until none is due. Returns the session ids this call ended.
+        """
+        cutoff = now - grace_s
+        ended: list[str] = []
+        while True:
+            row = await self._pool.fetchrow(SWEEP_EXPIRED_SECRETS, _ts(now), _ts(cutoff),
+                                            _ts(cutoff - MAX_SECRET_LIFETIME_S), batch, detail)  # fmt: skip
+            assert row is not None
+            ended.extend(row["ended"])
+            if row["swept"] < batch:
+                return ended

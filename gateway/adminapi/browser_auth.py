@@ -1,0 +1,89 @@
+"""A tenant's browser-token keys: `/admin/v1/tenants/{tenant_id}/browser-auth` (docs/admin-api.md).
+
+The keys a tenant's backend signs browser JWTs with (docs/webrtc.md, "Browser tokens"):
+an HS256 secret and/or a JWKS URL. They are the tenant's credentials, like its API keys,
+so the same roles manage them (admin, and a tenant_admin for its own tenant). The HS256
+secret goes in and never comes out: responses and audit rows carry a fingerprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from litestar import Controller, Request, delete, get, put
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK
+
+from gateway.adminapi import changes
+from gateway.adminapi.schemas import BrowserAuthDeleted, BrowserAuthOut, BrowserAuthSet
+from gateway.adminapi.security import Principal, Services, TenantId
+from gateway.adminapi.tenants import existing_tenant
+from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.errors import GatewayError
+from gateway.jwt_auth import Permission
+from gateway.realtime_http import browser_keys_changed
+
+
+def browser_auth_not_configured(tenant_id: str) -> GatewayError:
+    return GatewayError(404, f"Tenant '{tenant_id}' has no browser-token keys.", code="browser_auth_not_configured",
+                        param="tenant_id")  # fmt: skip
+
+
+def _at_fault(config: BrowserAuthConfig) -> str | None:
+    """Which field of an invalid config is wrong, found with the one validator, field by field."""
+    for param, alone in (("hs256_secret", replace(config, jwks_url=None)),
+                         ("jwks_url", replace(config, hs256_secret=None))):  # fmt: skip
+        if getattr(config, param) is not None:
+            try:
+                alone.validate()
+            except BrowserAuthConfigError:
+                return param
+    return None
+
+
+class BrowserAuthController(Controller):
+    path = "/tenants/{tenant_id:str}/browser-auth"
+    tags = ["admin: browser auth"]
+
+    @get("/", operation_id="admin_get_browser_auth", opt={"permission": Permission.KEYS_READ})
+    async def get_browser_auth(self, tenant_id: TenantId, services: Services) -> BrowserAuthOut:
+        """Which keys verify the tenant's browser JWTs: kinds, JWKS URL, audience, the HS256 secret's fingerprint."""
+        await existing_tenant(services, tenant_id)
+        info = await changes.browser_auth(services.pool, tenant_id)
+        if info is None:
+            raise browser_auth_not_configured(tenant_id)
+        return BrowserAuthOut.of(info)
+
+    @put("/", operation_id="admin_set_browser_auth", opt={"permission": Permission.KEYS_WRITE})
+    async def set_browser_auth(
+        self,
+        tenant_id: TenantId,
+        data: JSONBody[BrowserAuthSet],
+        services: Services,
+        principal: Principal,
+        request: Request[Any, Any, Any],
+    ) -> BrowserAuthOut:
+        """Set or rotate the keys (the whole config is replaced). Tokens signed with replaced keys are
+        refused at once on this replica and within 10 s on the others."""
+        await existing_tenant(services, tenant_id)
+        config = BrowserAuthConfig(tenant_id, data.hs256_secret, data.jwks_url, data.audience)
+        try:
+            info = await changes.set_browser_auth(services.pool, config, principal.subject)
+        except BrowserAuthConfigError as exc:
+            raise GatewayError(400, f"Invalid browser-token keys: {exc}.", code="invalid_browser_auth",
+                               param=_at_fault(config)) from None  # fmt: skip
+        browser_keys_changed(request.app.state)
+        return BrowserAuthOut.of(info)
+
+    @delete("/", operation_id="admin_delete_browser_auth", status_code=HTTP_200_OK,
+            opt={"permission": Permission.KEYS_WRITE})  # fmt: skip
+    async def delete_browser_auth(
+        self, tenant_id: TenantId, services: Services, principal: Principal, request: Request[Any, Any, Any]
+    ) -> BrowserAuthDeleted:
+        """Remove the keys: the tenant's browser JWTs are refused from then on; 404 if it had none."""
+        await existing_tenant(services, tenant_id)
+        if not await changes.clear_browser_auth(services.pool, tenant_id, principal.subject):
+            raise browser_auth_not_configured(tenant_id)
+        browser_keys_changed(request.app.state)
+        return BrowserAuthDeleted(tenant_id=tenant_id)
