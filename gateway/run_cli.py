@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,12 @@ def _overrides(settings: Any, args: argparse.Namespace) -> Any:
     )
 
 
-async def run_gateway(settings: Any, sock: Any = None) -> None:
+async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = ()) -> None:
     """Serve `settings` until SIGINT/SIGTERM, draining live sessions first."""
     from gateway.app import create_app, drain
     from gateway.server import VoxgateServer, bind_socket, uvicorn_config
 
-    app = create_app(settings)
+    app = create_app(settings, plugins=plugins)
     config = uvicorn_config(app, ws_max_size=settings.server.max_message_bytes, relay=settings.server.relay)
     server = VoxgateServer(config, before_shutdown=lambda: drain(app))
     await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
@@ -111,6 +111,7 @@ def _demo(args: argparse.Namespace) -> int:
 async def _run_demo(args: argparse.Namespace, home: Path) -> None:
     import asyncpg
 
+    from gateway.demo_page import DemoPagePlugin, enable_demo_browser_tokens
     from gateway.embedded import EmbeddedServices
     from gateway.emulator import EmulatorConfig, RealtimeEmulator
     from gateway.settings import Settings, redact_url
@@ -130,6 +131,7 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
             tenant = next((t for t in await tenants.list_tenants() if t.name == "demo"), None)
             tenant = tenant or await tenants.create_tenant("demo")
             issued = await tenants.create_key(tenant.id, name="demo")
+            signer = await enable_demo_browser_tokens(pool, tenant.id)  # for the browser page at /demo/
         finally:
             await pool.close()
         env = {
@@ -149,7 +151,7 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
 
         sock = bind_socket(args.host, args.port)  # listening before the banner invites connections
         print(_banner(args.host, args.port, tenant.id, issued.secret, redact_url(embedded.database_url)), flush=True)
-        await run_gateway(settings, sock)
+        await run_gateway(settings, sock, plugins=[DemoPagePlugin(signer)])
     finally:
         await emulator.stop()
         await asyncio.to_thread(embedded.close)
@@ -163,6 +165,7 @@ voxgate demo is running on {base}  (upstream: the built-in Realtime emulator)
   API key : {secret}        <- shown once; a new key is made each run
   policy  : the default tier (VOXGATE_DEFAULT_TIER, 'standard'; see gateway/default_tiers.yaml)
   database: {database_url}
+  browser : http://{host}:{port}/demo/  <- a WebRTC call from your browser, through voxgate (docs/webrtc.md)
 
 Talk to it with the official SDK (pip install 'openai[realtime]'):
 

@@ -10,6 +10,8 @@ import socket
 import sys
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
 from openai import AsyncOpenAI
 
@@ -42,6 +44,7 @@ async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path
         key = re.search(r"API key : (vg_live_\S+)", text)
         assert key is not None, text
         assert f"http://127.0.0.1:{port}/v1" in text
+        await _check_browser_page(text, port)
 
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1))
         try:
@@ -67,3 +70,17 @@ async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path
             rest, _ = await proc.communicate()
     assert proc.returncode == 0, (output + rest).decode(errors="replace")
     assert b"Traceback" not in output + rest
+
+
+async def _check_browser_page(banner: str, port: int) -> None:
+    """The banner's page URL serves the page, and its token endpoint mints tokens voxgate accepts."""
+    tenant_id = re.search(r"tenant  : demo \((ten_\w+)\)", banner)
+    assert tenant_id is not None, banner
+    assert f"http://127.0.0.1:{port}/demo/" in banner
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        page = await http.get("/demo/")
+        token = (await http.post("/demo/token")).json()["token"]
+        lookup = await http.get("/v1/realtime/calls/rtc_none", headers={"Authorization": f"Bearer {token}"})
+    assert page.status_code == 200 and "/demo/demo.js" in page.text
+    assert jwt.decode(token, options={"verify_signature": False})["tenant_id"] == tenant_id.group(1)
+    assert lookup.status_code == 404, lookup.text  # the token is good: a bad one would get 401 invalid_token

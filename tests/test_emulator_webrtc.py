@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.emulator import EmulatorConfig, RealtimeEmulator
 from gateway.emulator.client import RealtimeClient
+from gateway.emulator.webrtc import loopback_candidates
 from tests.support.webrtc_client import ClientPeer
 
 KEY = "sk-emulator"
@@ -202,3 +203,17 @@ async def test_session_expiry_ends_the_call() -> None:
             validate(client.events)
         finally:
             await client.close()
+
+
+def test_the_peer_keeps_only_loopback_candidates_from_an_offer() -> None:
+    offer = (
+        "v=0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 44694 typ host\r\n"
+        "a=candidate:2 1 udp 2122063615 192.0.2.2 34778 typ host\r\n"
+        "a=candidate:3 1 udp 2122267903 ::1 39252 typ host\r\n"
+        "a=candidate:4 1 udp 2122134271 2f1c6a1e-0c1d-4f6e-9a37-1f0e8f7a6b21.local 41145 typ host\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    assert loopback_candidates(offer) == (
+        "v=0\r\na=candidate:1 1 udp 2122194687 127.0.0.1 44694 typ host\r\n"
+        "a=candidate:3 1 udp 2122267903 ::1 39252 typ host\r\na=end-of-candidates\r\n"
+    )

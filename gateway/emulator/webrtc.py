@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import ipaddress
 import math
 import time
 from array import array
@@ -51,6 +52,27 @@ def use_loopback_ice(enabled: bool = True) -> None:
     first call; `use_loopback_ice(False)` restores the interface scan.
     """
     aioice.ice.get_host_addresses = _loopback_addresses if enabled else _host_addresses
+
+
+def loopback_candidates(sdp: str) -> str:
+    """`sdp` without its ICE candidates that are not on loopback.
+
+    The emulator's peer listens on 127.0.0.1 only, so a remote candidate elsewhere can only
+    cost a check sent off loopback, and an mDNS `.local` one a multicast DNS query. A
+    browser offers its loopback candidates when started with `--allow-loopback-in-peer-connection`
+    (docs/webrtc.md); its checks from other addresses still arrive as peer-reflexive candidates.
+    """
+    return "".join(line for line in sdp.splitlines(keepends=True) if _kept(line))
+
+
+def _kept(line: str) -> bool:
+    if not line.startswith("a=candidate:"):
+        return True
+    fields = line.split()
+    try:
+        return len(fields) > 4 and ipaddress.ip_address(fields[4]).is_loopback
+    except ValueError:  # an mDNS name
+        return False
 
 
 # --- the offer ---------------------------------------------------------------------------
@@ -192,7 +214,7 @@ class CallPeer:
     async def answer(self, offer: str) -> str:
         """Set the offer, answer it, and return the answer once ICE gathering is complete."""
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=loopback_candidates(offer), type="offer"))
         except (ValueError, KeyError, IndexError) as exc:
             raise OfferError(f"The SDP offer could not be parsed: {exc}") from exc
         if any(t.kind == "audio" for t in self.pc.getTransceivers()):

@@ -9,13 +9,14 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.emulator.webrtc import ToneTrack
+from gateway.emulator.webrtc import ToneTrack, use_loopback_ice
 
 
 class ClientPeer:
     """A browser-like peer: creates `oai-events` and an audio sendrecv transceiver with a tone."""
 
     def __init__(self, speech_ms: int = 0) -> None:
+        use_loopback_ice()  # the emulator answers on 127.0.0.1 only; this offers it (even with only `lo`)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("oai-events")
         self.events: list[dict[str, Any]] = []
