@@ -148,6 +148,7 @@ class LiveSession:
         self.client_messages = 0
         self.upstream_messages = 0
         self._deliver: Deliver | None = None
+        self._note_audio = governor.note_client_activity  # bound once: it runs for every audio frame
         ledger.submit(started)
 
     def attach(self, deliver: Deliver) -> None:
@@ -217,7 +218,7 @@ class LiveSession:
         """
         if exact_passthrough(message, 0, len(message), CLIENT_EXACT_PREFIXES):
             self.client_messages += 1
-            self.governor.note_client_activity(self.clock(), len(message))
+            self._note_audio(self.clock(), len(message))
             return True
         return False
 

@@ -592,6 +592,9 @@ class RewritingLive:
     def client_audio(self, message: bytes) -> bool:
         return False  # nothing takes the fast path: every message goes to from_client
 
+    def upstream_content(self, frame: bytes, start: int, end: int) -> bool:
+        return False
+
     def from_client(self, message: bytes, binary: bool = False) -> Verdict:
         return Verdict(False, to_client=('{"type":"error"}',), to_upstream=('{"type":"rewritten"}',))
 

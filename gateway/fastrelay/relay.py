@@ -64,6 +64,9 @@ class Side:
         self.close_received = False
         self.lost = False
         self.paused_by_peer = False
+        # Nothing is half-read from this side and the session is not ending: its reads may
+        # take the relay's fast path. Cleared by `_end`; recomputed after each `_feed`.
+        self.fast = True
 
     def write(self, data: bytes) -> None:
         if not self.lost and not self.close_sent and data:
@@ -108,6 +111,11 @@ class FastRelay:
         self._close_timer: asyncio.TimerHandle | None = None
         self._finishing: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()
+        # The fast paths' calls, bound once (they run for nearly every frame).
+        self._to_upstream = upstream.write
+        self._to_client = client.write
+        self._client_audio = live.client_audio
+        self._upstream_content = live.upstream_content
 
     def start(self) -> None:
         for side in (self.client, self.upstream):
@@ -133,24 +141,24 @@ class FastRelay:
     # The rest of `data`, from the first frame that is anything else, goes to `_feed`.
     def client_data(self, data: bytes) -> None:
         side = self.client
-        if self.ending or side.pending or side.skip or side.frag_frames is not None:
+        if not side.fast:
             self._guarded(side, data)
             return
         n = len(data)
         if n > 8 and data[0] == 0x81 and data[1] == 0xFE and (data[2] << 8 | data[3]) == n - 8:
             # The commonest read of all: one whole masked audio append (126-32767 bytes).
             try:
-                passed = n - 8 <= side.max_message and self.live.client_audio(apply_mask(data[8:], data[4:8]))
+                passed = n - 8 <= side.max_message and self._client_audio(apply_mask(data[8:], data[4:8]))
             except Exception as exc:
                 self._failed(exc)
                 return
             if passed:
-                self.upstream.transport.write(data)
+                self._to_upstream(data)
             else:
                 self._guarded(side, data)
             return
         pos = 0
-        audio = self.live.client_audio
+        audio = self._client_audio
         limit = side.max_message
         try:
             while pos + 8 <= n and data[pos] == 0x81:
@@ -170,30 +178,30 @@ class FastRelay:
             self._failed(exc)
             return
         if pos == n:
-            self.upstream.transport.write(data)
+            self._to_upstream(data)
         else:
             self._feed_rest(side, self.upstream, data, pos)
 
     def upstream_data(self, data: bytes) -> None:
         side = self.upstream
-        if self.ending or side.pending or side.skip or side.frag_frames is not None:
+        if not side.fast:
             self._guarded(side, data)
             return
         n = len(data)
         if n > 4 and data[0] == 0x81 and data[1] == 126 and (data[2] << 8 | data[3]) == n - 4:
             # The commonest read of all: one whole content delta (126-65535 bytes).
             try:
-                passed = self.live.upstream_content(data, 4, n)
+                passed = self._upstream_content(data, 4, n)
             except Exception as exc:
                 self._failed(exc)
                 return
             if passed:
-                self.client.transport.write(data)
+                self._to_client(data)
             else:
                 self._guarded(side, data)
             return
         pos = 0
-        content = self.live.upstream_content
+        content = self._upstream_content
         try:
             while pos + 4 <= n and data[pos] == 0x81:
                 b1 = data[pos + 1]
@@ -212,7 +220,7 @@ class FastRelay:
             self._failed(exc)
             return
         if pos == n:
-            self.client.transport.write(data)
+            self._to_client(data)
         else:
             self._feed_rest(side, self.client, data, pos)
 
@@ -252,6 +260,7 @@ class FastRelay:
             self._protocol_error(side, str(exc))
         except Exception as exc:  # a bug in voxgate must still end the session cleanly
             self._failed(exc)
+        side.fast = not (self.ending or side.pending or side.skip or side.frag_frames is not None)
 
     def _failed(self, exc: Exception) -> None:
         log.exception("fast relay failed for session %s", self.live.session_id, exc_info=exc)
@@ -431,6 +440,7 @@ class FastRelay:
         if self.ending:
             return
         self.ending = True
+        self.client.fast = self.upstream.fast = False
         self.live.end(end_reason, detail)
         if self._tick is not None:
             self._tick.cancel()
