@@ -7,7 +7,10 @@ Raw asyncio (uvloop when installed) and the small framing in `wsproto`:
   matches round trips on it);
 - answers every `response.create` with a `response.done` carrying a unique response id
   and a usage block, so ledger ingestion can be measured;
-- answers pings and closes; ignores everything else.
+- answers pings and closes; ignores everything else;
+- answers `POST /v1/realtime/client_secrets` with a minted secret in OpenAI's shape (a
+  fresh `ek_` value and session id each time), so `client_secrets` admission through the
+  gateway can be measured.
 
 Run: python bench/fake_upstream.py --port 0   (prints `LISTENING <port>`; SIGTERM stops it)
 """
@@ -34,6 +37,18 @@ _APPEND_MARK = b'"input_audio_buffer.append"'
 _CREATE_MARK = b'"response.create"'
 _EVENT_ID = b'"event_id": "'
 _counter = itertools.count()
+
+
+def minted_secret(body: bytes) -> bytes:
+    """A `POST /v1/realtime/client_secrets` answer: the requested session with an id, and a secret."""
+    try:
+        session = json.loads(body).get("session") or {}
+    except (ValueError, AttributeError):
+        session = {}
+    session = {"type": "realtime", "object": "realtime.session", "model": "gpt-realtime", **session,
+               "id": "sess_" + secrets.token_hex(10)}  # fmt: skip
+    return json.dumps({"value": "ek_" + secrets.token_hex(16), "expires_at": int(time.time()) + 600,
+                       "session": session}).encode()  # fmt: skip
 
 
 def session_created(model: str) -> bytes:
@@ -109,7 +124,7 @@ _DELTA_C = b'", "output_index": 0, "content_index": 0, "delta": "' + AUDIO_B64 +
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_head", "_parser", "_prefix", "_responses", "transport", "upgraded")
+    __slots__ = ("_body_left", "_head", "_parser", "_prefix", "_responses", "transport", "upgraded")
 
     def __init__(self) -> None:
         self._head = b""
@@ -117,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgraded = False
         self._prefix = f"resp_{os.getpid()}_{next(_counter)}_{secrets.token_hex(3)}_"
         self._responses = 0
+        self._body_left = -1  # bytes of a POST body still to come (-1: not in a POST)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -130,6 +146,9 @@ class UpstreamConnection(asyncio.Protocol):
                     self.transport.close()
                 return
             head, rest = self._head[:end], self._head[end + 4 :]
+            if head.startswith(b"POST "):
+                self._post(head, rest)
+                return
             self._upgrade(head)
             if not rest:
                 return
@@ -156,6 +175,21 @@ class UpstreamConnection(asyncio.Protocol):
                 write(wsproto.encode(OP_CLOSE, payload[:2], False))
                 self.transport.close()
                 return
+
+    def _post(self, head: bytes, body: bytes) -> None:
+        """`POST .../realtime/client_secrets`: wait for the whole body, answer, close."""
+        line, headers = wsproto.parse_http_head(head)
+        if self._body_left < 0:
+            self._body_left = int(headers.get("content-length") or 0)
+        if len(body) < self._body_left:
+            return  # the rest of the body is still coming; _head keeps what arrived
+        if "/realtime/client_secrets" not in line:
+            answer, status = b'{"error": {"message": "not found"}}', b"404 Not Found"
+        else:
+            answer, status = minted_secret(body[: self._body_left]), b"200 OK"
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                             + str(len(answer)).encode() + b"\r\nconnection: close\r\n\r\n" + answer)  # fmt: skip
+        self.transport.close()
 
     def _upgrade(self, head: bytes) -> None:
         line, headers = wsproto.parse_http_head(head)

@@ -6,7 +6,8 @@ Modes (all bounded in count and time, all stop by themselves):
   the 20 ms period; late ticks are caught up, never skipped.
 - `flatout`: every session sends its next append as soon as the echo of the last arrives.
 - `connect`: N handshakes (to `session.created`) then close, C at a time: admission rate.
-- `http`: N `GET` requests, a new connection each, C at a time (the trivial baseline).
+- `http`: N `GET` requests, a new connection each, C at a time (the trivial baseline);
+  with `--post-json BODY`, N `POST`s of that body with the API key (`client_secrets`).
 - `idle`: open S sessions and hold them until told to go (memory per idle session).
 - `ledger`: S sessions send `response.create` and wait for `response.done`, N in all.
 
@@ -398,10 +399,16 @@ def _latency_summary(mode: str, latencies: list[float], elapsed: float, stats: S
     }
 
 async def run_http(args: argparse.Namespace) -> dict[str, object]:
-    """N `GET <path>` requests, each on a new connection, C at a time."""
+    """N `GET <path>` (or `POST` with `--post-json`) requests, each on a new connection, C at a time."""
     parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    if args.post_json is None:
+        request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    else:
+        body = args.post_json.encode()
+        request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+                   f"Authorization: Bearer {args.api_key}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
     stats = Stats()
     latencies: list[float] = []
     await wait_go(args, 0)
@@ -512,6 +519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=15.0)
     p.add_argument("--p99-limit-ms", type=float, default=100.0, help="paced: p99 above this is 'not kept up'")
     p.add_argument("--no-wait", action="store_true", help="start at once instead of waiting for a stdin line")
+    p.add_argument("--post-json", default=None, help="http: POST this JSON body (with the API key) instead of GET")
     args = p.parse_args(argv)
     host = urlsplit(args.url).hostname or ""
     if not (host.startswith("127.") or host in ("localhost", "::1")):
