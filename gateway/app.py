@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -188,7 +189,21 @@ class VoxgatePlugin(InitPluginProtocol):
             await services.enforcement.stop()
             await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
             await redis.aclose()
-            await pool.close()
+            await _close_pool(pool)
+
+
+# asyncpg's `Pool.close()` waits for every acquired connection to come back; a query stuck
+# on a lock or a dead peer would hold the pod in Terminating until Kubernetes kills it.
+POOL_CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+async def _close_pool(pool: asyncpg.Pool, timeout: float = POOL_CLOSE_TIMEOUT_SECONDS) -> None:
+    """Close the pool gracefully, or terminate its connections after `timeout` seconds."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning("Postgres connections still in use after %.0f s at shutdown: terminating them", timeout)
+        pool.terminate()
 
 
 async def drain(app: Litestar) -> None:

@@ -110,7 +110,11 @@ async def empty_pg_dsn() -> AsyncIterator[str]:
 async def pg_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=5)
     yield pool
-    await pool.close()
+    # A test that failed while holding a connection must not hang the end of the session
+    # (per-test timeouts do not cover session teardown).
+    from gateway.app import _close_pool
+
+    await _close_pool(pool)
 
 
 @pytest.fixture(scope="session")

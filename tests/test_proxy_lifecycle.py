@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import asyncpg
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -119,3 +120,32 @@ async def test_health_and_readiness(gateway) -> None:
         assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "code", "param"}
         wrong = await http.get("/v1/realtime")
         assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "websocket_required"
+
+
+async def test_shutdown_does_not_wait_forever_for_a_stuck_database_connection(
+    pg_dsn, pg_pool, emulator, monkeypatch
+) -> None:
+    """A Postgres connection still in use at shutdown (a query stuck on a lock) is terminated
+    after POOL_CLOSE_TIMEOUT_SECONDS instead of holding the pod in Terminating."""
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "POOL_CLOSE_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(gateway.app._close_pool, "__defaults__", (1.0,))
+    gw = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    pool = gw.services.pool
+    blocker = await pg_pool.acquire()
+    try:
+        await blocker.execute("CREATE TABLE IF NOT EXISTS shutdown_lock_probe (id int)")
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE shutdown_lock_probe IN ACCESS EXCLUSIVE MODE")
+            stuck = asyncio.create_task(pool.fetchval("SELECT count(*) FROM shutdown_lock_probe"))  # waits on the lock
+            await asyncio.sleep(0.2)
+            assert not stuck.done()
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(gw.stop(), 15)
+            assert asyncio.get_running_loop().time() - started < 6
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):  # terminated under it
+                await stuck
+    finally:
+        await blocker.execute("DROP TABLE IF EXISTS shutdown_lock_probe")
+        await pg_pool.release(blocker)
