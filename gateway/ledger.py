@@ -13,6 +13,14 @@ replayed in order. Without a spool directory, records that do not fit are droppe
 in `stats.dropped` and logged at ERROR: a deployment that cannot afford that sets the spool.
 A record Postgres rejects for its content (not for connectivity) is written to
 `deadletter.jsonl` in the spool directory (or logged) so one bad row never blocks the rest.
+
+One rejection is not final: a record for a session whose row is not in Postgres yet. A
+WebRTC call can be metered by another replica than the one that started its session (a
+sideband taken over, a secret minted here and attached there), and that replica's
+session-start record may still be in its queue or spool. Such records (usage, ends,
+session info, transcriptions, rate limits) wait aside, out of the queue's way, and are
+retried every second for `ORPHAN_WAIT_SECONDS`; only then are they dead-lettered. At
+shutdown they go to the spool, so the next start keeps trying.
 """
 
 from __future__ import annotations
@@ -141,6 +149,18 @@ WHERE s.id = $1
 """
 
 
+# UPDATEs that must find their session row (else the record waits: module docstring).
+_MUST_FIND_SESSION = frozenset({END_SESSION, UPDATE_SESSION_INFO})
+
+
+def _session_not_there(exc: Exception) -> bool:
+    """The rejection means only that the session row is missing (not some other bad reference)."""
+    if isinstance(exc, SessionRowMissing):
+        return True
+    constraint = getattr(exc, "constraint_name", None) or ""
+    return constraint.endswith("session_id_fkey")
+
+
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -209,6 +229,16 @@ def decode_record(line: bytes) -> LedgerRecord:
     return record
 
 
+# How long a record whose session row has not appeared waits before it is dead-lettered,
+# and how often it is retried meanwhile.
+ORPHAN_WAIT_SECONDS = 600.0
+ORPHAN_RETRY_SECONDS = 1.0
+
+
+class SessionRowMissing(Exception):
+    """An UPDATE of a session row found no row: the session's start is not written yet."""
+
+
 _CONNECTIVITY_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -228,6 +258,7 @@ class LedgerStats:
     dropped: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    parked: int = 0  # records now waiting for their session row
 
 
 class LedgerWriter:
@@ -246,6 +277,9 @@ class LedgerWriter:
         spool_dir = settings.spool_dir
         self._spool_path = spool_dir / "ledger-spool.jsonl" if spool_dir else None
         self._dead_letter_path = spool_dir / "deadletter.jsonl" if spool_dir else None
+        # Records waiting for their session row (module docstring): (first failure, record).
+        self._parked: deque[tuple[float, LedgerRecord]] = deque()
+        self._next_parked_retry = 0.0
 
     # -- producer side (hot path) ---------------------------------------------------------
 
@@ -286,6 +320,8 @@ class LedgerWriter:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._spooling:  # a journal from an earlier run: `drain()` waits for its replay too
+            self._idle.clear()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="voxgate-ledger-writer")
 
@@ -311,7 +347,9 @@ class LedgerWriter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        leftover = list(self._queue)
+        leftover = [record for _, record in self._parked] + list(self._queue)
+        self._parked.clear()
+        self.stats.parked = 0
         self._queue.clear()
         if leftover:
             log.warning("ledger stopping with %d unwritten records; spooling them", len(leftover))
@@ -323,6 +361,8 @@ class LedgerWriter:
     async def _run(self) -> None:
         backoff = 0.05
         while not self._closing:
+            if self._parked and asyncio.get_running_loop().time() >= self._next_parked_retry:
+                await self._retry_parked()
             if not self._queue:
                 self._replay_spool()
             if not self._queue:
@@ -340,7 +380,7 @@ class LedgerWriter:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            except asyncpg.PostgresError:
+            except (asyncpg.PostgresError, SessionRowMissing):
                 await self._write_one_by_one(batch)
             else:
                 self.stats.written += len(batch)
@@ -360,7 +400,12 @@ class LedgerWriter:
                     groups.append((sql, [args]))
         async with self._pool().acquire() as conn, conn.transaction():
             for sql, rows in groups:
-                await conn.executemany(sql, rows)
+                if sql in _MUST_FIND_SESSION:  # an UPDATE that must find its row
+                    for args in rows:
+                        if await conn.execute(sql, *args) == "UPDATE 0":
+                            raise SessionRowMissing(args[0])
+                else:
+                    await conn.executemany(sql, rows)
 
     async def _write_one_by_one(self, batch: list[LedgerRecord]) -> None:
         for record in batch:
@@ -371,11 +416,52 @@ class LedgerWriter:
                     self.stats.retries += 1
                     await asyncio.sleep(0.5)
                     continue
+                except (asyncpg.ForeignKeyViolationError, SessionRowMissing) as exc:
+                    if _session_not_there(exc):
+                        self._park(record)
+                    else:
+                        self._dead_letter(record, exc)
                 except asyncpg.PostgresError as exc:
                     self._dead_letter(record, exc)
                 else:
                     self.stats.written += 1
                 break
+
+    def _park(self, record: LedgerRecord, since: float | None = None) -> None:
+        now = asyncio.get_running_loop().time()
+        if since is None:
+            log.warning("ledger: the session of a %s is not written yet; it waits up to %.0f s",
+                        type(record).__name__, ORPHAN_WAIT_SECONDS)  # fmt: skip
+        self._parked.append((now if since is None else since, record))
+        self.stats.parked = len(self._parked)
+        if not self._next_parked_retry:
+            self._next_parked_retry = now + ORPHAN_RETRY_SECONDS
+
+    async def _retry_parked(self) -> None:
+        """Retry the waiting records in order; dead-letter those that waited too long."""
+        loop = asyncio.get_running_loop()
+        waiting, self._parked = self._parked, deque()
+        self._next_parked_retry = 0.0
+        while waiting:
+            since, record = waiting[0]
+            try:
+                await self._write([record])
+            except _CONNECTIVITY_ERRORS:
+                break  # Postgres is away: everything keeps waiting
+            except (asyncpg.ForeignKeyViolationError, SessionRowMissing) as exc:
+                if not _session_not_there(exc) or loop.time() - since >= ORPHAN_WAIT_SECONDS:
+                    self._dead_letter(record, exc)
+                else:
+                    self._park(record, since)
+            except asyncpg.PostgresError as exc:
+                self._dead_letter(record, exc)
+            else:
+                self.stats.written += 1
+            waiting.popleft()
+        for since, record in waiting:
+            self._park(record, since)
+        self._next_parked_retry = loop.time() + ORPHAN_RETRY_SECONDS
+        self.stats.parked = len(self._parked)
 
     def _dead_letter(self, record: LedgerRecord, exc: Exception) -> None:
         self.stats.dead_lettered += 1

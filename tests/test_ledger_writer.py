@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import gateway.ledger as ledger_module
 from gateway.ledger import LedgerWriter, SessionEnded, SessionStarted
 from gateway.settings import LedgerSettings
 from gateway.storage.tenants import TenantDirectory
@@ -178,13 +179,14 @@ async def test_a_row_postgres_rejects_is_dead_lettered_without_blocking_others(p
     writer.start()
     sid = f"vgs_{secrets.token_hex(6)}"
     writer.submit(started(sid, tenant_id))
-    writer.submit(usage("vgs_no_such_session", tenant_id, 1))  # violates the session foreign key
+    bad = usage(sid, "tnt_no_such_tenant", 1)  # violates the tenant foreign key: never fixable
+    writer.submit(bad)
     writer.submit(usage(sid, tenant_id, 2))
     assert await writer.drain(10)
     await writer.stop()
     assert writer.stats.dead_lettered == 1
     assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 1
-    assert b"vgs_no_such_session" in (tmp_path / "deadletter.jsonl").read_bytes()
+    assert bad.response_id.encode() in (tmp_path / "deadletter.jsonl").read_bytes()
 
 
 async def test_stop_spools_what_it_could_not_write(blippable_pool, tenant_id, tmp_path) -> None:
@@ -210,3 +212,65 @@ async def test_a_lone_record_is_written_promptly_without_a_drain(pg_pool, tenant
         assert loop.time() - t0 < 0.5, "a single record waited for a batch"
         await asyncio.sleep(0.01)
     await writer.stop()
+
+
+async def test_records_for_a_session_another_replica_has_not_written_yet_wait_for_it(pg_pool, tenant_id) -> None:
+    """Replica B meters a call whose session replica A started; A's start record arrives later."""
+    here = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
+    there = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
+    here.start()
+    there.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    here.submit(usage(sid, tenant_id, 1, cost=250))
+    here.submit(SessionEnded(sid, time.time(), "call_ended", None))
+    assert await here.drain(5)
+    assert here.stats.parked == 2 and here.stats.dead_lettered == 0
+    there.submit(started(sid, tenant_id))  # the other replica's start lands at last
+    assert await there.drain(5)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while here.stats.parked and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    row = await pg_pool.fetchrow("SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1",
+                                 sid)  # fmt: skip
+    assert (row["end_reason"], row["responses"], row["cost_micro_usd"]) == ("call_ended", 1, 250)
+    assert here.stats.dead_lettered == 0 and here.stats.written == 2
+    await here.stop()
+    await there.stop()
+
+
+async def test_a_session_that_never_appears_is_dead_lettered_after_the_wait(
+    pg_pool, tenant_id, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "ORPHAN_WAIT_SECONDS", 0.3)
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(spool_dir=tmp_path, flush_interval_seconds=0.01))
+    writer.start()
+    writer.submit(usage("vgs_never", tenant_id, 1))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not writer.stats.dead_lettered and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert writer.stats.dead_lettered == 1 and writer.stats.parked == 0
+    assert b"vgs_never" in (tmp_path / "deadletter.jsonl").read_bytes()
+    await writer.stop()
+
+
+async def test_waiting_records_are_spooled_at_stop_and_written_after_a_restart(pg_pool, tenant_id, tmp_path) -> None:
+    sid = f"vgs_{secrets.token_hex(6)}"
+    first = LedgerWriter(lambda: pg_pool, LedgerSettings(spool_dir=tmp_path, flush_interval_seconds=0.01))
+    first.start()
+    first.submit(usage(sid, tenant_id, 1, cost=70))
+    assert await first.drain(5)
+    assert first.stats.parked == 1
+    await first.stop()
+    assert (tmp_path / "ledger-spool.jsonl").exists()
+    other = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
+    other.start()
+    other.submit(started(sid, tenant_id))
+    assert await other.drain(5)
+    await other.stop()
+    second = LedgerWriter(lambda: pg_pool, LedgerSettings(spool_dir=tmp_path, flush_interval_seconds=0.01))
+    second.start()
+    assert await second.drain(5)
+    assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 70
+    await second.stop()
