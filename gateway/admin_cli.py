@@ -86,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tenant_jwt.add_argument("--hs256-secret-file", metavar="FILE", help="a file holding the HS256 secret (>= 32 bytes)")
     tenant_jwt.add_argument("--jwks-url", metavar="URL", help="https:// JWKS with the RS256/ES256 public keys")
     tenant_jwt.add_argument("--audience", default="voxgate", help="the 'aud' the tokens carry (default: voxgate)")
+    tenant_jwt.add_argument("--previous-valid-seconds", type=int, metavar="SECONDS",
+                            help="how long a replaced HS256 secret stays valid, 0..3600 (default: 900; "
+                                 "0: a hard cut-over)")  # fmt: skip
     tenant_jwt.add_argument("--clear", action="store_true", help="remove the tenant's browser-token keys")
     tenant_jwt.set_defaults(handler=_handler(_tenant_jwt))
 
@@ -204,12 +207,15 @@ def _read_secret_file(path: Path) -> str:
 
 
 async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
-    """Set (or clear) the keys a tenant's browser JWTs are verified with. The secret is never printed.
+    """Set (or clear) the keys a tenant's browser JWTs are verified with. No secret is ever printed.
 
-    JSON: ``{"tenant_id", "hs256": bool, "jwks_url", "audience"}`` (or ``{"tenant_id", "cleared"}``).
+    JSON: ``{"tenant_id", "hs256": bool, "jwks_url", "audience", "previous_hs256_fingerprint",
+    "previous_valid_until"}`` (or ``{"tenant_id", "cleared"}``).
     """
     if args.clear == bool(args.hs256_secret_file or args.jwks_url):
         raise CommandError("give --hs256-secret-file and/or --jwks-url, or --clear", exit_code=2)
+    if args.clear and args.previous_valid_seconds is not None:
+        raise CommandError("--previous-valid-seconds applies to a change of keys, not to --clear", exit_code=2)
     secret = None
     if args.hs256_secret_file:
         try:
@@ -226,17 +232,22 @@ async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
                 print(f"browser-token keys of {args.tenant} " + ("removed" if cleared else "were not set"))
             return
         try:
-            await changes.set_browser_auth(pool, BrowserAuthConfig(args.tenant, secret, args.jwks_url, args.audience),
-                                           CLI_ACTOR)  # fmt: skip
+            info = await changes.set_browser_auth(pool, BrowserAuthConfig(args.tenant, secret, args.jwks_url,
+                                                                          args.audience),
+                                                  CLI_ACTOR, args.previous_valid_seconds)  # fmt: skip
         except BrowserAuthConfigError as exc:
             raise CommandError(str(exc), exit_code=2) from None
+    until = _iso(info.previous_valid_until)
     summary = {"tenant_id": args.tenant, "hs256": secret is not None, "jwks_url": args.jwks_url,
-               "audience": args.audience}  # fmt: skip
+               "audience": args.audience, "previous_hs256_fingerprint": info.previous_hs256_fingerprint,
+               "previous_valid_until": until}  # fmt: skip
     if args.json:
         _print_json(summary)
-    else:
-        kinds = " and ".join(k for k, on in (("HS256 secret", secret is not None), ("JWKS URL", args.jwks_url)) if on)
-        print(f"browser tokens of {args.tenant} are verified with its {kinds} (aud {args.audience!r})")
+        return
+    kinds = " and ".join(k for k, on in (("HS256 secret", secret is not None), ("JWKS URL", args.jwks_url)) if on)
+    print(f"browser tokens of {args.tenant} are verified with its {kinds} (aud {args.audience!r})")
+    if until is not None:
+        print(f"the previous HS256 secret ({info.previous_hs256_fingerprint}) stays valid until {until}")
 
 
 async def _key_create(args: argparse.Namespace, dsn: str) -> None:

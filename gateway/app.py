@@ -42,7 +42,7 @@ from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 log = logging.getLogger("voxgate.app")
 
 # The schema this build needs; readiness waits until the database has at least this.
-REQUIRED_SCHEMA_VERSION = 4
+REQUIRED_SCHEMA_VERSION = 5
 
 _realtime_endpoint = RealtimeEndpoint()
 

@@ -18,12 +18,18 @@ WebRTC routes (``POST /v1/realtime/calls`` with a raw SDP offer, and hangup). Ru
 
 The HS256 secret is a verification key, so it is stored as given, never returned. Use
 JWKS in production: then voxgate stores only a URL and holds nothing that can sign.
+
+Rotation has an overlap window: when the HS256 secret is replaced (by another secret, or
+by JWKS only), the replaced secret stays valid for ``previous_valid_seconds`` (default 900,
+the longest a browser token lives; 0 is a hard cut-over), measured by the database clock.
+Only one previous secret is kept. `previous_secret_after` decides it; `store_config` writes it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -36,20 +42,37 @@ from gateway.jwt_auth import LEEWAY_SECONDS, MIN_SECRET_BYTES, KeySet, invalid_t
 DEFAULT_AUDIENCE: Final = "voxgate"
 MAX_LIFETIME_SECONDS: Final = 15 * 60
 CONFIG_CACHE_SECONDS: Final = 10.0  # a rotated key is in force on every replica within this
+DEFAULT_PREVIOUS_VALID_SECONDS: Final = MAX_LIFETIME_SECONDS  # every token the old secret signed has expired
+MAX_PREVIOUS_VALID_SECONDS: Final = 3600
 TENANT_CLAIM: Final = "tenant_id"
 _LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
+# The previous secret only while its window is open, and the seconds left of it, both by
+# the database clock (each replica turns them into a deadline on its own clock).
 GET_CONFIG: Final = """
-SELECT b.tenant_id, b.hs256_secret, b.jwks_url, b.audience
+SELECT b.tenant_id, b.hs256_secret, b.jwks_url, b.audience,
+       CASE WHEN b.hs256_previous_until > now() THEN b.hs256_previous_secret END AS previous_secret,
+       greatest(extract(epoch FROM b.hs256_previous_until - now()), 0)::float8 AS previous_seconds_left
 FROM tenant_browser_auth b JOIN tenants t ON t.id = b.tenant_id
 WHERE b.tenant_id = $1 AND t.disabled_at IS NULL
 """
 
+# Locks the tenant so concurrent changes of its keys apply one after the other; no row
+# when the tenant does not exist (the upsert then fails on the foreign key).
+LOCK_FOR_CHANGE: Final = """
+SELECT now() AS now, b.hs256_secret, b.hs256_previous_secret, b.hs256_previous_until
+FROM tenants t LEFT JOIN tenant_browser_auth b ON b.tenant_id = t.id
+WHERE t.id = $1
+FOR NO KEY UPDATE OF t
+"""
+
 UPSERT_CONFIG: Final = """
-INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, jwks_url, audience, updated_at)
-VALUES ($1, $2, $3, $4, now())
+INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, jwks_url, audience, hs256_previous_secret,
+                                 hs256_previous_until, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, now())
 ON CONFLICT (tenant_id) DO UPDATE
 SET hs256_secret = EXCLUDED.hs256_secret, jwks_url = EXCLUDED.jwks_url, audience = EXCLUDED.audience,
+    hs256_previous_secret = EXCLUDED.hs256_previous_secret, hs256_previous_until = EXCLUDED.hs256_previous_until,
     updated_at = now()
 """
 
@@ -81,6 +104,71 @@ class BrowserAuthConfig:
             raise BrowserAuthConfigError("the audience must not be empty")
 
 
+def validate_previous_valid_seconds(seconds: int | None) -> None:
+    """The overlap window a change may ask for: None (the default) or 0..3600 seconds."""
+    if seconds is not None and not 0 <= seconds <= MAX_PREVIOUS_VALID_SECONDS:
+        raise BrowserAuthConfigError(f"previous_valid_seconds must be between 0 and {MAX_PREVIOUS_VALID_SECONDS}")
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousSecret:
+    """An HS256 secret a rotation replaced, still accepted until `valid_until` (database clock)."""
+
+    secret: str = field(repr=False)
+    valid_until: datetime
+
+
+def previous_secret_after(current: str | None, previous: PreviousSecret | None, new_secret: str | None,
+                          previous_valid_seconds: int | None, now: datetime) -> PreviousSecret | None:  # fmt: skip
+    """Which replaced HS256 secret stays valid once `new_secret` (None: JWKS only) is set, and until when.
+
+    * The secret changes: the replaced one stays valid for `previous_valid_seconds` (None: the
+      default 900 s; 0: a hard cut-over). An older previous secret is dropped.
+    * The secret stays: an open window stays as it is; `previous_valid_seconds`, when given,
+      can only shorten it (0 closes it).
+    * A secret is never its own previous one, so setting a secret again never overlaps with itself.
+    """
+    if current is not None and current != new_secret:
+        seconds = DEFAULT_PREVIOUS_VALID_SECONDS if previous_valid_seconds is None else previous_valid_seconds
+        return PreviousSecret(current, now + timedelta(seconds=seconds)) if seconds > 0 else None
+    if previous is None or previous.valid_until <= now or previous.secret == new_secret:
+        return None
+    if previous_valid_seconds is None:
+        return previous
+    until = min(previous.valid_until, now + timedelta(seconds=previous_valid_seconds))
+    return PreviousSecret(previous.secret, until) if until > now else None
+
+
+async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig,
+                       previous_valid_seconds: int | None = None) -> PreviousSecret | None:  # fmt: skip
+    """Store (replace) a tenant's config in the caller's transaction; returns the previous
+    HS256 secret still valid after the change, if any.
+
+    Raises `BrowserAuthConfigError` or `asyncpg.ForeignKeyViolationError`.
+    """
+    config.validate()
+    validate_previous_valid_seconds(previous_valid_seconds)
+    row = await conn.fetchrow(LOCK_FOR_CHANGE, config.tenant_id)
+    previous = None
+    if row is not None:
+        stored = row["hs256_previous_secret"]
+        before = PreviousSecret(stored, row["hs256_previous_until"]) if stored is not None else None
+        previous = previous_secret_after(row["hs256_secret"], before, config.hs256_secret, previous_valid_seconds,
+                                         row["now"])  # fmt: skip
+    await conn.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url, config.audience,
+                       previous.secret if previous else None, previous.valid_until if previous else None)  # fmt: skip
+    return previous
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBrowserKeys:
+    """A tenant's config as stored, with the previous HS256 secret while its window is open."""
+
+    config: BrowserAuthConfig
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_seconds_left: float = 0.0  # of the overlap window, by the database clock, when read
+
+
 class BrowserAuthStore:
     """Per-tenant browser-token keys in Postgres (`tenant_browser_auth`)."""
 
@@ -89,18 +177,24 @@ class BrowserAuthStore:
 
     async def get(self, tenant_id: str) -> BrowserAuthConfig | None:
         """The tenant's config, or None if it has none or the tenant is disabled."""
+        stored = await self.keys(tenant_id)
+        return stored.config if stored is not None else None
+
+    async def keys(self, tenant_id: str) -> StoredBrowserKeys | None:
+        """The tenant's config and open previous secret, or None if it has none or the tenant is disabled."""
         row = await self._pool.fetchrow(GET_CONFIG, tenant_id)
         if row is None:
             return None
-        return BrowserAuthConfig(row["tenant_id"], row["hs256_secret"], row["jwks_url"], row["audience"])
+        config = BrowserAuthConfig(row["tenant_id"], row["hs256_secret"], row["jwks_url"], row["audience"])
+        return StoredBrowserKeys(config, row["previous_secret"], row["previous_seconds_left"] or 0.0)
 
-    async def set(self, config: BrowserAuthConfig) -> None:
-        """Store (replace) a tenant's config. Raises `BrowserAuthConfigError` or `asyncpg.ForeignKeyViolationError`."""
-        config.validate()
-        await self._pool.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url,
-                                 config.audience)  # fmt: skip
+    async def set(self, config: BrowserAuthConfig, previous_valid_seconds: int | None = None) -> PreviousSecret | None:
+        """Store (replace) a tenant's config; see `store_config`."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await store_config(conn, config, previous_valid_seconds)
 
     async def clear(self, tenant_id: str) -> bool:
+        """Remove a tenant's config, the previous HS256 secret included."""
         return await self._pool.fetchval(DELETE_CONFIG, tenant_id) is not None
 
 
@@ -130,30 +224,35 @@ class BrowserTokenVerifier:
     def __init__(self, store: BrowserAuthStore, cache_seconds: float = CONFIG_CACHE_SECONDS) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
-        self._configs: dict[str, tuple[float, BrowserAuthConfig | None]] = {}
+        self._configs: dict[str, tuple[float, StoredBrowserKeys | None]] = {}
         self._keysets: dict[tuple[str | None, str | None], KeySet] = {}
 
     async def verify(self, token: str, now: float | None = None) -> BrowserPrincipal:
         now = time.time() if now is None else now
         tenant_id = _unverified_tenant(token)
-        config = await self._config(tenant_id, now)
-        if config is None:
+        fetched_at, stored = await self._config(tenant_id, now)
+        if stored is None:
             # Same answer whether the tenant is unknown, disabled or has no browser keys.
             raise invalid_token("No trusted key matches the token.")
-        keys = self._keyset(config)
-        claims = await keys.decode(token, audience=config.audience, issuer=None,
-                                   required=["exp", "aud", "sub", TENANT_CLAIM])  # fmt: skip
+        config = stored.config
+        previous = None
+        # The window ends on this clock as it did on the database's: a cached config never stretches it.
+        if stored.previous_secret is not None and now < fetched_at + stored.previous_seconds_left:
+            previous = stored.previous_secret.encode()
+        claims = await self._keyset(config).decode(token, audience=config.audience, issuer=None,
+                                                   required=["exp", "aud", "sub", TENANT_CLAIM],
+                                                   previous_secret=previous)  # fmt: skip
         return _principal(claims, tenant_id, now)
 
-    async def _config(self, tenant_id: str, now: float) -> BrowserAuthConfig | None:
+    async def _config(self, tenant_id: str, now: float) -> tuple[float, StoredBrowserKeys | None]:
         cached = self._configs.get(tenant_id)
         if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
-        config = await self._store.get(tenant_id)
+            return cached
+        stored = await self._store.keys(tenant_id)
         if len(self._configs) > 10_000:
             self._configs.clear()
-        self._configs[tenant_id] = (now, config)
-        return config
+        self._configs[tenant_id] = (now, stored)
+        return now, stored
 
     def _keyset(self, config: BrowserAuthConfig) -> KeySet:
         ident = (config.hs256_secret, config.jwks_url)

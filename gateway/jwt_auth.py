@@ -145,18 +145,24 @@ class KeySet:
     def configured(self) -> bool:
         return self.secret is not None or self.public is not None or self.jwks is not None
 
-    async def key_for(self, token: str) -> tuple[Any, list[str]]:
-        """The key and the single algorithm to verify `token` with, or a 401."""
+    async def keys_for(self, token: str, previous_secret: bytes | None = None) -> tuple[list[Any], list[str]]:
+        """The keys to try, in order, and the single algorithm to verify `token` with, or a 401.
+
+        `previous_secret` is an HS256 secret a rotation replaced and still accepts (browser
+        tokens, `gateway.browser_auth`); it is tried after the current secret.
+        """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise invalid_token("The token is malformed.") from None
         alg = header.get("alg")
-        if alg == "HS256" and self.secret is not None:
-            return self.secret, ["HS256"]
+        if alg == "HS256":
+            hs256_keys = [key for key in (self.secret, previous_secret) if key is not None]
+            if hs256_keys:
+                return hs256_keys, ["HS256"]
         if alg in ASYMMETRIC_ALGORITHMS:
             if self.public is not None and self.public[1] == alg:
-                return self.public[0], [alg]
+                return [self.public[0]], [alg]
             if self.jwks is not None:
                 try:
                     # PyJWKClient fetches over blocking HTTP; keep it off the event loop.
@@ -165,23 +171,35 @@ class KeySet:
                     raise invalid_token("No trusted key matches the token.") from None
                 if jwk.algorithm_name != alg:
                     raise invalid_token("The token's algorithm is not accepted.")
-                return jwk, [alg]
+                return [jwk], [alg]
         raise invalid_token("The token's algorithm is not accepted.")
 
-    async def decode(self, token: str, *, audience: str, issuer: str | None, required: list[str]) -> dict[str, Any]:
+    async def decode(self, token: str, *, audience: str, issuer: str | None, required: list[str],
+                     previous_secret: bytes | None = None) -> dict[str, Any]:  # fmt: skip
         """Verify signature and registered claims; every failure is a safe 401 ``invalid_token``."""
-        key, algorithms = await self.key_for(token)
+        keys, algorithms = await self.keys_for(token, previous_secret)
+        options: dict[str, Any] = {"algorithms": algorithms, "audience": audience, "issuer": issuer,
+                                   "options": {"require": required}, "leeway": LEEWAY_SECONDS}  # fmt: skip
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=algorithms, audience=audience, issuer=issuer,
-                options={"require": required}, leeway=LEEWAY_SECONDS,
-            )  # fmt: skip
+            return _decode_with_first_matching_key(token, keys, options)
         except jwt.MissingRequiredClaimError as exc:
             raise invalid_token(f"The token lacks the required {exc.claim!r} claim.") from None
         except jwt.InvalidTokenError as exc:
             message = next((m for kind, m in _SAFE_MESSAGES if isinstance(exc, kind)), "The token is invalid.")
             raise invalid_token(message) from None
+
+
+def _decode_with_first_matching_key(token: str, keys: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Decode with the first key whose signature matches. pyjwt checks the signature before
+    any claim, so only a signature mismatch moves on to the next key."""
+    for key in keys[:-1]:
+        try:
+            claims: dict[str, Any] = jwt.decode(token, key, **options)
+        except jwt.InvalidSignatureError:
+            continue
         return claims
+    last: dict[str, Any] = jwt.decode(token, keys[-1], **options)
+    return last
 
 
 class AdminTokenVerifier:

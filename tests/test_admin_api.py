@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,8 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.browser_auth import BrowserAuthStore, BrowserTokenVerifier
+from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
 from gateway.storage.policy_store import audit_entries
 from tests.conftest import REDIS_URL
@@ -343,26 +346,169 @@ async def place_browser_call(gateway: Gateway, token: str) -> httpx.Response:
         await peer.close()
 
 
-async def test_after_rotation_old_browser_tokens_are_refused_and_new_ones_accepted(
-    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+async def test_after_rotation_old_browser_tokens_stay_valid_for_the_default_window(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
+    tenant, path, old_secret, new_secret, old_token = await rotating_tenant(api, pg_pool)
+    assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # and its keys are now cached
+
+    rotated = await api.put(path, json={"hs256_secret": new_secret})
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    assert (body["hs256_fingerprint"], body["previous_hs256_fingerprint"]) == (fingerprint(new_secret),
+                                                                                fingerprint(old_secret))  # fmt: skip
+    db_now = await pg_pool.fetchval("SELECT now()")
+    window = datetime.fromisoformat(body["previous_valid_until"]) - db_now
+    assert 895 <= window.total_seconds() <= 900  # the longest a browser token lives, by the database clock
+    assert (await api.get(path)).json() == body
+
+    # Tokens already signed with the old secret keep working; new ones work too.
+    accepted_old = await place_browser_call(admin_gateway, old_token)
+    assert accepted_old.status_code == 201, accepted_old.text
+    assert (await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, old_secret))).status_code == 201
+    accepted_new = await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))
+    assert accepted_new.status_code == 201, accepted_new.text
+    assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, "x" * 40)), 401,
+                        "invalid_token")  # fmt: skip
+
+    rotation = next(e for e in await audit_entries(pg_pool, tenant.tenant_id) if e.action == "browser_auth.set")
+    assert rotation.detail["hs256_fingerprint"] == fingerprint(new_secret)
+    assert rotation.detail["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    assert datetime.fromisoformat(rotation.detail["previous_valid_until"]) == datetime.fromisoformat(
+        body["previous_valid_until"])  # fmt: skip
+
+    # Deleting the keys removes the previous secret too.
+    assert (await api.delete(path)).status_code == 200
+    for secret in (old_secret, new_secret):
+        assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, secret)), 401,
+                            "invalid_token")  # fmt: skip
+    assert await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant.tenant_id) == 0  # fmt: skip
+    served = (await api.get(f"/tenants/{tenant.tenant_id}/audit")).text
+    stored_audit = str([e.detail for e in await audit_entries(pg_pool, tenant.tenant_id)])
+    for text in (served, stored_audit, caplog.text, rotated.text):
+        assert old_secret not in text
+        assert new_secret not in text
+
+
+async def rotating_tenant(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> tuple[Any, str, str, str, str]:
+    """A tenant with an HS256 browser key: (tenant, its browser-auth path, old and new secrets, an old-key token)."""
     tenant = await make_tenant(pg_pool, prefix="web")
     path = f"/tenants/{tenant.tenant_id}/browser-auth"
     old_secret, new_secret = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
     assert (await api.put(path, json={"hs256_secret": old_secret})).status_code == 200
-    old_token = browser_token(tenant.tenant_id, old_secret)
+    return tenant, path, old_secret, new_secret, browser_token(tenant.tenant_id, old_secret)
+
+
+async def test_a_hard_cut_over_refuses_old_browser_tokens_at_once(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+) -> None:
+    tenant, path, _, new_secret, old_token = await rotating_tenant(api, pg_pool)
     assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # and its keys are now cached
 
-    assert (await api.put(path, json={"hs256_secret": new_secret})).status_code == 200
+    rotated = (await api.put(path, json={"hs256_secret": new_secret, "previous_valid_seconds": 0})).json()
+    assert (rotated["previous_hs256_fingerprint"], rotated["previous_valid_until"]) == (None, None)
     refused = await place_browser_call(admin_gateway, old_token)
     assert_openai_error(refused, 401, "invalid_token")
     assert old_token not in refused.text
     accepted = await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))
     assert accepted.status_code == 201, accepted.text
+    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant.tenant_id) is None  # fmt: skip
 
-    assert (await api.delete(path)).status_code == 200
-    assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret)), 401,
-                        "invalid_token")  # fmt: skip
+
+async def test_old_browser_tokens_are_refused_once_the_window_has_passed(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+) -> None:
+    tenant, path, old_secret, new_secret, old_token = await rotating_tenant(api, pg_pool)
+
+    rotated = (await api.put(path, json={"hs256_secret": new_secret, "previous_valid_seconds": 3})).json()
+    assert rotated["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # the config is now cached
+    left = datetime.fromisoformat(rotated["previous_valid_until"]) - await pg_pool.fetchval("SELECT now()")
+    await asyncio.sleep(left.total_seconds() + 0.2)
+    # Within the replica's 10 s config cache, yet the window is closed: the cache never stretches it.
+    assert_openai_error(await place_browser_call(admin_gateway, old_token), 401, "invalid_token")
+    assert (await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))).status_code == 201
+    after = (await api.get(path)).json()
+    assert (after["hs256_fingerprint"], after["previous_hs256_fingerprint"], after["previous_valid_until"]) == (
+        fingerprint(new_secret), None, None)  # fmt: skip
+
+
+async def test_setting_the_same_secret_again_never_overlaps_with_itself(
+    api: httpx.AsyncClient, pg_pool: asyncpg.Pool
+) -> None:
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/browser-auth"
+    first, second = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
+    assert (await api.put(path, json={"hs256_secret": first})).json()["previous_hs256_fingerprint"] is None
+    assert (await api.put(path, json={"hs256_secret": first})).json()["previous_hs256_fingerprint"] is None
+
+    rotated = (await api.put(path, json={"hs256_secret": second})).json()
+    assert rotated["previous_hs256_fingerprint"] == fingerprint(first)
+    # The same secret again (a retry, a new audience) keeps the open window as it was.
+    again = (await api.put(path, json={"hs256_secret": second, "audience": "acme"})).json()
+    assert (again["previous_hs256_fingerprint"], again["previous_valid_until"], again["audience"]) == (
+        fingerprint(first), rotated["previous_valid_until"], "acme")  # fmt: skip
+    # Given with an unchanged secret, the window can only shrink: 0 closes it at once.
+    shortened = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 60})).json()
+    assert shortened["previous_hs256_fingerprint"] == fingerprint(first)
+    assert datetime.fromisoformat(shortened["previous_valid_until"]) < datetime.fromisoformat(
+        rotated["previous_valid_until"])  # fmt: skip
+    longer = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 3600})).json()
+    assert longer["previous_valid_until"] == shortened["previous_valid_until"]
+    closed = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 0})).json()
+    assert (closed["previous_hs256_fingerprint"], closed["previous_valid_until"]) == (None, None)
+
+    # Rolling back to the first secret: the second becomes the previous one, never the first itself.
+    assert (await api.put(path, json={"hs256_secret": second})).json()["previous_hs256_fingerprint"] is None
+    back = (await api.put(path, json={"hs256_secret": first})).json()
+    assert (back["hs256_fingerprint"], back["previous_hs256_fingerprint"]) == (fingerprint(first), fingerprint(second))
+    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant["id"]) == second  # fmt: skip
+
+
+async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
+    api: httpx.AsyncClient, admin_gateway: Gateway, pg_pool: asyncpg.Pool
+) -> None:
+    tenant = await make_tenant(pg_pool, prefix="web")
+    path = f"/tenants/{tenant.tenant_id}/browser-auth"
+    old_secret = secrets.token_urlsafe(40)
+    assert (await api.put(path, json={"hs256_secret": old_secret})).status_code == 200
+    old_token = browser_token(tenant.tenant_id, old_secret)
+
+    switched = (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).json()
+    assert (switched["kinds"], switched["hs256_fingerprint"]) == (["jwks"], None)
+    assert switched["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    accepted = await place_browser_call(admin_gateway, old_token)
+    assert accepted.status_code == 201, accepted.text
+
+    # Past the window (set in the database), the old secret is refused: GET and a fresh verifier agree.
+    await pg_pool.execute("UPDATE tenant_browser_auth SET hs256_previous_until = now() - interval '1 second' "
+                          "WHERE tenant_id = $1", tenant.tenant_id)  # fmt: skip
+    expired = (await api.get(path)).json()
+    assert (expired["previous_hs256_fingerprint"], expired["previous_valid_until"]) == (None, None)
+    with pytest.raises(GatewayError) as refused:
+        await BrowserTokenVerifier(BrowserAuthStore(pg_pool)).verify(old_token)
+    assert (refused.value.status, refused.value.code) == (401, "invalid_token")
+    # Setting the keys again drops the expired secret from the row too.
+    assert (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).status_code == 200
+    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant.tenant_id) is None  # fmt: skip
+
+
+async def test_the_overlap_window_is_validated(api: httpx.AsyncClient) -> None:
+    tenant = await new_tenant(api)
+    path = f"/tenants/{tenant['id']}/browser-auth"
+    secret = secrets.token_urlsafe(40)
+    for window in (-1, 3601, "soon", 1.5, True):
+        response = await api.put(path, json={"hs256_secret": secret, "previous_valid_seconds": window})
+        assert_openai_error(response, 400, "invalid_request", "previous_valid_seconds")
+        assert secret not in response.text
+    assert_openai_error(await api.get(path), 404, "browser_auth_not_configured")  # nothing invalid was stored
+    for window in (0, 3600):
+        assert (await api.put(path, json={"hs256_secret": secret, "previous_valid_seconds": window})).status_code == 200
 
 
 async def test_a_tenant_admin_rotates_its_own_browser_keys_only(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,10 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway import cli
 from gateway.browser_auth import (
+    MAX_PREVIOUS_VALID_SECONDS,
     BrowserAuthConfig,
     BrowserAuthConfigError,
     BrowserAuthStore,
     BrowserTokenVerifier,
+    PreviousSecret,
+    previous_secret_after,
+    validate_previous_valid_seconds,
 )
 from gateway.errors import GatewayError
 from gateway.storage.policy_store import audit_entries
@@ -32,6 +38,7 @@ from tests.support.harness import TenantKey, make_tenant
 pytestmark = pytest.mark.e2e
 
 HS_SECRET = secrets.token_urlsafe(40)
+ROTATED_SECRET = secrets.token_urlsafe(40)
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
@@ -234,6 +241,84 @@ async def test_verifier_refuses_alg_none_without_a_gateway(pg_pool, hs_tenant) -
     assert caught.value.status == 401
 
 
+# -- rotation: the previous HS256 secret and its overlap window ------------------------------
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def open_until(seconds: int) -> PreviousSecret:
+    return PreviousSecret(A, NOW + timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "new", "window", "expected"),
+    [
+        # A change keeps the replaced secret for the window: 900 s by default, 0 is a hard cut-over.
+        (A, None, B, None, PreviousSecret(A, NOW + timedelta(seconds=900))),
+        (A, None, B, 30, PreviousSecret(A, NOW + timedelta(seconds=30))),
+        (A, None, B, 0, None),
+        (A, None, None, None, PreviousSecret(A, NOW + timedelta(seconds=900))),  # to JWKS only
+        (None, None, B, None, None),  # the first secret replaces none
+        (B, PreviousSecret(C, NOW + timedelta(seconds=600)), A, 60, PreviousSecret(B, NOW + timedelta(seconds=60))),
+        # The same secret again: the open window stays, can only shrink, and 0 closes it.
+        (A, None, A, None, None),
+        (B, open_until(600), B, None, open_until(600)),
+        (B, open_until(600), B, 60, open_until(60)),
+        (B, open_until(600), B, 3600, open_until(600)),
+        (B, open_until(600), B, 0, None),
+        (None, open_until(600), None, None, open_until(600)),  # JWKS only, set again
+        # A closed window is gone; a secret is never its own previous one.
+        (B, open_until(0), B, None, None),
+        (None, open_until(600), A, None, None),
+    ],
+)
+def test_which_previous_secret_stays_valid(current, previous, new, window, expected) -> None:
+    assert previous_secret_after(current, previous, new, window, NOW) == expected
+
+
+async def test_a_cached_config_never_stretches_the_window(pg_pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pg_pool, "rot")
+    store = BrowserAuthStore(pg_pool)
+    await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
+    previous = await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=ROTATED_SECRET),
+                               previous_valid_seconds=5)  # fmt: skip
+    assert previous is not None and previous.secret == HS_SECRET
+    verifier = BrowserTokenVerifier(store, cache_seconds=60)
+    now = time.time()
+    old_token, new_token = hs(claims(tenant.tenant_id)), hs(claims(tenant.tenant_id), ROTATED_SECRET)
+    assert (await verifier.verify(old_token, now)).subject == "end-user-7"
+    # Still within the cache (60 s) but past the 5 s window: only the current secret is accepted.
+    with pytest.raises(GatewayError) as refused:
+        await verifier.verify(old_token, now + 6)
+    assert (refused.value.status, refused.value.message) == (401, "The token's signature is invalid.")
+    assert (await verifier.verify(new_token, now + 6)).subject == "end-user-7"
+
+
+async def test_a_token_refused_by_both_secrets_gets_the_usual_answer(pg_pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pg_pool, "rot")
+    store = BrowserAuthStore(pg_pool)
+    await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
+    await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=ROTATED_SECRET))
+    verifier = BrowserTokenVerifier(store)
+    now = int(time.time())
+    # Signed with the previous secret but expired: the claim checks still apply to it.
+    with pytest.raises(GatewayError, match="expired"):
+        await verifier.verify(hs(claims(tenant.tenant_id, iat=now - 900, exp=now - 120)))
+    with pytest.raises(GatewayError, match="signature"):
+        await verifier.verify(hs(claims(tenant.tenant_id), secrets.token_urlsafe(40)))
+    assert await store.clear(tenant.tenant_id)
+    assert await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1",
+                                  tenant.tenant_id) == 0  # fmt: skip
+
+
+def test_the_window_is_checked_where_keys_are_stored() -> None:
+    for window in (-1, MAX_PREVIOUS_VALID_SECONDS + 1):
+        with pytest.raises(BrowserAuthConfigError):
+            validate_previous_valid_seconds(window)
+    validate_previous_valid_seconds(MAX_PREVIOUS_VALID_SECONDS)
+
+
 # -- configuration --------------------------------------------------------------------------
 
 
@@ -264,11 +349,14 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     tenant_id = json.loads(capsys.readouterr().out)["id"]
     secret_file = tmp_path / "secret"
     secret_file.write_text(HS_SECRET + "\n")
+    rotated_file = tmp_path / "rotated"
+    rotated_file.write_text(ROTATED_SECRET)
     assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(secret_file),
                      "--audience", "acme", "--json"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert HS_SECRET not in out
-    assert json.loads(out) == {"tenant_id": tenant_id, "hs256": True, "jwks_url": None, "audience": "acme"}
+    assert json.loads(out) == {"tenant_id": tenant_id, "hs256": True, "jwks_url": None, "audience": "acme",
+                               "previous_hs256_fingerprint": None, "previous_valid_until": None}  # fmt: skip
 
     async def stored() -> BrowserAuthConfig | None:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
@@ -284,6 +372,28 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     short.write_text("too-short")
     assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(short)]) == 2
     assert cli.main(["tenant", "jwt", tenant_id]) == 2  # nothing to set
+    for window in ("-1", "3601"):
+        assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file),
+                         "--previous-valid-seconds", window]) == 2  # fmt: skip
+    with pytest.raises(SystemExit) as not_a_number:  # argparse's own refusal
+        cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file),
+                  "--previous-valid-seconds", "soon"])  # fmt: skip
+    assert not_a_number.value.code == 2
+    assert cli.main(["tenant", "jwt", tenant_id, "--clear", "--previous-valid-seconds", "5"]) == 2
+    capsys.readouterr()
+    assert asyncio.run(stored()) == config  # nothing invalid was stored
+
+    # Rotation: the replaced secret stays valid for the window given (its fingerprint is shown, never it).
+    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--audience", "acme",
+                     "--previous-valid-seconds", "120", "--json"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert HS_SECRET not in out and ROTATED_SECRET not in out
+    summary = json.loads(out)
+    assert summary["previous_hs256_fingerprint"] == "sha256:" + hashlib.sha256(HS_SECRET.encode()).hexdigest()[:16]
+    left = datetime.fromisoformat(summary["previous_valid_until"]) - datetime.now(UTC)
+    assert 100 < left.total_seconds() <= 121
+    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--audience", "acme"]) == 0
+    assert "stays valid until" in capsys.readouterr().out  # the same secret again keeps the window
     assert cli.main(["tenant", "jwt", "ten_doesnotexist000", "--jwks-url", "https://idp/jwks"]) == 1
     capsys.readouterr()
     assert cli.main(["tenant", "jwt", tenant_id, "--clear"]) == 0
@@ -299,6 +409,12 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
 
     # The same audit rows as the admin API, with a fingerprint and never the secret.
     assert [(actor, action) for actor, action, _ in asyncio.run(audited())] == [
-        ("cli", "browser_auth.set"), ("cli", "browser_auth.delete"),
+        ("cli", "browser_auth.set"), ("cli", "browser_auth.set"), ("cli", "browser_auth.set"),
+        ("cli", "browser_auth.delete"),
     ]  # fmt: skip
+    rotation = asyncio.run(audited())[1][2]
+    assert rotation["previous_hs256_fingerprint"] == summary["previous_hs256_fingerprint"]
+    assert datetime.fromisoformat(rotation["previous_valid_until"]) == datetime.fromisoformat(
+        summary["previous_valid_until"])  # fmt: skip
     assert HS_SECRET not in str(asyncio.run(audited()))
+    assert ROTATED_SECRET not in str(asyncio.run(audited()))

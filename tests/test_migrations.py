@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -208,3 +209,20 @@ def test_readiness_requires_the_schema_this_build_ships() -> None:
     from gateway.storage.migrations import required_schema_version
 
     assert required_schema_version() == REQUIRED_SCHEMA_VERSION
+
+
+async def test_browser_auth_keeps_a_previous_secret_only_with_its_window(empty_pg_dsn: str) -> None:
+    await apply_migrations(empty_pg_dsn)
+    conn = await asyncpg.connect(empty_pg_dsn)
+    try:
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ('ten_m5', 'm5')")
+        insert = ("INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, hs256_previous_secret, "
+                  "hs256_previous_until) VALUES ('ten_m5', $1, $2, $3)")  # fmt: skip
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(insert, "n" * 40, "p" * 40, None)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(insert, "n" * 40, None, datetime.now(UTC))
+        await conn.execute(insert, "n" * 40, "p" * 40, datetime.now(UTC))
+        assert await conn.fetchval("SELECT count(*) FROM tenant_browser_auth") == 1
+    finally:
+        await conn.close()

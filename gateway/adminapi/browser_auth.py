@@ -3,7 +3,8 @@
 The keys a tenant's backend signs browser JWTs with (docs/webrtc.md, "Browser tokens"):
 an HS256 secret and/or a JWKS URL. They are the tenant's credentials, like its API keys,
 so the same roles manage them (admin, and a tenant_admin for its own tenant). The HS256
-secret goes in and never comes out: responses and audit rows carry a fingerprint.
+secret goes in and never comes out: responses and audit rows carry a fingerprint. So does
+the previous secret a rotation keeps valid for its overlap window.
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ class BrowserAuthController(Controller):
         principal: Principal,
         request: Request[Any, Any, Any],
     ) -> BrowserAuthOut:
-        """Set or rotate the keys (the whole config is replaced). Tokens signed with replaced keys are
-        refused at once on this replica and within 10 s on the others."""
+        """Set or rotate the keys (the whole config is replaced). A replaced HS256 secret stays valid for
+        `previous_valid_seconds` (default 900; 0: refused at once on this replica, within 10 s on the others)."""
         await existing_tenant(services, tenant_id)
         config = BrowserAuthConfig(tenant_id, data.hs256_secret, data.jwks_url, data.audience)
         try:
-            info = await changes.set_browser_auth(services.pool, config, principal.subject)
+            info = await changes.set_browser_auth(services.pool, config, principal.subject,
+                                                  data.previous_valid_seconds)  # fmt: skip
         except BrowserAuthConfigError as exc:
             raise GatewayError(400, f"Invalid browser-token keys: {exc}.", code="invalid_browser_auth",
                                param=_at_fault(config)) from None  # fmt: skip

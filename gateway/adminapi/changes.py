@@ -12,14 +12,17 @@ from datetime import datetime
 
 import asyncpg
 
-from gateway.browser_auth import DELETE_CONFIG, UPSERT_CONFIG, BrowserAuthConfig
+from gateway.browser_auth import DELETE_CONFIG, BrowserAuthConfig, PreviousSecret, store_config
 from gateway.storage.policy_store import PolicyStore, audit
 from gateway.storage.tenants import IssuedKey, Tenant, TenantDirectory
 
 SET_NEW_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
 KEY_TENANT = "SELECT tenant_id FROM api_keys WHERE id = $1"
 GET_BROWSER_AUTH = """
-SELECT hs256_secret, jwks_url, audience, created_at, updated_at FROM tenant_browser_auth WHERE tenant_id = $1
+SELECT hs256_secret, jwks_url, audience, created_at, updated_at,
+       CASE WHEN hs256_previous_until > now() THEN hs256_previous_secret END AS previous_secret,
+       CASE WHEN hs256_previous_until > now() THEN hs256_previous_until END AS previous_valid_until
+FROM tenant_browser_auth WHERE tenant_id = $1
 """
 
 
@@ -72,7 +75,7 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str, actor: str, tenant_id: str
 
 @dataclass(frozen=True, slots=True)
 class BrowserAuthInfo:
-    """What may be shown about a tenant's browser-token keys: never the HS256 secret itself."""
+    """What may be shown about a tenant's browser-token keys: never an HS256 secret itself."""
 
     tenant_id: str
     hs256_fingerprint: str | None
@@ -80,6 +83,8 @@ class BrowserAuthInfo:
     audience: str
     created_at: datetime
     updated_at: datetime
+    previous_hs256_fingerprint: str | None = None  # a replaced secret still valid until previous_valid_until
+    previous_valid_until: datetime | None = None
 
     @property
     def kinds(self) -> list[str]:
@@ -92,9 +97,19 @@ def secret_fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def _details(config: BrowserAuthConfig) -> dict[str, object]:
-    fingerprint = secret_fingerprint(config.hs256_secret) if config.hs256_secret is not None else None
-    return {"hs256_fingerprint": fingerprint, "jwks_url": config.jwks_url, "audience": config.audience}
+def _fingerprint(secret: str | None) -> str | None:
+    return secret_fingerprint(secret) if secret is not None else None
+
+
+def _details(config: BrowserAuthConfig, previous: PreviousSecret | None) -> dict[str, object]:
+    """The audit detail of a change: fingerprints and the overlap window, never a secret."""
+    return {
+        "hs256_fingerprint": _fingerprint(config.hs256_secret),
+        "jwks_url": config.jwks_url,
+        "audience": config.audience,
+        "previous_hs256_fingerprint": _fingerprint(previous.secret if previous else None),
+        "previous_valid_until": previous.valid_until.isoformat() if previous else None,
+    }
 
 
 async def browser_auth(pool: asyncpg.Pool, tenant_id: str) -> BrowserAuthInfo | None:
@@ -102,20 +117,22 @@ async def browser_auth(pool: asyncpg.Pool, tenant_id: str) -> BrowserAuthInfo | 
     row = await pool.fetchrow(GET_BROWSER_AUTH, tenant_id)
     if row is None:
         return None
-    secret = row["hs256_secret"]
-    return BrowserAuthInfo(tenant_id, secret_fingerprint(secret) if secret is not None else None, row["jwks_url"],
-                           row["audience"], row["created_at"], row["updated_at"])  # fmt: skip
+    return BrowserAuthInfo(tenant_id, _fingerprint(row["hs256_secret"]), row["jwks_url"], row["audience"],
+                           row["created_at"], row["updated_at"], _fingerprint(row["previous_secret"]),
+                           row["previous_valid_until"])  # fmt: skip
 
 
-async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor: str) -> BrowserAuthInfo:
-    """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds a fingerprint only.
+async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor: str,
+                           previous_valid_seconds: int | None = None) -> BrowserAuthInfo:  # fmt: skip
+    """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds fingerprints only.
 
-    Raises `BrowserAuthConfigError` (short secret, bad URL) or `asyncpg.ForeignKeyViolationError`.
+    A replaced HS256 secret stays valid for `previous_valid_seconds` (None: the default 900 s;
+    0: a hard cut-over), as `gateway.browser_auth.previous_secret_after` decides.
+    Raises `BrowserAuthConfigError` (short secret, bad URL, bad window) or `asyncpg.ForeignKeyViolationError`.
     """
-    config.validate()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url, config.audience)
-        await audit(conn, actor, config.tenant_id, "browser_auth.set", _details(config))
+        previous = await store_config(conn, config, previous_valid_seconds)
+        await audit(conn, actor, config.tenant_id, "browser_auth.set", _details(config, previous))
     info = await browser_auth(pool, config.tenant_id)
     assert info is not None
     return info

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.adminapi.changes import BrowserAuthInfo
+from gateway.browser_auth import MAX_PREVIOUS_VALID_SECONDS
 from gateway.storage.policy_store import AuditEntry, PolicyVersion
 from gateway.storage.tenants import ApiKeyInfo, IssuedKey, Tenant
 from gateway.storage.usage_reports import TranscriptionTotals, UsageReport, UsageRow, UsageTotals
@@ -27,14 +28,21 @@ class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BrowserAuthSet(msgspec.Struct, forbid_unknown_fields=True):
-    """A tenant's browser-token keys, replaced whole: an HS256 secret and/or a JWKS URL."""
+    """A tenant's browser-token keys, replaced whole: an HS256 secret and/or a JWKS URL.
+
+    `previous_valid_seconds`: how long a replaced HS256 secret stays valid (null: 900; 0: at once refused).
+    """
 
     hs256_secret: str | None = None
     jwks_url: str | None = None
     audience: Annotated[str, msgspec.Meta(min_length=1)] = "voxgate"
+    previous_valid_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_PREVIOUS_VALID_SECONDS)] | None = None
 
     def __repr__(self) -> str:  # never the secret, wherever a request body is printed
-        return f"BrowserAuthSet(hs256_secret={'***' if self.hs256_secret else None}, jwks_url={self.jwks_url!r})"
+        return (
+            f"BrowserAuthSet(hs256_secret={'***' if self.hs256_secret else None}, jwks_url={self.jwks_url!r}, "
+            f"previous_valid_seconds={self.previous_valid_seconds!r})"
+        )
 
 
 class TenantOut(msgspec.Struct):
@@ -176,13 +184,17 @@ class BrowserAuthOut(msgspec.Struct):
     audience: str
     created_at: datetime
     updated_at: datetime
+    # A replaced HS256 secret still accepted during a rotation's overlap window (else both null).
+    previous_hs256_fingerprint: str | None
+    previous_valid_until: datetime | None
     object: str = "browser_auth"
 
     @classmethod
     def of(cls, info: BrowserAuthInfo) -> BrowserAuthOut:
         return cls(tenant_id=info.tenant_id, kinds=info.kinds, hs256_fingerprint=info.hs256_fingerprint,
                    jwks_url=info.jwks_url, audience=info.audience, created_at=info.created_at,
-                   updated_at=info.updated_at)  # fmt: skip
+                   updated_at=info.updated_at, previous_hs256_fingerprint=info.previous_hs256_fingerprint,
+                   previous_valid_until=info.previous_valid_until)  # fmt: skip
 
 
 class BrowserAuthDeleted(msgspec.Struct):
