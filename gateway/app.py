@@ -189,7 +189,7 @@ class VoxgatePlugin(InitPluginProtocol):
             await services.enforcement.stop()
             await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
             await redis.aclose()
-            await _close_pool(pool)
+            await close_pool(pool)
 
 
 # asyncpg's `Pool.close()` waits for every acquired connection to come back; a query stuck
@@ -197,8 +197,10 @@ class VoxgatePlugin(InitPluginProtocol):
 POOL_CLOSE_TIMEOUT_SECONDS = 5.0
 
 
-async def _close_pool(pool: asyncpg.Pool, timeout: float = POOL_CLOSE_TIMEOUT_SECONDS) -> None:
-    """Close the pool gracefully, or terminate its connections after `timeout` seconds."""
+async def close_pool(pool: asyncpg.Pool, timeout: float | None = None) -> None:
+    """Close the pool gracefully, or terminate its connections after `timeout` seconds
+    (default `POOL_CLOSE_TIMEOUT_SECONDS`)."""
+    timeout = POOL_CLOSE_TIMEOUT_SECONDS if timeout is None else timeout
     try:
         await asyncio.wait_for(pool.close(), timeout)
     except TimeoutError:

@@ -441,7 +441,6 @@ class LedgerWriter:
         """Retry the waiting records in order; dead-letter those that waited too long."""
         loop = asyncio.get_running_loop()
         waiting, self._parked = self._parked, deque()
-        self._next_parked_retry = 0.0
         while waiting:
             since, record = waiting[0]
             try:

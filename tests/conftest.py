@@ -112,9 +112,9 @@ async def pg_pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     yield pool
     # A test that failed while holding a connection must not hang the end of the session
     # (per-test timeouts do not cover session teardown).
-    from gateway.app import _close_pool
+    from gateway.app import close_pool
 
-    await _close_pool(pool)
+    await close_pool(pool)
 
 
 @pytest.fixture(scope="session")
