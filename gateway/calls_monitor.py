@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.ledger import SessionEnded, SessionStarted
 from gateway.live_session import LiveSession, Verdict
@@ -173,6 +174,7 @@ class CallsMonitor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def _key(self, call: MonitoredCall) -> str:
         return f"{self.services.settings.redis.key_prefix}{{{call.tenant_id}}}:monitor:{call.call_id}"
@@ -301,10 +303,9 @@ class CallsMonitor:
         self._loop_task = asyncio.create_task(self._maintain(), name="voxgate-calls-monitor")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await stop_tasks([self._loop_task])
 
     async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
         """End the session rows of client secrets that expired unattached (past the grace period).
@@ -323,7 +324,7 @@ class CallsMonitor:
         renew_every = self.lease_ttl_ms / 3000
         waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
         next_scan = next_sweep = 0.0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(min(waits))
             for call in list(self._calls.values()):
                 with contextlib.suppress(RedisError):

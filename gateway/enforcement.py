@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncpg
 from redis.exceptions import RedisError
 
+from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.ids import new_id
 from gateway.ledger import LedgerWriter, SessionEnded
@@ -91,6 +92,7 @@ class Enforcement:
         self.prices = prices
         self._sessions = sessions
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     # -- admission ------------------------------------------------------------------------
 
@@ -170,15 +172,12 @@ class Enforcement:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopping = True
+        await stop_tasks(self._tasks)
         self._tasks = []
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.lease_ttl / 3)
             held = [(s.live.started.tenant_id, s.live.session_id) for s in self._sessions() if s.live.leased]
             if not held:
@@ -191,7 +190,7 @@ class Enforcement:
                 log.warning("lease heartbeat failed: %s", exc)
 
     async def _reaper(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.reap_every)
             try:
                 reaped = await self.state.reap_expired(time.time())
