@@ -20,7 +20,7 @@ from gateway.livestate.scripts import ScriptRunner
 
 SETTLE_DEDUPE_S = 86400.0  # settling the same reservation id twice within this long adds once
 
-RefusedBy = Literal["day", "month", "settled"]
+RefusedBy = Literal["day", "month", "settled", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,8 @@ class SpendState:
 
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
-    """`refused_by` names the window that would be exceeded ("settled": id already settled)."""
+    """`refused_by` names the window that would be exceeded ("settled": id already settled;
+    "unknown": a limited window's counters need a rebuild first, nothing was held)."""
 
     granted: bool
     state: SpendState
@@ -91,8 +92,15 @@ class Budgets:
                            bool(int(known_day)) and bool(int(known_month)))  # fmt: skip
         return _Reply(bool(int(status)), text(detail), state, text(since))
 
+    def spend_call(self, tenant_id: str, now: float) -> tuple[scripts.Call, BudgetWindows]:
+        """The call `spend` makes (to pipeline it with others); `parse_spend` reads its reply."""
+        return self._call(scripts.BUDGET_SPEND, tenant_id, now, [])
+
+    def parse_spend(self, raw: list[Any], w: BudgetWindows) -> SpendState:
+        return self._reply(raw, w).state
+
     async def spend_with_marker(self, tenant_id: str, now: float) -> tuple[SpendState, str]:
-        call, w = self._call(scripts.BUDGET_SPEND, tenant_id, now, [])
+        call, w = self.spend_call(tenant_id, now)
         reply = self._reply(await self._run.run(*call), w)
         return reply.state, reply.since
 
@@ -116,7 +124,7 @@ class Budgets:
         _, raw = await self._run.run_many([(scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]), call])
         reply = self._reply(raw, w)
         refused: RefusedBy | None = None
-        if not reply.ok and reply.detail in ("day", "month", "settled"):
+        if not reply.ok and reply.detail in ("day", "month", "settled", "unknown"):
             refused = reply.detail  # type: ignore[assignment]
         return ReserveResult(reply.ok, reply.state, refused)
 

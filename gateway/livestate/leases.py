@@ -64,9 +64,13 @@ class Leases:
         k = self._keys.tenant(tenant_id)
         return bool(await self._run.run(scripts.LEASE_RELEASE, [k.leases, k.reaped], [session_id]))
 
-    async def active(self, tenant_id: str, now: float) -> int:
+    def count_call(self, tenant_id: str, now: float) -> scripts.Call:
+        """The call `active` makes (to pipeline it with others); its reply is the count."""
         k = self._keys.tenant(tenant_id)
-        return int(await self._run.run(scripts.LEASE_COUNT, [k.leases, k.reaped], [now, REAPED_TTL_S]))
+        return scripts.LEASE_COUNT, [k.leases, k.reaped], [now, REAPED_TTL_S]
+
+    async def active(self, tenant_id: str, now: float) -> int:
+        return int(await self._run.run(*self.count_call(tenant_id, now)))
 
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         """Reap every tenant's expired leases and reservations; returns each reaped session once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.livestate import scripts
 from gateway.livestate._util import text
@@ -73,9 +74,20 @@ class UpstreamHeadroom:
             scripts.HEADROOM_RECORD, [self._key], [tokens_limit, tokens_remaining, float(reset_seconds), now, ttl]
         )
 
+    @property
+    def read_command(self) -> tuple[str, str]:
+        """The command whose reply `parse` reads (to pipeline it with other calls)."""
+        return "HGETALL", self._key
+
     async def read(self, now: float) -> Headroom | None:
         """None if nothing was recorded or the snapshot is older than its own reset time."""
-        raw = {text(k): text(v) for k, v in (await self._run.redis.hgetall(self._key)).items()}
+        return self.parse(await self._run.redis.hgetall(self._key), now)
+
+    @staticmethod
+    def parse(reply: dict[Any, Any] | list[Any], now: float) -> Headroom | None:
+        if isinstance(reply, list):  # HGETALL through a pipeline's generic command: flat pairs
+            reply = dict(zip(reply[::2], reply[1::2], strict=True))
+        raw = {text(k): text(v) for k, v in reply.items()}
         try:
             h = Headroom(
                 int(raw["limit"]), int(raw["remaining"]), float(raw["reset_seconds"]), float(raw["observed_at"])

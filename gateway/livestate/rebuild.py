@@ -10,10 +10,11 @@ are kept (never overwritten).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncpg
 
-from gateway.livestate.budgets import Budgets, SpendState
+from gateway.livestate.budgets import SpendState
 from gateway.livestate.keys import BudgetWindows
 
 # Spend of one tenant from both ledgers: the month window and the day window, before a cutoff.
@@ -32,6 +33,16 @@ FROM (
 _ATTEMPTS = 3
 
 
+class SpendHistory(Protocol):
+    """What a rebuild needs from a live-state backend."""
+
+    async def spend_with_marker(self, tenant_id: str, now: float) -> tuple[SpendState, str]: ...
+
+    async def add_history(self, tenant_id: str, since: str, day_sum: int, month_sum: int, now: float) -> bool: ...
+
+    async def spend(self, tenant_id: str, now: float) -> SpendState: ...
+
+
 def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -44,7 +55,7 @@ async def ledger_spend(pool: asyncpg.Pool, tenant_id: str, now: float, cutoff: f
     return int(row["day"]), int(row["month"])
 
 
-async def rebuild_spend(budgets: Budgets, pool: asyncpg.Pool, tenant_id: str, now: float) -> SpendState:
+async def rebuild_spend(budgets: SpendHistory, pool: asyncpg.Pool, tenant_id: str, now: float) -> SpendState:
     """Make the tenant's counters for the day and month of `now` known; returns the result."""
     for _ in range(_ATTEMPTS):
         state, since = await budgets.spend_with_marker(tenant_id, now)

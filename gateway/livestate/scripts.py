@@ -6,6 +6,7 @@ Lua helpers exist once. SHA1s are computed locally, so EVALSHA works even before
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,11 +59,28 @@ Arg = str | int | float
 Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]
 
 
+# Commands sent in one shared round trip at most; more waiting at once go in further round trips,
+# sent concurrently (each on its own pooled connection).
+MAX_BATCH = 1_000
+
+# A script call, or a plain command (`None`, (), ("HGETALL", key)) sent in the same round trip.
+Op = tuple[LuaScript | None, Sequence[str], Sequence[Arg]]
+
+
 class ScriptRunner:
-    """Runs the package's scripts on one client; reloads a script when Redis forgot it."""
+    """Runs the package's scripts on one client; reloads a script when Redis forgot it.
+
+    Calls made during one turn of the event loop, by any number of callers, share one pipelined
+    round trip (at most `MAX_BATCH` commands each): one pooled connection carries a whole burst,
+    so callers do not queue for the pool while the event loop is busy. Each script stays atomic;
+    nothing is a transaction. A failure of the round trip (Redis unreachable) is every caller's error.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (one round trip)."""
@@ -72,30 +90,68 @@ class ScriptRunner:
             await pipe.execute()
 
     async def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return (await self._submit([(script, keys, args)]))[0]
+
+    async def run_many(self, calls: Sequence[Call], reads: Sequence[Sequence[Arg]] = ()) -> list[Any]:
+        """All calls in one pipelined round trip (not a transaction: each script is atomic), then the
+        plain commands `reads` (e.g. `("HGETALL", key)`) in the same round trip; results in that order."""
+        ops: list[Op] = [*calls, *((None, (), tuple(command)) for command in reads)]
+        return await self._submit(ops) if ops else []
+
+    async def _submit(self, ops: Sequence[Op]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in ops]
+        self._queue.extend(zip(ops, futures, strict=True))
+        if self._flush_on is not loop:  # at the end of this turn of the loop: every call made meanwhile
+            self._flush_on = loop
+            loop.call_soon(self._flush)
+        return list(await asyncio.gather(*futures))
+
+    def _flush(self) -> None:
+        self._flush_on = None
+        loop = asyncio.get_running_loop()  # calls left by a loop that closed have no caller any more
+        self._queue = [(op, future) for op, future in self._queue if future.get_loop() is loop]
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        batch = [(op, future) for op, future in batch if not future.done()]  # callers that gave up: not sent
+        if not batch:
+            return
+        ops = [op for op, _ in batch]
         try:
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.redis.script_load(script.source)
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            results = await self._pipeline(ops)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # NOSCRIPT means the call did not run, so running it again is safe
+                for script in {ops[i][0] for i in missing}:
+                    if script is not None:
+                        await self.redis.script_load(script.source)
+                for i, result in zip(missing, await self._pipeline([ops[i] for i in missing]), strict=True):
+                    results[i] = result
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # the round trip failed: every caller in it gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
-    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
-        """All calls in one pipelined round trip (not a transaction: each script is atomic)."""
-        if not calls:
-            return []
-        results = await self._pipeline(calls)
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # NOSCRIPT means the call did not run, so running it again is safe
-            for script in {calls[i][0] for i in missing}:
-                await self.redis.script_load(script.source)
-            for i, result in zip(missing, await self._pipeline([calls[i] for i in missing]), strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
-
-    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+    async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for script, keys, args in ops:
+                if script is None:
+                    pipe.execute_command(*args)
+                else:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))

@@ -12,20 +12,19 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-import asyncpg
 from redis.asyncio import Redis
 
+from gateway.livestate.base import LiveStateBackend, TenantView
 from gateway.livestate.broadcast import Broadcast, Bus
 from gateway.livestate.budgets import Budgets, ReserveResult, SpendState
 from gateway.livestate.keys import KeyLayout
 from gateway.livestate.leases import LeaseResult, Leases
 from gateway.livestate.ratelimits import Headroom, StartRate, StartResult, UpstreamHeadroom
-from gateway.livestate.rebuild import rebuild_spend
 from gateway.livestate.scripts import ScriptRunner
 
 
-class LiveState:
-    """Leases, start rates, budgets, broadcasts and upstream headroom shared by all replicas."""
+class LiveState(LiveStateBackend):
+    """Leases, start rates, budgets, broadcasts and upstream headroom shared by all replicas (Redis)."""
 
     def __init__(self, redis: Redis, prefix: str = "voxgate:", instance_id: str = "") -> None:
         self.redis = redis
@@ -41,6 +40,9 @@ class LiveState:
     async def load_scripts(self) -> None:
         """Register the Lua scripts once (they are also reloaded on NOSCRIPT)."""
         await self._scripts.load()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     # -- concurrency leases ------------------------------------------------------------------
 
@@ -87,18 +89,24 @@ class LiveState:
         """Release the reservation (if still held) and add `actual` to spent, once per reservation id."""
         return await self._budgets.settle(tenant_id, reservation_id, actual, now)
 
-    async def spend(self, tenant_id: str, now: float) -> SpendState:
-        """The tenant's spend for the UTC day and month of `now`; `known` False means rebuild first."""
-        return await self._budgets.spend(tenant_id, now)
+    async def spend_with_marker(self, tenant_id: str, now: float) -> tuple[SpendState, str]:
+        return await self._budgets.spend_with_marker(tenant_id, now)
 
-    async def rebuild_spend(self, pool: asyncpg.Pool, tenant_id: str, now: float) -> SpendState:
-        """Restore unknown day/month counters from the Postgres ledger (adds history once)."""
-        return await rebuild_spend(self._budgets, pool, tenant_id, now)
+    async def add_history(self, tenant_id: str, since: str, day_sum: int, month_sum: int, now: float) -> bool:
+        return await self._budgets.add_history(tenant_id, since, day_sum, month_sum, now)
 
     async def forget_spend(self, tenant_id: str, now: float) -> None:
         """Mark the tenant's day/month counters unknown (e.g. after a settle failed to reach Redis),
         so the next `rebuild_spend` recomputes them from the ledger."""
         await self._budgets.forget(tenant_id, now)
+
+    async def tenant_view(self, tenant_id: str, now: float) -> TenantView:
+        """`spend`, `active_sessions` and `headroom` in one pipelined round trip (admission's read)."""
+        spend_call, windows = self._budgets.spend_call(tenant_id, now)
+        spend, active, headroom = await self._scripts.run_many(
+            [spend_call, self._leases.count_call(tenant_id, now)], reads=[self._headroom.read_command]
+        )
+        return TenantView(self._budgets.parse_spend(spend, windows), int(active), self._headroom.parse(headroom, now))
 
     # -- broadcasts --------------------------------------------------------------------------
 
