@@ -375,7 +375,6 @@ class Bench:
             "VOXGATE_PORT": str(port),
             "VOXGATE_SHUTDOWN_GRACE_SECONDS": "1",
             "VOXGATE_LOG_LEVEL": "WARNING",
-            "VOXGATE_RELAY": target.relay_mode or "asgi",
             "VOXGATE_POLICY_FILE": str(self.tiers_file),
             "VOXGATE_DEFAULT_TIER": "bench",
         }
@@ -511,9 +510,8 @@ http {{
 
 
 def voxgate_modes() -> list[str]:
-    """`asgi` always; `fast` when gateway.fastrelay imports in this interpreter."""
-    probe = subprocess.run([PY, "-c", "import gateway.fastrelay"], cwd=ROOT, capture_output=True, timeout=60)
-    return ["asgi", "fast"] if probe.returncode == 0 else ["asgi"]
+    """voxgate has one relay, the fast one (the ASGI relay was removed; docs/relay.md)."""
+    return ["fast"]
 
 
 def targets(args: argparse.Namespace, notes: list[str]) -> list[Target]:
@@ -526,8 +524,6 @@ def targets(args: argparse.Namespace, notes: list[str]) -> list[Target]:
         notes.append("nginx is not installed (`apt-get install -y nginx`): skipped; ratios are vs the plain relay.")
     out.append(Target("plain websockets relay", "plain"))
     modes = voxgate_modes()
-    if "fast" not in modes:
-        notes.append("`gateway.fastrelay` is not importable: voxgate measured with the `asgi` relay only.")
     out += [Target(f"voxgate ({m})", "voxgate", m) for m in modes]
     if args.targets:
         wanted = [w.strip() for w in args.targets.split(",") if w.strip()]

@@ -64,6 +64,9 @@ class CountingTransport:
     def is_closing(self) -> bool:
         return False
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
 
 class ListLedger:
     def __init__(self) -> None:
@@ -71,6 +74,12 @@ class ListLedger:
 
     def submit(self, record: Any) -> None:
         self.records.append(record)
+
+    def submit_durable(self, record: Any) -> asyncio.Future[None]:
+        self.records.append(record)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 def make_relay() -> tuple[FastRelay, CountingTransport, CountingTransport]:

@@ -14,6 +14,15 @@ in `stats.dropped` and logged at ERROR: a deployment that cannot afford that set
 A record Postgres rejects for its content (not for connectivity) is written to
 `deadletter.jsonl` in the spool directory (or logged) so one bad row never blocks the rest.
 
+Billed records (usage and transcriptions) may be submitted *durably*: `submit_durable()`
+returns a future that resolves once the batch holding the record has committed, and wakes
+the writer at once. If Postgres has not committed it within `VOXGATE_LEDGER_DURABLE_TIMEOUT_SECONDS`,
+the record is also appended to the spool journal and fsynced (records expiring together share
+one fsync), and the future resolves then; the record stays queued, and because those writes
+are idempotent the later commit and the journal's replay write it once. Without a spool
+directory the future resolves at the timeout with the record still only in memory: that is
+logged at ERROR and counted in `stats.unconfirmed` (docs/relay.md says why it does not hold).
+
 One rejection is not final: a record for a session whose row is not in Postgres yet. A
 WebRTC call can be metered by another replica than the one that started its session (a
 sideband taken over, a secret minted here and attached there), and that replica's
@@ -34,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -149,6 +159,11 @@ WHERE s.id = $1
 """
 
 
+# The order a batch's statements run in: a session's row first, what refers to it next, its
+# end last (the end's totals count the batch's usage). Within a kind, submission order holds.
+_PHASE = {INSERT_SESSION: 0, UPDATE_SESSION_INFO: 1, INSERT_USAGE: 2, INSERT_TRANSCRIPTION: 2,
+          INSERT_RATE_LIMIT: 3, INSERT_AUDIT_EVENT: 3, END_SESSION: 4}  # fmt: skip
+
 # UPDATEs that must find their session row (else the record waits: module docstring).
 _MUST_FIND_SESSION = frozenset({END_SESSION, UPDATE_SESSION_INFO})
 
@@ -258,6 +273,8 @@ class LedgerStats:
     dropped: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    journaled: int = 0  # durable records fsynced to the spool because Postgres did not commit in time
+    unconfirmed: int = 0  # durable records released unwritten: no commit in time and no spool to fsync
     parked: int = 0  # records now waiting for their session row
 
 
@@ -277,9 +294,18 @@ class LedgerWriter:
         spool_dir = settings.spool_dir
         self._spool_path = spool_dir / "ledger-spool.jsonl" if spool_dir else None
         self._dead_letter_path = spool_dir / "deadletter.jsonl" if spool_dir else None
+        # Journals moved into the queue by `_replay_spool`: deleted only once all they held committed.
+        self._replaying: list[Path] = []
+        self._replay_seq = 0
         # Records waiting for their session row (module docstring): (first failure, record).
         self._parked: deque[tuple[float, LedgerRecord]] = deque()
         self._next_parked_retry = 0.0
+        # Durable submits not yet confirmed, by record identity (the queue keeps the record alive).
+        self._durable: dict[int, tuple[asyncio.Future[None], asyncio.TimerHandle | None]] = {}
+        self._urgent = asyncio.Event()  # a durable record is queued: skip the batching pause
+        # Durable records to fsync to the spool, and whether each must be appended first.
+        self._to_journal: list[tuple[LedgerRecord, bool]] = []
+        self._journaling: asyncio.Task[None] | None = None
 
     # -- producer side (hot path) ---------------------------------------------------------
 
@@ -294,6 +320,108 @@ class LedgerWriter:
         if len(self._queue) == 1 or len(self._queue) >= self._settings.batch_records:
             self._wakeup.set()
 
+    def submit_durable(self, record: UsageRecord | TranscriptionRecord) -> asyncio.Future[None]:
+        """Queue a billed record; the future resolves once it is durable (module docstring).
+
+        Only idempotent records (usage, transcriptions) may be submitted this way: after a
+        timeout a record can reach Postgres twice, from the queue and from the journal. The
+        future never fails: an outcome that is neither a commit nor a journal entry is logged
+        at ERROR and counted.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if self._spooling or len(self._queue) >= self._settings.buffer_records:
+            if self._overflow(record):  # appended to the spool behind what is there: it only needs the fsync
+                self._durable[id(record)] = (done, None)
+                self._to_journal.append((record, False))
+                self._journal_soon()
+            else:
+                done.set_result(None)  # dropped, logged and counted by `_overflow`
+            return done
+        self.submit(record)
+        timer = loop.call_later(self._settings.durable_timeout_seconds, self._durable_timed_out, record)
+        self._durable[id(record)] = (done, timer)
+        self._urgent.set()
+        self._wakeup.set()
+        return done
+
+    def _confirm(self, record: LedgerRecord) -> None:
+        """`record` is committed (or dead-lettered): release its durable waiter, if any."""
+        entry = self._durable.pop(id(record), None)
+        if entry is not None:
+            done, timer = entry
+            if timer is not None:
+                timer.cancel()
+            if not done.done():
+                done.set_result(None)
+
+    def _durable_timed_out(self, record: LedgerRecord) -> None:
+        entry = self._durable.get(id(record))
+        if entry is None:
+            return
+        if self._spool_path is None:
+            del self._durable[id(record)]
+            self.stats.unconfirmed += 1
+            log.error("ledger: a %s was not committed within %.1f s and no VOXGATE_SPOOL_DIR is set: released "
+                      "with the record only in memory", type(record).__name__,
+                      self._settings.durable_timeout_seconds)  # fmt: skip
+            entry[0].set_result(None)
+            return
+        self._to_journal.append((record, True))
+        self._journal_soon()
+
+    def _journal_soon(self) -> None:
+        if self._journaling is None or self._journaling.done():
+            self._journaling = asyncio.get_running_loop().create_task(self._journal(), name="voxgate-ledger-journal")
+
+    async def _journal(self) -> None:
+        """Append the durable records that timed out to the spool and fsync it once per group."""
+        while self._to_journal:
+            group = [(r, write) for r, write in self._to_journal if id(r) in self._durable]  # not committed since
+            self._to_journal = []
+            if not group:
+                continue
+            ok = await self._append_and_sync([r for r, write in group if write])
+            for record, _ in group:
+                entry = self._durable.pop(id(record), None)
+                if entry is None:
+                    continue  # committed during the fsync
+                done, timer = entry
+                if timer is not None:
+                    timer.cancel()
+                if ok:
+                    self.stats.journaled += 1
+                else:
+                    self.stats.unconfirmed += 1
+                if not done.done():
+                    done.set_result(None)
+            if ok:
+                log.warning("ledger: Postgres did not commit %d billed records in time; fsynced them to %s",
+                            len(group), self._spool_path)  # fmt: skip
+
+    async def _append_and_sync(self, records: list[LedgerRecord]) -> bool:
+        """Append `records` to the spool and fsync it. False (logged) if the disk refused."""
+        assert self._spool_path is not None
+        try:
+            self._spool_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._spool_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError:
+            log.exception("ledger journal: could not open the spool; billed records stay in memory only")
+            return False
+        try:
+            if records:
+                # Written here on the loop, so the bytes are in the file before any replay
+                # renames it; only the fsync, which can take milliseconds, runs in a thread.
+                os.write(fd, b"".join(encode_record(r) + b"\n" for r in records))
+                self._idle.clear()
+            await asyncio.to_thread(os.fsync, fd)
+        except OSError:
+            log.exception("ledger journal: write or fsync failed; billed records stay in memory only")
+            return False
+        finally:
+            os.close(fd)
+        return True
+
     @property
     def pending(self) -> int:
         return len(self._queue)
@@ -302,11 +430,12 @@ class LedgerWriter:
     def _spooling(self) -> bool:
         return self._spool_path is not None and self._spool_path.exists()
 
-    def _overflow(self, record: LedgerRecord) -> None:
+    def _overflow(self, record: LedgerRecord) -> bool:
+        """Append `record` to the spool; False if it had to be dropped (logged and counted)."""
         if self._spool_path is None:
             self.stats.dropped += 1
             log.error("ledger buffer full and no VOXGATE_SPOOL_DIR: dropped a %s", type(record).__name__)
-            return
+            return False
         try:
             self._spool_path.parent.mkdir(parents=True, exist_ok=True)
             with self._spool_path.open("ab") as fh:
@@ -316,10 +445,13 @@ class LedgerWriter:
         except OSError:
             self.stats.dropped += 1
             log.exception("ledger spool write failed: dropped a %s", type(record).__name__)
+            return False
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._recover_replays()
         if self._spooling:  # a journal from an earlier run: `drain()` waits for its replay too
             self._idle.clear()
         if self._task is None:
@@ -353,8 +485,27 @@ class LedgerWriter:
         self._queue.clear()
         if leftover:
             log.warning("ledger stopping with %d unwritten records; spooling them", len(leftover))
-            for record in leftover:
-                self._overflow(record)
+            spooled = [self._overflow(record) for record in leftover]
+            if all(spooled):  # what replayed journals still held is in the spool again
+                self._forget_replayed()
+        else:
+            self._forget_replayed()
+        if self._journaling is not None:
+            with contextlib.suppress(Exception):
+                await self._journaling
+        if self._durable:  # what is left went to the spool just above (or was dropped there, logged)
+            waiting = [record for record in leftover if id(record) in self._durable]
+            ok = self._spool_path is not None and await self._append_and_sync([])
+            for record in waiting:
+                self.stats.journaled += ok
+                self.stats.unconfirmed += not ok
+                self._confirm(record)
+            for done, timer in self._durable.values():
+                if timer is not None:
+                    timer.cancel()
+                if not done.done():
+                    done.set_result(None)
+            self._durable.clear()
 
     # -- consumer side --------------------------------------------------------------------
 
@@ -363,6 +514,8 @@ class LedgerWriter:
         while not self._closing:
             if self._parked and asyncio.get_running_loop().time() >= self._next_parked_retry:
                 await self._retry_parked()
+            if not self._queue and not self._parked and self._replaying:
+                self._forget_replayed()
             if not self._queue:
                 self._replay_spool()
             if not self._queue:
@@ -371,6 +524,7 @@ class LedgerWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
                 continue
+            self._urgent.clear()  # durable records that arrive from now on get the next batch at once
             batch = [self._queue[i] for i in range(min(len(self._queue), self._settings.batch_records))]
             try:
                 await self._write(batch)
@@ -384,22 +538,26 @@ class LedgerWriter:
                 await self._write_one_by_one(batch)
             else:
                 self.stats.written += len(batch)
+                if self._durable:
+                    for record in batch:
+                        self._confirm(record)
             backoff = 0.05
             for _ in batch:
                 self._queue.popleft()
-            if len(self._queue) < self._settings.batch_records:
-                await asyncio.sleep(self._settings.flush_interval_seconds)
+            if len(self._queue) < self._settings.batch_records and not self._urgent.is_set():
+                # Let a batch gather, unless a durable record is waiting for its commit.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._settings.flush_interval_seconds)
 
     async def _write(self, batch: Iterable[LedgerRecord]) -> None:
-        groups: list[tuple[str, list[tuple[Any, ...]]]] = []
+        # One statement per kind, in dependency order (`_PHASE`), rows in submission order: a
+        # batch of interleaved sessions costs a handful of round trips, not one per record.
+        groups: dict[str, list[tuple[Any, ...]]] = {}
         for record in batch:
             for sql, args in _statements(record):
-                if groups and groups[-1][0] == sql:
-                    groups[-1][1].append(args)
-                else:
-                    groups.append((sql, [args]))
+                groups.setdefault(sql, []).append(args)
         async with self._pool().acquire() as conn, conn.transaction():
-            for sql, rows in groups:
+            for sql, rows in sorted(groups.items(), key=lambda group: _PHASE[group[0]]):
                 if sql in _MUST_FIND_SESSION:  # an UPDATE that must find its row
                     for args in rows:
                         if await conn.execute(sql, *args) == "UPDATE 0":
@@ -425,6 +583,7 @@ class LedgerWriter:
                     self._dead_letter(record, exc)
                 else:
                     self.stats.written += 1
+                    self._confirm(record)
                 break
 
     def _park(self, record: LedgerRecord, since: float | None = None) -> None:
@@ -456,6 +615,7 @@ class LedgerWriter:
                 self._dead_letter(record, exc)
             else:
                 self.stats.written += 1
+                self._confirm(record)
             waiting.popleft()
         for since, record in waiting:
             self._park(record, since)
@@ -464,6 +624,7 @@ class LedgerWriter:
 
     def _dead_letter(self, record: LedgerRecord, exc: Exception) -> None:
         self.stats.dead_lettered += 1
+        self._confirm(record)  # it will never commit: a durable waiter must not wait for it
         log.error("ledger rejected a %s: %s", type(record).__name__, exc)
         if self._dead_letter_path is None:
             return
@@ -475,16 +636,22 @@ class LedgerWriter:
             log.exception("could not write the ledger dead-letter file")
 
     def _replay_spool(self) -> None:
-        """Move spooled records back into the queue, oldest first, keeping global order."""
+        """Move spooled records back into the queue, oldest first, keeping global order.
+
+        The journal is renamed aside, not deleted: it is removed only once every record it held
+        has committed (`_forget_replayed`), so a crash mid-replay loses nothing (`_recover_replays`).
+        """
         if self._spool_path is None or not self._spool_path.exists():
             return
-        replaying = self._spool_path.with_suffix(f".replay-{os.getpid()}")
+        self._replay_seq += 1
+        replaying = self._spool_path.with_suffix(f".replay-{os.getpid()}-{self._replay_seq}")
         try:
             self._spool_path.rename(replaying)
             lines = replaying.read_bytes().splitlines()
         except OSError:
             log.exception("could not read the ledger spool")
             return
+        self._replaying.append(replaying)
         records = [decode_record(line) for line in lines if line.strip()]
         keep, rest = records[: self._settings.buffer_records], records[self._settings.buffer_records :]
         self._queue.extend(keep)
@@ -493,6 +660,39 @@ class LedgerWriter:
             with self._spool_path.open("ab") as fh:
                 for record in rest:
                     fh.write(encode_record(record) + b"\n")
-        replaying.unlink(missing_ok=True)
+                fh.flush()
+                os.fsync(fh.fileno())
         if keep:
             log.info("replaying %d spooled ledger records", len(keep))
+
+    def _forget_replayed(self) -> None:
+        """Everything the replayed journals held has committed (or was dead-lettered): drop them."""
+        for path in self._replaying:
+            path.unlink(missing_ok=True)
+        self._replaying.clear()
+
+    def _recover_replays(self) -> None:
+        """Journals a crashed run was replaying go back in front of the spool, oldest first.
+
+        Records already committed are written again harmlessly: every billed insert is idempotent.
+        """
+        if self._spool_path is None or not self._spool_path.parent.exists():
+            return
+        pattern = self._spool_path.stem + ".replay-*"
+        orphans = [p for p in self._spool_path.parent.glob(pattern) if p not in self._replaying]
+        if not orphans:
+            return
+        orphans.sort(key=lambda p: p.stat().st_mtime_ns)
+        chunks = [p.read_bytes() for p in orphans]
+        if self._spool_path.exists():
+            chunks.append(self._spool_path.read_bytes())
+        merged = self._spool_path.with_suffix(".recovering")
+        with merged.open("wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk if not chunk or chunk.endswith(b"\n") else chunk + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        merged.replace(self._spool_path)
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        log.warning("ledger: recovered %d journal(s) an earlier run was replaying", len(orphans))

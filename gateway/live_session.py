@@ -1,7 +1,7 @@
 """One live Realtime session as any transport shell sees it.
 
-`LiveSession` sits between a transport (the ASGI relay today, a frame-splicing relay or a
-WebRTC sideband later) and the pure `SessionGovernor`. It decides which messages need
+`LiveSession` sits between a transport (the frame-splicing relay, the WebRTC sideband
+monitor) and the pure `SessionGovernor`. It decides which messages need
 decoding, feeds the governor, persists what the governor asks to persist, and tells the
 transport what to send where. It owns no socket and never awaits, so every transport
 drives it the same way:
@@ -9,10 +9,15 @@ drives it the same way:
     verdict = live.from_client(message)     # or .from_upstream(message) / .tick()
     if verdict.forward: send the original message on
     send verdict.to_client / verdict.to_upstream; if verdict.close: close both sides
+
+A verdict whose `durable` future is set carries a billed record (a `response.done`'s usage):
+a shell that can hold the message waits for that future before it sends anything toward the
+client (docs/relay.md); one that cannot (the sideband, which forwards nothing) ignores it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +68,8 @@ class Verdict:
     to_client: tuple[str, ...] = ()
     to_upstream: tuple[str, ...] = ()
     close: CloseSession | None = None
+    # Resolves once the billed record this message produced is durable (LedgerWriter.submit_durable).
+    durable: asyncio.Future[None] | None = None
 
 
 PASS = Verdict(forward=True)
@@ -84,12 +91,16 @@ def _verdict(
     to_upstream: list[str] = []
     close: CloseSession | None = None
     rewritten: str | None = None
+    durable: asyncio.Future[None] | None = None
     for action in actions:
         if isinstance(action, Forward):
             forward = True
         elif isinstance(action, Persist):
-            ledger.submit(action.record)
             record = action.record
+            if isinstance(record, UsageRecord | TranscriptionRecord):
+                durable = ledger.submit_durable(record)
+            else:
+                ledger.submit(record)
             if metrics is not None and isinstance(record, UsageRecord):
                 metrics.responses.labels(record.model, record.status).inc()
                 metrics.cost.labels(record.model).inc(record.cost_micro_usd)
@@ -114,12 +125,12 @@ def _verdict(
             rewritten = _encode(action.event)
         elif isinstance(action, CloseSession):
             close = action
-    if not (to_client or to_upstream or close or rewritten):
+    if not (to_client or to_upstream or close or rewritten or durable):
         return PASS if forward else HOLD
     if rewritten is not None:
         # A rewritten event replaces the original on its way to the same destination.
-        return Verdict(False, tuple(to_client), (rewritten, *to_upstream), close)
-    return Verdict(forward, tuple(to_client), tuple(to_upstream), close)
+        return Verdict(False, tuple(to_client), (rewritten, *to_upstream), close, durable)
+    return Verdict(forward, tuple(to_client), tuple(to_upstream), close, durable)
 
 
 class LiveSession:
@@ -199,6 +210,8 @@ class LiveSession:
         now = self.clock()
         if binary:
             return self._apply(self.governor.on_client_garbage("Binary frames are not supported; send JSON text.", now))
+        if isinstance(message, str):
+            message = message.encode()
         if passthrough_type(message, PASSTHROUGH_CLIENT_TYPES) is not None:
             self.governor.note_client_activity(now, len(message))
             return PASS
@@ -238,6 +251,8 @@ class LiveSession:
         self.upstream_messages += 1
         if binary:
             return PASS
+        if isinstance(message, str):  # the sideband's `websockets` hands text over decoded
+            message = message.encode()
         if passthrough_type(message, PASSTHROUGH_SERVER_TYPES) is not None:
             return PASS
         try:
@@ -248,13 +263,48 @@ class LiveSession:
             return PASS
         return self._apply(self.governor.on_server_event(event, self.clock()))
 
+    def next_deadline_in(self) -> float | None:
+        """Seconds until the governor next has something timed to do (None: nothing is timed)."""
+        deadline = self.governor.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.clock())
+
     def tick(self) -> Verdict:
         return self._apply(self.governor.on_tick(self.clock()))
+
+    @property
+    def responses_in_flight(self) -> bool:
+        """Upstream may still be producing a response whose `response.done` has not been seen."""
+        return self.governor.responses_in_flight
+
+    @property
+    def usage_pending(self) -> bool:
+        """Upstream owes the usage of a response in flight or of an unfinished transcription."""
+        return self.governor.usage_pending
+
+    @property
+    def awaiting_upstream(self) -> bool:
+        """After `abandon_responses`: upstream may still announce or bill a response the ledger lacks."""
+        return self.governor.awaiting_upstream
+
+    def abandon_responses(self) -> Verdict:
+        """The session ends on the client's side or voxgate's: the messages that cancel the
+        responses in flight and fence the input audio (the governor's `on_client_gone`).
+
+        The shell keeps feeding `from_upstream` until `awaiting_upstream` is False, so every
+        `response.done` (which carries what upstream bills) is metered and recorded.
+        """
+        return self._apply(self.governor.on_client_gone(self.clock()))
+
+    def responses_unbilled(self, cause: str) -> None:
+        """The shell stopped waiting for in-flight responses: record that they went unbilled."""
+        self._apply(self.governor.on_responses_unbilled(self.clock(), cause))
 
     def end(self, reason: str, detail: str | None = None) -> None:
         """Record the end of the session once; later calls keep the first reason."""
         if self.ended is not None:
             return
+        # Reservations of responses never metered are settled at their worst case (upstream may bill them).
+        self._apply(self.governor.on_session_end(self.clock()))
         if self.governor.expired and reason in ("upstream_closed", "upstream_error"):
             reason = "session_expired"
         self.ended = SessionEnded(self.session_id, self.clock(), reason, detail)

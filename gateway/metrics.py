@@ -23,7 +23,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.sessions_started = Counter(
-            "voxgate_sessions_started", "Sessions admitted and started.", ["transport", "relay"],
+            "voxgate_sessions_started", "Sessions admitted and started.", ["transport"],
             registry=self.registry,
         )  # fmt: skip
         self.sessions_ended = Counter(

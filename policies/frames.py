@@ -40,15 +40,7 @@ def _exact_prefixes(types: frozenset[str], most_common: str) -> tuple[bytes, ...
 CLIENT_EXACT_PREFIXES: Final = _exact_prefixes(PASSTHROUGH_CLIENT_TYPES, "input_audio_buffer.append")
 SERVER_EXACT_PREFIXES: Final = _exact_prefixes(PASSTHROUGH_SERVER_TYPES, "response.output_audio.delta")
 
-_WS_STR: Final = " \t\r\n"
 _WS_BYTES: Final = b" \t\r\n"
-
-
-def _skip_ws_str(data: str, i: int) -> int:
-    n = len(data)
-    while i < n and data[i] in _WS_STR:
-        i += 1
-    return i
 
 
 def _skip_ws_bytes(data: bytes, i: int) -> int:
@@ -58,11 +50,30 @@ def _skip_ws_bytes(data: bytes, i: int) -> int:
     return i
 
 
-def passthrough_type(data: str | bytes, allowed: frozenset[str]) -> str | None:
-    """Return the event type if `data` may be forwarded uninspected, else None."""
-    if isinstance(data, str):
-        return _passthrough_str(data, allowed)
-    return _passthrough_bytes(data, allowed)
+def passthrough_type(data: bytes, allowed: frozenset[str]) -> str | None:
+    """Return the event type if the UTF-8 message `data` may be forwarded uninspected, else None."""
+    i = _skip_ws_bytes(data, 0)
+    if not data.startswith(b"{", i):
+        return None
+    i = _skip_ws_bytes(data, i + 1)
+    if not data.startswith(b'"type"', i):
+        return None
+    i = _skip_ws_bytes(data, i + 6)
+    if not data.startswith(b":", i):
+        return None
+    i = _skip_ws_bytes(data, i + 1)
+    if not data.startswith(b'"', i):
+        return None
+    end = data.find(b'"', i + 1)
+    if end < 0:
+        return None
+    try:
+        kind = data[i + 1 : end].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if kind not in allowed or b"\\" in data or data.find(b'"type"', end) >= 0:
+        return None
+    return kind
 
 
 def exact_passthrough(data: bytes, start: int, end: int, prefixes: tuple[bytes, ...]) -> bool:
@@ -87,50 +98,3 @@ def exact_passthrough(data: bytes, start: int, end: int, prefixes: tuple[bytes, 
         if end - 2 - opening > 6:  # room for no key in the value; the quote itself is searched
             return data.find(b'"type"', first, opening + 1) < 0
     return data.find(b'"type"', first, end) < 0
-
-
-def _passthrough_str(data: str, allowed: frozenset[str]) -> str | None:
-    i = _skip_ws_str(data, 0)
-    if not data.startswith("{", i):
-        return None
-    i = _skip_ws_str(data, i + 1)
-    if not data.startswith('"type"', i):
-        return None
-    i = _skip_ws_str(data, i + 6)
-    if not data.startswith(":", i):
-        return None
-    i = _skip_ws_str(data, i + 1)
-    if not data.startswith('"', i):
-        return None
-    end = data.find('"', i + 1)
-    if end < 0:
-        return None
-    kind = data[i + 1 : end]
-    if kind not in allowed or "\\" in data or data.find('"type"', end) >= 0:
-        return None
-    return kind
-
-
-def _passthrough_bytes(data: bytes, allowed: frozenset[str]) -> str | None:
-    i = _skip_ws_bytes(data, 0)
-    if not data.startswith(b"{", i):
-        return None
-    i = _skip_ws_bytes(data, i + 1)
-    if not data.startswith(b'"type"', i):
-        return None
-    i = _skip_ws_bytes(data, i + 6)
-    if not data.startswith(b":", i):
-        return None
-    i = _skip_ws_bytes(data, i + 1)
-    if not data.startswith(b'"', i):
-        return None
-    end = data.find(b'"', i + 1)
-    if end < 0:
-        return None
-    try:
-        kind = data[i + 1 : end].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if kind not in allowed or b"\\" in data or data.find(b'"type"', end) >= 0:
-        return None
-    return kind

@@ -63,7 +63,7 @@ CLOSE_BUDGET_EXHAUSTED = 4003
 CLOSE_SESSION_TOKEN_CAP = 4004
 
 CAP_GRACE_S: Final = 5.0  # an in-flight response may finish this long after a cap is hit
-CANCEL_CLOSE_S: Final = 1.0  # after a budget cut with cancel_response, close within this
+CANCEL_CLOSE_S: Final = 0.9  # after a budget cut with cancel_response, close by then (docs promise 1 s)
 RESERVATION_TIMEOUT_S: Final = 5.0  # an unanswered reservation counts as refused
 
 
@@ -167,12 +167,36 @@ class SessionGovernor:
         self._pending: _Pending | None = None
         self._awaiting_created: deque[_Reservation] = deque()
         self._by_response: dict[str, _Reservation] = {}
-        self._settled_at_close: set[str] = set()
+        self._settled_at_end: set[str] = set()  # responses whose reservation `on_session_end` settled
         self._in_flight: set[str] = set()
         self._context_tokens = 0
         self._added_tokens = 0
         self._reservation_seq = 0
         self._closing: _Closing | None = None
+        self._abandoned = False  # the client is gone: responses are cancelled, none is started
+        self._ended = False  # `on_session_end` ran: nothing more reaches upstream
+        # The fence (`on_client_gone`): an `input_audio_buffer.clear` upstream answers only after
+        # everything sent before it, so a response server VAD started from earlier audio is known by then.
+        self._fence_id: str | None = None
+        self._fence_answered = False
+        self._clears_unanswered = 0  # clears sent upstream (the client's and the fence) not yet answered
+        self._transcribing: set[str] = set()  # committed input audio items whose transcription is not done
+
+    @property
+    def responses_in_flight(self) -> bool:
+        """A response was started upstream (or asked for) and its `response.done` not seen yet."""
+        return bool(self._in_flight or self._awaiting_created)
+
+    @property
+    def usage_pending(self) -> bool:
+        """Upstream owes the usage of a response in flight or of a transcription it has not finished."""
+        return bool(self._in_flight or self._awaiting_created or self._transcribing)
+
+    @property
+    def awaiting_upstream(self) -> bool:
+        """After `on_client_gone`: upstream may still start or bill something the ledger lacks —
+        the fence is unanswered or usage is pending. A shell that reads on stops when False."""
+        return (self._fence_id is not None and not self._fence_answered) or self.usage_pending
 
     # -- entry points -------------------------------------------------------------------
 
@@ -183,8 +207,9 @@ class SessionGovernor:
             return self._reject("The event must be an object with a string 'type'.", "invalid_event", event)
         if self.closed is not None:
             return NOTHING
-        if self._pending is not None:
-            # Keep order: nothing overtakes a response.create waiting for its reservation.
+        if self._pending is not None and event["type"] != "input_audio_buffer.append":
+            # Keep order: nothing overtakes a response.create waiting for its reservation (audio
+            # appends aside: they only fill the input buffer, as the undecoded ones do).
             self._pending.held.append(event)
             return NOTHING
         return tuple(self._client_event(event, now, held=False))
@@ -219,14 +244,34 @@ class SessionGovernor:
         if kind in ("session.created", "session.updated"):
             return self._session_config(event)
         if kind == "conversation.item.input_audio_transcription.completed":
+            self._transcribing.discard(str(event.get("item_id")))
             return self._transcription(event, now)
+        if kind == "input_audio_buffer.committed":
+            item_id = event.get("item_id")
+            if self.transcription_model is not None and isinstance(item_id, str):
+                self._transcribing.add(item_id)  # upstream bills its transcription when it completes
+            return FORWARD_ONLY
+        if kind == "conversation.item.input_audio_transcription.failed":
+            self._transcribing.discard(str(event.get("item_id")))
+            return FORWARD_ONLY
+        if kind == "input_audio_buffer.cleared":
+            self._clear_answered()
+            return FORWARD_ONLY
         if kind == "error":
             error = event.get("error")
             if isinstance(error, Mapping):
                 if error.get("code") == "session_expired":
                     self.expired = True
+                if self._fence_id is not None and error.get("event_id") == self._fence_id:
+                    self._fence_answered = True  # refused, but answered: everything before it was processed
                 return self._upstream_error(error)
         return FORWARD_ONLY
+
+    def _clear_answered(self) -> None:
+        # Upstream answers clears in the order they were sent: the fence is answered with the last one.
+        self._clears_unanswered = max(0, self._clears_unanswered - 1)
+        if self._fence_id is not None and self._clears_unanswered == 0:
+            self._fence_answered = True
 
     def on_reservation(self, reservation_id: str, granted: bool, now: float) -> Sequence[Action]:
         """The shell's answer to a `ReserveBudget`. Unknown ids are ignored."""
@@ -269,6 +314,76 @@ class SessionGovernor:
                   "session": {"type": "realtime", GA_TOKENS: ceiling}}  # fmt: skip
         return (SendToUpstream(update), self._audit("reclamp", now, {"max_output_tokens": ceiling}))
 
+    def on_client_gone(self, now: float) -> Sequence[Action]:
+        """The session is ending on the client's side (it left, it closed, a drain or a policy
+        close cut it): cancel every response in flight and fence the input audio.
+
+        The fence is an `input_audio_buffer.clear`: upstream answers it (`input_audio_buffer.cleared`,
+        or an `error` naming its `event_id`) only after everything the client sent before it, so a
+        response server VAD started from that audio has been announced by then, and none can start
+        from it later. Responses still run upstream bill; their `response.done` is metered like any
+        other; one announced after this is cancelled at once. The shell reads upstream on while
+        `awaiting_upstream`."""
+        self._touch_clock(now)
+        if self._abandoned:
+            return NOTHING
+        self._abandoned = True
+        actions: list[Action] = [self._cancel(response_id) for response_id in sorted(self._in_flight)]
+        self._fence_id = self._next_id()
+        self._clears_unanswered += 1
+        actions.append(SendToUpstream({"type": "input_audio_buffer.clear", "event_id": self._fence_id}))
+        return tuple(actions)
+
+    def on_session_end(self, now: float) -> Sequence[Action]:
+        """The shell records the end: nothing more from upstream will be metered. Reservations of
+        responses still in flight are settled at their worst case (upstream may bill them; a
+        `response.done` metered after this books its row but settles nothing again)."""
+        self._touch_clock(now)
+        if self._ended:
+            return NOTHING
+        self._ended = True
+        actions: list[Action] = []
+        for response_id, reservation in sorted(self._by_response.items()):
+            actions.append(SettleBudget(reservation.reservation_id, reservation.amount, reservation.amount))
+            self._settled_at_end.add(response_id)
+        for reservation in self._awaiting_created:
+            actions.append(SettleBudget(reservation.reservation_id, reservation.amount, reservation.amount))
+        self._by_response.clear()
+        self._awaiting_created.clear()
+        return tuple(actions)
+
+    def on_responses_unbilled(self, now: float, cause: str) -> Sequence[Action]:
+        """The shell stopped waiting for the `response.done` of responses still in flight
+        (`cause`: why). Upstream may bill them; the audit trail records that voxgate did not."""
+        self._touch_clock(now)
+        detail = {"response_ids": sorted(self._in_flight), "unacknowledged": len(self._awaiting_created),
+                  "transcription_item_ids": sorted(self._transcribing), "cause": cause}  # fmt: skip
+        return (self._audit("response_unbilled", now, detail),)
+
+    def _cancel(self, response_id: str) -> SendToUpstream:
+        return SendToUpstream({"type": "response.cancel", "event_id": self._next_id(), "response_id": response_id})
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which `on_tick` has something to do (None: nothing is timed).
+
+        A shell that ticks once a second schedules its next tick no later than this, so a close
+        deadline is met to the timer's precision rather than to the tick's."""
+        if self.closed is not None or self.policy is None:
+            return None
+        times: list[float] = []
+        if self._pending is not None:
+            times.append(self._pending.since + RESERVATION_TIMEOUT_S)
+        if self._closing is not None:
+            times.append(self._closing.deadline)
+        elif self.started_at is not None:
+            policy = self.policy
+            if policy.max_session_seconds is not None:
+                times.append(self.started_at + policy.max_session_seconds)
+            idle_counts = not self._in_flight and self._pending is None  # as in `on_tick`
+            if policy.idle_timeout_seconds is not None and self._last_activity is not None and idle_counts:
+                times.append(self._last_activity + policy.idle_timeout_seconds)
+        return min(times) if times else None
+
     def on_tick(self, now: float) -> Sequence[Action]:
         """Time passed: reservation timeouts, closing deadlines, duration cap, idle timeout."""
         self._touch_clock(now)
@@ -305,9 +420,11 @@ class SessionGovernor:
         """Police one client event. `held` events were already answered with "drop", so
         whatever passes must be sent explicitly."""
         policy = self.policy
+        kind = event.get("type")
+        if kind == "input_audio_buffer.clear":  # passes every policy; its answer precedes the fence's
+            self._clears_unanswered += 1
         if policy is None:
             return [SendToUpstream(event) if held else FORWARD]
-        kind = event.get("type")
         if kind == "conversation.item.create":
             self._added_tokens += item_token_estimate(event.get("item"))
         verdict = police_client_event(event, policy, session_has_ceiling=self._session_clamped)
@@ -360,7 +477,7 @@ class SessionGovernor:
         self._pending = None
         reservation = pending.reservation
         actions: list[Action] = []
-        if self.closed is not None:
+        if self.closed is not None or self._abandoned or self._ended:
             if granted:  # nothing was sent: give the reservation back
                 actions.append(SettleBudget(reservation.reservation_id, reservation.amount, 0))
             return actions
@@ -431,16 +548,9 @@ class SessionGovernor:
             return []
         self.closed = CloseSession(cap.code, cap.reason, cap.end_reason)
         actions: list[Action] = [SendToClient(self._cap_error(cap, None))]
-        # Reservations still open belong to responses upstream may bill: settle them at
-        # their worst case, and ignore their response.done for the budget later.
-        open_reservations = list(self._by_response.items())
-        for response_id, reservation in open_reservations:
-            actions.append(SettleBudget(reservation.reservation_id, reservation.amount, reservation.amount))
-            self._settled_at_close.add(response_id)
-        for reservation in self._awaiting_created:
-            actions.append(SettleBudget(reservation.reservation_id, reservation.amount, reservation.amount))
-        self._by_response.clear()
-        self._awaiting_created.clear()
+        # Reservations still open stay open: the shell cancels their responses and reads upstream
+        # for their `response.done`, which settles them at the real cost (`on_session_end`
+        # settles at the worst case whatever never came).
         if cap is not IDLE_CAP:
             actions.append(self._audit(f"close_{cap.end_reason}", now, {"code": cap.code}))
         actions.append(self.closed)
@@ -481,7 +591,9 @@ class SessionGovernor:
 
     def _response_done(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         response = event.get("response")
-        if not isinstance(response, Mapping) or response.get("id") in self._seen_responses:
+        if not isinstance(response, Mapping) or not isinstance(response.get("id"), str):
+            return FORWARD_ONLY  # not ours to judge (and an unhashable id must not raise)
+        if response["id"] in self._seen_responses:
             return FORWARD_ONLY
         priced = usage_record(response, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id,
                               model=self.model, prices=self.prices, now=now)  # fmt: skip
@@ -503,7 +615,7 @@ class SessionGovernor:
             return []
         self._last_activity = max(now, self._last_activity or now)  # idle counts from the response's end
         actions: list[Action] = []
-        if response_id not in self._settled_at_close:
+        if response_id not in self._settled_at_end:
             reservation = self._by_response.pop(response_id, None)
             if reservation is None and self._awaiting_created:
                 reservation = self._awaiting_created.popleft()  # its response.created was never seen
@@ -525,13 +637,13 @@ class SessionGovernor:
         if response_id in self._in_flight or response_id in self._seen_responses:
             return FORWARD_ONLY
         self._in_flight.add(response_id)
-        if self.policy is None or self.closed is not None:
-            return FORWARD_ONLY
+        if self.policy is None:
+            return (FORWARD, self._cancel(response_id)) if self._abandoned else FORWARD_ONLY
         actions: list[Action] = [FORWARD]
         server_started = not self._awaiting_created
         if not server_started:
             self._by_response[response_id] = self._awaiting_created.popleft()
-        elif self._limits.limited:
+        elif self._limits.limited and not self._ended:
             # Server VAD started it without asking: reserve after the fact (always recorded).
             override = _token_value(response.get(GA_TOKENS, response.get(BETA_TOKENS)))
             reservation = _Reservation(self._new_reservation_id(), self._worst_case(override), forced=True)
@@ -540,9 +652,10 @@ class SessionGovernor:
         closing = self._closing
         cancels = self.policy.budget.at_limit == "cancel_response"
         cancel_all = closing is not None and closing.cap is BUDGET_CAP and cancels
-        if closing is not None and (server_started or cancel_all):
-            actions.append(SendToUpstream({"type": "response.cancel", "event_id": self._next_id(),
-                                           "response_id": response_id}))  # fmt: skip
+        # Once closed (or the client is gone) no response is wanted: it still bills, so it is
+        # tracked until its `response.done`, like any other.
+        if self._abandoned or self.closed is not None or (closing is not None and (server_started or cancel_all)):
+            actions.append(self._cancel(response_id))
         return tuple(actions)
 
     def _upstream_error(self, error: Mapping[str, Any]) -> Sequence[Action]:

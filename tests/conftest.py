@@ -151,44 +151,19 @@ async def end_emulated_calls(emulator):
             await emulator.webrtc.end(call)
 
 
-# Test modules run once per relay shell (docs/relay.md), so both stay tested.
-RELAY_MODULES = frozenset({"test_proxy_websocket", "test_proxy_lifecycle", "test_enforcement_e2e"})
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__.rpartition(".")[2] in RELAY_MODULES and "relay" in metafunc.fixturenames:
-        from gateway.settings import RELAYS
-
-        metafunc.parametrize("relay", RELAYS)
-
-
-@pytest.fixture(autouse=True)
-def relay(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The relay shell gateways in this test use (parametrized over both in RELAY_MODULES)."""
-    from gateway.settings import ServerSettings
-    from tests.support import harness
-
-    harness.relay_under_test = getattr(request, "param", ServerSettings.relay)
-    yield harness.relay_under_test
-    harness.relay_under_test = ServerSettings.relay
-
-
 @pytest.fixture(scope="session")
-async def _gateways(pg_dsn: str, emulator) -> AsyncIterator[dict[str, object]]:
-    started: dict[str, object] = {}
-    yield started
-    for gw in started.values():
-        await gw.stop()  # type: ignore[attr-defined]
+async def _gateway(pg_dsn: str, emulator) -> AsyncIterator[object]:
+    from tests.support.harness import gateway_settings, start_gateway
+
+    gw = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    yield gw
+    await gw.stop()
 
 
 @pytest.fixture
-async def gateway(_gateways: dict[str, object], relay: str, pg_dsn: str, emulator):
-    """One gateway per relay shell for the session, upstream = the shared emulator."""
-    from tests.support.harness import gateway_settings, start_gateway
-
-    if relay not in _gateways:
-        _gateways[relay] = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
-    return _gateways[relay]
+async def gateway(_gateway: object):
+    """The session's gateway (fast relay), upstream = the shared emulator."""
+    return _gateway
 
 
 @pytest.fixture

@@ -47,6 +47,16 @@ pytestmark = pytest.mark.e2e
 
 MAX_MESSAGE = 64 * 1024
 Script = Callable[[ServerConnection], Awaitable[None]]
+CLEARED = json.dumps({"type": "input_audio_buffer.cleared"})
+
+
+async def answer_until_closed(ws: ServerConnection) -> None:
+    """Read until the connection closes, answering `input_audio_buffer.clear` as Realtime does
+    (voxgate's fence at every session end the client's side or voxgate's starts)."""
+    with contextlib.suppress(ConnectionClosed):
+        async for message in ws:
+            if json.loads(message).get("type") == "input_audio_buffer.clear":
+                await ws.send(CLEARED)
 
 
 class ScriptedUpstream:
@@ -77,11 +87,14 @@ class ScriptedUpstream:
             self.closed.set()
 
     async def echo_events(self, ws: ServerConnection) -> None:
-        """Record every message; answer each with an event naming it."""
+        """Record every message; answer a clear as Realtime does, anything else with an event naming it."""
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 self.received.append(message)
-                await ws.send(json.dumps({"type": "conversation.item.done", "echo": len(message)}))
+                if json.loads(message).get("type") == "input_audio_buffer.clear":
+                    await ws.send(CLEARED)
+                else:
+                    await ws.send(json.dumps({"type": "conversation.item.done", "echo": len(message)}))
 
     def reset(self) -> None:
         self.script, self.received, self.closed = self.echo_events, [], asyncio.Event()
@@ -169,7 +182,7 @@ async def upstream() -> AsyncIterator[ScriptedUpstream]:
 
 @pytest.fixture(scope="module")
 async def wire_gateway(pg_dsn: str, upstream: ScriptedUpstream) -> AsyncIterator[Gateway]:
-    settings = gateway_settings(pg_dsn, REDIS_URL, upstream.base_url, relay="fast", max_message_bytes=MAX_MESSAGE)
+    settings = gateway_settings(pg_dsn, REDIS_URL, upstream.base_url, max_message_bytes=MAX_MESSAGE)
     gw = await start_gateway(settings)
     yield gw
     await gw.stop()
@@ -223,7 +236,7 @@ async def test_fragmented_client_message_is_inspected_whole_and_forwarded_as_its
         async for fragment in ws.recv_streaming():
             fragments.append(str(fragment))
         await ws.send(json.dumps({"type": "conversation.item.done"}))
-        await ws.wait_closed()
+        await answer_until_closed(ws)
 
     client = await connect(streaming)
     event = json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user"}})
@@ -245,14 +258,14 @@ async def test_fragmented_garbage_is_answered_with_an_error_and_not_forwarded(
     error = await client.event()
     assert error["type"] == "error" and error["error"]["code"] == "invalid_json"
     client.send_json({"type": "input_audio_buffer.clear"})
-    assert (await client.event())["type"] == "conversation.item.done"
+    assert (await client.event())["type"] == "input_audio_buffer.cleared"
     assert upstream.received == ['{"type": "input_audio_buffer.clear"}']
 
 
 async def test_fragmented_upstream_message_reaches_the_client_as_the_same_frames(connect: Connect) -> None:
     async def fragmented(ws: ServerConnection) -> None:
         await ws.send(iter(['{"type": "response.done", ', '"response": {"id": "resp_1", ', '"status": "completed"}}']))
-        await ws.wait_closed()
+        await answer_until_closed(ws)
 
     client = await connect(fragmented)
     frames = [await client.frame()]
@@ -320,8 +333,9 @@ async def test_oversized_client_message_closes_with_1009_and_reaches_nobody(
     assert await client.until_close() == (1009, "")
     client.writer.write(build_close(1009, masked=True))
     await client.eof()
-    assert upstream.received == []
     assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
+    # Upstream got none of it: only voxgate's fence at the session's end.
+    assert [json.loads(m)["type"] for m in upstream.received] == ["input_audio_buffer.clear"]
 
 
 async def test_client_tcp_reset_ends_the_session_and_closes_upstream(
@@ -331,7 +345,7 @@ async def test_client_tcp_reset_ends_the_session_and_closes_upstream(
     client.reset()
     async with asyncio.timeout(5):
         await upstream.closed.wait()
-        await ws.wait_closed()
+        await answer_until_closed(ws)
     assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
     assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
     assert len(wire_gateway.services.live) == 0
@@ -360,7 +374,7 @@ async def test_a_client_that_stops_reading_throttles_the_upstream(wire_gateway: 
         for _ in range(total):
             await ws.send(delta.decode())
             sent += 1
-        await ws.wait_closed()
+        await answer_until_closed(ws)
 
     client = await connect(flood)
     await asyncio.sleep(1.0)  # the client reads nothing meanwhile
@@ -388,7 +402,10 @@ async def test_an_upstream_that_stops_reading_throttles_the_client(wire_gateway:
     async def stalled(ws: ServerConnection) -> None:
         nonlocal received
         await release.wait()
-        async for _ in ws:
+        async for message in ws:
+            if json.loads(message)["type"] == "input_audio_buffer.clear":
+                await ws.send(CLEARED)  # the fence, once the test is over
+                continue
             received += 1
             if received == total:
                 await ws.send(json.dumps({"type": "conversation.item.done"}))
@@ -435,7 +452,7 @@ async def test_browser_subprotocol_is_answered_with_realtime_only_and_nothing_is
 async def test_binary_client_message_gets_an_error_and_upstream_binary_passes(connect: Connect) -> None:
     async def binary(ws: ServerConnection) -> None:
         await ws.send(b"\x00\x01upstream-bytes")
-        await ws.wait_closed()
+        await answer_until_closed(ws)
 
     client = await connect(binary)
     assert await client.frame() == (True, OP_BINARY, b"\x00\x01upstream-bytes")
@@ -501,7 +518,7 @@ async def test_several_upstream_frames_in_one_read_reach_the_client_in_order(con
         frames.append(build_frame(OP_TEXT, json.dumps(done).encode(), masked=False))
         frames.append(build_frame(OP_TEXT, delta_event(3), masked=False))
         ws.transport.write(b"".join(frames))
-        await ws.wait_closed()
+        await answer_until_closed(ws)
 
     client = await connect(burst)
     got = [await client.event() for _ in range(4)]
@@ -534,7 +551,7 @@ async def test_a_client_leaving_during_admission_leaves_no_upstream_connection(p
 
     stall = await asyncio.start_server(never_answers, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{stall.sockets[0].getsockname()[1]}/v1"
-    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, url, relay="fast"))
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, url))
     try:
         _, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -565,11 +582,13 @@ class CapturingTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
+    reading = True
+
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -585,9 +604,24 @@ class RewritingLive:
     """A LiveSession stand-in whose governor replaces every client message with two new ones."""
 
     session_id = "vgs_stub"
+    responses_in_flight = usage_pending = False
 
     def __init__(self) -> None:
         self.ended: list[str] = []
+        self.awaiting_upstream = False
+
+    def abandon_responses(self) -> Verdict:
+        """The fence: upstream is read on until it answers the clear."""
+        self.awaiting_upstream = True
+        return Verdict(False, to_upstream=('{"type":"input_audio_buffer.clear"}',))
+
+    def from_upstream(self, message: bytes, binary: bool = False) -> Verdict:
+        if json.loads(message)["type"] == "input_audio_buffer.cleared":
+            self.awaiting_upstream = False
+        return Verdict(True)
+
+    def responses_unbilled(self, cause: str) -> None:
+        pass
 
     def client_audio(self, message: bytes) -> bool:
         return False  # nothing takes the fast path: every message goes to from_client
@@ -603,6 +637,9 @@ class RewritingLive:
 
     def attach(self, deliver: Callable[[Verdict], Awaitable[None]]) -> None:
         self.deliver = deliver
+
+    def next_deadline_in(self) -> float | None:
+        return None
 
     async def aclose(self) -> None:
         pass
@@ -629,10 +666,128 @@ async def test_governor_made_messages_are_masked_toward_upstream_and_plain_towar
     await live.deliver(Verdict(False, to_upstream=('{"type":"response.cancel"}',)))  # between frames
     assert frames_in(upstream.sent, masked=True)[-1] == (OP_TEXT, b'{"type":"response.cancel"}')
     relay.shutdown(1001, "gateway shutting down", "gateway_shutdown")
-    assert live.ended == ["gateway_shutdown"]
+    # The client is closed at once; upstream first gets the fence and is read until it answers it.
     assert frames_in(client.sent, masked=False)[-1] == (OP_CLOSE, b"\x03\xe9gateway shutting down")
+    assert frames_in(upstream.sent, masked=True)[-1] == (OP_TEXT, b'{"type":"input_audio_buffer.clear"}')
+    assert live.ended == []
+    sent_to_client = client.sent
+    relay.upstream_data(build_frame(OP_TEXT, b'{"type":"input_audio_buffer.cleared"}', masked=False))
+    assert live.ended == ["gateway_shutdown"]
     assert frames_in(upstream.sent, masked=True)[-1] == (OP_CLOSE, b"\x03\xe8")
+    assert client.sent == sent_to_client  # nothing of the fence reaches the client
     relay.client_lost(None)
     relay.upstream_lost(None)
     async with asyncio.timeout(1):
         await relay.done
+
+
+USAGE = {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20,
+         "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0},
+         "output_token_details": {"text_tokens": 5, "audio_tokens": 15}}  # fmt: skip
+
+
+async def test_frames_after_a_billed_response_done_wait_for_its_row_and_keep_their_order(
+    connect: Connect, pg_pool: asyncpg.Pool
+) -> None:
+    response_id = f"resp_{os.urandom(6).hex()}"
+    done = {"type": "response.done", "response": {"id": response_id, "status": "completed", "output": [],
+                                                  "usage": USAGE}}  # fmt: skip
+
+    async def burst(ws: ServerConnection) -> None:
+        # One TCP write: deltas, the billed response.done, more deltas and an event to inspect.
+        frames = [build_frame(OP_TEXT, delta_event(n), masked=False) for n in (1, 2)]
+        frames.append(build_frame(OP_TEXT, json.dumps(done).encode(), masked=False))
+        frames += [build_frame(OP_TEXT, delta_event(n), masked=False) for n in (3, 4)]
+        frames.append(build_frame(OP_TEXT, json.dumps({"type": "conversation.item.done"}).encode(), masked=False))
+        ws.transport.write(b"".join(frames))
+        await ws.send(delta_event(5).decode())  # and a later read
+        await answer_until_closed(ws)
+
+    client = await connect(burst)
+    got = []
+    for _ in range(7):
+        got.append(await client.event())
+        if got[-1]["type"] == "response.done":
+            assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", response_id) == 1
+    assert [e["type"] for e in got] == ["response.output_audio.delta"] * 2 + ["response.done"] + [
+        "response.output_audio.delta"] * 2 + ["conversation.item.done", "response.output_audio.delta"]  # fmt: skip
+    assert [e.get("event_id") for e in got] == ["event_1", "event_2", None, "event_3", "event_4", None, "event_5"]
+
+
+async def test_an_abandoned_response_whose_done_never_comes_is_recorded_as_unbilled(
+    pg_dsn: str, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    response_id = f"resp_{os.urandom(6).hex()}"
+    received: list[dict[str, Any]] = []
+
+    async def deaf(ws: ServerConnection) -> None:
+        created = {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}
+        await ws.send(json.dumps(created))
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:  # never answers the cancel
+                received.append(json.loads(message))
+
+    wait = 0.3
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, upstream.base_url, abandon_wait_seconds=wait))
+    try:
+        upstream.reset()
+        upstream.script = deaf
+        raw = await RawClient.connect(gateway, {"Authorization": f"Bearer {tenant.secret}"})
+        assert (await raw.event())["type"] == "session.created"
+        assert (await raw.event())["type"] == "response.created"
+        ws = upstream.connections[-1]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        raw.reset()
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        # Upstream was told to cancel, then read for the wait, then closed: no sooner, not much later.
+        assert wait <= loop.time() - t0 <= wait + 1.0
+        # The cancel, then the fence (which this upstream does not answer either).
+        assert [(e["type"], e.get("response_id")) for e in received] == [("response.cancel", response_id),
+                                                                         ("input_audio_buffer.clear", None)]
+        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+        await gateway.settle()
+        detail = await pg_pool.fetchval("SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = "
+                                        "'response_unbilled'", tenant.tenant_id)  # fmt: skip
+        assert json.loads(detail)["response_ids"] == [response_id]
+        assert await end_reason(gateway, pg_pool, tenant) == "client_closed"
+    finally:
+        await gateway.stop()
+
+
+class BillingLive(RewritingLive):
+    """A LiveSession stand-in: upstream `response.done` carries a durable future the test resolves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def from_upstream(self, message: bytes, binary: bool = False) -> Verdict:
+        if json.loads(message)["type"] == "response.done":
+            return Verdict(True, durable=self.durable)
+        return super().from_upstream(message, binary)
+
+
+async def test_a_held_response_done_delays_what_follows_it_and_a_drain_until_it_is_durable() -> None:
+    client, upstream = CapturingTransport(), CapturingTransport()
+    live = BillingLive()
+    relay = FastRelay(live, client, upstream, max_message_bytes=MAX_MESSAGE, on_done=lambda _: None)  # type: ignore[arg-type]
+    relay.start()
+    done = build_frame(OP_TEXT, b'{"type":"response.done"}', masked=False)
+    after = build_frame(OP_TEXT, b'{"type":"conversation.item.done"}', masked=False)
+    relay.upstream_data(build_frame(OP_TEXT, delta_event(1), masked=False) + done + after)
+    assert [json.loads(p)["type"] for _, p in frames_in(client.sent, masked=False)] == ["response.output_audio.delta"]
+    assert not upstream.reading  # upstream is not read while response.done waits
+    relay.upstream_data(build_frame(OP_TEXT, delta_event(2), masked=False))  # a read already under way
+    relay.shutdown(1001, "gateway shutting down", "gateway_shutdown")  # a drain waits for the release
+    assert live.ended == [] and len(frames_in(client.sent, masked=False)) == 1
+    live.durable.set_result(None)
+    await asyncio.sleep(0)
+    kinds = [(op, json.loads(p)["type"] if op == OP_TEXT else p) for op, p in frames_in(client.sent, masked=False)]
+    assert kinds == [(OP_TEXT, "response.output_audio.delta"), (OP_TEXT, "response.done"),
+                     (OP_TEXT, "conversation.item.done"), (OP_TEXT, "response.output_audio.delta"),
+                     (OP_CLOSE, b"\x03\xe9gateway shutting down")]  # fmt: skip
+    assert upstream.reading and live.ended == []  # upstream is read for the fence's answer
+    relay.upstream_data(build_frame(OP_TEXT, b'{"type":"input_audio_buffer.cleared"}', masked=False))
+    assert live.ended == ["gateway_shutdown"]

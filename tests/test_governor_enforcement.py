@@ -1,9 +1,7 @@
 """The governor enforces a tenant policy in session: events and `now` in, actions out."""
 
 import copy
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 from openai.types.realtime import RealtimeClientEventParam, RealtimeServerEvent
@@ -24,9 +22,9 @@ from policies.actions import (
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import BudgetPolicy, TenantPolicy
 from policies.pricing import DEFAULT_PRICE_TABLE
+from tests.fixtures import realtime_server_events
 
-EXAMPLES = json.loads((Path(__file__).parents[2] / "shared/reference/realtime-examples.json").read_text())
-SERVER = EXAMPLES["server_events"]
+SERVER = realtime_server_events()
 SERVER_EVENT = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
 CLIENT_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeClientEventParam)
 T0 = 1_800_000_000.0
@@ -114,7 +112,9 @@ def test_reservation_granted_forwards_the_held_create_and_what_queued_behind_it(
     finished = gov.on_server_event(done("resp_1"), T0 + 2)
     [settle] = of(SettleBudget, finished)
     [record] = [a.record for a in finished if isinstance(a, Persist)]
-    assert settle == SettleBudget(reserve.reservation_id, 64_000, record.cost_micro_usd)
+    # The fixture's response at gpt-realtime rates, by hand in tests/test_governor_metering.py: 6_966.
+    assert record.cost_micro_usd == 6_966
+    assert settle == SettleBudget(reserve.reservation_id, 64_000, 6_966)
     assert of(SettleBudget, gov.on_server_event(done("resp_1"), T0 + 3)) == []  # settled exactly once
 
 
@@ -172,15 +172,19 @@ def test_refused_vad_reservation_cuts_the_session_finishing_the_response() -> No
 def test_budget_broadcast_with_cancel_response_cancels_and_closes_within_a_second() -> None:
     policy = TenantPolicy(budget=BudgetPolicy(daily_micro_usd=10**7, at_limit="cancel_response"))
     gov = governor(policy)
-    gov.on_server_event(created("resp_1"), T0)
+    [reserve] = of(ReserveBudget, gov.on_server_event(created("resp_1"), T0))
     actions = checked(gov.on_budget_exhausted(T0 + 1))
     [cancel] = of(SendToUpstream, actions)
     assert cancel.event["type"] == "response.cancel" and cancel.event["response_id"] == "resp_1"
     assert gov.on_tick(T0 + 1.5) == ()
     [close] = of(CloseSession, checked(gov.on_tick(T0 + 2)))
     assert close.code == 4003 and gov.closed == close
-    # Its reservation was settled at worst case at the close; a late response.done adds nothing.
-    assert of(SettleBudget, gov.on_server_event(done("resp_1", "cancelled"), T0 + 3)) == []
+    # Its reservation stays open past the close: the late response.done (the shell reads on for it)
+    # settles it at the real cost (the fixture's 6_966, by hand in test_governor_metering.py), once.
+    assert gov.responses_in_flight
+    settles = of(SettleBudget, gov.on_server_event(done("resp_1", "cancelled"), T0 + 3))
+    assert settles == [SettleBudget(reserve.reservation_id, reserve.amount_micro_usd, 6_966)]
+    assert not gov.responses_in_flight and gov.on_session_end(T0 + 4) == ()
 
 
 def test_budget_broadcast_with_nothing_in_flight_closes_at_once() -> None:
@@ -242,3 +246,137 @@ def test_lower_ceiling_mid_session_reclamps_the_live_session() -> None:
     )
     [rewritten] = gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": 900}}, T0 + 3)
     assert isinstance(rewritten, ForwardRewritten) and rewritten.event["response"]["max_output_tokens"] == 500
+
+
+def test_while_closing_a_response_upstream_starts_on_its_own_is_cancelled_at_once() -> None:
+    # docs/governor.md, "Closes": while closing, any response upstream starts on its own is cancelled at once.
+    gov = governor(TenantPolicy(max_session_seconds=60))
+    gov.on_server_event(created("resp_1"), T0 + 50)
+    assert of(CloseSession, gov.on_tick(T0 + 60)) == []  # closing: resp_1 may finish within the grace
+    actions = checked(gov.on_server_event(created("resp_vad"), T0 + 61))
+    assert isinstance(actions[0], Forward)
+    [cancel] = of(SendToUpstream, actions)
+    assert (cancel.event["type"], cancel.event["response_id"]) == ("response.cancel", "resp_vad")
+
+
+def test_next_deadline_names_when_a_tick_has_something_to_do() -> None:
+    assert governor(None).next_deadline() is None  # no policy: nothing is timed
+    gov = governor(TenantPolicy(max_session_seconds=60, idle_timeout_seconds=30))
+    gov.note_client_activity(T0 + 20)
+    assert gov.next_deadline() == T0 + 50  # idle at 20 + 30, before the duration cap at 60
+    gov.on_server_event(created("resp_1"), T0 + 45)
+    assert gov.next_deadline() == T0 + 60  # never idle while a response is in flight: the cap is next
+    cut = TenantPolicy(budget=BudgetPolicy(daily_micro_usd=10**7, at_limit="cancel_response"))
+    gov = governor(cut)
+    gov.on_server_event(created("resp_1"), T0)
+    gov.on_budget_exhausted(T0 + 1)
+    # cancel_response: the close is due 0.9 s after the cut, so a shell that ticks at the
+    # deadline closes within the 1 s docs/close-codes.md promises.
+    assert gov.next_deadline() == T0 + 1.9
+    assert of(CloseSession, gov.on_tick(T0 + 1.9))
+    assert gov.next_deadline() is None
+
+
+# -- The end of a session on the client's side or voxgate's: the fence ---------------------------
+
+
+def cleared() -> dict[str, Any]:
+    return copy.deepcopy(SERVER["input_audio_buffer.cleared"])
+
+
+def fence_of(actions: Sequence[Action]) -> str:
+    [fence] = [a.event for a in of(SendToUpstream, actions) if a.event["type"] == "input_audio_buffer.clear"]
+    return str(fence["event_id"])
+
+
+def test_client_gone_fences_upstream_and_a_response_vad_starts_meanwhile_is_cancelled_and_billed() -> None:
+    gov = governor()
+    gone = checked(gov.on_client_gone(T0))
+    fence_of(gone)
+    assert [a.event["type"] for a in of(SendToUpstream, gone)] == ["input_audio_buffer.clear"]  # nothing to cancel
+    assert gov.awaiting_upstream and not gov.responses_in_flight
+    # Upstream's VAD had the client's turn: the response it starts is cancelled at once...
+    started = checked(gov.on_server_event(created("resp_vad"), T0 + 0.1))
+    [reserve] = of(ReserveBudget, started)
+    assert [(a.event["type"], a.event["response_id"]) for a in of(SendToUpstream, started)] == [
+        ("response.cancel", "resp_vad")]  # fmt: skip
+    assert checked(gov.on_server_event(cleared(), T0 + 0.2)) == (Forward(),)
+    assert gov.awaiting_upstream  # the fence is answered, the response is not done
+    # ...and its response.done is billed and settled like any other (6_966: by hand, test_governor_metering.py).
+    finished = gov.on_server_event(done("resp_vad", "cancelled"), T0 + 0.3)
+    [record] = [a.record for a in finished if isinstance(a, Persist)]
+    assert (record.response_id, record.cost_micro_usd) == ("resp_vad", 6_966)
+    assert of(SettleBudget, finished) == [SettleBudget(reserve.reservation_id, reserve.amount_micro_usd, 6_966)]
+    assert not gov.awaiting_upstream
+    assert gov.on_client_gone(T0 + 1) == ()  # once
+
+
+def test_after_a_budget_close_a_reserved_response_is_settled_once_at_its_real_cost() -> None:
+    gov = governor()
+    [reserve] = gov.on_client_event({"type": "response.create"}, T0)
+    gov.on_reservation(reserve.reservation_id, True, T0)  # response.create sent, not yet announced
+    cut = checked(gov.on_budget_exhausted(T0 + 0.1))
+    assert of(CloseSession, cut) and not of(SettleBudget, cut)  # the reservation stays open
+    assert gov.responses_in_flight
+    fence_of(checked(gov.on_client_gone(T0 + 0.1)))
+    announced = checked(gov.on_server_event(created("resp_1"), T0 + 0.2))
+    assert not of(ReserveBudget, announced)  # it is the reserved one
+    assert [a.event["type"] for a in of(SendToUpstream, announced)] == ["response.cancel"]
+    settles = of(SettleBudget, gov.on_server_event(done("resp_1", "cancelled"), T0 + 0.3))
+    assert settles == [SettleBudget(reserve.reservation_id, 64_000, 6_966)]
+    assert of(SettleBudget, gov.on_server_event(done("resp_1", "cancelled"), T0 + 0.4)) == []
+    assert gov.on_server_event(cleared(), T0 + 0.5) == (Forward(),)
+    assert not gov.awaiting_upstream and gov.on_session_end(T0 + 1) == ()
+
+
+def test_a_response_never_done_is_settled_at_its_worst_case_when_the_session_ends() -> None:
+    gov = governor()
+    [reserve] = of(ReserveBudget, gov.on_server_event(created("resp_1"), T0))
+    gov.on_client_gone(T0 + 1)
+    assert gov.on_session_end(T0 + 6) == (SettleBudget(reserve.reservation_id, reserve.amount_micro_usd,
+                                                       reserve.amount_micro_usd),)  # fmt: skip
+    assert gov.on_session_end(T0 + 7) == ()
+    # A response.done read after that is still booked, but settles nothing twice.
+    late = gov.on_server_event(done("resp_1", "cancelled"), T0 + 8)
+    assert [a.record.response_id for a in late if isinstance(a, Persist)] == ["resp_1"]
+    assert of(SettleBudget, late) == []
+
+
+def test_the_fence_is_answered_by_the_last_clear_or_by_an_error_naming_it() -> None:
+    gov = governor(policy=None)
+    assert gov.on_client_event({"type": "input_audio_buffer.clear"}, T0) == (Forward(),)
+    fence_of(gov.on_client_gone(T0))
+    gov.on_server_event(cleared(), T0 + 0.1)  # answers the client's own clear, sent before the fence
+    assert gov.awaiting_upstream
+    gov.on_server_event(cleared(), T0 + 0.2)
+    assert not gov.awaiting_upstream
+    refused = governor(policy=None)
+    fence = fence_of(refused.on_client_gone(T0))
+    error = copy.deepcopy(SERVER["error"])
+    error["error"].update(code="invalid_request_error", event_id="event_other")
+    refused.on_server_event(error, T0 + 0.1)
+    assert refused.awaiting_upstream
+    error["error"]["event_id"] = fence
+    refused.on_server_event(error, T0 + 0.2)
+    assert not refused.awaiting_upstream
+
+
+def test_a_transcription_committed_before_the_end_is_waited_for_until_it_completes_or_fails() -> None:
+    gov = governor(policy=None)
+    session = copy.deepcopy(SERVER["session.updated"])
+    session["session"]["audio"]["input"]["transcription"] = {"model": "gpt-4o-transcribe"}
+    gov.on_server_event(session, T0)
+    for item_id in ("item_a", "item_b"):
+        gov.on_server_event({**copy.deepcopy(SERVER["input_audio_buffer.committed"]), "item_id": item_id}, T0)
+    gov.on_client_gone(T0 + 0.1)
+    gov.on_server_event(cleared(), T0 + 0.2)
+    assert gov.awaiting_upstream and gov.usage_pending  # the fence is answered; two transcriptions are owed
+    completed = copy.deepcopy(SERVER["conversation.item.input_audio_transcription.completed"])
+    completed["item_id"] = "item_a"
+    assert [type(a) for a in gov.on_server_event(completed, T0 + 0.3)] == [Forward, Persist]
+    assert gov.awaiting_upstream
+    [audit] = gov.on_responses_unbilled(T0 + 0.4, "test")
+    assert audit.detail["transcription_item_ids"] == ["item_b"]
+    gov.on_server_event({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_b",
+                         "content_index": 0, "error": {"type": "transcription_error"}}, T0 + 0.5)  # fmt: skip
+    assert not gov.awaiting_upstream

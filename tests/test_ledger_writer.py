@@ -274,3 +274,116 @@ async def test_waiting_records_are_spooled_at_stop_and_written_after_a_restart(p
     assert await second.drain(5)
     assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 70
     await second.stop()
+
+
+async def test_a_durable_record_resolves_once_committed_and_wakes_a_pausing_writer(pg_pool, tenant_id) -> None:
+    # A long batching pause: a durable record must not wait it out.
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=2.0))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))  # written at once; the writer then pauses for 2 s
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    record = usage(sid, tenant_id, 1)
+    done = writer.submit_durable(record)
+    assert not done.done()
+    await asyncio.wait_for(done, 1.0)
+    assert loop.time() - t0 < 1.0
+    # Resolved means committed: any later reader sees the row.
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", record.response_id) == 1
+    assert writer.stats.journaled == 0 and writer.stats.unconfirmed == 0
+    await writer.stop()
+
+
+async def test_durable_records_postgres_does_not_take_are_fsynced_to_the_spool_together(
+    blippable_pool, pg_pool, tenant_id, tmp_path: Path, monkeypatch
+) -> None:
+    proxy, pool = blippable_pool
+    fsyncs: list[int] = []
+    real_fsync = ledger_module.os.fsync
+    monkeypatch.setattr(ledger_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    timeout = 0.3
+    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=timeout)
+    writer = LedgerWriter(lambda: pool, settings)
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    assert await writer.drain(5)
+    proxy.cut()
+    records = [usage(sid, tenant_id, n) for n in range(3)]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    waiters = [writer.submit_durable(r) for r in records]
+    await asyncio.wait_for(asyncio.gather(*waiters), timeout + 1.0)
+    assert timeout * 0.9 <= loop.time() - t0 <= timeout + 1.0
+    assert len(fsyncs) == 1  # one group, one fsync
+    spooled = (tmp_path / "ledger-spool.jsonl").read_bytes()
+    assert all(r.response_id.encode() in spooled for r in records)
+    assert writer.stats.journaled == 3 and writer.stats.unconfirmed == 0
+    # A record submitted durably while the spool is in use is appended behind it and fsynced.
+    late = usage(sid, tenant_id, 9)
+    await asyncio.wait_for(writer.submit_durable(late), 1.0)
+    assert late.response_id.encode() in (tmp_path / "ledger-spool.jsonl").read_bytes() and len(fsyncs) == 2
+    proxy.restore()
+    assert await writer.drain(20)  # the queue, then the journal's replay: each row once
+    await writer.stop()
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 4
+    assert not (tmp_path / "ledger-spool.jsonl").exists()
+
+
+async def test_without_a_spool_a_durable_record_is_released_at_the_timeout_and_counted(
+    blippable_pool, pg_pool, tenant_id
+) -> None:
+    proxy, pool = blippable_pool
+    writer = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, durable_timeout_seconds=0.2))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    assert await writer.drain(5)
+    proxy.cut()
+    record = usage(sid, tenant_id, 1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(writer.submit_durable(record), 1.0)
+    assert 0.18 <= loop.time() - t0 <= 1.0
+    assert writer.stats.unconfirmed == 1 and writer.pending == 1  # released, not forgotten
+    proxy.restore()
+    assert await writer.drain(20)
+    await writer.stop()
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", record.response_id) == 1
+
+
+async def test_a_journal_being_replayed_survives_a_crash_until_its_records_commit(
+    blippable_pool, pg_pool, tenant_id, tmp_path
+) -> None:
+    # A spooled journal is moved into the queue while Postgres is away; the process then dies
+    # (its writer task is cancelled, no stop). The journal must still be on disk, and the next
+    # start must write every record in it.
+    proxy, pool = blippable_pool
+    sid = f"vgs_{secrets.token_hex(6)}"
+    records = [started(sid, tenant_id), *(usage(sid, tenant_id, n, cost=7) for n in range(3))]
+    spool = tmp_path / "ledger-spool.jsonl"
+    spool.write_bytes(b"".join(ledger_module.encode_record(r) + b"\n" for r in records))
+    proxy.cut()
+    crashed = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
+    crashed.start()
+    for _ in range(200):
+        if crashed.pending:
+            break
+        await asyncio.sleep(0.01)
+    assert crashed.pending == len(records) and not spool.exists()  # replay began: the journal was moved aside
+    assert not await crashed.drain(0.3)
+    assert crashed._task is not None
+    crashed._task.cancel()  # the process dies here
+    with pytest.raises(asyncio.CancelledError):
+        await crashed._task
+    leftovers = list(tmp_path.glob("ledger-spool.replay-*"))
+    assert len(leftovers) == 1 and leftovers[0].read_bytes().count(b"\n") == len(records)
+
+    restarted = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
+    restarted.start()
+    assert await restarted.drain(10)
+    await restarted.stop()
+    assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 21
+    assert not list(tmp_path.glob("ledger-spool*"))  # committed: nothing left to replay

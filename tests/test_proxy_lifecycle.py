@@ -148,3 +148,24 @@ async def test_shutdown_does_not_wait_forever_for_a_stuck_database_connection(
     finally:
         await blocker.execute("DROP TABLE IF EXISTS shutdown_lock_probe")
         await pg_pool.release(blocker)
+
+
+async def test_realtime_reached_through_plain_asgi_is_refused_with_an_openai_shaped_501(
+    pg_dsn, emulator, tenant
+) -> None:
+    """A server not wired with voxgate's relay (here: uvicorn without `realtime_relay`) refuses, never relays."""
+    from gateway.app import create_app
+    from gateway.server import start_server
+
+    server = await start_server(create_app(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)))
+    try:
+        url = f"ws://{server.host}:{server.port}/v1/realtime?model=gpt-realtime"
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(url, additional_headers=auth(tenant)):
+                pass
+        assert info.value.response.status_code == 501
+        body = json.loads(info.value.response.body)
+        assert set(body["error"]) == {"message", "type", "code", "param"}
+        assert body["error"]["code"] == "relay_unavailable"
+    finally:
+        await server.stop()

@@ -105,6 +105,12 @@ def client_error(request: UpgradeRequest) -> GatewayError | None:
     return None
 
 
+def head_too_large(limit: int) -> GatewayError:
+    """The refusal of a request head (request line and headers) over `limit` bytes."""
+    return GatewayError(431, f"Request header fields too large: the request head may be at most {limit} bytes.",
+                        code="request_header_fields_too_large")  # fmt: skip
+
+
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key."""
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()  # noqa: S324 (RFC 6455)

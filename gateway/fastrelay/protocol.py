@@ -17,13 +17,14 @@ from typing import Any, ClassVar, cast
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.admission import Admission, abandon, admit, draining_error, start_live_session
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, outage_refusal
 from gateway.fastrelay.handshake import (
     HEAD_END,
     MAX_HEAD_BYTES,
     HandshakeError,
     UpgradeRequest,
     client_error,
+    head_too_large,
     parse_request,
     refusal,
     switching_protocols,
@@ -121,7 +122,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         end = self._head.find(HEAD_END)
         if end < 0:
             if len(self._head) > MAX_HEAD_BYTES:
-                self.transport.close()
+                self._refuse(head_too_large(MAX_HEAD_BYTES))
             return
         raw, self._head = self._head, b""
         try:
@@ -178,10 +179,12 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
                 link.abort()
             await self._abandon(services, admission)
             raise
-        except Exception:
-            log.exception("admission failed")
+        except Exception as exc:
+            outage = outage_refusal(exc)  # Postgres or Redis unreachable: a retryable 503, not a bug
+            if outage is None:
+                log.exception("admission failed")
             await self._abandon(services, admission)
-            self._refuse(GatewayError(500, "The gateway had an internal error.", code="internal_error"))
+            self._refuse(outage or GatewayError(500, "The gateway had an internal error.", code="internal_error"))
             return
         if self._lost or link.transport is None:
             link.abort()
@@ -189,7 +192,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             return
         live = start_live_session(services, admission)
         limit = services.settings.server.max_message_bytes
-        relay = FastRelay(live, self.transport, link.transport, max_message_bytes=limit, on_done=services.live.discard)
+        relay = FastRelay(live, self.transport, link.transport, max_message_bytes=limit, on_done=services.live.discard,
+                          abandon_wait_seconds=services.settings.server.abandon_wait_seconds)  # fmt: skip
         services.live.add(relay)
         key = request.header(b"sec-websocket-key") or ""
         self.transport.write(switching_protocols(key, admission.subprotocol,

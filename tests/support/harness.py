@@ -27,8 +27,6 @@ from gateway.settings import (
 from gateway.storage.tenants import TenantDirectory
 
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(8)
-# Which relay shell gateways started by tests use; conftest's `relay` fixture sets it per test.
-relay_under_test: str = ServerSettings.relay
 
 
 @dataclass
@@ -63,7 +61,7 @@ class Gateway:
 
 def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: Any) -> Settings:
     return Settings(
-        server=replace(ServerSettings(), **{"shutdown_grace_seconds": 0.0, "relay": relay_under_test, **server}),
+        server=replace(ServerSettings(), **{"shutdown_grace_seconds": 0.0, **server}),
         database=DatabaseSettings(url=pg_dsn, pool_max=5),
         redis=RedisSettings(url=redis_url, key_prefix=f"vgtest:{secrets.token_hex(4)}:"),
         upstream=UpstreamSettings(url=upstream_url, api_key=UPSTREAM_KEY, connect_timeout_seconds=3.0),
@@ -79,7 +77,8 @@ def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: A
 async def start_gateway(settings: Settings) -> Gateway:
     app = create_app(settings)
     server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app),
-                                relay=settings.server.relay)  # fmt: skip
+                                realtime_relay=True, max_header_bytes=settings.server.max_header_bytes,
+                                header_timeout_seconds=settings.server.header_timeout_seconds)  # fmt: skip
     return Gateway(server=server, app=app, settings=settings)
 
 
