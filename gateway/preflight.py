@@ -1,0 +1,121 @@
+"""What `voxgate serve` checks before it listens, so a bad start is one line, not a traceback.
+
+Each check raises `StartupError` whose message says what failed, where (the variable, file,
+address or redacted URL) and how to fix it. Postgres and Redis are checked at the same time,
+each bounded by `CONNECT_TIMEOUT_SECONDS` (connect and first query together, no retries), so a
+dependency that does not answer stops the start within seconds instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gateway.server import bind_socket
+from gateway.settings import Settings, redact_url
+from gateway.storage.migrations import MigrationError, apply_migrations, schema_mismatch, schema_version
+
+# Longest wait for Postgres or Redis to answer at start (asyncpg's own default is 60 s); with
+# the interpreter's start-up it keeps a refused start under the documented 10 s.
+CONNECT_TIMEOUT_SECONDS = 4.0
+
+
+class StartupError(Exception):
+    """`voxgate serve` cannot start; the message is the one line to print, `exit_code` the status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever a driver's message held
+        self.exit_code = exit_code
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or a StartupError naming the address (port in use, no permission...)."""
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port} (VOXGATE_HOST / VOXGATE_PORT): {exc.strerror or exc}; "
+            "stop the process that holds it or pick another port with VOXGATE_PORT or --port"
+        ) from None
+
+
+async def check_services(settings: Settings, required_schema: int, *, migrate: bool = False) -> None:
+    """Postgres answers with exactly the schema this build needs (after migrating, with `migrate`),
+    and Redis answers."""
+    assert settings.database.url is not None  # require_services() ran
+    assert settings.redis.url is not None
+    outcomes = await asyncio.gather(
+        check_database(settings.database.url, required_schema, migrate=migrate),
+        check_redis(settings.redis.url),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:  # Postgres first when both fail
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def check_database(url: str, required_schema: int, *, migrate: bool = False) -> None:
+    """Connect (bounded), optionally apply pending migrations, and compare the schema version."""
+    where = f"Postgres at {redact_url(url)} (VOXGATE_DATABASE_URL)"
+    deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS  # connect and query together
+    try:
+        async with asyncio.timeout_at(deadline):
+            conn = await asyncpg.connect(url)
+    except TimeoutError:
+        raise StartupError(f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
+                           "check the host and port and that the server is up") from None  # fmt: skip
+    except Exception as exc:  # refused, unknown host, bad password, no such database, malformed URL
+        raise StartupError(f"cannot connect to {where}: {_reason(exc)}; check the URL and that the server is up") \
+            from None  # fmt: skip
+    try:
+        if migrate:
+            try:
+                await apply_migrations(conn)
+            except MigrationError as exc:
+                raise StartupError(f"--migrate failed: {exc}") from None
+            deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS  # migrating may take long
+        async with asyncio.timeout_at(deadline):
+            found = await schema_version(conn)
+    except TimeoutError:
+        raise StartupError(f"{where} did not answer a query within {CONNECT_TIMEOUT_SECONDS:g} s") from None
+    except asyncpg.PostgresError as exc:
+        raise StartupError(f"{where} refused to report its schema version: {_reason(exc)}") from None
+    finally:
+        with contextlib.suppress(Exception):  # the verdict is already made; a failed close changes nothing
+            await conn.close(timeout=CONNECT_TIMEOUT_SECONDS)
+    problem = schema_mismatch(found, required_schema)
+    if problem is not None:
+        raise StartupError(f"{where}: {problem}")
+
+
+async def check_redis(url: str) -> None:
+    """PING Redis with connect and reply bounded by CONNECT_TIMEOUT_SECONDS."""
+    where = f"Redis at {redact_url(url)} (VOXGATE_REDIS_URL)"
+    try:
+        client = aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                   socket_timeout=CONNECT_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0))  # fmt: skip
+    except ValueError as exc:
+        raise StartupError(f"{where} is not a valid Redis URL: {exc}", exit_code=2) from None
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            await client.ping()
+    except TimeoutError:
+        raise StartupError(f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
+                           "check the host and port and that the server is up") from None  # fmt: skip
+    except Exception as exc:  # refused, auth failed, unknown host
+        raise StartupError(f"cannot reach {where}: {_reason(exc)}; check the URL and that the server is up") \
+            from None  # fmt: skip
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
