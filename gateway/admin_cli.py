@@ -33,12 +33,13 @@ import yaml
 
 from gateway.adminapi import changes
 from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.jwt_auth import parse_allowed_hosts
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import MigrationError, apply_migrations, schema_version
 from gateway.storage.policy_store import PolicyStore, UnknownTier
 from gateway.storage.tenants import ApiKeyInfo, Tenant, TenantDirectory, TenantDirectoryError, TenantNotFound
 from gateway.storage.usage_reports import UsageReport, ledger_for_tenant
-from gateway.tiers import PolicyFileError, load_tiers, read_policy_file
+from gateway.tiers import PolicyFileError, check_default_tier, load_tiers, read_policy_file
 from policies.policy import PolicyError, policy_to_document
 
 DATABASE_URL_ENV = "VOXGATE_DATABASE_URL"
@@ -110,9 +111,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     policy_show = policy_actions.add_parser("show", parents=common, help="show the policy in force")
     policy_show.add_argument("tenant", metavar="TENANT_ID")
     policy_show.set_defaults(handler=_handler(_policy_show))
-    policy_set = policy_actions.add_parser("set", parents=common, help="store a new policy version")
+    policy_set = policy_actions.add_parser(
+        "set", parents=common, help="change a tenant's policy (a new version)",
+        description="Lay the keys in FILE over the policy in force and store the result as the next version. "
+                    "Keys FILE does not name keep their value; set a key to null to remove that limit.")  # fmt: skip
     policy_set.add_argument("tenant", metavar="TENANT_ID")
-    policy_set.add_argument("--file", required=True, metavar="FILE", help="one tier-shaped mapping in YAML")
+    policy_set.add_argument("--file", required=True, metavar="FILE",
+                            help="a tier-shaped mapping in YAML: only the keys to change")  # fmt: skip
     policy_set.set_defaults(handler=_handler(_policy_set))
 
     usage = subparsers.add_parser("usage", parents=common, help="show a tenant's usage and cost")
@@ -209,7 +214,7 @@ def _read_secret_file(path: Path) -> str:
 async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
     """Set (or clear) the keys a tenant's browser JWTs are verified with. No secret is ever printed.
 
-    JSON: ``{"tenant_id", "hs256": bool, "jwks_url", "audience", "previous_hs256_fingerprint",
+    JSON: ``{"tenant_id", "hs256": bool, "jwks_url", "audience", "previous_hs256_key_id",
     "previous_valid_until"}`` (or ``{"tenant_id", "cleared"}``).
     """
     if args.clear == bool(args.hs256_secret_file or args.jwks_url):
@@ -232,14 +237,15 @@ async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
                 print(f"browser-token keys of {args.tenant} " + ("removed" if cleared else "were not set"))
             return
         try:
+            allowed = parse_allowed_hosts(os.environ.get("VOXGATE_JWKS_ALLOWED_HOSTS"))
             info = await changes.set_browser_auth(pool, BrowserAuthConfig(args.tenant, secret, args.jwks_url,
                                                                           args.audience),
-                                                  CLI_ACTOR, args.previous_valid_seconds)  # fmt: skip
+                                                  CLI_ACTOR, args.previous_valid_seconds, allowed)  # fmt: skip
         except BrowserAuthConfigError as exc:
             raise CommandError(str(exc), exit_code=2) from None
     until = _iso(info.previous_valid_until)
     summary = {"tenant_id": args.tenant, "hs256": secret is not None, "jwks_url": args.jwks_url,
-               "audience": args.audience, "previous_hs256_fingerprint": info.previous_hs256_fingerprint,
+               "audience": args.audience, "previous_hs256_key_id": info.previous_hs256_key_id,
                "previous_valid_until": until}  # fmt: skip
     if args.json:
         _print_json(summary)
@@ -247,7 +253,7 @@ async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
     kinds = " and ".join(k for k, on in (("HS256 secret", secret is not None), ("JWKS URL", args.jwks_url)) if on)
     print(f"browser tokens of {args.tenant} are verified with its {kinds} (aud {args.audience!r})")
     if until is not None:
-        print(f"the previous HS256 secret ({info.previous_hs256_fingerprint}) stays valid until {until}")
+        print(f"the previous HS256 secret ({info.previous_hs256_key_id}) stays valid until {until}")
 
 
 async def _key_create(args: argparse.Namespace, dsn: str) -> None:
@@ -338,7 +344,9 @@ async def _policy_show(args: argparse.Namespace, dsn: str) -> None:
 
 
 async def _policy_set(args: argparse.Namespace, dsn: str) -> None:
-    """Store the mapping in ``--file`` as the tenant's next policy version (exit 2 if invalid).
+    """Lay the mapping in ``--file`` over the policy in force; store it as the next version (exit 2 if invalid).
+
+    Keys the file does not name keep their value; ``null`` removes a limit.
 
     JSON: ``{"tenant_id", "version"}``.
     """
@@ -354,7 +362,7 @@ async def _policy_set(args: argparse.Namespace, dsn: str) -> None:
     if args.json:
         _print_json({"tenant_id": args.tenant, "version": version})
     else:
-        print(f"tenant {args.tenant}: policy version {version} stored")
+        print(f"tenant {args.tenant}: policy version {version} stored (the file's keys over the policy in force)")
 
 
 async def _usage(args: argparse.Namespace, dsn: str) -> None:
@@ -437,6 +445,7 @@ async def _policy_store(pool: asyncpg.Pool) -> AsyncIterator[PolicyStore]:
     try:
         settings = Settings.from_env()
         tiers = load_tiers(settings.admin.policy_file)
+        check_default_tier(tiers, settings.admin.default_tier, settings.admin.policy_file)
     except (SettingsError, PolicyFileError) as exc:
         raise CommandError(str(exc), exit_code=2) from None
     redis = aioredis.from_url(settings.redis.url) if settings.redis.url else None

@@ -7,14 +7,16 @@ shell turns into an HTTP response before the upgrade (docs/close-codes.md).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import parse_qsl
 
-from gateway.auth import accepted_subprotocol, read_credentials, safety_identifier
+from gateway.auth import accepted_subprotocol, key_safety_identifier, read_credentials, safety_identifier
 from gateway.enforcement import SessionEffects
-from gateway.errors import GatewayError, invalid_api_key, missing_api_key
+from gateway.errors import GatewayError, invalid_api_key, missing_api_key, outage_refusal
 from gateway.ids import new_id
 from gateway.ledger import SessionStarted
 from gateway.live_session import LiveSession
@@ -40,9 +42,70 @@ class Admission:
     leased: bool = False  # holds a concurrency lease in the shared live state
 
 
+# The query parameters OpenAI's GA Realtime WebSocket takes for a new session; anything else
+# (a differently cased `CALL_ID`, an `api_key`, SDK `extra_query` noise) never reaches upstream.
+UPSTREAM_QUERY_PARAMETERS: Final = frozenset({"model", "intent"})
+INTENTS: Final = frozenset({"realtime", "transcription"})
+# `OpenAI-Beta` values passed on: `realtime=v1` selects the beta Realtime protocol upstream.
+OPENAI_BETA_VALUES: Final = frozenset({"realtime=v1"})
+
+
+def upstream_query(query_string: bytes) -> dict[str, str]:
+    """The upstream query, built only from allowlisted parameters; else a 400 before the upgrade.
+
+    Names are case-sensitive; an unknown name is `unknown_parameter`, `call_id` is
+    `unsupported_parameter` (attach goes through voxgate's call APIs), a repeated name is
+    `duplicate_parameter`, and `intent` is `realtime` or `transcription`.
+    """
+    try:
+        pairs = parse_qsl(query_string.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                          errors="strict", max_num_fields=16)  # fmt: skip
+    except (UnicodeDecodeError, ValueError):
+        raise GatewayError(400, "The query string is malformed.", code="invalid_query") from None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "call_id":
+            raise GatewayError(400, "Attach to WebRTC calls through voxgate's call APIs.",
+                               code="unsupported_parameter", param="call_id")  # fmt: skip
+        if name not in UPSTREAM_QUERY_PARAMETERS:
+            raise GatewayError(400, f"Unknown parameter: '{name[:64]}'.", code="unknown_parameter", param=name[:64])
+        if name in query:
+            raise GatewayError(400, f"The parameter '{name}' is given more than once.", code="duplicate_parameter",
+                               param=name)  # fmt: skip
+        query[name] = value
+    if "intent" in query and query["intent"] not in INTENTS:
+        raise GatewayError(400, "'intent' must be 'realtime' or 'transcription'.", code="invalid_value",
+                           param="intent")  # fmt: skip
+    return query
+
+
+def openai_beta(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The client's `OpenAI-Beta` header when it is one voxgate passes on; any other value is a 400."""
+    values = [v for k, v in headers if k.lower() == b"openai-beta"]
+    if not values:
+        return None
+    value = values[0].decode("latin-1").strip()
+    if len(values) > 1 or value not in OPENAI_BETA_VALUES:
+        raise GatewayError(400, "Unsupported OpenAI-Beta header: voxgate passes on only 'realtime=v1'.",
+                           code="invalid_header", param="OpenAI-Beta")  # fmt: skip
+    return value
+
+
 def draining_error() -> GatewayError:
     return GatewayError(503, "This gateway instance is shutting down; reconnect.", code="gateway_draining",
                         retry_after=1.0)  # fmt: skip
+
+
+@contextlib.contextmanager
+def refusing_outages() -> Iterator[None]:
+    """Turn "Postgres or Redis is unreachable" into a retryable 503; let every other error through."""
+    try:
+        yield
+    except Exception as exc:
+        refusal = outage_refusal(exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
 
 
 async def admit(
@@ -58,23 +121,23 @@ async def admit(
     creds = read_credentials(headers, subprotocols)
     if not creds.secret:
         raise missing_api_key()
-    identity = await services.tenants.authenticate(creds.secret)
+    with refusing_outages():
+        identity = await services.tenants.authenticate(creds.secret)
     if identity is None:
         raise invalid_api_key()
-    query = dict(parse_qsl(query_string.decode("latin-1")))
-    if "call_id" in query:
-        raise GatewayError(400, "Attach to WebRTC calls through voxgate's call APIs.", code="unsupported_parameter",
-                           param="call_id")  # fmt: skip
+    query = upstream_query(query_string)
     intent = query.get("intent", "realtime")
     model = query.get("model") or ("" if intent == "transcription" else "gpt-realtime")
-    end_user = creds.end_user or f"key:{identity.key_id}"
-    safety_id = safety_identifier(services.settings.security.safety_identifier_secret, identity.tenant_id, end_user)
-    beta = next((v.decode("latin-1") for k, v in headers if k.lower() == b"openai-beta"), None)
+    secret = services.settings.security.safety_identifier_secret
+    safety_id = (safety_identifier(secret, identity.tenant_id, creds.end_user) if creds.end_user
+                 else key_safety_identifier(secret, identity.tenant_id, identity.key_id))  # fmt: skip
+    beta = openai_beta(headers)
     session_id = new_id("vgs")
     policy, leased = UNRESTRICTED, False
     if services.enforcement is not None:
         # Policy, budget, concurrency, start rate and upstream headroom: refused before any upstream cost.
-        decided = await services.enforcement.admit(identity.tenant_id, session_id, model or None, time.time())
+        with refusing_outages():
+            decided = await services.enforcement.admit(identity.tenant_id, session_id, model or None, time.time())
         policy, leased = decided.policy, decided.leased
     return Admission(identity, query, intent, model, safety_id, beta, accepted_subprotocol(creds.offered_subprotocols),
                      session_id, policy, leased)  # fmt: skip
@@ -102,6 +165,6 @@ def start_live_session(services: GatewayServices, admission: Admission) -> LiveS
     policy = admission.policy if enforcement is not None else None
     governor = SessionGovernor(identity_, services.prices, policy=policy, started_at=now)
     effects = SessionEffects(enforcement, identity.tenant_id, session_id, admission.policy) if enforcement else None
-    services.metrics.sessions_started.labels(started.transport, services.settings.server.relay).inc()
+    services.metrics.sessions_started.labels(started.transport).inc()
     return LiveSession(governor, services.ledger, started, effects=effects, enforcement=enforcement,
                        leased=admission.leased, metrics=services.metrics)  # fmt: skip

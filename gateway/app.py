@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins import InitPluginProtocol, PluginProtocol
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import RedisError
@@ -23,34 +23,38 @@ from gateway import __version__
 from gateway.adminapi.router import SECURITY_COMPONENTS, build_admin_router
 from gateway.calls_monitor import CallsMonitor
 from gateway.enforcement import Enforcement
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, outage_refusal
+from gateway.fastrelay.fallback import refuse_realtime
 from gateway.ledger import LedgerWriter
 from gateway.livestate import LiveState
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
+from gateway.pools import database_pool, redis_client
 from gateway.realtime_http import register as register_realtime_http
-from gateway.relay_asgi import RealtimeEndpoint
 from gateway.services import GatewayServices
 from gateway.settings import Settings, SettingsError
 from gateway.storage.calls import CallStore
-from gateway.storage.migrations import schema_version
+from gateway.storage.migrations import required_schema_version, schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
-from gateway.tiers import PolicyFileError, load_tiers
+from gateway.tiers import PolicyFileError, check_default_tier, load_tiers
 from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 
 log = logging.getLogger("voxgate.app")
 
-# The schema this build needs; readiness waits until the database has at least this.
-REQUIRED_SCHEMA_VERSION = 5
-
-_realtime_endpoint = RealtimeEndpoint()
+# The schema this build needs: the highest migration it ships (read once from the package
+# data, not kept by hand). `voxgate serve` refuses any other version; readiness waits for it.
+REQUIRED_SCHEMA_VERSION = required_schema_version()
 
 
 @asgi("/v1/realtime", copy_scope=False, operation_id="realtime_websocket", tags=["realtime"])
 async def realtime(scope: Any, receive: Any, send: Any) -> None:
-    """`GET /v1/realtime` WebSocket: the OpenAI Realtime API, metered per tenant."""
-    await _realtime_endpoint(scope, receive, send)
+    """`GET /v1/realtime` WebSocket: the OpenAI Realtime API, metered per tenant.
+
+    `voxgate serve` hands these upgrades to the fast relay before they reach the app
+    (docs/relay.md); what reaches this route is refused.
+    """
+    await refuse_realtime(scope, receive, send)
 
 
 @get("/healthz", operation_id="health_live", tags=["health"], sync_to_thread=False)
@@ -61,26 +65,35 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", operation_id="health_ready", tags=["health"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Readiness: Postgres (with a new enough schema) and Redis answer, and we are not draining."""
+    """Readiness: Postgres (with a new enough schema) and Redis answer, and we are not draining.
+
+    Each dependency is named with "ok" or why not, e.g. `"postgres": "down: ConnectionRefusedError"`.
+    """
     services: GatewayServices = request.app.state.services
     checks: dict[str, Any] = {"draining": services.live.draining, "live_sessions": len(services.live)}
     ok = not services.live.draining
     try:
-        async with services.pool.acquire(timeout=2) as conn:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS), services.pool.acquire() as conn:
             version = await schema_version(conn)
         checks["schema_version"] = version
-        ok = ok and version >= REQUIRED_SCHEMA_VERSION
+        checks["postgres"] = "ok" if version >= REQUIRED_SCHEMA_VERSION else (
+            f"schema version {version} is older than {REQUIRED_SCHEMA_VERSION}: run `voxgate migrate`")  # fmt: skip
     except Exception as exc:
-        checks["postgres"] = type(exc).__name__
-        ok = False
+        checks["postgres"] = f"down: {type(exc).__name__}"
     try:
-        await services.redis.ping()
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+            await services.redis.ping()
+        checks["redis"] = "ok"
     except Exception as exc:
-        checks["redis"] = type(exc).__name__
-        ok = False
+        checks["redis"] = f"down: {type(exc).__name__}"
+    ok = ok and checks["postgres"] == "ok" and checks["redis"] == "ok"
     checks["status"] = "ready" if ok else "not_ready"
     checks["ledger_pending"] = services.ledger.pending
     return Response(checks, status_code=200 if ok else 503)
+
+
+# A dependency that does not answer within this is reported down (a probe must not hang).
+READY_CHECK_TIMEOUT_SECONDS = 2.0
 
 
 @get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
@@ -99,6 +112,7 @@ def _scrape_time_metrics(services: GatewayServices) -> Callable[[], Iterator[Any
         yield counter("voxgate_ledger_records", "Ledger records by outcome.", ["outcome"], {
             ("written",): stats.written, ("spilled",): stats.spilled, ("replayed",): stats.replayed,
             ("dropped",): stats.dropped, ("dead_lettered",): stats.dead_lettered,
+            ("journaled",): stats.journaled, ("unconfirmed",): stats.unconfirmed,
         })  # fmt: skip
         yield counter("voxgate_ledger_retries", "Ledger batches retried after a Postgres failure.", [],
                       {(): stats.retries})  # fmt: skip
@@ -116,10 +130,17 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
                     **error.response_headers()})  # fmt: skip
 
 
-def _unhandled_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error", exc_info=exc)
-    error = GatewayError(HTTP_500_INTERNAL_SERVER_ERROR, "The gateway had an internal error.", code="internal_error")
-    return Response(error.body(), status_code=500, headers=error.response_headers())
+def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    error = outage_refusal(exc)  # Postgres or Redis unreachable: a retryable 503, not a bug
+    if error is not None:
+        services: GatewayServices | None = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
+    else:
+        log.exception("unhandled error", exc_info=exc)
+        error = GatewayError(HTTP_500_INTERNAL_SERVER_ERROR, "The gateway had an internal error.",
+                             code="internal_error")  # fmt: skip
+    return Response(error.body(), status_code=error.status, headers=error.response_headers())
 
 
 class VoxgatePlugin(InitPluginProtocol):
@@ -132,12 +153,11 @@ class VoxgatePlugin(InitPluginProtocol):
             self.tiers = load_tiers(settings.admin.policy_file)
         except PolicyFileError as exc:
             raise SettingsError(f"VOXGATE_POLICY_FILE: {exc}") from None
-        if settings.admin.default_tier is not None and settings.admin.default_tier not in self.tiers:
-            log.warning("default tier %r is not in the tiers file: tenants without a policy or tier are "
-                        "unrestricted", settings.admin.default_tier)  # fmt: skip
+        check_default_tier(self.tiers, settings.admin.default_tier, settings.admin.policy_file)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([realtime, healthz, readyz, metrics, build_admin_router(self.settings.admin)])
+        admin = build_admin_router(self.settings.admin, self.settings.security.jwks_allowed_hosts)
+        app_config.route_handlers.extend([realtime, healthz, readyz, metrics, admin])
         register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
         app_config.exception_handlers.update({
             GatewayError: _gateway_error_handler,
@@ -151,10 +171,8 @@ class VoxgatePlugin(InitPluginProtocol):
     async def _lifespan(self, app: Litestar) -> AsyncIterator[None]:
         settings = self.settings
         settings.require_services()
-        pool = await asyncpg.create_pool(
-            settings.database.url, min_size=settings.database.pool_min, max_size=settings.database.pool_max
-        )
-        redis = aioredis.from_url(settings.redis.url or "", health_check_interval=30)
+        pool = await database_pool(settings.database)  # bounded, blocking pools (gateway/pools.py)
+        redis = redis_client(settings.redis)
         ledger = LedgerWriter(lambda: pool, settings.ledger)
         ledger.start()
         services = GatewayServices(
@@ -172,6 +190,7 @@ class VoxgatePlugin(InitPluginProtocol):
             lambda: list(services.live.sessions), settings.enforcement,
         )  # fmt: skip
         services.enforcement.start()
+        services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
         calls = CallStore(pool, redis, settings.redis.key_prefix)
         monitor = CallsMonitor(services, lease_ttl_s=settings.enforcement.lease_ttl_seconds,
@@ -188,6 +207,8 @@ class VoxgatePlugin(InitPluginProtocol):
             await monitor.stop()
             await services.enforcement.stop()
             await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
+            with contextlib.suppress(TimeoutError):  # last_used_at bookkeeping: never worth holding a shutdown
+                await asyncio.wait_for(services.tenants.wait_for_key_uses(), 2.0)
             await redis.aclose()
             await close_pool(pool)
 
@@ -223,5 +244,9 @@ def create_app(
     `plugins` add routes on top of voxgate's own, e.g. `voxgate demo`'s browser page (`gateway.demo_page`).
     """
     settings = settings or Settings.from_env()
-    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs", components=SECURITY_COMPONENTS)
-    return Litestar(plugins=[VoxgatePlugin(settings, prices), *plugins], openapi_config=openapi)
+    # Only with VOXGATE_API_DOCS=true, and only the JSON document: no HTML page, nothing from a CDN.
+    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs", components=SECURITY_COMPONENTS,
+                            render_plugins=[JsonRenderPlugin()]) if settings.security.api_docs else None  # fmt: skip
+    # logging_config=None: logging belongs to the process (gateway/logs.py); Litestar's default
+    # would replace the root handler (and its redaction) and reset the level to INFO.
+    return Litestar(plugins=[VoxgatePlugin(settings, prices), *plugins], openapi_config=openapi, logging_config=None)

@@ -1,10 +1,21 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "code", "param"}}` with the right status."""
+"""OpenAI-shaped errors: `{"error": {"message", "type", "code", "param"}}` with the right status.
+
+`outage_refusal` is the one place that decides which exceptions mean "Postgres or Redis is
+unreachable" (a retryable 503) rather than a bug (a 500).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
+import asyncpg
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("voxgate.errors")
 
 _TYPE_FOR_STATUS = {
     400: "invalid_request_error",
@@ -71,3 +82,65 @@ def missing_api_key() -> GatewayError:
         "'openai-insecure-api-key.<key>' WebSocket subprotocol.",
         code="missing_api_key",
     )
+
+
+# -- transient dependency outages ---------------------------------------------------------
+
+# How long a client is told to wait before retrying when Postgres or Redis is unreachable.
+DATABASE_RETRY_AFTER_S = 2.0
+LIVE_STATE_RETRY_AFTER_S = 1.0
+# At 300 refusals a second, one log line per outage every this many seconds is enough.
+OUTAGE_LOG_INTERVAL_S = 10.0
+
+# Postgres is unreachable, restarting or full (asyncpg reports these; SQLSTATE classes 08, 53300, 57P0x).
+_POSTGRES_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # 08xxx, and "connection was closed in the middle of operation"
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, "cannot connect now"
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+# redis-py wraps every socket failure (and "Too many connections") in these two.
+_REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+# OSErrors that are about files, not a network peer: a bug or a misconfiguration, not an outage.
+_NOT_NETWORK: tuple[type[BaseException], ...] = (
+    FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+)  # fmt: skip
+
+_last_logged: dict[str, float] = {}
+
+
+def database_unavailable() -> GatewayError:
+    return GatewayError(503, "The gateway's database is unreachable; retry shortly.", code="database_unavailable",
+                        retry_after=DATABASE_RETRY_AFTER_S)  # fmt: skip
+
+
+def live_state_unavailable() -> GatewayError:
+    return GatewayError(503, "Shared session state is unavailable; retry shortly.", code="live_state_unavailable",
+                        retry_after=LIVE_STATE_RETRY_AFTER_S)  # fmt: skip
+
+
+def outage_refusal(exc: BaseException) -> GatewayError | None:
+    """The retryable 503 for an exception that means Postgres or Redis is unreachable, else None.
+
+    Only the shell's own dependencies raise bare `OSError`/`TimeoutError` here: the upstream
+    clients turn theirs into `GatewayError`s, and redis-py wraps its own, so a bare one comes
+    from asyncpg (refused or reset connect, pool acquire timeout). Anything else is a bug: None.
+    """
+    if isinstance(exc, GatewayError):
+        return None
+    if isinstance(exc, _REDIS_DOWN):
+        error = live_state_unavailable()
+    elif isinstance(exc, _POSTGRES_DOWN) or (isinstance(exc, OSError) and not isinstance(exc, _NOT_NETWORK)):
+        error = database_unavailable()
+    else:
+        return None
+    _log_outage(error, exc)
+    return error
+
+
+def _log_outage(error: GatewayError, exc: BaseException) -> None:
+    now = time.monotonic()
+    code = error.code or ""
+    if now - _last_logged.get(code, float("-inf")) >= OUTAGE_LOG_INTERVAL_S:
+        _last_logged[code] = now
+        log.warning("refusing with 503 %s: %s: %s (logged at most every %.0f s)", code, type(exc).__name__,
+                    str(exc)[:200], OUTAGE_LOG_INTERVAL_S)  # fmt: skip

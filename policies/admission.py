@@ -23,13 +23,14 @@ from policies.actions import RateLimitsRecord
 from policies.budget import (
     BudgetLimits,
     BudgetState,
+    Window,
     effective_output_ceiling,
     exhausted_windows,
     seconds_until_reset,
     worst_case_cost_micro_usd,
 )
 from policies.policy import TenantPolicy
-from policies.pricing import PriceTable
+from policies.pricing import PriceTable, micro_to_usd
 from policies.ratelimit import window_take
 
 START_WINDOW_S: Final = 60.0
@@ -117,9 +118,25 @@ def _budget_refusal(
     if not windows:
         return None
     retry = max(seconds_until_reset(now, window) for window in windows)
+    return Refuse(429, "budget_exhausted", budget_exhausted_message(windows, state, limits, need),
+                  type="insufficient_quota", retry_after=retry)  # fmt: skip
+
+
+def budget_exhausted_message(windows: tuple[Window, ...], state: BudgetState, limits: BudgetLimits, need: int) -> str:
+    """What filled each window: money spent and money reserved by responses still running."""
+    figures = []
+    for window in windows:
+        if window == "day":
+            label, spent, reserved, limit = "daily", state.spent_day, state.reserved_day, limits.daily_micro_usd
+        else:
+            label, spent, reserved, limit = "monthly", state.spent_month, state.reserved_month, limits.monthly_micro_usd
+        label = f"{label} " if len(windows) > 1 else ""
+        figures.append(f"{label}${micro_to_usd(spent)} spent + ${micro_to_usd(reserved)} reserved for responses "
+                       f"in progress, of ${micro_to_usd(limit or 0)}")  # fmt: skip
     which = " and ".join("daily" if w == "day" else "monthly" for w in windows)
-    return Refuse(429, "budget_exhausted", f"This tenant's {which} budget is exhausted.", type="insufficient_quota",
-                  retry_after=retry)  # fmt: skip
+    verb = "budgets are" if len(windows) > 1 else "budget is"
+    room = f"; one more response may cost up to ${micro_to_usd(need)}" if need > 0 else ""
+    return f"This tenant's {which} {verb} exhausted: {'; '.join(figures)}{room}."
 
 
 def upstream_token_threshold(policy: TenantPolicy, model: str, limit: int) -> int:

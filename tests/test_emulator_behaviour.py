@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from gateway.emulator import EmulatorConfig, RealtimeEmulator
+from gateway.emulator import EmulatorConfig, RateLimits, RealtimeEmulator
 from gateway.emulator.audio import AudioFormat, silence, tone
 from gateway.emulator.client import RealtimeClient
 from gateway.emulator.usage import plan_output, produced, reply_for, text_tokens
@@ -340,7 +340,18 @@ async def test_stop_closes_live_sessions_with_1001() -> None:
 # --- rate limits ---------------------------------------------------------------------------
 
 
+class SteppedClock:
+    """The emulator's rate-limit clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_rate_limits_report_the_tokens_left(emu: RealtimeEmulator) -> None:
+    emu.rate_limits = RateLimits(clock=SteppedClock())  # frozen: nothing flows back during the test
     emu.rate_limits.tokens_remaining = 500
     async with await connect(emu) as client:
         first = await text_turn(client, "hello")
@@ -352,6 +363,45 @@ async def test_rate_limits_report_the_tokens_left(emu: RealtimeEmulator) -> None
     assert limits[0] == {"requests": (1000, 999), "tokens": (50_000, 500)}
     assert limits[1] == {"requests": (1000, 998), "tokens": (50_000, 500 - first["usage"]["total_tokens"])}
     assert emu.rate_limits.tokens_remaining == (500 - first["usage"]["total_tokens"] - second["usage"]["total_tokens"])
+
+
+def test_taken_requests_and_tokens_flow_back_over_the_minute() -> None:
+    clock = SteppedClock()
+    limits = RateLimits(requests_limit=600, tokens_limit=60_000, clock=clock)  # 10 requests, 1000 tokens a second
+    assert limits.start_response() == [
+        {"name": "requests", "limit": 600, "remaining": 599, "reset_seconds": 0.1},
+        {"name": "tokens", "limit": 60_000, "remaining": 60_000, "reset_seconds": 0.0},
+    ]
+    limits.finish_response(30_000)
+    clock.now += 10.0  # 10_000 tokens back, and the request
+    assert limits.start_response() == [
+        {"name": "requests", "limit": 600, "remaining": 599, "reset_seconds": 0.1},
+        {"name": "tokens", "limit": 60_000, "remaining": 40_000, "reset_seconds": 20.0},
+    ]
+    clock.now += 60.0
+    assert limits.tokens_remaining == 60_000  # never more than the limit
+    limits.finish_response(90_000)  # more than is left: none left, not a debt
+    assert limits.tokens_remaining == 0
+    clock.now += 0.5
+    assert limits.tokens_remaining == 500
+    limits.tokens_remaining = 7  # a test pins the level: it holds until the clock moves
+    assert limits.tokens_remaining == 7
+
+
+async def test_a_session_sees_its_tokens_come_back(emu: RealtimeEmulator) -> None:
+    clock = SteppedClock()
+    emu.rate_limits = RateLimits(tokens_limit=60_000, clock=clock)  # 1000 tokens a second flow back
+    emu.rate_limits.tokens_remaining = 500
+    async with await connect(emu) as client:
+        first = await text_turn(client, "hello")
+        clock.now += 3.0
+        await text_turn(client, "again")
+    tokens = [
+        next((e["remaining"], e["reset_seconds"]) for e in event["rate_limits"] if e["name"] == "tokens")
+        for event in client.of_type("rate_limits.updated")
+    ]
+    left = 500 - first["usage"]["total_tokens"] + 3_000
+    assert tokens == [(500, 59.5), (left, (60_000 - left) / 1000)]
 
 
 def test_text_costs_one_token_per_started_4_utf8_bytes() -> None:

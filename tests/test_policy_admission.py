@@ -6,7 +6,7 @@ from policies.actions import RateLimit, RateLimitsRecord
 from policies.admission import AdmissionSnapshot, Admit, Refuse, decide_admission, upstream_token_threshold
 from policies.budget import BudgetState
 from policies.policy import BudgetPolicy, TenantPolicy
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 
 NOW = 1_798_761_600.0 - 3600  # 2026-12-31T23:00:00Z
 POLICY = TenantPolicy(
@@ -59,6 +59,28 @@ def test_with_prices_the_budget_must_cover_one_worst_case_response() -> None:
     assert isinstance(decide_admission(POLICY, "gpt-realtime-2", snapshot, NOW), Admit)
     refused = decide_admission(POLICY, "gpt-realtime-2", snapshot, NOW, DEFAULT_PRICE_TABLE)
     assert isinstance(refused, Refuse) and refused.code == "budget_exhausted"
+
+
+@pytest.mark.parametrize(
+    ("budget", "prices", "message"),
+    [
+        # Nothing spent yet: running responses' reservations filled the day.
+        (BudgetState(0, 0, 1_000_000, 1_000_000), None,
+         "This tenant's daily budget is exhausted: $0.00 spent + $1.00 reserved for responses in progress, "
+         "of $1.00."),
+        (BudgetState(940_000, 940_000), DEFAULT_PRICE_TABLE,
+         "This tenant's daily budget is exhausted: $0.94 spent + $0.00 reserved for responses in progress, "
+         "of $1.00; one more response may cost up to $0.065536."),
+        (BudgetState(600_000, 9_990_000, 400_000, 10_000), None,
+         "This tenant's daily and monthly budgets are exhausted: daily $0.60 spent + $0.40 reserved for responses "
+         "in progress, of $1.00; monthly $9.99 spent + $0.01 reserved for responses in progress, of $10.00."),
+    ],
+)  # fmt: skip
+def test_the_budget_refusal_says_what_was_spent_and_what_is_reserved(
+    budget: BudgetState, prices: PriceTable | None, message: str
+) -> None:
+    refused = decide_admission(POLICY, "gpt-realtime-2", AdmissionSnapshot(budget=budget), NOW, prices)
+    assert isinstance(refused, Refuse) and refused.message == message
 
 
 def test_upstream_threshold_is_one_worst_case_response_or_two_percent() -> None:

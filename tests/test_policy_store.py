@@ -18,7 +18,7 @@ from gateway.settings import AdminSettings, Settings, SettingsError
 from gateway.storage.policy_store import PolicyStore, UnknownTier, audit, audit_entries
 from gateway.storage.tenants import TenantNotFound
 from gateway.tiers import PolicyFileError, load_tiers, read_policy_file
-from policies.policy import UNRESTRICTED, PolicyError, parse_policy
+from policies.policy import UNRESTRICTED, BudgetPolicy, PolicyError, TenantPolicy, parse_policy
 from tests.support.harness import make_tenant
 
 GOLD = {"models": ["gpt-realtime-2"], "max_output_tokens": 4096, "budget": {"daily_usd": "12.5"}}
@@ -54,11 +54,58 @@ async def test_an_assigned_tier_applies_until_the_tenant_has_its_own_policy(
     assert await store.effective(tenant.tenant_id) == (store.tiers["gold"], None, "tier")
     assert await store.tier_of(tenant.tenant_id) == "gold"
 
+    # The tenant's own policy starts from the tier's: only the key it names changes.
     version = await store.set(tenant.tenant_id, {"max_output_tokens": 256}, "alice")
     policy, got_version, source = await store.effective(tenant.tenant_id)
     assert (got_version, source) == (version, "tenant") == (1, "tenant")
-    assert policy.max_output_tokens == 256
-    assert policy.models is None
+    assert policy == TenantPolicy(models=frozenset({"gpt-realtime-2"}), max_output_tokens=256,
+                                  budget=BudgetPolicy(daily_micro_usd=12_500_000))  # fmt: skip
+
+
+async def test_a_change_keeps_every_limit_it_does_not_mention_and_null_removes_one(pg_pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pg_pool)
+    store = PolicyStore(pg_pool, {}, None)  # the first change starts from "unrestricted"
+    await store.set(tenant.tenant_id, {
+        "models": ["gpt-realtime"], "voices": ["marin"], "max_concurrent_sessions": 3, "session_starts_per_minute": 10,
+        "redis_unavailable": "fail_open",
+        "budget": {"daily_usd": "5", "monthly_usd": "100", "alert_at": [0.9], "at_limit": "cancel_response"},
+    }, "alice")  # fmt: skip
+
+    await store.set(tenant.tenant_id, {"max_output_tokens": 512, "budget": {"daily_usd": "7"}}, "bob")
+    assert (await store.effective(tenant.tenant_id)).policy == TenantPolicy(
+        models=frozenset({"gpt-realtime"}), voices=frozenset({"marin"}), max_output_tokens=512,
+        max_concurrent_sessions=3, session_starts_per_minute=10, redis_unavailable="fail_open",
+        budget=BudgetPolicy(daily_micro_usd=7_000_000, monthly_micro_usd=100_000_000, alert_at=(0.9,),
+                            at_limit="cancel_response"),
+    )  # fmt: skip
+
+    await store.set(tenant.tenant_id, {"max_concurrent_sessions": None, "models": None, "budget": None}, "bob")
+    assert (await store.effective(tenant.tenant_id)).policy == TenantPolicy(
+        voices=frozenset({"marin"}), max_output_tokens=512, session_starts_per_minute=10,
+        redis_unavailable="fail_open", budget=BudgetPolicy(alert_at=()),
+    )  # fmt: skip
+    # Every version is stored whole: history shows what was in force, not the change.
+    latest = (await store.history(tenant.tenant_id))[0].document
+    assert (latest["max_output_tokens"], latest["max_concurrent_sessions"]) == (512, None)
+
+
+async def test_a_budget_set_where_there_was_none_gets_the_default_alerts(pg_pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pg_pool)
+    store = PolicyStore(pg_pool, {}, None)  # unrestricted: no budget, so no alerts either
+    await store.set(tenant.tenant_id, {"budget": {"daily_usd": "2"}}, "alice")
+    assert (await store.effective(tenant.tenant_id)).policy.budget == BudgetPolicy(
+        daily_micro_usd=2_000_000, alert_at=(0.5, 0.8, 1.0))  # fmt: skip
+
+
+async def test_concurrent_changes_to_different_keys_all_stick(pg_pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pg_pool)
+    store = PolicyStore(pg_pool, {}, None)
+    changes = [{"max_output_tokens": 100}, {"max_concurrent_sessions": 4}, {"session_starts_per_minute": 9},
+               {"max_session_tokens": 5000}, {"idle_timeout_seconds": 30}]  # fmt: skip
+    await asyncio.gather(*(store.set(tenant.tenant_id, change, "x") for change in changes))
+    policy = (await store.effective(tenant.tenant_id)).policy
+    assert (policy.max_output_tokens, policy.max_concurrent_sessions, policy.session_starts_per_minute,
+            policy.max_session_tokens, policy.idle_timeout_seconds) == (100, 4, 9, 5000, 30.0)  # fmt: skip
 
 
 async def test_a_tier_the_file_no_longer_defines_falls_back_to_the_default(
@@ -70,8 +117,9 @@ async def test_a_tier_the_file_no_longer_defines_falls_back_to_the_default(
     assert await without_gold.effective(tenant.tenant_id) == (store.tiers["standard"], None, "default")
 
 
-async def test_policies_are_versioned_with_history_newest_first(store: PolicyStore, pg_pool: asyncpg.Pool) -> None:
+async def test_policies_are_versioned_with_history_newest_first(pg_pool: asyncpg.Pool) -> None:
     tenant = await make_tenant(pg_pool)
+    store = PolicyStore(pg_pool, {}, None)  # unrestricted underneath: GOLD over it is exactly GOLD
     assert await store.history(tenant.tenant_id) == []
     assert await store.set(tenant.tenant_id, {"max_output_tokens": 100}, "alice") == 1
     assert await store.set(tenant.tenant_id, GOLD, "bob") == 2

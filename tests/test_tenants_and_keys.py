@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import websockets
 
 from gateway.keys import (
     SECRET_LENGTH,
@@ -24,6 +30,8 @@ from gateway.storage.tenants import (
     TenantExists,
     TenantNotFound,
 )
+from tests.support.harness import make_tenant
+from tests.support.tcp_proxy import TcpProxy
 
 
 def unique_name(label: str) -> str:
@@ -31,8 +39,10 @@ def unique_name(label: str) -> str:
 
 
 @pytest.fixture
-def directory(pg_pool: asyncpg.Pool) -> TenantDirectory:
-    return TenantDirectory(pg_pool)
+async def directory(pg_pool: asyncpg.Pool) -> AsyncIterator[TenantDirectory]:
+    directory = TenantDirectory(pg_pool)
+    yield directory
+    await directory.wait_for_key_uses()
 
 
 @pytest.fixture
@@ -239,3 +249,56 @@ async def test_key_use_is_recorded(directory: TenantDirectory, tenant: Tenant) -
 
     [after] = await directory.list_keys(tenant.id)
     assert after.last_used_at is not None
+
+
+async def last_used(pool: asyncpg.Pool, key_id: str) -> Any:
+    return await pool.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+
+
+@pytest.mark.e2e
+async def test_a_session_records_its_key_use_at_most_once_a_minute(gateway: Any, pg_pool: asyncpg.Pool) -> None:
+    key = await make_tenant(pg_pool)
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    assert await last_used(pg_pool, key.key_id) is None
+
+    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+    await gateway.services.tenants.wait_for_key_uses()
+    assert await pg_pool.fetchval(
+        "SELECT last_used_at > now() - interval '1 minute' FROM api_keys WHERE id = $1", key.key_id
+    )
+
+    # Within the minute a second session writes nothing (not even the throttled UPDATE).
+    await pg_pool.execute("UPDATE api_keys SET last_used_at = '2026-01-01T00:00:00Z' WHERE id = $1", key.key_id)
+    marked = await last_used(pg_pool, key.key_id)
+    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+    await gateway.services.tenants.wait_for_key_uses()
+    assert await last_used(pg_pool, key.key_id) == marked
+
+
+async def test_a_failed_key_use_write_is_logged_never_raised_and_retried(
+    pg_dsn: str, pg_pool: asyncpg.Pool, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    issued = await TenantDirectory(pg_pool).create_key(tenant.id)
+    parts = urlsplit(pg_dsn)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    host = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
+    pool = await asyncpg.create_pool(urlunsplit((parts.scheme, host, parts.path, "", "")), min_size=1, max_size=1)
+    try:
+        directory = TenantDirectory(pool)
+        with caplog.at_level(logging.WARNING, logger="voxgate.tenants"):
+            identity = await directory.authenticate(issued.secret)
+            assert identity is not None and identity.key_id == issued.id
+            proxy.cut()  # before the background write reaches Postgres
+            await directory.wait_for_key_uses()
+        assert f"could not record the use of key {issued.id}" in caplog.text
+        assert await last_used(pg_pool, issued.id) is None
+
+        proxy.restore()
+        assert await directory.authenticate(issued.secret) is not None  # not throttled: the last write failed
+        await directory.wait_for_key_uses()
+        assert await last_used(pg_pool, issued.id) is not None
+    finally:
+        await pool.close()
+        await proxy.stop()

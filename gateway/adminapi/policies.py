@@ -33,7 +33,10 @@ class PoliciesController(Controller):
     async def set_policy(
         self, tenant_id: TenantId, data: JSONBody[dict[str, Any]], services: Services, principal: Principal
     ) -> PolicyOut:
-        """Store a tier-shaped policy document as the tenant's next version; live sessions reload it."""
+        """Lay a (partial) tier-shaped policy over the one in force and store it as the next version.
+
+        Keys the body does not name keep their value; `null` removes a limit. Live sessions reload it.
+        """
         await existing_tenant(services, tenant_id)
         try:
             await policy_store(services).set(tenant_id, data, principal.subject)
@@ -63,6 +66,12 @@ class ReportsController(Controller):
         await existing_tenant(services, tenant_id)
         if since is not None and since.utcoffset() is None:
             since = since.replace(tzinfo=UTC)
+        try:  # the database compares in UTC: year 1 at +14:00 or year 9999 at -14:00 has no UTC time
+            if since is not None:
+                since.astimezone(UTC)
+        except OverflowError:
+            raise GatewayError(400, "'since' is out of range once converted to UTC.", code="invalid_request",
+                               param="since") from None  # fmt: skip
         return UsageOut.of(await ledger_for_tenant(services.pool, tenant_id, since))
 
     @get("/audit", operation_id="admin_list_audit", tags=["admin: audit"], opt={"permission": Permission.AUDIT_READ})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -44,38 +46,90 @@ class Faults:
     event_latency_ms: float = 0.0
 
 
-@dataclass
-class RateLimits:
-    """The organisation-wide limits reported in `rate_limits.updated`.
+class _Bucket:
+    """One limit: `limit` units a window, what was taken flowing back at `limit / window` a second."""
 
-    Each response takes one request when it starts and its `total_tokens` when it ends;
-    nothing is ever replenished, so a test can drive `tokens_remaining` down predictably.
+    def __init__(self, limit: int, remaining: int, window_s: float, now: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._level = float(min(limit, remaining))
+        self._at = now
+
+    def remaining(self, now: float) -> float:
+        refill = max(0.0, now - self._at) * self.limit / self.window_s
+        return min(float(self.limit), self._level + refill)
+
+    def set(self, remaining: float, now: float) -> None:
+        self._level, self._at = max(0.0, min(float(self.limit), remaining)), now
+
+    def take(self, amount: int, now: float) -> None:
+        self.set(self.remaining(now) - amount, now)
+
+    def reset_seconds(self, now: float) -> float:
+        """Seconds until the bucket is full again (0 when it is)."""
+        return round((self.limit - self.remaining(now)) * self.window_s / self.limit, 3) if self.limit else 0.0
+
+    def report(self, name: str, now: float) -> dict[str, object]:
+        return {"name": name, "limit": self.limit, "remaining": int(self.remaining(now)),
+                "reset_seconds": self.reset_seconds(now)}  # fmt: skip
+
+
+class RateLimits:
+    """The organisation-wide limits reported in `rate_limits.updated`, replenished as OpenAI's are.
+
+    Each limit is `limit` per `window_s` (a minute): a response takes one request when it
+    starts and its `total_tokens` when it ends, and what was taken flows back at
+    `limit / window_s` a second, so `remaining` recovers to `limit` over the window and
+    `reset_seconds` is the time until it is full again. Assigning `tokens_remaining` (or
+    `requests_remaining`) sets the level now. `clock` is injectable: a test that drives the
+    figures freezes or steps it.
     """
 
-    requests_limit: int = 1000
-    requests_remaining: int = 1000
-    requests_reset_seconds: float = 60.0
-    tokens_limit: int = 50_000
-    tokens_remaining: int = 50_000
-    tokens_reset_seconds: float = 60.0
+    def __init__(
+        self,
+        requests_limit: int = 1000,
+        requests_remaining: int | None = None,
+        tokens_limit: int = 50_000,
+        tokens_remaining: int | None = None,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        now = clock()
+        self._requests = _Bucket(requests_limit, requests_limit if requests_remaining is None else requests_remaining,
+                                 window_s, now)  # fmt: skip
+        self._tokens = _Bucket(tokens_limit, tokens_limit if tokens_remaining is None else tokens_remaining,
+                               window_s, now)  # fmt: skip
+
+    @property
+    def requests_limit(self) -> int:
+        return self._requests.limit
+
+    @property
+    def tokens_limit(self) -> int:
+        return self._tokens.limit
+
+    @property
+    def requests_remaining(self) -> int:
+        return int(self._requests.remaining(self.clock()))
+
+    @requests_remaining.setter
+    def requests_remaining(self, value: int) -> None:
+        self._requests.set(value, self.clock())
+
+    @property
+    def tokens_remaining(self) -> int:
+        return int(self._tokens.remaining(self.clock()))
+
+    @tokens_remaining.setter
+    def tokens_remaining(self, value: int) -> None:
+        self._tokens.set(value, self.clock())
 
     def start_response(self) -> list[dict[str, object]]:
         """Take one request and return the `rate_limits` list to report."""
-        self.requests_remaining = max(0, self.requests_remaining - 1)
-        return [
-            {
-                "name": "requests",
-                "limit": self.requests_limit,
-                "remaining": self.requests_remaining,
-                "reset_seconds": self.requests_reset_seconds,
-            },
-            {
-                "name": "tokens",
-                "limit": self.tokens_limit,
-                "remaining": self.tokens_remaining,
-                "reset_seconds": self.tokens_reset_seconds,
-            },
-        ]
+        now = self.clock()
+        self._requests.take(1, now)
+        return [self._requests.report("requests", now), self._tokens.report("tokens", now)]
 
     def finish_response(self, total_tokens: int) -> None:
-        self.tokens_remaining = max(0, self.tokens_remaining - total_tokens)
+        self._tokens.take(max(0, total_tokens), self.clock())

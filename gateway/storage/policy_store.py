@@ -8,6 +8,8 @@ The policy in force for a tenant (`PolicyStore.effective`) is, in order:
    ``UNRESTRICTED`` (source ``"default"``).
 
 A tenant whose assigned tier is no longer in the tiers file falls through to 3 (logged).
+A change (`PolicyStore.set`) names only what it changes: it is laid over the policy in force
+(`merge_policy`), so a limit it does not mention is kept; ``null`` removes a limit.
 Every change is written with its audit row in one transaction, then announced on the Redis
 channel ``{prefix}policy`` with the tenant id as the payload, so live sessions on every
 replica can reload their policy within seconds.
@@ -135,6 +137,24 @@ async def audit_entries(pool: asyncpg.Pool, tenant_id: str, limit: int = 100) ->
     return [AuditEntry(**{**dict(row), "detail": json.loads(row["detail"])}) for row in rows]
 
 
+def merge_policy(current: TenantPolicy, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The document `changes` makes of `current`: each key it names replaces that key, except
+    `budget`, whose keys are replaced one by one; a key set to null removes that limit.
+
+    A budget with no limit keeps no alerts, so a limit set onto one gets the default `alert_at`.
+    """
+    merged = policy_to_document(current)
+    for key, value in changes.items():
+        if key == "budget" and isinstance(value, Mapping):
+            budget = dict(merged["budget"])
+            if budget["daily_usd"] is None and budget["monthly_usd"] is None:
+                del budget["alert_at"]
+            merged["budget"] = {**budget, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 class PolicyStore:
     """Reads and changes tenant policies; announces every change on Redis."""
 
@@ -161,7 +181,9 @@ class PolicyStore:
 
     async def effective(self, tenant_id: str) -> EffectivePolicy:
         """The policy in force for `tenant_id` (see the module docstring for the order)."""
-        row = await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id)
+        return self._effective(tenant_id, await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id))
+
+    def _effective(self, tenant_id: str, row: asyncpg.Record | None) -> EffectivePolicy:
         if row is None:
             raise TenantNotFound(f"no tenant with id {tenant_id!r}")
         if row["version"] is not None:
@@ -185,17 +207,20 @@ class PolicyStore:
         """Every tenant's assigned tier, by tenant id."""
         return {row["id"]: row["tier"] for row in await self._pool.fetch(TENANT_TIERS)}
 
-    async def set(self, tenant_id: str, document: Mapping[str, Any], actor: str) -> int:
-        """Validate a tier-shaped mapping and store it as the tenant's next version.
+    async def set(self, tenant_id: str, changes: Mapping[str, Any], actor: str) -> int:
+        """Lay a (partial) tier-shaped mapping over the policy in force; store the result as the next version.
 
-        Raises PolicyError (naming the key) for an invalid document, TenantNotFound for an
+        Keys `changes` does not name keep their value, `null` removes a limit (`merge_policy`).
+        Raises PolicyError (naming the key) for an invalid mapping, TenantNotFound for an
         unknown tenant. Returns the new version number.
         """
-        policy = parse_policy(document)
-        stored = policy_to_document(policy)
+        parse_policy(changes)  # names the offending key before any database work
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchrow(LOCK_TENANT, tenant_id) is None:
                 raise TenantNotFound(f"no tenant with id {tenant_id!r}")
+            # Read under the tenant row lock, so two concurrent changes cannot undo each other.
+            current = self._effective(tenant_id, await conn.fetchrow(EFFECTIVE_POLICY, tenant_id))
+            stored = policy_to_document(parse_policy(merge_policy(current.policy, changes)))
             row = await conn.fetchrow(INSERT_POLICY_VERSION, tenant_id, json.dumps(stored), actor)
             version = int(row["version"])
             await audit(conn, actor, tenant_id, "policy.set", {"version": version, "document": stored})

@@ -6,7 +6,10 @@ display prefix are stored, and no message or ``repr`` here ever contains a secre
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,7 +19,16 @@ from gateway.ids import TENANT_PREFIX, new_id
 from gateway.keys import generate_api_key, hash_api_key, looks_like_api_key, new_key_id
 from gateway.storage import queries
 
+log = logging.getLogger("voxgate.tenants")
+
 MAX_TENANT_NAME_LENGTH = 200
+# `last_used_at` is bookkeeping: written at most once a minute per key per replica (the query
+# throttles across replicas too), in the background, never on the session's path.
+KEY_USE_WRITE_INTERVAL_S = 60.0
+# Writes in flight at once; beyond this a use is skipped and a later authentication records it.
+MAX_KEY_USE_WRITES_IN_FLIGHT = 2
+# Keys remembered for the throttle before the stale ones are forgotten.
+MAX_TRACKED_KEY_USES = 50_000
 
 
 class TenantDirectoryError(Exception):
@@ -84,8 +96,11 @@ class KeyIdentity:
 class TenantDirectory:
     """Tenants and API keys in Postgres, over an ``asyncpg.Pool``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, key_use_interval_s: float = KEY_USE_WRITE_INTERVAL_S) -> None:
         self._pool = pool
+        self._key_use_interval_s = key_use_interval_s
+        self._key_used: dict[str, float] = {}  # key id -> when its use was last written (monotonic)
+        self._key_use_writes: set[asyncio.Task[None]] = set()
 
     async def create_tenant(self, name: str) -> Tenant:
         """Create a tenant. Raises ``TenantExists`` if the name is taken, ``ValueError`` if blank."""
@@ -155,11 +170,41 @@ class TenantDirectory:
         row = await self._pool.fetchrow(queries.AUTHENTICATE_API_KEY, presented)
         if row is None or not hmac.compare_digest(bytes(row["key_hash"]), presented):
             return None
+        self._note_key_use(row["key_id"])
         return KeyIdentity(key_id=row["key_id"], tenant_id=row["tenant_id"], tenant_name=row["tenant_name"])
 
     async def record_key_use(self, key_id: str) -> None:
         """Bump ``last_used_at``; written at most once a minute per key, so cheap to call often."""
         await self._pool.execute(queries.TOUCH_API_KEY, key_id)
+
+    async def wait_for_key_uses(self) -> None:
+        """Wait until the ``last_used_at`` writes started so far are done."""
+        if self._key_use_writes:
+            await asyncio.gather(*self._key_use_writes, return_exceptions=True)
+
+    def _note_key_use(self, key_id: str) -> None:
+        """Start a background ``last_used_at`` write unless this key's was written recently."""
+        now = time.monotonic()
+        last = self._key_used.get(key_id)
+        if last is not None and now - last < self._key_use_interval_s:
+            return
+        if len(self._key_use_writes) >= MAX_KEY_USE_WRITES_IN_FLIGHT:
+            return  # Postgres is slow: bookkeeping waits for a later authentication
+        if len(self._key_used) >= MAX_TRACKED_KEY_USES:
+            self._key_used = {k: t for k, t in self._key_used.items() if now - t < self._key_use_interval_s}
+            if len(self._key_used) >= MAX_TRACKED_KEY_USES:
+                return
+        self._key_used[key_id] = now
+        task = asyncio.get_running_loop().create_task(self._write_key_use(key_id), name="voxgate-key-last-used")
+        self._key_use_writes.add(task)
+        task.add_done_callback(self._key_use_writes.discard)
+
+    async def _write_key_use(self, key_id: str) -> None:
+        try:
+            await self.record_key_use(key_id)
+        except Exception as exc:  # bookkeeping only: never fails an authentication
+            self._key_used.pop(key_id, None)  # the next authentication tries again
+            log.warning("could not record the use of key %s: %s", key_id, type(exc).__name__)
 
 
 def _tenant(row: asyncpg.Record) -> Tenant:
