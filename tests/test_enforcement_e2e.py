@@ -18,13 +18,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.emulator.audio import silence, tone
 from gateway.storage.policy_store import PolicyStore
-from policies.budget import effective_output_ceiling, worst_case_cost_micro_usd
-from policies.pricing import DEFAULT_PRICE_TABLE
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.test_metrics import sample, scrape
 
 pytestmark = pytest.mark.e2e
+
+# docs/governor.md: the shell ticks the governor once a second, so a cap set to fire at T closes by
+# T + TICK_S. Slack: the WebSocket handshake before the session's clock starts, plus event-loop
+# delay on a 2-core machine shared with other suites.
+TICK_S = 1.0
+SLACK_S = 0.3
 
 BASE_POLICY: dict[str, Any] = {"models": ["gpt-realtime", "gpt-realtime-mini"], "voices": ["marin", "cedar"]}
 
@@ -108,7 +112,7 @@ async def test_duration_cap_closes_the_session_on_time(gateway, tenant, pg_pool)
     ws = await connect(gateway, tenant)
     events = await until_closed(ws, 8)
     elapsed = time.monotonic() - started
-    assert ws.close_code == 4001 and 0.9 <= elapsed < 3.5
+    assert ws.close_code == 4001 and 1.0 <= elapsed <= 1 + TICK_S + SLACK_S
     assert any(e["type"] == "error" and e["error"]["code"] == "session_duration_exceeded" for e in events)
     await gateway.settle()
     reason = await pg_pool.fetchval("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
@@ -117,9 +121,11 @@ async def test_duration_cap_closes_the_session_on_time(gateway, tenant, pg_pool)
 
 async def test_idle_timeout(gateway, tenant, pg_pool) -> None:
     await set_policy(pg_pool, tenant, idle_timeout_seconds=1)
+    started = time.monotonic()
     ws = await connect(gateway, tenant)
     events = await until_closed(ws, 8)
-    assert ws.close_code == 4002
+    elapsed = time.monotonic() - started
+    assert ws.close_code == 4002 and 1.0 <= elapsed <= 1 + TICK_S + SLACK_S
     assert any(e["type"] == "error" and e["error"]["code"] == "idle_timeout" for e in events)
 
 
@@ -222,14 +228,17 @@ async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, p
     await asyncio.sleep(0.2)
     # The same path as the admin API and the CLI: store a new version, announce it to every replica.
     store = PolicyStore(pg_pool, {}, None, redis_client, gateway.settings.redis.key_prefix)
+    changed = time.monotonic()
     await store.set(tenant.tenant_id, {**BASE_POLICY, "max_output_tokens": 50}, actor="test")
     upstream = emulator.sessions[before]
-    async with asyncio.timeout(5):
+    # README: within a second (two replicas: tests/test_concurrency_replicas.py).
+    async with asyncio.timeout(1.0):
         while not any(
             e["type"] == "session.update" and e["session"].get("max_output_tokens") == 50
             for e in upstream.client_events
         ):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
+    assert time.monotonic() - changed <= 1.0
     await ws.close()
 
 
@@ -302,9 +311,10 @@ async def test_a_server_started_response_over_budget_is_cancelled_or_finished_pe
         # The budget covers exactly what admission asks for (one worst-case response with no
         # input), so the response the VAD starts after the user spoke (its input is that audio)
         # cannot fit: the session is cut while that response runs.
+        # By hand (docs/budgets.md, step 1): 100 output tokens x the dearer output rate of gpt-realtime
+        # (audio, 64_000_000 per 1M) + 0 input = 6_400_000_000 / 1M = 6_400 micro-USD.
         ceiling = 100
-        price, _ = DEFAULT_PRICE_TABLE.price_for("gpt-realtime")
-        limit = worst_case_cost_micro_usd(effective_output_ceiling(None, None, ceiling, "gpt-realtime"), 0, price)
+        limit = 6_400
         daily_usd = str(Decimal(limit) / 1_000_000)
         await set_policy(pg_pool, tenant, max_output_tokens=ceiling,
                          budget={"daily_usd": daily_usd, "at_limit": at_limit})  # fmt: skip
@@ -337,10 +347,13 @@ async def test_a_server_started_response_over_budget_is_cancelled_or_finished_pe
     if at_limit == "cancel_response":
         assert done["response"]["status"] == "cancelled"
         assert [c["response_id"] for c in cancels] == [created["response"]["id"]]
-        assert closed_at - created_at < 2.0  # within a second of the cut (plus the tick)
+        # docs/governor.md: cancel_response closes within 1 s of the cut (the cut follows response.created).
+        assert closed_at - created_at < 1.0
     else:
         assert done["response"]["status"] == "completed"
         assert cancels == []
+        # docs/close-codes.md: finish_response lets the running response finish, closing within 5 s.
+        assert closed_at - created_at <= 5.0
         assert audio_bytes > 0
         # Recorded although it did not fit (docs/budgets.md, step 3): no other session may start one.
         assert reserved > limit
@@ -349,3 +362,30 @@ async def test_a_server_started_response_over_budget_is_cancelled_or_finished_pe
     cut = await pg_pool.fetchval("SELECT detail->>'cause' FROM audit_log WHERE tenant_id = $1 AND action = $2",
                                  tenant.tenant_id, "budget_cut")  # fmt: skip
     assert cut == "reservation_refused"
+
+
+async def test_cancel_response_closes_within_one_second_even_when_upstream_is_slow_to_confirm(
+    pg_dsn, tenant, pg_pool
+) -> None:
+    # The cut happens when the VAD-started response is created; upstream then takes 3 s to send
+    # anything (its cancel confirmation included). The close must not wait for it, nor for the
+    # relay's once-a-second tick: docs/close-codes.md promises cancel_response closes within 1 s.
+    emulator = await start_emulator(pace_audio=True)
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    try:
+        # 100 output tokens x 64_000_000 per 1M (gpt-realtime audio out) = 6_400 micro-USD, as above.
+        await set_policy(pg_pool, tenant, max_output_tokens=100,
+                         budget={"daily_usd": "0.0064", "at_limit": "cancel_response"})  # fmt: skip
+        ws = await connect(gateway, tenant)
+        await next_of(ws, "session.created")
+        await speak(ws, 600)
+        await next_of(ws, "response.created")
+        created_at = time.monotonic()
+        emulator.faults.event_latency_ms = 3000
+        await until_closed(ws, 15)
+        closed_at = time.monotonic()
+    finally:
+        await gateway.stop()
+        await emulator.stop()
+    assert ws.close_code == 4003
+    assert closed_at - created_at < 1.0

@@ -1,8 +1,6 @@
 """The governor meters a session with no event loop: events and `now` in, actions out."""
 
 import copy
-import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -19,13 +17,25 @@ from policies.actions import (
     UsageRecord,
 )
 from policies.governor import SessionGovernor, SessionIdentity
-from policies.pricing import DEFAULT_PRICE_TABLE, cost_micro_usd
-from policies.usage import parse_response_usage
+from policies.pricing import DEFAULT_PRICE_TABLE
+from tests.fixtures import realtime_server_events
 
-EXAMPLES = json.loads((Path(__file__).parents[2] / "shared/reference/realtime-examples.json").read_text())
-SERVER = EXAMPLES["server_events"]
+SERVER = realtime_server_events()
 SERVER_EVENT = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
 NOW = 1_800_000_000.0
+
+# The fixture's response.done usage: 119 text in (64 cached), 13 audio in, 30 text out, 91 audio out.
+# Costs by hand, rates from docs/pricing.md in micro-USD per 1M tokens, rounded half up once:
+# gpt-realtime       55 x 4_000_000 + 64 x 400_000 + 13 x 32_000_000 + 30 x 16_000_000 + 91 x 64_000_000
+#                    = 6_965_600_000 -> 6_965.6 -> 6_966
+GPT_REALTIME_COST = 6_966
+# gpt-realtime-mini  55 x 600_000 + 64 x 60_000 + 13 x 10_000_000 + 30 x 2_400_000 + 91 x 20_000_000
+#                    = 2_058_840_000 -> 2_058.84 -> 2_059
+GPT_REALTIME_MINI_COST = 2_059
+# The fixture's transcription usage: 17 audio tokens in, 9 out, at gpt-4o-mini-transcribe
+#                    17 x 3_000_000 + 9 x 5_000_000 = 96_000_000 -> 96
+MINI_TRANSCRIBE_COST = 96
+PRICE_VERSION = "2026-11-24"  # docs/pricing.md: the default table's version
 
 
 def governor(model: str = "gpt-realtime") -> SessionGovernor:
@@ -43,12 +53,10 @@ def test_response_done_is_forwarded_and_priced_once() -> None:
     assert isinstance(actions[0], Forward)
     [record] = persisted(actions)
     assert isinstance(record, UsageRecord)
-    usage = parse_response_usage(event["response"]["usage"])
-    price, _ = DEFAULT_PRICE_TABLE.price_for("gpt-realtime")
-    assert record.cost_micro_usd == cost_micro_usd(usage, price) > 0
+    assert record.cost_micro_usd == GPT_REALTIME_COST
     assert record.response_id == event["response"]["id"]
     assert (record.input_text_tokens, record.cached_text_tokens, record.output_audio_tokens) == (119, 64, 91)
-    assert record.price_version == DEFAULT_PRICE_TABLE.version
+    assert record.price_version == PRICE_VERSION
     assert record.occurred_at == NOW
     # The same response_id again (a replayed frame) is forwarded but never billed twice.
     again = gov.on_server_event(event, NOW + 1)
@@ -63,11 +71,8 @@ def test_model_comes_from_session_created_and_prices_follow_it() -> None:
     [info] = persisted(gov.on_server_event(created, NOW))
     assert isinstance(info, SessionInfoRecord) and info.model == "gpt-realtime-mini"
     [record] = persisted(gov.on_server_event(SERVER["response.done"], NOW))
-    mini, _ = DEFAULT_PRICE_TABLE.price_for("gpt-realtime-mini")
     assert record.model == "gpt-realtime-mini"
-    assert record.cost_micro_usd == cost_micro_usd(
-        parse_response_usage(SERVER["response.done"]["response"]["usage"]), mini
-    )
+    assert record.cost_micro_usd == GPT_REALTIME_MINI_COST
 
 
 def test_rate_limits_are_recorded() -> None:
@@ -89,7 +94,7 @@ def test_input_transcription_is_billed_at_the_asr_model_once() -> None:
     event = SERVER["conversation.item.input_audio_transcription.completed"]
     [record] = persisted(gov.on_server_event(event, NOW))
     assert isinstance(record, TranscriptionRecord)
-    assert record.model == "gpt-4o-mini-transcribe" and record.cost_micro_usd > 0
+    assert record.model == "gpt-4o-mini-transcribe" and record.cost_micro_usd == MINI_TRANSCRIBE_COST
     assert persisted(gov.on_server_event(event, NOW)) == []
 
 

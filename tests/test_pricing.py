@@ -29,6 +29,7 @@ from policies.usage import (
     parse_response_usage,
     parse_transcription_usage,
 )
+from tests.support import doc_prices
 
 # The `response.done` usage from the protocol reference, section 5.
 REFERENCE_USAGE: dict[str, Any] = {
@@ -124,6 +125,32 @@ json_like = st.recursive(
     ),
     max_leaves=30,
 )
+
+
+# -- the default table is the documented one ----------------------------------------------------
+
+
+def test_the_default_table_is_the_one_docs_pricing_md_publishes() -> None:
+    # tests/support/doc_prices.py is docs/pricing.md's table typed in by hand, not read from the code.
+    assert DEFAULT_PRICE_TABLE.version == doc_prices.VERSION
+    assert sorted(DEFAULT_PRICE_TABLE.models) == sorted(doc_prices.MODELS)
+    for model, rates in doc_prices.MODELS.items():
+        price = DEFAULT_PRICE_TABLE.models[model]
+        assert tuple(getattr(price, name) for name in doc_prices.RATE_NAMES) == rates, model
+    assert sorted(DEFAULT_PRICE_TABLE.transcription) == sorted(doc_prices.TRANSCRIPTION)
+    for model, (text_in, audio_in, text_out, per_minute) in doc_prices.TRANSCRIPTION.items():
+        assert DEFAULT_PRICE_TABLE.transcription[model] == TranscriptionPrice(text_in, audio_in, text_out, per_minute)
+
+
+def test_the_independent_formula_agrees_on_the_worked_example() -> None:
+    # The e2e tests price what the emulator reports with doc_prices.doc_cost; it must give the
+    # docs' worked example (6_966, by hand in the test below) for the reference usage.
+    assert doc_prices.doc_cost(REFERENCE_USAGE) == 6966
+    # gpt-realtime-mini: 55 x 600_000 + 64 x 60_000 + 13 x 10_000_000 + 30 x 2_400_000 + 91 x 20_000_000
+    #                    = 2_058_840_000 -> 2_059
+    assert doc_prices.doc_cost(REFERENCE_USAGE, "gpt-realtime-mini") == 2059
+    mini = DEFAULT_PRICE_TABLE.models["gpt-realtime-mini"]
+    assert cost_micro_usd(parse_response_usage(REFERENCE_USAGE), mini) == 2059
 
 
 # -- response usage parsing ---------------------------------------------------------------------

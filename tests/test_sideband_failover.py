@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from tests.support.webrtc_client import ClientPeer
-from tests.test_concurrency_replicas import gateway_process
+from tests.test_concurrency_replicas import LEASE_TTL_S, POLL_S, SLACK_S, gateway_process
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +23,15 @@ async def peer() -> AsyncIterator[ClientPeer]:
     await client.close()
 
 
+SCAN_S = 0.5  # VOXGATE_CALLS_SCAN_SECONDS of both replicas
+
+
 async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
-    pg_dsn, emulator, tenant, pg_pool, redis_prefix, peer
+    pg_dsn, emulator, tenant, pg_pool, redis_prefix, redis_client, peer
 ) -> None:
     prefix = f"{redis_prefix}failover:"  # both replicas share it, as a deployment's replicas do
-    async with gateway_process(pg_dsn, emulator.base_url, prefix, "pod-a", scan="0.5") as (proc_a, url_a), \
-            gateway_process(pg_dsn, emulator.base_url, prefix, "pod-b", scan="0.5"):  # fmt: skip
+    async with gateway_process(pg_dsn, emulator.base_url, prefix, "pod-a", scan=str(SCAN_S)) as (proc_a, url_a), \
+            gateway_process(pg_dsn, emulator.base_url, prefix, "pod-b", scan=str(SCAN_S)):  # fmt: skip
         base_a = url_a.replace("ws://", "http://").split("/v1/")[0] + "/v1"
         files = {"sdp": (None, await peer.offer(), "application/sdp"),
                  "session": (None, json.dumps({"type": "realtime", "model": "gpt-realtime"}), "application/json")}
@@ -53,9 +57,17 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
         first = (await peer.wait_for("response.done"))["response"]["id"]
         assert await metered(1) == [first]  # pod-a's sideband metered it
 
+        monitor_lease = f"{prefix}{{{tenant.tenant_id}}}:monitor:{call_id}"  # holds the monitoring replica's id
+        assert await redis_client.get(monitor_lease) == b"pod-a"
         proc_a.kill()  # SIGKILL: no drain, no lease release
+        killed = time.monotonic()
         await proc_a.wait()
-        await asyncio.sleep(3.0)  # lease ttl (1.5 s) + pod-b's scan interval (0.5 s) + margin
+        # pod-b takes the call over once pod-a's monitor lease expires (its ttl is the lease ttl) at its
+        # next orphan scan.
+        async with asyncio.timeout(LEASE_TTL_S + SCAN_S + SLACK_S):
+            while await redis_client.get(monitor_lease) != b"pod-b":
+                await asyncio.sleep(POLL_S)
+        assert time.monotonic() - killed <= LEASE_TTL_S + SCAN_S + SLACK_S
 
         peer.send("response.create", response={"output_modalities": ["text"]})
         second = (await peer.wait_for("response.done"))["response"]["id"]

@@ -14,6 +14,7 @@ import pytest
 from gateway.ids import new_id
 from gateway.storage.calls import Call, CallStore
 from gateway.storage.policy_store import PolicyStore
+from tests.support import doc_prices
 from tests.support.harness import UPSTREAM_KEY, TenantKey
 from tests.support.webrtc_client import ClientPeer
 
@@ -76,6 +77,10 @@ async def test_a_call_is_metered_through_the_sideband_exactly_once(gateway, emul
     rows = await pg_pool.fetch("SELECT response_id, cost_micro_usd FROM usage_ledger WHERE session_id = $1",
                                call.session_id)  # fmt: skip
     assert sorted(r["response_id"] for r in rows) == sorted(d["response"]["id"] for d in dones)
+    # Each costs what the usage the caller saw costs at docs/pricing.md's rates.
+    assert {r["response_id"]: r["cost_micro_usd"] for r in rows} == {
+        d["response"]["id"]: doc_prices.doc_cost(d["response"]["usage"]) for d in dones
+    }
     assert all(r["cost_micro_usd"] > 0 for r in rows)
     session = await pg_pool.fetchrow("SELECT transport, tenant_id FROM realtime_sessions WHERE id = $1",
                                      call.session_id)  # fmt: skip
