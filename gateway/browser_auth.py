@@ -27,17 +27,26 @@ Only one previous secret is kept. `previous_secret_after` decides it; `store_con
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import asyncpg
 import jwt
 
 from gateway.errors import GatewayError
-from gateway.jwt_auth import LEEWAY_SECONDS, MIN_SECRET_BYTES, KeySet, invalid_token
+from gateway.ids import new_id
+from gateway.jwt_auth import (
+    LEEWAY_SECONDS,
+    MIN_SECRET_BYTES,
+    JwksUrlRefused,
+    KeySet,
+    check_jwks_url,
+    invalid_token,
+    resolve_jwks_host,
+)
 
 DEFAULT_AUDIENCE: Final = "voxgate"
 MAX_LIFETIME_SECONDS: Final = 15 * 60
@@ -45,7 +54,9 @@ CONFIG_CACHE_SECONDS: Final = 10.0  # a rotated key is in force on every replica
 DEFAULT_PREVIOUS_VALID_SECONDS: Final = MAX_LIFETIME_SECONDS  # every token the old secret signed has expired
 MAX_PREVIOUS_VALID_SECONDS: Final = 3600
 TENANT_CLAIM: Final = "tenant_id"
-_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+SET_TIME_RESOLVE_SECONDS: Final = 3.0
+# Every failure before a signature verified, an unknown or disabled tenant included: one answer.
+NO_KEY_MESSAGE: Final = "No trusted key matches the token."
 
 # The previous secret only while its window is open, and the seconds left of it, both by
 # the database clock (each replica turns them into a deadline on its own clock).
@@ -60,7 +71,8 @@ WHERE b.tenant_id = $1 AND t.disabled_at IS NULL
 # Locks the tenant so concurrent changes of its keys apply one after the other; no row
 # when the tenant does not exist (the upsert then fails on the foreign key).
 LOCK_FOR_CHANGE: Final = """
-SELECT now() AS now, b.hs256_secret, b.hs256_previous_secret, b.hs256_previous_until
+SELECT now() AS now, b.hs256_secret, b.hs256_key_id, b.hs256_previous_secret, b.hs256_previous_key_id,
+       b.hs256_previous_until
 FROM tenants t LEFT JOIN tenant_browser_auth b ON b.tenant_id = t.id
 WHERE t.id = $1
 FOR NO KEY UPDATE OF t
@@ -68,11 +80,12 @@ FOR NO KEY UPDATE OF t
 
 UPSERT_CONFIG: Final = """
 INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, jwks_url, audience, hs256_previous_secret,
-                                 hs256_previous_until, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, now())
+                                 hs256_previous_until, hs256_key_id, hs256_previous_key_id, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
 ON CONFLICT (tenant_id) DO UPDATE
 SET hs256_secret = EXCLUDED.hs256_secret, jwks_url = EXCLUDED.jwks_url, audience = EXCLUDED.audience,
     hs256_previous_secret = EXCLUDED.hs256_previous_secret, hs256_previous_until = EXCLUDED.hs256_previous_until,
+    hs256_key_id = EXCLUDED.hs256_key_id, hs256_previous_key_id = EXCLUDED.hs256_previous_key_id,
     updated_at = now()
 """
 
@@ -90,18 +103,35 @@ class BrowserAuthConfig:
     jwks_url: str | None = None
     audience: str = DEFAULT_AUDIENCE
 
-    def validate(self) -> None:
+    def validate(self, jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:
+        """Refuse what cannot be stored, without network: a short secret, an empty audience, a
+        JWKS URL that is not https or names a loopback/private/link-local/... address
+        (`gateway.jwt_auth.check_jwks_url`; hosts in `jwks_allowed_hosts` are exempt)."""
         if self.hs256_secret is None and self.jwks_url is None:
             raise BrowserAuthConfigError("give an HS256 secret or a JWKS URL")
         if self.hs256_secret is not None and len(self.hs256_secret.encode()) < MIN_SECRET_BYTES:
             raise BrowserAuthConfigError(f"the HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
         if self.jwks_url is not None:
-            parts = urlsplit(self.jwks_url)
-            loopback = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
-            if not parts.netloc or not (parts.scheme == "https" or loopback):
-                raise BrowserAuthConfigError("the JWKS URL must be https:// (http:// only on loopback)")
+            try:
+                check_jwks_url(self.jwks_url, jwks_allowed_hosts)
+            except JwksUrlRefused as exc:
+                raise BrowserAuthConfigError(str(exc)) from None
         if not self.audience:
             raise BrowserAuthConfigError("the audience must not be empty")
+
+    async def check_resolved(self, jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:
+        """Resolve the JWKS host now and refuse it if any address is not public. A name that
+        does not resolve (yet) passes: every fetch resolves and checks again."""
+        if self.jwks_url is None:
+            return
+        parts = check_jwks_url(self.jwks_url, jwks_allowed_hosts)
+        try:
+            async with asyncio.timeout(SET_TIME_RESOLVE_SECONDS):
+                await asyncio.to_thread(resolve_jwks_host, parts, jwks_allowed_hosts)
+        except JwksUrlRefused as exc:
+            raise BrowserAuthConfigError(str(exc)) from None
+        except (OSError, TimeoutError):
+            return
 
 
 def validate_previous_valid_seconds(seconds: int | None) -> None:
@@ -116,6 +146,7 @@ class PreviousSecret:
 
     secret: str = field(repr=False)
     valid_until: datetime
+    key_id: str | None = field(default=None, compare=False)  # the random id it is shown by (not a hash of it)
 
 
 def previous_secret_after(current: str | None, previous: PreviousSecret | None, new_secret: str | None,
@@ -139,24 +170,35 @@ def previous_secret_after(current: str | None, previous: PreviousSecret | None, 
     return PreviousSecret(previous.secret, until) if until > now else None
 
 
-async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig,
-                       previous_valid_seconds: int | None = None) -> PreviousSecret | None:  # fmt: skip
+async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig, previous_valid_seconds: int | None = None,
+                       jwks_allowed_hosts: frozenset[str] = frozenset()) -> PreviousSecret | None:  # fmt: skip
     """Store (replace) a tenant's config in the caller's transaction; returns the previous
     HS256 secret still valid after the change, if any.
 
-    Raises `BrowserAuthConfigError` or `asyncpg.ForeignKeyViolationError`.
+    The JWKS URL is checked as written and as its host resolves now (`jwks_allowed_hosts`:
+    ``VOXGATE_JWKS_ALLOWED_HOSTS``). Raises `BrowserAuthConfigError` or
+    `asyncpg.ForeignKeyViolationError`.
     """
-    config.validate()
+    config.validate(jwks_allowed_hosts)
+    await config.check_resolved(jwks_allowed_hosts)
     validate_previous_valid_seconds(previous_valid_seconds)
     row = await conn.fetchrow(LOCK_FOR_CHANGE, config.tenant_id)
     previous = None
+    key_id = new_id("hsk") if config.hs256_secret is not None else None
     if row is not None:
         stored = row["hs256_previous_secret"]
         before = PreviousSecret(stored, row["hs256_previous_until"]) if stored is not None else None
         previous = previous_secret_after(row["hs256_secret"], before, config.hs256_secret, previous_valid_seconds,
                                          row["now"])  # fmt: skip
+        # A secret keeps its id while it is stored (as the secret or as the previous one).
+        ids = {row["hs256_secret"]: row["hs256_key_id"], stored: row["hs256_previous_key_id"]}
+        ids.pop(None, None)
+        key_id = ids.get(config.hs256_secret, key_id) if config.hs256_secret is not None else None
+        if previous is not None:
+            previous = replace(previous, key_id=ids.get(previous.secret) or new_id("hsk"))
     await conn.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url, config.audience,
-                       previous.secret if previous else None, previous.valid_until if previous else None)  # fmt: skip
+                       previous.secret if previous else None, previous.valid_until if previous else None, key_id,
+                       previous.key_id if previous else None)  # fmt: skip
     return previous
 
 
@@ -188,10 +230,11 @@ class BrowserAuthStore:
         config = BrowserAuthConfig(row["tenant_id"], row["hs256_secret"], row["jwks_url"], row["audience"])
         return StoredBrowserKeys(config, row["previous_secret"], row["previous_seconds_left"] or 0.0)
 
-    async def set(self, config: BrowserAuthConfig, previous_valid_seconds: int | None = None) -> PreviousSecret | None:
+    async def set(self, config: BrowserAuthConfig, previous_valid_seconds: int | None = None,
+                  jwks_allowed_hosts: frozenset[str] = frozenset()) -> PreviousSecret | None:  # fmt: skip
         """Store (replace) a tenant's config; see `store_config`."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await store_config(conn, config, previous_valid_seconds)
+            return await store_config(conn, config, previous_valid_seconds, jwks_allowed_hosts)
 
     async def clear(self, tenant_id: str) -> bool:
         """Remove a tenant's config, the previous HS256 secret included."""
@@ -215,15 +258,19 @@ def _unverified_tenant(token: str) -> str:
     tenant_id = claims.get(TENANT_CLAIM) if isinstance(claims, dict) else None
     if not isinstance(tenant_id, str) or not tenant_id:
         raise invalid_token(f"The token lacks the required {TENANT_CLAIM!r} claim.")
+    if not tenant_id.isascii() or "\x00" in tenant_id:
+        raise invalid_token(NO_KEY_MESSAGE)  # no tenant has such an id, and Postgres text cannot hold NUL
     return tenant_id
 
 
 class BrowserTokenVerifier:
     """Verifies browser JWTs against the keys of the tenant they name (cached briefly)."""
 
-    def __init__(self, store: BrowserAuthStore, cache_seconds: float = CONFIG_CACHE_SECONDS) -> None:
+    def __init__(self, store: BrowserAuthStore, cache_seconds: float = CONFIG_CACHE_SECONDS,
+                 jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:  # fmt: skip
         self._store = store
         self._cache_seconds = cache_seconds
+        self._jwks_allowed_hosts = jwks_allowed_hosts
         self._configs: dict[str, tuple[float, StoredBrowserKeys | None]] = {}
         self._keysets: dict[tuple[str | None, str | None], KeySet] = {}
 
@@ -232,8 +279,9 @@ class BrowserTokenVerifier:
         tenant_id = _unverified_tenant(token)
         fetched_at, stored = await self._config(tenant_id, now)
         if stored is None:
-            # Same answer whether the tenant is unknown, disabled or has no browser keys.
-            raise invalid_token("No trusted key matches the token.")
+            # Same answer whether the tenant is unknown, disabled or has no browser keys, and the
+            # same as a known tenant's for a token none of its keys signed (`no_key_message`).
+            raise invalid_token(NO_KEY_MESSAGE)
         config = stored.config
         previous = None
         # The window ends on this clock as it did on the database's: a cached config never stretches it.
@@ -241,7 +289,7 @@ class BrowserTokenVerifier:
             previous = stored.previous_secret.encode()
         claims = await self._keyset(config).decode(token, audience=config.audience, issuer=None,
                                                    required=["exp", "aud", "sub", TENANT_CLAIM],
-                                                   previous_secret=previous)  # fmt: skip
+                                                   previous_secret=previous, no_key_message=NO_KEY_MESSAGE)  # fmt: skip
         return _principal(claims, tenant_id, now)
 
     async def _config(self, tenant_id: str, now: float) -> tuple[float, StoredBrowserKeys | None]:
@@ -261,7 +309,8 @@ class BrowserTokenVerifier:
             if len(self._keysets) > 10_000:
                 self._keysets.clear()
             secret = config.hs256_secret.encode() if config.hs256_secret is not None else None
-            keys = self._keysets[ident] = KeySet(secret=secret, jwks_url=config.jwks_url)
+            keys = self._keysets[ident] = KeySet(secret=secret, jwks_url=config.jwks_url,
+                                                 jwks_allowed_hosts=self._jwks_allowed_hosts)  # fmt: skip
         return keys
 
 

@@ -37,7 +37,7 @@ from litestar.params import FromPath
 from websockets.exceptions import ConnectionClosed
 
 from gateway.admission import draining_error
-from gateway.auth import END_USER_HEADER, safety_identifier
+from gateway.auth import END_USER_HEADER, end_user_from_header, key_safety_identifier, safety_identifier
 from gateway.browser_auth import BrowserAuthStore, BrowserPrincipal, BrowserTokenVerifier, browser_tokens_unsupported
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key
 from gateway.ids import new_id
@@ -49,6 +49,7 @@ from gateway.upstream import USER_AGENT, open_upstream, refusal_from_status, ups
 from policies.actions import SessionInfoRecord
 from policies.clamp import Refused, Rewritten, police_client_event
 from policies.policy import UNRESTRICTED, TenantPolicy
+from policies.ratelimit import TokenBucket, take
 
 log = logging.getLogger("voxgate.realtime_http")
 
@@ -63,6 +64,10 @@ TAGS: Final = ["realtime", "webrtc"]
 CallId = FromPath[str]
 _SDP_LINE = re.compile(r"[a-z]=[\x20-\x7e\t]*")
 _CALL_ID = re.compile(r"[A-Za-z0-9_\-.]{1,200}")
+# Attach attempts per tenant and process: each may cost an upstream sideband handshake.
+ATTACH_BURST: Final = 10
+ATTACH_PER_SECOND: Final = 0.5
+MAX_ATTACH_BUCKETS: Final = 10_000
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -92,9 +97,27 @@ class RealtimeHttp:
         settings = services.settings
         self.calls = CallStore(services.pool, services.redis, settings.redis.key_prefix)
         self.browser_auth = BrowserAuthStore(services.pool)
-        self.browser_tokens = BrowserTokenVerifier(self.browser_auth)
+        self.browser_tokens = self.new_token_verifier()
         timeout = httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=settings.upstream.connect_timeout_seconds)
         self.http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT})
+        self._attach_buckets: dict[str, TokenBucket] = {}
+
+    def take_attach_attempt(self, tenant_id: str, now: float) -> None:
+        """Count one attach attempt against the tenant's bucket (in this process); 429 when empty."""
+        bucket = self._attach_buckets.get(tenant_id) or TokenBucket.full(ATTACH_BURST, ATTACH_PER_SECOND, now)
+        allowed, after, retry_after = take(bucket, now)
+        if len(self._attach_buckets) >= MAX_ATTACH_BUCKETS and tenant_id not in self._attach_buckets:
+            self._attach_buckets.clear()  # bounded: a full bucket is what a forgotten tenant starts with again
+        self._attach_buckets[tenant_id] = after
+        if not allowed:
+            raise GatewayError(429, f"Too many attach attempts; at most {ATTACH_BURST} at once and "
+                               f"{ATTACH_PER_SECOND:g} per second per tenant.", code="rate_limit_exceeded",
+                               retry_after=retry_after)  # fmt: skip
+
+    def new_token_verifier(self) -> BrowserTokenVerifier:
+        """A browser-token verifier with empty caches (JWKS fetches checked per VOXGATE_JWKS_ALLOWED_HOSTS)."""
+        allowed = self.services.settings.security.jwks_allowed_hosts
+        return BrowserTokenVerifier(self.browser_auth, jwks_allowed_hosts=allowed)
 
     def upstream_url(self, path: str) -> str:
         return self.services.settings.upstream.url.rstrip("/") + path
@@ -108,7 +131,7 @@ def browser_keys_changed(app_state: Any) -> None:
     (other replicas follow within `CONFIG_CACHE_SECONDS`)."""
     state = getattr(app_state, "realtime_http", None)
     if isinstance(state, RealtimeHttp):
-        state.browser_tokens = BrowserTokenVerifier(state.browser_auth)
+        state.browser_tokens = state.new_token_verifier()
 
 
 def _state(request: Request[Any, Any, Any]) -> RealtimeHttp:
@@ -158,9 +181,11 @@ async def authenticate(request: Request[Any, Any, Any], state: RealtimeHttp, *, 
     identity = await services.tenants.authenticate(token)
     if identity is None:
         raise invalid_api_key()
-    end_user = (request.headers.get(END_USER_HEADER) or "").strip() or f"key:{identity.key_id}"
-    return Caller(identity.tenant_id, identity.key_id, "api_key", safety_identifier(secret, identity.tenant_id,
-                                                                                     end_user))  # fmt: skip
+    raw_end_user = next((v for k, v in request.scope["headers"] if k.lower() == END_USER_HEADER.encode()), b"")
+    end_user = end_user_from_header(raw_end_user)  # UTF-8, as on the WebSocket path
+    safety_id = (safety_identifier(secret, identity.tenant_id, end_user) if end_user
+                 else key_safety_identifier(secret, identity.tenant_id, identity.key_id))  # fmt: skip
+    return Caller(identity.tenant_id, identity.key_id, "api_key", safety_id)
 
 
 def _may_see(caller: Caller, call: Call) -> bool:
@@ -609,13 +634,17 @@ async def hangup_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
 async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Response[dict[str, Any]]:
     """Hand voxgate a call a browser opened directly with a client secret voxgate minted.
 
-    Tenant API key only. voxgate looks up the call's session over the sideband; unless that
-    session is one voxgate minted for this tenant, the answer is 404. Then the call is
-    recorded and metered and policed by the sideband monitor like a brokered call.
+    Tenant API key only, and at most `ATTACH_BURST` attempts at once per tenant (then
+    `ATTACH_PER_SECOND`; 429 past it). A tenant holding no minted secret that is still
+    attachable gets 404 before anything upstream. Otherwise voxgate looks up the call's
+    session over the sideband; unless that session is one voxgate minted for this tenant,
+    the answer is 404. Then the call is recorded and metered and policed by the sideband
+    monitor like a brokered call.
     """
     state = _state(request)
     services = state.services
     caller = await authenticate(request, state, allow_browser=False)
+    state.take_attach_attempt(caller.tenant_id, time.monotonic())
     if not _CALL_ID.fullmatch(call_id):
         raise call_not_found(call_id)
     existing = await state.calls.get(call_id)
@@ -623,6 +652,10 @@ async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
         if existing.tenant_id != caller.tenant_id:
             raise call_not_found(call_id)
         return Response(existing.public(), status_code=200)  # attaching twice is harmless
+    # Our own records first: without a minted secret of its own to attach, a tenant's
+    # attempt never reaches upstream (no handshake, nothing sent into anyone's call).
+    if not await state.calls.has_attachable_secret(caller.tenant_id):
+        raise call_not_found(call_id)
     upstream_session_id = await probe_call_session(state, call_id, caller.safety_id)
     minted = await state.calls.minted(upstream_session_id) if upstream_session_id else None
     if minted is None or minted.tenant_id != caller.tenant_id:

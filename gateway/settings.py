@@ -61,14 +61,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-RELAYS = ("fast", "asgi")
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = env.get(name) or default
-    if raw not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
+def _hosts(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of host names, lower case, without a trailing dot."""
+    return frozenset(h.strip().rstrip(".").lower() for h in env.get(name, "").split(",") if h.strip())
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,39 @@ class ServerSettings:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
     max_message_bytes: int = 16 * 1024 * 1024  # VOXGATE_MAX_MESSAGE_BYTES (append events are <= 15 MiB)
     shutdown_grace_seconds: float = 10.0  # VOXGATE_SHUTDOWN_GRACE_SECONDS
-    relay: str = "fast"  # VOXGATE_RELAY: "fast" (frame-splicing, docs/relay.md) or "asgi"
+    # VOXGATE_ABANDON_WAIT_SECONDS: when a session ends with a response still running upstream
+    # (the client left, a drain, a policy close), how long voxgate waits for its billed
+    # `response.done` after cancelling it (docs/relay.md).
+    abandon_wait_seconds: float = 5.0
+    # VOXGATE_MAX_HEADER_BYTES: the largest request head (request line + headers) voxgate reads;
+    # a bigger one gets 431 and the connection is closed (docs/security.md).
+    max_header_bytes: int = 32 * 1024
+    # VOXGATE_HEADER_TIMEOUT_SECONDS: how long a client may take to send a whole request head
+    # (from connecting, or from the first byte of a keep-alive request); then 408 and close. 0 = no limit.
+    header_timeout_seconds: float = 10.0
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What the process logs and how; secrets are redacted at every level (gateway/logs.py)."""
+
+    level: str = "INFO"  # VOXGATE_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL
+    format: str = "text"  # VOXGATE_LOG_FORMAT: text, or json (one object per line)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LogSettings:
+        env = os.environ if env is None else env
+        level = (env.get("VOXGATE_LOG_LEVEL") or "INFO").strip().upper()
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"VOXGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        fmt = (env.get("VOXGATE_LOG_FORMAT") or "text").strip().lower()
+        if fmt not in LOG_FORMATS:
+            raise SettingsError(f"VOXGATE_LOG_FORMAT must be text or json, got {fmt!r}")
+        return cls(level=level, format=fmt)
 
 
 @dataclass(frozen=True)
@@ -88,12 +115,28 @@ class DatabaseSettings:
     url: str | None = None  # VOXGATE_DATABASE_URL
     pool_min: int = 1  # VOXGATE_DATABASE_POOL_MIN
     pool_max: int = 10  # VOXGATE_DATABASE_POOL_MAX
+    # VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS: longest wait for a free pooled connection; past it the
+    # caller gets a TimeoutError (a transient failure: 503 + retry-after), never an unbounded queue.
+    pool_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
 class RedisSettings:
     url: str | None = None  # VOXGATE_REDIS_URL
     key_prefix: str = "voxgate:"  # VOXGATE_REDIS_PREFIX
+    # VOXGATE_REDIS_POOL_SIZE: connections per replica, a blocking pool (docs/live-state.md, "Pools").
+    # Script calls of one event-loop turn share one round trip, so a burst needs few connections (300
+    # sessions opened at once were admitted through 2); 32 leave room for unbatched commands and
+    # several batches in flight. One is held by the broadcast subscription.
+    pool_size: int = 32
+    # VOXGATE_REDIS_POOL_TIMEOUT_SECONDS: longest wait for a free connection before the command fails
+    # (a RedisError: fail-open/closed applies). Healthy waits are a few loop turns; a 2 s wait means the
+    # connections are stuck on a Redis that stopped answering (socket timeout, also 2 s), so waiting
+    # longer would only delay the 503 or fail-open decision.
+    pool_timeout_seconds: float = 2.0
+    # VOXGATE_REDIS_SOCKET_TIMEOUT_SECONDS: connect and reply timeout of one command, so a Redis that
+    # stopped answering is an error within this bound, not a hung session.
+    socket_timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +158,9 @@ class LedgerSettings:
     batch_records: int = 500  # VOXGATE_LEDGER_BATCH
     flush_interval_seconds: float = 0.05  # VOXGATE_LEDGER_FLUSH_INTERVAL
     spool_dir: Path | None = None  # VOXGATE_SPOOL_DIR (overflow journal; unset = memory only)
+    # VOXGATE_LEDGER_DURABLE_TIMEOUT_SECONDS: how long a billed record may wait for its Postgres
+    # commit before it is fsynced to the spool journal instead (docs/relay.md).
+    durable_timeout_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +178,11 @@ class EnforcementSettings:
 class SecuritySettings:
     # Keys the OpenAI-Safety-Identifier hash; rotate it and end-user hashes change.
     safety_identifier_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    # VOXGATE_JWKS_ALLOWED_HOSTS: comma-separated JWKS hosts exempt from the address checks (and
+    # allowed plain http); every other JWKS URL must be https to a public address (docs/security.md).
+    jwks_allowed_hosts: frozenset[str] = frozenset()
+    # VOXGATE_API_DOCS: serve the OpenAPI document and /docs; off by default (docs/security.md).
+    api_docs: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +194,8 @@ class AdminSettings:
     jwks_url: str | None = None  # VOXGATE_ADMIN_JWKS_URL (RS256/ES256 keys)
     jwt_audience: str = "voxgate-admin"  # VOXGATE_ADMIN_JWT_AUDIENCE
     jwt_issuer: str | None = None  # VOXGATE_ADMIN_JWT_ISSUER (checked when set)
+    # VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS: the longest `exp - iat` an admin token may have.
+    jwt_max_lifetime_seconds: int = 86400
     policy_file: Path | None = None  # VOXGATE_POLICY_FILE (unset = packaged gateway/default_tiers.yaml)
     # VOXGATE_DEFAULT_TIER: tenants with no policy and no tier get it; "" or "none" = unrestricted.
     default_tier: str | None = "standard"
@@ -158,6 +211,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     enforcement: EnforcementSettings = field(default_factory=EnforcementSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -168,7 +222,9 @@ class Settings:
             port=_int(env, "VOXGATE_PORT", 8000),
             max_message_bytes=_int(env, "VOXGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             shutdown_grace_seconds=_float(env, "VOXGATE_SHUTDOWN_GRACE_SECONDS", 10.0),
-            relay=_choice(env, "VOXGATE_RELAY", RELAYS, ServerSettings.relay),
+            abandon_wait_seconds=_float(env, "VOXGATE_ABANDON_WAIT_SECONDS", 5.0),
+            max_header_bytes=_int(env, "VOXGATE_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
+            header_timeout_seconds=_float(env, "VOXGATE_HEADER_TIMEOUT_SECONDS", 10.0),
         )
         if env.get("VOXGATE_INSTANCE_ID"):
             server = replace(server, instance_id=env["VOXGATE_INSTANCE_ID"])
@@ -177,14 +233,19 @@ class Settings:
         policy_file = env.get("VOXGATE_POLICY_FILE")
         return cls(
             server=server,
+            log=LogSettings.from_env(env),
             database=DatabaseSettings(
                 url=env.get("VOXGATE_DATABASE_URL") or None,
                 pool_min=_int(env, "VOXGATE_DATABASE_POOL_MIN", 1),
                 pool_max=_int(env, "VOXGATE_DATABASE_POOL_MAX", 10, minimum=1),
+                pool_timeout_seconds=_float(env, "VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS", 5.0),
             ),
             redis=RedisSettings(
                 url=env.get("VOXGATE_REDIS_URL") or None,
                 key_prefix=env.get("VOXGATE_REDIS_PREFIX", "voxgate:"),
+                pool_size=_int(env, "VOXGATE_REDIS_POOL_SIZE", 32, minimum=2),
+                pool_timeout_seconds=_float(env, "VOXGATE_REDIS_POOL_TIMEOUT_SECONDS", 2.0),
+                socket_timeout_seconds=_float(env, "VOXGATE_REDIS_SOCKET_TIMEOUT_SECONDS", 2.0),
             ),
             upstream=UpstreamSettings(
                 url=env.get("VOXGATE_UPSTREAM_URL", "https://api.openai.com/v1").rstrip("/"),
@@ -198,21 +259,25 @@ class Settings:
                 batch_records=_int(env, "VOXGATE_LEDGER_BATCH", 500, minimum=1),
                 flush_interval_seconds=_float(env, "VOXGATE_LEDGER_FLUSH_INTERVAL", 0.05),
                 spool_dir=Path(spool) if spool else None,
+                durable_timeout_seconds=_float(env, "VOXGATE_LEDGER_DURABLE_TIMEOUT_SECONDS", 1.0),
             ),
             enforcement=EnforcementSettings(
                 lease_ttl_seconds=_float(env, "VOXGATE_LEASE_TTL_SECONDS", 30.0),
                 reap_interval_seconds=_float(env, "VOXGATE_REAP_INTERVAL_SECONDS", 5.0),
                 calls_scan_seconds=_float(env, "VOXGATE_CALLS_SCAN_SECONDS", 2.0),
             ),
-            security=SecuritySettings(safety_identifier_secret=secret.encode())
-            if secret
-            else SecuritySettings(),
+            security=replace(
+                SecuritySettings(safety_identifier_secret=secret.encode()) if secret else SecuritySettings(),
+                jwks_allowed_hosts=_hosts(env, "VOXGATE_JWKS_ALLOWED_HOSTS"),
+                api_docs=env.get("VOXGATE_API_DOCS", "").strip().lower() in ("1", "true", "yes", "on"),
+            ),
             admin=AdminSettings(
                 jwt_secret=env.get("VOXGATE_ADMIN_JWT_SECRET") or None,
                 jwt_public_key=env.get("VOXGATE_ADMIN_JWT_PUBLIC_KEY") or None,
                 jwks_url=env.get("VOXGATE_ADMIN_JWKS_URL") or None,
                 jwt_audience=env.get("VOXGATE_ADMIN_JWT_AUDIENCE") or "voxgate-admin",
                 jwt_issuer=env.get("VOXGATE_ADMIN_JWT_ISSUER") or None,
+                jwt_max_lifetime_seconds=_int(env, "VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS", 86400, minimum=1),
                 policy_file=Path(policy_file) if policy_file else None,
                 default_tier=_default_tier(env.get("VOXGATE_DEFAULT_TIER")),
             ),

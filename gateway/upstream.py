@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -14,6 +15,7 @@ from gateway.errors import GatewayError
 from gateway.settings import UpstreamSettings
 
 USER_AGENT = f"voxgate/{__version__}"
+log = logging.getLogger("voxgate.upstream")
 UPSTREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -88,6 +90,9 @@ async def open_upstream(
 ) -> ClientConnection:
     """Open the upstream WebSocket or raise a GatewayError the client can be given."""
     url = realtime_url(settings.url, query)
+    # At DEBUG the `websockets` client also logs its request headers, our key among them: the
+    # root handler's filter redacts it (gateway/logs.py).
+    log.debug("opening the upstream WebSocket %s", url)
     try:
         return await connect(
             url,

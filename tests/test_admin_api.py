@@ -6,11 +6,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -34,7 +35,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 async def admin_gateway(pg_dsn: str, emulator: Any) -> AsyncIterator[Gateway]:
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-    settings = replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER))
+    settings = replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER),
+                       security=replace(settings.security, api_docs=True))  # the OpenAPI document is opt-in
     gateway = await start_gateway(settings)
     yield gateway
     await gateway.stop()
@@ -152,7 +154,9 @@ async def test_policy_versions_and_sources(api: httpx.AsyncClient) -> None:
     assert first.json()["policy"]["budget"]["daily_usd"] == "2.500000"
     second = (await api.put(path, json={"models": ["gpt-realtime-mini"]})).json()
     assert second["version"] == 2
-    assert second["policy"]["max_output_tokens"] is None  # a version replaces the whole document
+    # A change keeps the keys it does not name (docs/admin-api.md, "Changes merge").
+    assert (second["policy"]["models"], second["policy"]["max_output_tokens"]) == (["gpt-realtime-mini"], 300)
+    assert second["policy"]["budget"]["monthly_usd"] == "1000.000000"  # from the standard tier
 
     history = (await api.get(f"{path}/history")).json()
     assert [(v["version"], v["created_by"]) for v in history["data"]] == [(2, "alice"), (1, "alice")]
@@ -250,9 +254,13 @@ async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> No
 # --- browser-token keys ---------------------------------------------------------------------------
 
 
-def fingerprint(secret: str) -> str:
-    """The documented recipe: `printf %s "$SECRET" | sha256sum | cut -c1-16`."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+KEY_ID = re.compile(r"hsk_[a-z2-7]{16}")
+
+
+def names(key_id: str | None, secret: str) -> bool:
+    """A key id as shown: random (`hsk_` + 80 bits), never derived from the secret it names."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return key_id is not None and KEY_ID.fullmatch(key_id) is not None and digest[:8] not in key_id
 
 
 async def test_browser_keys_are_set_rotated_read_and_deleted_without_showing_the_secret(
@@ -268,19 +276,21 @@ async def test_browser_keys_are_set_rotated_read_and_deleted_without_showing_the
     assert created.status_code == 200, created.text
     body = created.json()
     assert (body["object"], body["tenant_id"], body["kinds"]) == ("browser_auth", tenant["id"], ["hs256"])
-    assert (body["hs256_fingerprint"], body["jwks_url"], body["audience"]) == (fingerprint(first), None, "acme-voice")
+    assert names(body["hs256_key_id"], first)
+    assert (body["jwks_url"], body["audience"]) == (None, "acme-voice")
     assert (await api.get(path)).json() == body
 
     rotated = (await api.put(path, json={"hs256_secret": second})).json()
-    assert rotated["hs256_fingerprint"] == fingerprint(second) != body["hs256_fingerprint"]
+    assert names(rotated["hs256_key_id"], second) and rotated["hs256_key_id"] != body["hs256_key_id"]
     assert rotated["audience"] == "voxgate"  # the whole config is replaced, like a policy version
     assert rotated["created_at"] == body["created_at"]
     assert rotated["updated_at"] >= body["updated_at"]
 
     both = (await api.put(path, json={"hs256_secret": second, "jwks_url": "https://idp.example/jwks.json"})).json()
     assert (both["kinds"], both["jwks_url"]) == (["hs256", "jwks"], "https://idp.example/jwks.json")
+    assert both["hs256_key_id"] == rotated["hs256_key_id"]  # the same secret keeps its id
     only_jwks = (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).json()
-    assert (only_jwks["kinds"], only_jwks["hs256_fingerprint"]) == (["jwks"], None)
+    assert (only_jwks["kinds"], only_jwks["hs256_key_id"]) == (["jwks"], None)
     assert await pg_pool.fetchval("SELECT hs256_secret FROM tenant_browser_auth WHERE tenant_id = $1",
                                   tenant["id"]) is None  # fmt: skip
 
@@ -293,8 +303,9 @@ async def test_browser_keys_are_set_rotated_read_and_deleted_without_showing_the
     entries = list(reversed(await audit_entries(pg_pool, tenant["id"])))
     changes = [(e.actor, e.action) for e in entries if e.action.startswith("browser_auth.")]
     assert changes == [("alice", "browser_auth.set")] * 4 + [("alice", "browser_auth.delete")]
-    fingerprints = [e.detail["hs256_fingerprint"] for e in entries if e.action == "browser_auth.set"]
-    assert fingerprints == [fingerprint(first), fingerprint(second), fingerprint(second), None]
+    key_ids = [e.detail["hs256_key_id"] for e in entries if e.action == "browser_auth.set"]
+    assert key_ids == [body["hs256_key_id"], rotated["hs256_key_id"], rotated["hs256_key_id"], None]
+    assert not any("fingerprint" in key for e in entries for key in e.detail)
     served = (await api.get(f"/tenants/{tenant['id']}/audit")).text
     for secret in (first, second):
         assert secret not in str([e.detail for e in entries])
@@ -318,8 +329,9 @@ async def test_browser_keys_are_validated(api: httpx.AsyncClient) -> None:
                         "invalid_request", "audience")  # fmt: skip
     assert_openai_error(await api.put(path, json={"secret": "x" * 40}), 400, "invalid_request")
     assert_openai_error(await api.get(path), 404, "browser_auth_not_configured")  # nothing invalid was stored
-    loopback = await api.put(path, json={"jwks_url": "http://127.0.0.1:9/jwks.json"})  # plain http on loopback only
-    assert loopback.status_code == 200, loopback.text
+    # Loopback, private and metadata addresses only for a host in VOXGATE_JWKS_ALLOWED_HOSTS.
+    loopback = await api.put(path, json={"jwks_url": "http://127.0.0.1:9/jwks.json"})
+    assert_openai_error(loopback, 400, "invalid_browser_auth", "jwks_url")
     assert_openai_error(await api.put("/tenants/ten_missing/browser-auth", json={"jwks_url": "https://idp.example/j"}),
                         404, "tenant_not_found")  # fmt: skip
 
@@ -353,11 +365,12 @@ async def test_after_rotation_old_browser_tokens_stay_valid_for_the_default_wind
     tenant, path, old_secret, new_secret, old_token = await rotating_tenant(api, pg_pool)
     assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # and its keys are now cached
 
+    old_id = (await api.get(path)).json()["hs256_key_id"]
     rotated = await api.put(path, json={"hs256_secret": new_secret})
     assert rotated.status_code == 200, rotated.text
     body = rotated.json()
-    assert (body["hs256_fingerprint"], body["previous_hs256_fingerprint"]) == (fingerprint(new_secret),
-                                                                                fingerprint(old_secret))  # fmt: skip
+    assert names(body["hs256_key_id"], new_secret) and body["hs256_key_id"] != old_id
+    assert body["previous_hs256_key_id"] == old_id
     db_now = await pg_pool.fetchval("SELECT now()")
     window = datetime.fromisoformat(body["previous_valid_until"]) - db_now
     assert 895 <= window.total_seconds() <= 900  # the longest a browser token lives, by the database clock
@@ -373,8 +386,8 @@ async def test_after_rotation_old_browser_tokens_stay_valid_for_the_default_wind
                         "invalid_token")  # fmt: skip
 
     rotation = next(e for e in await audit_entries(pg_pool, tenant.tenant_id) if e.action == "browser_auth.set")
-    assert rotation.detail["hs256_fingerprint"] == fingerprint(new_secret)
-    assert rotation.detail["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    assert (rotation.detail["hs256_key_id"], rotation.detail["previous_hs256_key_id"]) == (body["hs256_key_id"],
+                                                                                           old_id)  # fmt: skip
     assert datetime.fromisoformat(rotation.detail["previous_valid_until"]) == datetime.fromisoformat(
         body["previous_valid_until"])  # fmt: skip
 
@@ -408,7 +421,7 @@ async def test_a_hard_cut_over_refuses_old_browser_tokens_at_once(
     assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # and its keys are now cached
 
     rotated = (await api.put(path, json={"hs256_secret": new_secret, "previous_valid_seconds": 0})).json()
-    assert (rotated["previous_hs256_fingerprint"], rotated["previous_valid_until"]) == (None, None)
+    assert (rotated["previous_hs256_key_id"], rotated["previous_valid_until"]) == (None, None)
     refused = await place_browser_call(admin_gateway, old_token)
     assert_openai_error(refused, 401, "invalid_token")
     assert old_token not in refused.text
@@ -423,8 +436,9 @@ async def test_old_browser_tokens_are_refused_once_the_window_has_passed(
 ) -> None:
     tenant, path, old_secret, new_secret, old_token = await rotating_tenant(api, pg_pool)
 
+    old_id = (await api.get(path)).json()["hs256_key_id"]
     rotated = (await api.put(path, json={"hs256_secret": new_secret, "previous_valid_seconds": 3})).json()
-    assert rotated["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    assert names(old_id, old_secret) and rotated["previous_hs256_key_id"] == old_id
     assert (await place_browser_call(admin_gateway, old_token)).status_code == 201  # the config is now cached
     left = datetime.fromisoformat(rotated["previous_valid_until"]) - await pg_pool.fetchval("SELECT now()")
     await asyncio.sleep(left.total_seconds() + 0.2)
@@ -432,8 +446,8 @@ async def test_old_browser_tokens_are_refused_once_the_window_has_passed(
     assert_openai_error(await place_browser_call(admin_gateway, old_token), 401, "invalid_token")
     assert (await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))).status_code == 201
     after = (await api.get(path)).json()
-    assert (after["hs256_fingerprint"], after["previous_hs256_fingerprint"], after["previous_valid_until"]) == (
-        fingerprint(new_secret), None, None)  # fmt: skip
+    assert (after["hs256_key_id"], after["previous_hs256_key_id"], after["previous_valid_until"]) == (
+        rotated["hs256_key_id"], None, None)  # fmt: skip
 
 
 async def test_setting_the_same_secret_again_never_overlaps_with_itself(
@@ -442,29 +456,34 @@ async def test_setting_the_same_secret_again_never_overlaps_with_itself(
     tenant = await new_tenant(api)
     path = f"/tenants/{tenant['id']}/browser-auth"
     first, second = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
-    assert (await api.put(path, json={"hs256_secret": first})).json()["previous_hs256_fingerprint"] is None
-    assert (await api.put(path, json={"hs256_secret": first})).json()["previous_hs256_fingerprint"] is None
+    set_once = (await api.put(path, json={"hs256_secret": first})).json()
+    set_twice = (await api.put(path, json={"hs256_secret": first})).json()
+    assert (set_once["previous_hs256_key_id"], set_twice["previous_hs256_key_id"]) == (None, None)
+    first_id = set_twice["hs256_key_id"]
+    assert names(first_id, first) and set_once["hs256_key_id"] == first_id
 
     rotated = (await api.put(path, json={"hs256_secret": second})).json()
-    assert rotated["previous_hs256_fingerprint"] == fingerprint(first)
+    assert rotated["previous_hs256_key_id"] == first_id
     # The same secret again (a retry, a new audience) keeps the open window as it was.
     again = (await api.put(path, json={"hs256_secret": second, "audience": "acme"})).json()
-    assert (again["previous_hs256_fingerprint"], again["previous_valid_until"], again["audience"]) == (
-        fingerprint(first), rotated["previous_valid_until"], "acme")  # fmt: skip
+    assert (again["previous_hs256_key_id"], again["previous_valid_until"], again["audience"]) == (
+        first_id, rotated["previous_valid_until"], "acme")  # fmt: skip
     # Given with an unchanged secret, the window can only shrink: 0 closes it at once.
     shortened = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 60})).json()
-    assert shortened["previous_hs256_fingerprint"] == fingerprint(first)
+    assert shortened["previous_hs256_key_id"] == first_id
     assert datetime.fromisoformat(shortened["previous_valid_until"]) < datetime.fromisoformat(
         rotated["previous_valid_until"])  # fmt: skip
     longer = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 3600})).json()
     assert longer["previous_valid_until"] == shortened["previous_valid_until"]
     closed = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 0})).json()
-    assert (closed["previous_hs256_fingerprint"], closed["previous_valid_until"]) == (None, None)
+    assert (closed["previous_hs256_key_id"], closed["previous_valid_until"]) == (None, None)
 
     # Rolling back to the first secret: the second becomes the previous one, never the first itself.
-    assert (await api.put(path, json={"hs256_secret": second})).json()["previous_hs256_fingerprint"] is None
+    assert (await api.put(path, json={"hs256_secret": second})).json()["previous_hs256_key_id"] is None
     back = (await api.put(path, json={"hs256_secret": first})).json()
-    assert (back["hs256_fingerprint"], back["previous_hs256_fingerprint"]) == (fingerprint(first), fingerprint(second))
+    # The first secret was no longer stored, so it comes back under a new id; the second keeps its own.
+    assert names(back["hs256_key_id"], first) and back["hs256_key_id"] != first_id
+    assert back["previous_hs256_key_id"] == rotated["hs256_key_id"]
     assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
                                   tenant["id"]) == second  # fmt: skip
 
@@ -475,12 +494,12 @@ async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
     tenant = await make_tenant(pg_pool, prefix="web")
     path = f"/tenants/{tenant.tenant_id}/browser-auth"
     old_secret = secrets.token_urlsafe(40)
-    assert (await api.put(path, json={"hs256_secret": old_secret})).status_code == 200
+    old_id = (await api.put(path, json={"hs256_secret": old_secret})).json()["hs256_key_id"]
     old_token = browser_token(tenant.tenant_id, old_secret)
 
     switched = (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).json()
-    assert (switched["kinds"], switched["hs256_fingerprint"]) == (["jwks"], None)
-    assert switched["previous_hs256_fingerprint"] == fingerprint(old_secret)
+    assert (switched["kinds"], switched["hs256_key_id"]) == (["jwks"], None)
+    assert names(old_id, old_secret) and switched["previous_hs256_key_id"] == old_id
     accepted = await place_browser_call(admin_gateway, old_token)
     assert accepted.status_code == 201, accepted.text
 
@@ -488,7 +507,7 @@ async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
     await pg_pool.execute("UPDATE tenant_browser_auth SET hs256_previous_until = now() - interval '1 second' "
                           "WHERE tenant_id = $1", tenant.tenant_id)  # fmt: skip
     expired = (await api.get(path)).json()
-    assert (expired["previous_hs256_fingerprint"], expired["previous_valid_until"]) == (None, None)
+    assert (expired["previous_hs256_key_id"], expired["previous_valid_until"]) == (None, None)
     with pytest.raises(GatewayError) as refused:
         await BrowserTokenVerifier(BrowserAuthStore(pg_pool)).verify(old_token)
     assert (refused.value.status, refused.value.code) == (401, "invalid_token")
@@ -621,3 +640,40 @@ async def test_a_tenant_admin_manages_its_keys_audited_as_itself(api: httpx.Asyn
     await asyncio.sleep(0)
     actions = [(e.actor, e.action) for e in await audit_entries(pg_pool, own.tenant_id)]
     assert actions == [("dev@tenant", "key.revoke"), ("dev@tenant", "key.create")]
+
+
+@pytest.mark.parametrize(("expired_ago", "status"), [(20, 200), (45, 401)])
+async def test_exp_gets_exactly_the_documented_30_s_of_leeway(
+    api: httpx.AsyncClient, expired_ago: int, status: int
+) -> None:
+    # docs/admin-api.md: `exp` is checked with 30 s of clock-skew leeway (20 s late passes, 45 s does not;
+    # 15 s either side of the bound, far more than this request takes).
+    now = int(time.time())
+    token = hs256(claims(roles=["admin"], iat=now - 120, exp=now - expired_ago))
+    response = await api.get("/tenants", headers=as_(token))
+    if status == 401:
+        assert_openai_error(response, 401, "invalid_token")
+    else:
+        assert response.status_code == 200, response.text
+
+
+async def test_the_usage_route_is_the_sum_of_the_ledger_rows_since(
+    api: httpx.AsyncClient, pg_pool: asyncpg.Pool
+) -> None:
+    from tests.test_usage_reports import T0, record_response
+
+    tenant = await new_tenant(api)
+    session_id = f"vgs_{secrets.token_hex(8)}"
+    await pg_pool.execute("INSERT INTO realtime_sessions (id, tenant_id, transport, started_at)"
+                          " VALUES ($1, $2, 'websocket', $3)", session_id, tenant["id"], T0)  # fmt: skip
+    for hours, cost, tokens in ((0, 1_000_001, 10), (1, 2_345, 20), (2, 7, 30)):
+        await record_response(pg_pool, tenant["id"], session_id, T0 + timedelta(hours=hours), "gpt-realtime", cost,
+                              tokens)  # fmt: skip
+    since = (T0 + timedelta(minutes=30)).isoformat()
+    usage = (await api.get(f"/tenants/{tenant['id']}/usage", params={"since": since})).json()
+    # The two rows from T0 + 1 h: 2_345 + 7 micro-USD; input 20 + 30 and output 20 + 30 tokens.
+    assert usage["totals"] == {"responses": 2, "input_tokens": 50, "output_tokens": 50, "cost_micro_usd": 2_352}
+    assert len(usage["responses"]) == 2
+    assert usage["total_cost_micro_usd"] == 2_352  # no transcription
+    everything = (await api.get(f"/tenants/{tenant['id']}/usage")).json()
+    assert everything["totals"]["cost_micro_usd"] == 1_002_353

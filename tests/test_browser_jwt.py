@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway import cli
 from gateway.browser_auth import (
     MAX_PREVIOUS_VALID_SECONDS,
+    NO_KEY_MESSAGE,
     BrowserAuthConfig,
     BrowserAuthConfigError,
     BrowserAuthStore,
@@ -31,12 +32,17 @@ from gateway.browser_auth import (
     validate_previous_valid_seconds,
 )
 from gateway.errors import GatewayError
+from gateway.settings import SecuritySettings
 from gateway.storage.policy_store import audit_entries
+from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import handmade
-from tests.support.harness import TenantKey, make_tenant
+from tests.support.harness import TenantKey, gateway_settings, make_tenant, start_gateway
+from tests.support.jwks_server import JwksServer, public_jwk
 
 pytestmark = pytest.mark.e2e
 
+# The test JWKS server listens on 127.0.0.1: only an operator's allowlist lets voxgate fetch there.
+JWKS_HOSTS = frozenset({"127.0.0.1"})
 HS_SECRET = secrets.token_urlsafe(40)
 ROTATED_SECRET = secrets.token_urlsafe(40)
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -46,34 +52,21 @@ RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
 )
 
 
-def _jwk(public_key: Any, kid: str, alg: str) -> dict[str, Any]:
-    algorithm = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
-    return {**algorithm.to_jwk(public_key, as_dict=True), "kid": kid, "alg": alg, "use": "sig"}
+@pytest.fixture(scope="module")
+def jwks_url() -> Iterator[str]:
+    document = {"keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
+                         public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]}  # fmt: skip
+    with JwksServer(document) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
-def jwks_url() -> Iterator[str]:
-    document = json.dumps({"keys": [_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
-                                    _jwk(EC_KEY.public_key(), "ec-1", "ES256")]}).encode()  # fmt: skip
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+async def gateway(pg_dsn: str, emulator: Any) -> Any:
+    """A gateway whose operator allowed the loopback JWKS host (VOXGATE_JWKS_ALLOWED_HOSTS)."""
+    settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
+    gw = await start_gateway(replace(settings, security=SecuritySettings(jwks_allowed_hosts=JWKS_HOSTS)))
+    yield gw
+    await gw.stop()
 
 
 def claims(tenant_id: str, **extra: Any) -> dict[str, Any]:
@@ -103,7 +96,8 @@ async def hs_tenant(pg_pool: asyncpg.Pool) -> TenantKey:
 @pytest.fixture
 async def jwks_tenant(pg_pool: asyncpg.Pool, jwks_url: str) -> TenantKey:
     tenant = await make_tenant(pg_pool, "jwks")
-    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, jwks_url=jwks_url, audience="acme-voice"))
+    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, jwks_url=jwks_url, audience="acme-voice"),
+                                        jwks_allowed_hosts=JWKS_HOSTS)  # fmt: skip
     return tenant
 
 
@@ -156,13 +150,14 @@ async def test_expired_token(gateway, hs_tenant) -> None:
 
 
 async def test_forged_signature(gateway, hs_tenant) -> None:
-    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id), secrets.token_urlsafe(40)), "signature")
+    # The same words as for an unknown tenant: a caller without a key learns nothing about the keys.
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id), secrets.token_urlsafe(40)), NO_KEY_MESSAGE)
 
 
 async def test_tampered_payload(gateway, hs_tenant) -> None:
     header, _, signature = hs(claims(hs_tenant.tenant_id)).split(".")
     forged_payload = jwt.utils.base64url_encode(json.dumps(claims(hs_tenant.tenant_id, sub="admin")).encode())
-    await assert_refused(gateway, f"{header}.{forged_payload.decode()}.{signature}", "signature")
+    await assert_refused(gateway, f"{header}.{forged_payload.decode()}.{signature}", NO_KEY_MESSAGE)
 
 
 async def test_wrong_audience(gateway, hs_tenant, jwks_tenant) -> None:
@@ -174,18 +169,18 @@ async def test_wrong_audience(gateway, hs_tenant, jwks_tenant) -> None:
 async def test_alg_none(gateway, hs_tenant) -> None:
     for alg in ("none", "None", "NONE"):
         await assert_refused(gateway, handmade({"alg": alg, "typ": "JWT"}, claims(hs_tenant.tenant_id), None),
-                             "algorithm")  # fmt: skip
+                             NO_KEY_MESSAGE)  # fmt: skip
 
 
 async def test_key_confusion_public_key_as_hmac_secret(gateway, jwks_tenant) -> None:
     # The classic attack: HS256 "signed" with the RSA public key the verifier trusts.
     token = handmade({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(jwks_tenant.tenant_id, aud="acme-voice"),
                      RSA_PUBLIC_PEM)  # fmt: skip
-    await assert_refused(gateway, token, "algorithm")
+    await assert_refused(gateway, token, NO_KEY_MESSAGE)
 
 
 async def test_asymmetric_alg_for_an_hs256_only_tenant(gateway, hs_tenant) -> None:
-    await assert_refused(gateway, rs(claims(hs_tenant.tenant_id)), "algorithm")
+    await assert_refused(gateway, rs(claims(hs_tenant.tenant_id)), NO_KEY_MESSAGE)
 
 
 async def test_unknown_kid(gateway, jwks_tenant) -> None:
@@ -216,7 +211,7 @@ async def test_token_for_another_tenant(gateway, hs_tenant, pg_pool) -> None:
     other = await make_tenant(pg_pool, "other")
     await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(other.tenant_id, hs256_secret=secrets.token_urlsafe(40)))
     # Signed with hs_tenant's secret but naming the other tenant: the other tenant's key decides.
-    await assert_refused(gateway, hs(claims(other.tenant_id)), "signature")
+    await assert_refused(gateway, hs(claims(other.tenant_id)), NO_KEY_MESSAGE)
 
 
 async def test_unknown_disabled_and_unconfigured_tenants_look_alike(gateway, hs_tenant, pg_pool) -> None:
@@ -291,7 +286,7 @@ async def test_a_cached_config_never_stretches_the_window(pg_pool: asyncpg.Pool)
     # Still within the cache (60 s) but past the 5 s window: only the current secret is accepted.
     with pytest.raises(GatewayError) as refused:
         await verifier.verify(old_token, now + 6)
-    assert (refused.value.status, refused.value.message) == (401, "The token's signature is invalid.")
+    assert (refused.value.status, refused.value.message) == (401, NO_KEY_MESSAGE)
     assert (await verifier.verify(new_token, now + 6)).subject == "end-user-7"
 
 
@@ -305,7 +300,7 @@ async def test_a_token_refused_by_both_secrets_gets_the_usual_answer(pg_pool: as
     # Signed with the previous secret but expired: the claim checks still apply to it.
     with pytest.raises(GatewayError, match="expired"):
         await verifier.verify(hs(claims(tenant.tenant_id, iat=now - 900, exp=now - 120)))
-    with pytest.raises(GatewayError, match="signature"):
+    with pytest.raises(GatewayError, match=NO_KEY_MESSAGE):
         await verifier.verify(hs(claims(tenant.tenant_id), secrets.token_urlsafe(40)))
     assert await store.clear(tenant.tenant_id)
     assert await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1",
@@ -356,12 +351,21 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     out = capsys.readouterr().out
     assert HS_SECRET not in out
     assert json.loads(out) == {"tenant_id": tenant_id, "hs256": True, "jwks_url": None, "audience": "acme",
-                               "previous_hs256_fingerprint": None, "previous_valid_until": None}  # fmt: skip
+                               "previous_hs256_key_id": None, "previous_valid_until": None}  # fmt: skip
 
     async def stored() -> BrowserAuthConfig | None:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         try:
             return await BrowserAuthStore(pool).get(tenant_id)
+        finally:
+            await pool.close()
+
+    async def key_ids() -> tuple[str, str | None]:
+        pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+        try:
+            row = await pool.fetchrow("SELECT hs256_key_id, hs256_previous_key_id FROM tenant_browser_auth "
+                                      "WHERE tenant_id = $1", tenant_id)  # fmt: skip
+            return row["hs256_key_id"], row["hs256_previous_key_id"]
         finally:
             await pool.close()
 
@@ -383,13 +387,15 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     capsys.readouterr()
     assert asyncio.run(stored()) == config  # nothing invalid was stored
 
-    # Rotation: the replaced secret stays valid for the window given (its fingerprint is shown, never it).
+    # Rotation: the replaced secret stays valid for the window given (its random key id is shown, never it).
+    first_id = asyncio.run(key_ids())[0]
     assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--audience", "acme",
                      "--previous-valid-seconds", "120", "--json"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert HS_SECRET not in out and ROTATED_SECRET not in out
     summary = json.loads(out)
-    assert summary["previous_hs256_fingerprint"] == "sha256:" + hashlib.sha256(HS_SECRET.encode()).hexdigest()[:16]
+    assert summary["previous_hs256_key_id"] == first_id
+    assert re.fullmatch(r"hsk_[a-z2-7]{16}", first_id) and hashlib.sha256(HS_SECRET.encode()).hexdigest()[:8] not in out
     left = datetime.fromisoformat(summary["previous_valid_until"]) - datetime.now(UTC)
     assert 100 < left.total_seconds() <= 121
     assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--audience", "acme"]) == 0
@@ -407,14 +413,30 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
         finally:
             await pool.close()
 
-    # The same audit rows as the admin API, with a fingerprint and never the secret.
+    # The same audit rows as the admin API, with key ids and never the secret.
     assert [(actor, action) for actor, action, _ in asyncio.run(audited())] == [
         ("cli", "browser_auth.set"), ("cli", "browser_auth.set"), ("cli", "browser_auth.set"),
         ("cli", "browser_auth.delete"),
     ]  # fmt: skip
     rotation = asyncio.run(audited())[1][2]
-    assert rotation["previous_hs256_fingerprint"] == summary["previous_hs256_fingerprint"]
+    assert rotation["previous_hs256_key_id"] == summary["previous_hs256_key_id"]
     assert datetime.fromisoformat(rotation["previous_valid_until"]) == datetime.fromisoformat(
         summary["previous_valid_until"])  # fmt: skip
     assert HS_SECRET not in str(asyncio.run(audited()))
     assert ROTATED_SECRET not in str(asyncio.run(audited()))
+
+
+async def test_lifetime_bounds_are_exactly_the_documented_ones(gateway, hs_tenant) -> None:
+    # docs/webrtc.md: `exp` at most 15 minutes ahead plus 30 s of leeway; with `iat`, `exp - iat` at
+    # most 15 minutes. Each case sits 10-15 s inside or outside its bound (far more than a request takes).
+    now = int(time.time())
+    no_iat = claims(hs_tenant.tenant_id, exp=now + 15 * 60 + 20)
+    del no_iat["iat"]
+    accepted = await probe(gateway, hs(no_iat))
+    assert (accepted.status_code, accepted.json()["error"]["code"]) == (404, "call_not_found")
+    too_far = claims(hs_tenant.tenant_id, exp=now + 15 * 60 + 45)
+    del too_far["iat"]
+    await assert_refused(gateway, hs(too_far), "too long")
+    exactly = await probe(gateway, hs(claims(hs_tenant.tenant_id, iat=now - 10, exp=now - 10 + 15 * 60)))
+    assert exactly.status_code == 404
+    await assert_refused(gateway, hs(claims(hs_tenant.tenant_id, iat=now - 10, exp=now + 15 * 60)), "too long")

@@ -19,12 +19,14 @@ import httpx
 import jwt
 import openai
 import pytest
+import websockets
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from openai import AsyncOpenAI
 
 from gateway.browser_auth import BrowserAuthConfig, BrowserAuthStore
 from gateway.emulator import Faults
 from gateway.emulator.webrtc import use_loopback_ice
+from gateway.errors import GatewayError
 from gateway.realtime_http import call_id_from_location, parse_multipart, validate_sdp
 from gateway.storage.policy_store import PolicyStore
 from tests.support.harness import UPSTREAM_KEY, TenantKey, make_tenant, start_gateway
@@ -442,3 +444,58 @@ def test_multipart_parts_are_exact() -> None:
             + b"\r\n--b0\r\nContent-Disposition: form-data; name=\"session\"\r\n\r\n{}\r\n--b0--\r\n")
     parts = parse_multipart(body, 'multipart/form-data; boundary="b0"')
     assert parts == {"sdp": GOOD_SDP.encode(), "session": b"{}"}
+
+
+def sdp_of(size: int) -> bytes:
+    """A valid offer padded with an attribute line to exactly `size` bytes."""
+    padding = size - len(GOOD_SDP) - len("a=x-padding:\r\n")
+    sdp = (GOOD_SDP + "a=x-padding:" + "x" * padding + "\r\n").encode()
+    assert len(sdp) == size
+    return sdp
+
+
+def test_an_offer_of_exactly_64_kib_is_taken_and_one_byte_more_is_413() -> None:
+    # docs/webrtc.md: "At most 64 KiB, or 413 `sdp_too_large`" (64 KiB = 65_536 bytes).
+    assert validate_sdp(sdp_of(65_536)).startswith("v=0")
+    with pytest.raises(GatewayError) as info:
+        validate_sdp(sdp_of(65_537))
+    assert (info.value.status, info.value.code) == (413, "sdp_too_large")
+
+
+async def test_a_browser_user_and_the_backend_naming_that_user_share_one_safety_identifier(
+    gateway, emulator, browser_tenant, peer
+) -> None:
+    # docs/webrtc.md: a backend sending `X-Voxgate-End-User: user-123` with its tenant key gets the same
+    # identifier as a browser token whose `sub` is user-123; README: without the header every upstream
+    # request still carries one (the key's), which is not the user's.
+    async with httpx.AsyncClient() as http:
+        brokered = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
+                                   headers={**auth(browser_token(browser_tenant, "user-123")),
+                                            "Content-Type": "application/sdp"})  # fmt: skip
+    assert brokered.status_code == 201, brokered.text
+    from_browser = emulated(emulator, brokered.headers["location"].rpartition("/")[2]).headers
+    seen: list[str] = []
+    for headers in ({"X-Voxgate-End-User": "user-123"}, {}):
+        before = len(emulator.sessions)
+        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
+                                      additional_headers={**auth(browser_tenant.secret), **headers}) as ws:  # fmt: skip
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        seen.append(emulator.sessions[before].headers["openai-safety-identifier"])
+    named, unnamed = seen
+    assert from_browser["openai-safety-identifier"] == named
+    assert named.startswith("vg_") and "user-123" not in named
+    assert unnamed.startswith("vg_") and unnamed != named
+
+
+async def test_a_multipart_offer_is_bounded_at_64_kib_plus_1_mib(gateway, emulator, tenant) -> None:
+    # docs/webrtc.md: "A multipart body may be 64 KiB + 1 MiB in total" (the session part at most 1 MiB).
+    session = json.dumps({"type": "realtime", "instructions": ""})
+    huge_session = session[:-2] + "x" * (1024 * 1024 + 1 - len(session)) + '"}'
+    assert len(huge_session.encode()) == 1024 * 1024 + 1
+    before = len(emulator.calls)
+    async with httpx.AsyncClient() as http:
+        too_big = await http.post(f"{gateway.base_url}/realtime/calls", headers=auth(tenant.secret),
+                                  files={"sdp": (None, GOOD_SDP, "application/sdp"),
+                                         "session": (None, huge_session, "application/json")})  # fmt: skip
+    assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "request_too_large")
+    assert len(emulator.calls) == before

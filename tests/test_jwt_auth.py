@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import threading
+import time
+import types
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.errors import GatewayError
-from gateway.jwt_auth import AdminPrincipal, AdminTokenVerifier, Permission, bearer_token
-from gateway.settings import AdminSettings, SettingsError
+from gateway.jwt_auth import (
+    JWKS_REFETCH_COOLDOWN_SECONDS,
+    AdminPrincipal,
+    AdminTokenVerifier,
+    Permission,
+    bearer_token,
+)
+from gateway.settings import AdminSettings, Settings, SettingsError
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, claims, handmade, hs256
+from tests.support.jwks_server import JwksServer, public_jwk
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -32,43 +36,28 @@ def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     )
 
 
-@dataclass
-class JwksServer:
-    url: str
-    hits: list[str]
-
-
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[JwksServer]:
     """A JWKS document served over real HTTP on 127.0.0.1 (one RSA and one P-256 key)."""
-    rsa_jwk = {**RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256", "use": "sig"}
-    ec_jwk = {**ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256", "use": "sig"}
-    body = json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield JwksServer(f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", hits)
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    document = {"keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
+                         public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]}  # fmt: skip
+    with JwksServer(document) as server:
+        yield server
 
 
 def verifier(**admin: Any) -> AdminTokenVerifier:
     return AdminTokenVerifier(AdminSettings(**{"jwt_audience": AUDIENCE, "jwt_issuer": ISSUER, **admin}))
+
+
+def key_cache_clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float]:
+    """The monotonic clock PyJWT and voxgate time their key caches with, set by hand through `now[0]`.
+
+    Only these modules' view of the clock moves, never the event loop's."""
+    now = [start]
+    clock = types.SimpleNamespace(monotonic=lambda: now[0])
+    for module in ("jwt.api_jwk", "jwt.jwk_set_cache", "jwt.jwks_client", "gateway.jwt_auth"):
+        monkeypatch.setattr(f"{module}.time", clock)
+    return now
 
 
 async def refused(v: AdminTokenVerifier, token: str) -> GatewayError:
@@ -126,6 +115,53 @@ async def test_jwks_keys_are_cached(jwks: JwksServer) -> None:
         await v.verify(token)
     assert len(jwks.hits) - before == 1
 
+
+async def test_jwks_keys_are_fetched_again_after_exactly_five_minutes(
+    jwks: JwksServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/admin-api.md: "the key set is cached for 5 minutes".
+    now = key_cache_clock(monkeypatch, 1_000.0)
+    v = verifier(jwks_url=jwks.url)
+    token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    before = len(jwks.hits)
+    await v.verify(token)
+    now[0] += 5 * 60 - 1
+    await v.verify(token)
+    assert len(jwks.hits) - before == 1  # still cached just inside 5 minutes
+    now[0] += 2
+    await v.verify(token)
+    assert len(jwks.hits) - before == 2  # fetched again just past them
+
+
+async def test_unknown_kids_do_not_storm_the_jwks(jwks: JwksServer) -> None:
+    # 20 tokens, 20 kids the JWKS does not have: one fetch, and at most one refetch per cooldown.
+    v = verifier(jwks_url=jwks.url)
+    before = len(jwks.hits)
+    for n in range(20):
+        token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": f"rotated-{n}"})
+        error = await refused(v, token)
+        assert error.message == "No trusted key matches the token."
+    assert len(jwks.hits) - before <= 2
+    # The set it did fetch still verifies a known kid without another fetch.
+    token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
+    assert (await v.verify(token)).roles == {"admin"}
+    assert len(jwks.hits) - before <= 2
+
+
+async def test_a_new_kid_is_fetched_once_the_cooldown_has_passed(
+    jwks: JwksServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = key_cache_clock(monkeypatch, 5_000.0)
+    v = verifier(jwks_url=jwks.url)
+    before = len(jwks.hits)
+    unknown = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "later"})
+    await refused(v, unknown)
+    now[0] += JWKS_REFETCH_COOLDOWN_SECONDS - 1
+    await refused(v, unknown)
+    assert len(jwks.hits) - before == 1  # inside the cooldown: no refetch
+    now[0] += 2
+    await refused(v, unknown)
+    assert len(jwks.hits) - before == 2  # past it: one refetch for the unknown kid
 
 # --- the attack matrix --------------------------------------------------------------------------
 
@@ -185,12 +221,43 @@ async def test_jwks_unknown_kid_and_foreign_key_are_refused(jwks: JwksServer) ->
     await refused(v, jwt.encode(claims(roles=["admin"]), stranger, algorithm="ES256", headers={"kid": "ec-1"}))
 
 
-@pytest.mark.parametrize("missing", ["sub", "exp", "aud", "iss"])
+@pytest.mark.parametrize("missing", ["sub", "exp", "iat", "aud", "iss"])
 async def test_missing_required_claim_is_refused(missing: str) -> None:
     payload = claims(roles=["admin"])
     del payload[missing]
     error = await refused(verifier(jwt_secret=SECRET), hs256(payload))
     assert missing in error.message
+
+
+async def test_a_ten_year_token_is_refused() -> None:
+    now = int(time.time())
+    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], iat=now,
+                                                                    exp=now + 10 * 365 * 86400)))  # fmt: skip
+    assert "too long" in error.message
+
+
+async def test_the_lifetime_cap_is_exact_and_configurable() -> None:
+    now = int(time.time())
+    day = hs256(claims(roles=["admin"], iat=now, exp=now + 86400))
+    assert (await verifier(jwt_secret=SECRET).verify(day)).subject == "alice"  # the default: 24 h
+    await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], iat=now, exp=now + 86401)))
+    await refused(verifier(jwt_secret=SECRET, jwt_max_lifetime_seconds=3600), day)
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("kind", ["string", "bool", "list"])
+async def test_time_claims_must_be_numbers(claim: str, kind: str) -> None:
+    now = int(time.time())
+    value = {"exp": now + 300, "iat": now, "nbf": now - 10}[claim]
+    bad = {"string": str(value), "bool": True, "list": [value]}[kind]
+    error = await refused(verifier(jwt_secret=SECRET), hs256({**claims(roles=["admin"]), claim: bad}))
+    assert error.status == 401
+
+
+def test_the_lifetime_setting_is_read_from_the_environment() -> None:
+    env = {"VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS": "600"}
+    assert Settings.from_env(env).admin.jwt_max_lifetime_seconds == 600
+    assert Settings.from_env({}).admin.jwt_max_lifetime_seconds == 86400
 
 
 async def test_iss_is_optional_when_no_issuer_is_configured() -> None:

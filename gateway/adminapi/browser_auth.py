@@ -3,7 +3,7 @@
 The keys a tenant's backend signs browser JWTs with (docs/webrtc.md, "Browser tokens"):
 an HS256 secret and/or a JWKS URL. They are the tenant's credentials, like its API keys,
 so the same roles manage them (admin, and a tenant_admin for its own tenant). The HS256
-secret goes in and never comes out: responses and audit rows carry a fingerprint. So does
+secret goes in and never comes out: responses and audit rows carry a random key id. So does
 the previous secret a rotation keeps valid for its overlap window.
 """
 
@@ -31,16 +31,22 @@ def browser_auth_not_configured(tenant_id: str) -> GatewayError:
                         param="tenant_id")  # fmt: skip
 
 
-def _at_fault(config: BrowserAuthConfig) -> str | None:
+def _at_fault(config: BrowserAuthConfig, jwks_allowed_hosts: frozenset[str]) -> str | None:
     """Which field of an invalid config is wrong, found with the one validator, field by field."""
     for param, alone in (("hs256_secret", replace(config, jwks_url=None)),
                          ("jwks_url", replace(config, hs256_secret=None))):  # fmt: skip
-        if getattr(config, param) is not None:
-            try:
-                alone.validate()
-            except BrowserAuthConfigError:
-                return param
-    return None
+        if getattr(config, param) is not None and not _valid(alone, jwks_allowed_hosts):
+            return param
+    # Each field is valid as written: what was refused is the JWKS host as it resolves now.
+    return "jwks_url" if config.jwks_url is not None else None
+
+
+def _valid(config: BrowserAuthConfig, jwks_allowed_hosts: frozenset[str]) -> bool:
+    try:
+        config.validate(jwks_allowed_hosts)
+    except BrowserAuthConfigError:
+        return False
+    return True
 
 
 class BrowserAuthController(Controller):
@@ -49,7 +55,7 @@ class BrowserAuthController(Controller):
 
     @get("/", operation_id="admin_get_browser_auth", opt={"permission": Permission.KEYS_READ})
     async def get_browser_auth(self, tenant_id: TenantId, services: Services) -> BrowserAuthOut:
-        """Which keys verify the tenant's browser JWTs: kinds, JWKS URL, audience, the HS256 secret's fingerprint."""
+        """Which keys verify the tenant's browser JWTs: kinds, JWKS URL, audience, the HS256 secret's key id."""
         await existing_tenant(services, tenant_id)
         info = await changes.browser_auth(services.pool, tenant_id)
         if info is None:
@@ -69,12 +75,13 @@ class BrowserAuthController(Controller):
         `previous_valid_seconds` (default 900; 0: refused at once on this replica, within 10 s on the others)."""
         await existing_tenant(services, tenant_id)
         config = BrowserAuthConfig(tenant_id, data.hs256_secret, data.jwks_url, data.audience)
+        allowed = services.settings.security.jwks_allowed_hosts
         try:
             info = await changes.set_browser_auth(services.pool, config, principal.subject,
-                                                  data.previous_valid_seconds)  # fmt: skip
+                                                  data.previous_valid_seconds, allowed)  # fmt: skip
         except BrowserAuthConfigError as exc:
             raise GatewayError(400, f"Invalid browser-token keys: {exc}.", code="invalid_browser_auth",
-                               param=_at_fault(config)) from None  # fmt: skip
+                               param=_at_fault(config, allowed)) from None  # fmt: skip
         browser_keys_changed(request.app.state)
         return BrowserAuthOut.of(info)
 

@@ -6,21 +6,20 @@ Each function makes one change and writes its audit row (`actor` = the JWT subje
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from gateway.browser_auth import DELETE_CONFIG, BrowserAuthConfig, PreviousSecret, store_config
+from gateway.browser_auth import DELETE_CONFIG, BrowserAuthConfig, store_config
 from gateway.storage.policy_store import PolicyStore, audit
 from gateway.storage.tenants import IssuedKey, Tenant, TenantDirectory
 
 SET_NEW_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
 KEY_TENANT = "SELECT tenant_id FROM api_keys WHERE id = $1"
 GET_BROWSER_AUTH = """
-SELECT hs256_secret, jwks_url, audience, created_at, updated_at,
-       CASE WHEN hs256_previous_until > now() THEN hs256_previous_secret END AS previous_secret,
+SELECT hs256_key_id, jwks_url, audience, created_at, updated_at,
+       CASE WHEN hs256_previous_until > now() THEN hs256_previous_key_id END AS previous_key_id,
        CASE WHEN hs256_previous_until > now() THEN hs256_previous_until END AS previous_valid_until
 FROM tenant_browser_auth WHERE tenant_id = $1
 """
@@ -78,63 +77,53 @@ class BrowserAuthInfo:
     """What may be shown about a tenant's browser-token keys: never an HS256 secret itself."""
 
     tenant_id: str
-    hs256_fingerprint: str | None
+    hs256_key_id: str | None  # a random id naming the secret (`hsk_…`), never derived from it
     jwks_url: str | None
     audience: str
     created_at: datetime
     updated_at: datetime
-    previous_hs256_fingerprint: str | None = None  # a replaced secret still valid until previous_valid_until
+    previous_hs256_key_id: str | None = None  # a replaced secret still valid until previous_valid_until
     previous_valid_until: datetime | None = None
 
     @property
     def kinds(self) -> list[str]:
-        return [kind for kind, on in (("hs256", self.hs256_fingerprint), ("jwks", self.jwks_url)) if on]
+        return [kind for kind, on in (("hs256", self.hs256_key_id), ("jwks", self.jwks_url)) if on]
 
 
-def secret_fingerprint(secret: str) -> str:
-    """`sha256:` + the first 16 hex digits of SHA-256(secret): enough to tell secrets apart,
-    and what `printf %s "$SECRET" | sha256sum | cut -c1-16` prints."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def _fingerprint(secret: str | None) -> str | None:
-    return secret_fingerprint(secret) if secret is not None else None
-
-
-def _details(config: BrowserAuthConfig, previous: PreviousSecret | None) -> dict[str, object]:
-    """The audit detail of a change: fingerprints and the overlap window, never a secret."""
+def _details(info: BrowserAuthInfo) -> dict[str, object]:
+    """The audit detail of a change: key ids and the overlap window, never a secret or a hash of one."""
     return {
-        "hs256_fingerprint": _fingerprint(config.hs256_secret),
-        "jwks_url": config.jwks_url,
-        "audience": config.audience,
-        "previous_hs256_fingerprint": _fingerprint(previous.secret if previous else None),
-        "previous_valid_until": previous.valid_until.isoformat() if previous else None,
+        "hs256_key_id": info.hs256_key_id,
+        "jwks_url": info.jwks_url,
+        "audience": info.audience,
+        "previous_hs256_key_id": info.previous_hs256_key_id,
+        "previous_valid_until": info.previous_valid_until.isoformat() if info.previous_valid_until else None,
     }
 
 
-async def browser_auth(pool: asyncpg.Pool, tenant_id: str) -> BrowserAuthInfo | None:
+async def browser_auth(conn: asyncpg.Pool | asyncpg.Connection, tenant_id: str) -> BrowserAuthInfo | None:
     """A tenant's browser-token key metadata, or None when it has none (disabled tenants included)."""
-    row = await pool.fetchrow(GET_BROWSER_AUTH, tenant_id)
+    row = await conn.fetchrow(GET_BROWSER_AUTH, tenant_id)
     if row is None:
         return None
-    return BrowserAuthInfo(tenant_id, _fingerprint(row["hs256_secret"]), row["jwks_url"], row["audience"],
-                           row["created_at"], row["updated_at"], _fingerprint(row["previous_secret"]),
-                           row["previous_valid_until"])  # fmt: skip
+    return BrowserAuthInfo(tenant_id, row["hs256_key_id"], row["jwks_url"], row["audience"], row["created_at"],
+                           row["updated_at"], row["previous_key_id"], row["previous_valid_until"])  # fmt: skip
 
 
 async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor: str,
-                           previous_valid_seconds: int | None = None) -> BrowserAuthInfo:  # fmt: skip
-    """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds fingerprints only.
+                           previous_valid_seconds: int | None = None,
+                           jwks_allowed_hosts: frozenset[str] = frozenset()) -> BrowserAuthInfo:  # fmt: skip
+    """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds key ids only.
 
     A replaced HS256 secret stays valid for `previous_valid_seconds` (None: the default 900 s;
     0: a hard cut-over), as `gateway.browser_auth.previous_secret_after` decides.
     Raises `BrowserAuthConfigError` (short secret, bad URL, bad window) or `asyncpg.ForeignKeyViolationError`.
     """
     async with pool.acquire() as conn, conn.transaction():
-        previous = await store_config(conn, config, previous_valid_seconds)
-        await audit(conn, actor, config.tenant_id, "browser_auth.set", _details(config, previous))
-    info = await browser_auth(pool, config.tenant_id)
-    assert info is not None
+        await store_config(conn, config, previous_valid_seconds, jwks_allowed_hosts)
+        info = await browser_auth(conn, config.tenant_id)
+        assert info is not None
+        await audit(conn, actor, config.tenant_id, "browser_auth.set", _details(info))
     return info
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response, Router
 from litestar.di import Provide
 from litestar.exceptions import ClientException
@@ -34,7 +35,21 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[A
                     **error.response_headers()})  # fmt: skip
 
 
-def build_admin_router(settings: AdminSettings) -> Router:
+# Text Postgres cannot hold (NUL, U+0000), as a text value (22021) or inside a jsonb document (22P05).
+_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
+
+
+def _unstorable_value(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Postgres refused text the caller sent (a NUL in a name, an id or a policy): a 400, not a 500.
+
+    On these routes every text a query binds comes from the request, so it is the caller's input.
+    """
+    error = GatewayError(400, "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
+                         code="invalid_request")  # fmt: skip
+    return Response(error.body(), status_code=400, headers=error.response_headers())
+
+
+def build_admin_router(settings: AdminSettings, jwks_allowed_hosts: frozenset[str] = frozenset()) -> Router:
     """`/admin/v1`: every route needs an admin JWT and the permission it names in `opt`."""
     return Router(
         path=ADMIN_PATH,
@@ -46,11 +61,11 @@ def build_admin_router(settings: AdminSettings) -> Router:
             ReportsController,
             list_tiers,
         ],
-        guards=[admin_guard(AdminTokenVerifier(settings))],
+        guards=[admin_guard(AdminTokenVerifier(settings, jwks_allowed_hosts))],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
         },
-        exception_handlers={ClientException: _client_error},
+        exception_handlers={ClientException: _client_error, **dict.fromkeys(_UNSTORABLE_TEXT, _unstorable_value)},
         security=[{SECURITY_SCHEME: []}],
     )

@@ -175,25 +175,25 @@ class AuditList(msgspec.Struct):
 
 
 class BrowserAuthOut(msgspec.Struct):
-    """A tenant's browser-token keys as the API shows them: a fingerprint, never the HS256 secret."""
+    """A tenant's browser-token keys as the API shows them: a key id, never the HS256 secret or a hash of it."""
 
     tenant_id: str
     kinds: list[str]  # "hs256" and/or "jwks"
-    hs256_fingerprint: str | None  # "sha256:" + 16 hex digits of SHA-256(secret)
+    hs256_key_id: str | None  # "hsk_" + 16 random characters, given when the secret was set
     jwks_url: str | None
     audience: str
     created_at: datetime
     updated_at: datetime
     # A replaced HS256 secret still accepted during a rotation's overlap window (else both null).
-    previous_hs256_fingerprint: str | None
+    previous_hs256_key_id: str | None
     previous_valid_until: datetime | None
     object: str = "browser_auth"
 
     @classmethod
     def of(cls, info: BrowserAuthInfo) -> BrowserAuthOut:
-        return cls(tenant_id=info.tenant_id, kinds=info.kinds, hs256_fingerprint=info.hs256_fingerprint,
+        return cls(tenant_id=info.tenant_id, kinds=info.kinds, hs256_key_id=info.hs256_key_id,
                    jwks_url=info.jwks_url, audience=info.audience, created_at=info.created_at,
-                   updated_at=info.updated_at, previous_hs256_fingerprint=info.previous_hs256_fingerprint,
+                   updated_at=info.updated_at, previous_hs256_key_id=info.previous_hs256_key_id,
                    previous_valid_until=info.previous_valid_until)  # fmt: skip
 
 

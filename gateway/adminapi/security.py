@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import Guard
@@ -41,6 +42,10 @@ def admin_guard(verifier: AdminTokenVerifier) -> Guard:
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         principal = await verifier.verify(bearer_token(connection.headers.get("authorization")))
+        # Litestar's automatic OPTIONS answer (204 + Allow) names no permission and reads nothing.
+        automatic_options = isinstance(handler, HTTPRouteHandler) and handler.http_methods == {"OPTIONS"}
+        if automatic_options and "permission" not in handler.opt:
+            return
         permission: Permission = handler.opt["permission"]
         tenant_id: str | None = connection.path_params.get("tenant_id")
         if not principal.grants(permission, tenant_id):

@@ -31,6 +31,7 @@ log = logging.getLogger("voxgate.calls")
 CALL_CACHE_TTL_S: Final = 24 * 3600
 EXPIRED_UNATTACHED: Final = "client_secret_expired"  # realtime_sessions.end_reason of a secret never attached
 MAX_SECRET_LIFETIME_S: Final = 7200  # upstream's longest `expires_after`: the expiry of a secret stored without one
+MAX_CALL_SECONDS: Final = 3600  # a Realtime session lasts at most 60 minutes
 CallSource = Literal["brokered", "attached"]
 CallState = Literal["active", "ended"]
 
@@ -123,6 +124,17 @@ ON CONFLICT (upstream_session_id) DO NOTHING
 GET_MINTED: Final = """
 SELECT upstream_session_id, tenant_id, session_id, end_user_hash FROM minted_client_secrets
 WHERE upstream_session_id = $1
+"""
+
+# Whether a tenant holds a secret voxgate minted that no call was attached with yet and that
+# may still carry a live call (one placed just before its secret expired lasts at most
+# MAX_CALL_SECONDS more). Attach asks this before it opens anything upstream. $2 = now - MAX_CALL_SECONDS.
+HAS_ATTACHABLE_SECRET: Final = f"""
+SELECT EXISTS (
+    SELECT 1 FROM minted_client_secrets
+    WHERE tenant_id = $1 AND attached_at IS NULL
+      AND COALESCE(expires_at, created_at + interval '{MAX_SECRET_LIFETIME_S} seconds') > $2
+)
 """
 
 # Attach takes the secret's row lock (a running sweep has it, or skips it), then un-ends a
@@ -330,6 +342,11 @@ class CallStore:
             INSERT_MINTED, secret.upstream_session_id, secret.tenant_id, secret.session_id, secret.end_user_hash,
             _ts(expires_at) if expires_at is not None else None,
         )  # fmt: skip
+
+    async def has_attachable_secret(self, tenant_id: str, now: float | None = None) -> bool:
+        """True when `tenant_id` holds a minted secret not yet attached whose call could still be live."""
+        now = time.time() if now is None else now
+        return bool(await self._pool.fetchval(HAS_ATTACHABLE_SECRET, tenant_id, _ts(now - MAX_CALL_SECONDS)))
 
     async def minted(self, upstream_session_id: str) -> MintedSecret | None:
         row = await self._pool.fetchrow(GET_MINTED, upstream_session_id)
