@@ -1,6 +1,6 @@
 """The splice: frames move verbatim between two transports; only messages that need it are read.
 
-`FastRelay` is a transport shell around `LiveSession`, like the ASGI relay, but it owns
+`FastRelay` is the WebSocket transport shell around `LiveSession`; it owns
 both sockets after the upgrade. For each direction it reads frame headers, forwards runs
 of frames it need not change with one `write`, and reassembles (and unmasks) a message
 only to hand it to the `LiveSession`. Control frames pass through; close frames end the

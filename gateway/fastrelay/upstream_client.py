@@ -1,7 +1,7 @@
 """The fast relay's connection to the upstream: TCP (+TLS), our own upgrade, then raw bytes.
 
 Opened before the client's upgrade is answered, so every failure becomes the same
-`GatewayError` the ASGI relay would give (`gateway.upstream.refusal_from_status`).
+OpenAI-shaped `GatewayError` (`gateway.upstream.refusal_from_status`) before the upgrade.
 After the 101 the protocol object stays in place and hands every byte to the relay.
 """
 
