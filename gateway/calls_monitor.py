@@ -250,8 +250,10 @@ class CallsMonitor:
     async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
-        with contextlib.suppress(RedisError):
+        try:
             await self._release(keys=[self._key(call)], args=[self.instance])
+        except RedisError as exc:  # no money or session lease: the monitor lease expires on its TTL
+            log.warning("could not release the monitor lease of %s (%s); it expires on its TTL", call.call_id, exc)
         if end_reason is not None and self.on_call_ended is not None:
             await self.on_call_ended(call.call_id, end_reason)
 
@@ -327,9 +329,11 @@ class CallsMonitor:
         while not self._stopping:
             await asyncio.sleep(min(waits))
             for call in list(self._calls.values()):
-                with contextlib.suppress(RedisError):
+                try:
                     if not await self._renew(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms]):
                         log.warning("lost the monitor lease of %s", call.call_id)
+                except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
+                    log.warning("could not renew the monitor lease of %s: %s", call.call_id, exc)
             now = time.monotonic()
             if self.secret_sweep_s > 0 and now >= next_sweep:
                 next_sweep = now + self.secret_sweep_s

@@ -12,7 +12,6 @@ when `expire_unattached_secrets` sweeps it after expiry. Both lock the secret's
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -306,16 +305,20 @@ class CallStore:
         ended = await self._pool.fetchval(END_CALL, call_id, reason, _ts(now))
         if self._redis is not None:
             # Postgres decides who ended the call first; the cache only follows it.
-            with contextlib.suppress(RedisError):
+            try:
                 await self._redis.delete(self.cache_key(call_id))  # refilled from Postgres on the next read
+            except RedisError as exc:  # the cached row shows the call active until its cache TTL
+                log.warning("could not drop the cached row of ended call %s: %s", call_id, exc)
         return ended is not None
 
     async def reopen(self, call_id: str, reason: str) -> bool:
         """Undo `end(call_id, reason)` (an upstream hangup that did not happen); False if it was not that end."""
         reopened = await self._pool.fetchval(REOPEN_CALL, call_id, reason)
         if self._redis is not None:
-            with contextlib.suppress(RedisError):
+            try:
                 await self._redis.delete(self.cache_key(call_id))  # refilled from Postgres on the next read
+            except RedisError as exc:  # the cached row shows the call active until its cache TTL
+                log.warning("could not drop the cached row of ended call %s: %s", call_id, exc)
         return reopened is not None
 
     async def active(self, limit: int = 10_000) -> list[Call]:
