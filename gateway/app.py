@@ -206,12 +206,17 @@ class VoxgatePlugin(InitPluginProtocol):
             await services.live.drain(0.0)
             await monitor.stop()
             await services.enforcement.stop()
-            await ledger.stop(timeout=settings.server.shutdown_grace_seconds)
+            # The sessions' grace is theirs; the ledger gets its own floor to flush (a grace of 0
+            # must not mean "drop what is still queued").
+            await ledger.stop(timeout=max(settings.server.shutdown_grace_seconds, LEDGER_FLUSH_SECONDS))
             with contextlib.suppress(TimeoutError):  # last_used_at bookkeeping: never worth holding a shutdown
                 await asyncio.wait_for(services.tenants.wait_for_key_uses(), 2.0)
             await redis.aclose()
             await close_pool(pool)
 
+
+# How long a stopping replica lets the ledger writer flush at the least (then it spools the rest).
+LEDGER_FLUSH_SECONDS = 5.0
 
 # asyncpg's `Pool.close()` waits for every acquired connection to come back; a query stuck
 # on a lock or a dead peer would hold the pod in Terminating until Kubernetes kills it.

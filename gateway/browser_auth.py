@@ -175,12 +175,12 @@ async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig, prev
     """Store (replace) a tenant's config in the caller's transaction; returns the previous
     HS256 secret still valid after the change, if any.
 
-    The JWKS URL is checked as written and as its host resolves now (`jwks_allowed_hosts`:
-    ``VOXGATE_JWKS_ALLOWED_HOSTS``). Raises `BrowserAuthConfigError` or
-    `asyncpg.ForeignKeyViolationError`.
+    The JWKS URL is checked as written (`jwks_allowed_hosts`: ``VOXGATE_JWKS_ALLOWED_HOSTS``);
+    the caller resolves its host first with `config.check_resolved`, before it holds a
+    connection (a slow DNS answer must not pin a pooled connection in a transaction).
+    Raises `BrowserAuthConfigError` or `asyncpg.ForeignKeyViolationError`.
     """
     config.validate(jwks_allowed_hosts)
-    await config.check_resolved(jwks_allowed_hosts)
     validate_previous_valid_seconds(previous_valid_seconds)
     row = await conn.fetchrow(LOCK_FOR_CHANGE, config.tenant_id)
     previous = None
@@ -233,6 +233,8 @@ class BrowserAuthStore:
     async def set(self, config: BrowserAuthConfig, previous_valid_seconds: int | None = None,
                   jwks_allowed_hosts: frozenset[str] = frozenset()) -> PreviousSecret | None:  # fmt: skip
         """Store (replace) a tenant's config; see `store_config`."""
+        config.validate(jwks_allowed_hosts)
+        await config.check_resolved(jwks_allowed_hosts)
         async with self._pool.acquire() as conn, conn.transaction():
             return await store_config(conn, config, previous_valid_seconds, jwks_allowed_hosts)
 

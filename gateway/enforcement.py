@@ -432,8 +432,10 @@ class SessionEffects:
                 log.exception("session %s: effect %r failed", self.session_id, item)
                 await self._failed(item)
             finally:
-                self._current = None
                 self._queue.task_done()
+            # Not in `finally`: an item cut off by `stop()`'s cancel stays `_current`, so `stop()`
+            # hands it to the repair queue instead of dropping it.
+            self._current = None
 
     async def _failed(self, item: EffectItem) -> None:
         self._settle_failed(item)

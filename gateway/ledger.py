@@ -483,6 +483,7 @@ class LedgerWriter:
         self._parked.clear()
         self.stats.parked = 0
         self._queue.clear()
+        spooled: list[bool] = []
         if leftover:
             log.warning("ledger stopping with %d unwritten records; spooling them", len(leftover))
             spooled = [self._overflow(record) for record in leftover]
@@ -494,9 +495,11 @@ class LedgerWriter:
             with contextlib.suppress(Exception):
                 await self._journaling
         if self._durable:  # what is left went to the spool just above (or was dropped there, logged)
-            waiting = [record for record in leftover if id(record) in self._durable]
-            ok = self._spool_path is not None and await self._append_and_sync([])
-            for record in waiting:
+            waiting = [(record, written) for record, written in zip(leftover, spooled, strict=True)
+                       if id(record) in self._durable]  # fmt: skip
+            synced = self._spool_path is not None and await self._append_and_sync([])
+            for record, written in waiting:
+                ok = synced and written  # a record `_overflow` could not write was dropped, not journaled
                 self.stats.journaled += ok
                 self.stats.unconfirmed += not ok
                 self._confirm(record)

@@ -676,9 +676,10 @@ async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
 async def probe_call_session(state: RealtimeHttp, call_id: str, safety_id: str) -> str | None:
     """The upstream session id of a live call, read over a short-lived sideband WebSocket.
 
-    Reads the first event that carries `session.id` (`session.created`/`session.updated`);
-    if none comes within half the timeout, asks with an empty `session.update`. An
-    upstream that does not know the call answers 404, which becomes `call_not_found`.
+    Read-only: it waits up to `PROBE_TIMEOUT_S` for the first event that carries `session.id`
+    (`session.created`/`session.updated`) and never sends anything into the call, which may be
+    another tenant's until the id is checked. An upstream that does not know the call answers
+    404, which becomes `call_not_found`; no session event in time is None (also a 404).
     """
     try:
         ws = await open_upstream(state.services.settings.upstream, {"call_id": call_id}, safety_id)
@@ -688,15 +689,8 @@ async def probe_call_session(state: RealtimeHttp, call_id: str, safety_id: str) 
         raise
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            asked = False
             while True:
-                try:
-                    message = await asyncio.wait_for(ws.recv(), PROBE_TIMEOUT_S / 2 if not asked else None)
-                except TimeoutError:
-                    await ws.send(orjson.dumps({"type": "session.update", "session": {"type": "realtime"}}).decode())
-                    asked = True
-                    continue
-                found = _session_id_of(message)
+                found = _session_id_of(await ws.recv())
                 if found is not None:
                     return found
     except (TimeoutError, ConnectionClosed):

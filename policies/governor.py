@@ -65,6 +65,7 @@ CLOSE_SESSION_TOKEN_CAP = 4004
 CAP_GRACE_S: Final = 5.0  # an in-flight response may finish this long after a cap is hit
 CANCEL_CLOSE_S: Final = 0.9  # after a budget cut with cancel_response, close by then (docs promise 1 s)
 RESERVATION_TIMEOUT_S: Final = 5.0  # an unanswered reservation counts as refused
+MAX_TRACKED_CLEARS: Final = 1024  # the client's clears awaiting an answer, remembered in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class SessionGovernor:
         self._fence_id: str | None = None
         self._fence_answered = False
         self._clears_unanswered = 0  # clears sent upstream (the client's and the fence) not yet answered
+        self._client_clear_ids: list[str | None] = []  # the client's clears in flight, oldest first
         self._transcribing: set[str] = set()  # committed input audio items whose transcription is not done
 
     @property
@@ -255,6 +257,8 @@ class SessionGovernor:
             self._transcribing.discard(str(event.get("item_id")))
             return FORWARD_ONLY
         if kind == "input_audio_buffer.cleared":
+            if self._client_clear_ids:  # answered in order: the oldest client clear is the one answered
+                self._client_clear_ids.pop(0)
             self._clear_answered()
             return FORWARD_ONLY
         if kind == "error":
@@ -262,8 +266,12 @@ class SessionGovernor:
             if isinstance(error, Mapping):
                 if error.get("code") == "session_expired":
                     self.expired = True
-                if self._fence_id is not None and error.get("event_id") == self._fence_id:
+                failed = error.get("event_id")
+                if self._fence_id is not None and failed == self._fence_id:
                     self._fence_answered = True  # refused, but answered: everything before it was processed
+                elif isinstance(failed, str) and failed in self._client_clear_ids:
+                    self._client_clear_ids.remove(failed)  # a client clear upstream refused is answered too
+                    self._clear_answered()
                 return self._upstream_error(error)
         return FORWARD_ONLY
 
@@ -423,6 +431,9 @@ class SessionGovernor:
         kind = event.get("type")
         if kind == "input_audio_buffer.clear":  # passes every policy; its answer precedes the fence's
             self._clears_unanswered += 1
+            event_id = event.get("event_id")
+            if len(self._client_clear_ids) < MAX_TRACKED_CLEARS:
+                self._client_clear_ids.append(event_id if isinstance(event_id, str) else None)
         if policy is None:
             return [SendToUpstream(event) if held else FORWARD]
         if kind == "conversation.item.create":

@@ -380,3 +380,19 @@ def test_a_transcription_committed_before_the_end_is_waited_for_until_it_complet
     gov.on_server_event({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_b",
                          "content_index": 0, "error": {"type": "transcription_error"}}, T0 + 0.5)  # fmt: skip
     assert not gov.awaiting_upstream
+
+
+def test_a_client_clear_upstream_refuses_still_counts_as_answered_for_the_fence() -> None:
+    # The client cleared the buffer (upstream refused that clear with an error naming its
+    # event_id), then left. The fence's `cleared` is then the last answer owed: once it comes,
+    # nothing more is awaited (an earlier version waited the whole abandon timeout).
+    gov = governor(TenantPolicy())
+    gov.on_client_event({"type": "input_audio_buffer.clear", "event_id": "evt_client_clear"}, T0)
+    [fence] = [a.event for a in of(SendToUpstream, gov.on_client_gone(T0 + 1))
+               if a.event["type"] == "input_audio_buffer.clear"]  # fmt: skip
+    gov.on_server_event({"type": "error", "event_id": "event_1", "error": {
+        "type": "invalid_request_error", "code": "x", "message": "no", "param": None,
+        "event_id": "evt_client_clear"}}, T0 + 1.1)  # fmt: skip
+    assert gov.awaiting_upstream
+    gov.on_server_event({"type": "input_audio_buffer.cleared", "event_id": "event_2"}, T0 + 1.2)
+    assert fence["event_id"] and not gov.awaiting_upstream

@@ -196,3 +196,39 @@ async def test_a_failed_release_is_applied_even_after_the_lease_ttl() -> None:
     assert await repairs.apply() is True
     assert await state.active_sessions("ten_a", now[0]) == 0
     assert (repairs.stats.releases_retried, repairs.stats.releases_left_to_ttl) == (1, 0)
+
+
+class SlowSettles(MemoryLiveState):
+    """A store whose settles take `delay` seconds (Redis slow under load)."""
+
+    delay = 5.0
+
+    async def settle(self, tenant_id: str, reservation_id: str, actual: int, now: float):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay)
+        return await super().settle(tenant_id, reservation_id, actual, now)
+
+
+async def test_a_settle_cut_off_when_the_session_stops_goes_to_the_repair_queue() -> None:
+    # SessionEffects.stop() waits a bounded time, then cancels: the settle running at that moment
+    # and the ones queued behind it are all handed to the repair queue (docs/budgets.md: a settle
+    # that fails is never dropped), so the holds are released and the counters rebuilt.
+    from gateway.enforcement import SessionEffects
+    from policies.actions import SettleBudget
+    from policies.policy import TenantPolicy
+
+    state = SlowSettles()
+    enforcement = Enforcement(state, None, None, None, None, lambda: (),  # type: ignore[arg-type]
+                              EnforcementSettings(lease_ttl_seconds=TTL))  # fmt: skip
+    effects = SessionEffects(enforcement, "ten_a", "vgs_a", TenantPolicy())
+
+    class Owner:
+        async def reservation_answered(self, reservation_id: str, granted: bool) -> None:
+            pass
+
+    effects.start(Owner())
+    effects.submit(SettleBudget("res_1", 100, 100))
+    effects.submit(SettleBudget("res_2", 100, 100))
+    await asyncio.sleep(0.05)  # res_1 is being settled; res_2 waits behind it
+    await effects.stop(timeout=0.2)
+    assert set(enforcement.repairs._settles) == {("ten_a", "res_1"), ("ten_a", "res_2")}
+    assert enforcement.repairs.stats.settles_failed == 2

@@ -329,3 +329,25 @@ async def test_a_transcription_client_that_closes_right_after_speaking_gets_the_
     assert (row["model"], row["cost_micro_usd"]) == (TRANSCRIBER, price_transcription(event["usage"]))
     await gateway.settle()
     assert await unbilled(pg_pool, tenant) == 0
+
+
+async def test_an_upstream_lost_mid_response_is_recorded_as_unbilled_not_silently_dropped(
+    gateway, emulator, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    # Upstream vanishes while a response streams: its usage can never come, and OpenAI may still
+    # bill what it generated. The ledger cannot have a row; the audit trail must say so.
+    emulator.faults = Faults(event_latency_ms=15)
+    ws = await websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth(tenant))
+    await until(ws, "session.created")
+    await ask(ws, LONG_TEXT)
+    response_id = (await until(ws, "response.created"))["response"]["id"]
+    await until(ws, "response.output_audio.delta")
+    await emulator.drop_all()
+    with pytest.raises(ConnectionClosed):
+        await until(ws, "response.done")
+    assert ws.close_code == 1014
+    await gateway.settle()
+    detail = await pg_pool.fetchval(
+        "SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = 'response_unbilled'", tenant.tenant_id)
+    assert detail is not None and response_id in json.loads(detail)["response_ids"]
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", response_id) == 0

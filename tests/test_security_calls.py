@@ -140,3 +140,29 @@ async def test_a_browser_sub_cannot_take_a_keys_identity(gateway, emulator, pg_p
             assert hung_up.status_code == 404
     call_id = url.rpartition("/")[2]
     assert not next(c for c in emulator.calls if c.call_id == call_id).hung_up
+
+
+async def test_the_probe_sends_nothing_even_when_upstream_volunteers_no_session_event(monkeypatch) -> None:
+    # The probe may be looking at another tenant's call: it must stay read-only however long
+    # upstream is silent (an earlier version asked with an empty session.update after 2.5 s).
+    from types import SimpleNamespace
+
+    import websockets
+
+    import gateway.realtime_http as realtime_http
+    from gateway.settings import UpstreamSettings
+
+    received: list[str] = []
+
+    async def silent(ws: websockets.ServerConnection) -> None:
+        async for message in ws:
+            received.append(str(message))
+
+    monkeypatch.setattr(realtime_http, "PROBE_TIMEOUT_S", 0.5)  # the real wait is 5 s; the rule is the same
+    async with websockets.serve(silent, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        upstream = UpstreamSettings(url=f"http://127.0.0.1:{port}/v1", api_key="sk-test-probe")
+        state = SimpleNamespace(services=SimpleNamespace(settings=SimpleNamespace(upstream=upstream)))
+        found = await realtime_http.probe_call_session(state, "rtc_" + secrets.token_hex(8), "vg_safety")  # type: ignore[arg-type]
+    assert found is None
+    assert received == []

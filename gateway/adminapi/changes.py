@@ -119,6 +119,8 @@ async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor:
     0: a hard cut-over), as `gateway.browser_auth.previous_secret_after` decides.
     Raises `BrowserAuthConfigError` (short secret, bad URL, bad window) or `asyncpg.ForeignKeyViolationError`.
     """
+    config.validate(jwks_allowed_hosts)
+    await config.check_resolved(jwks_allowed_hosts)  # before a connection is held (store_config)
     async with pool.acquire() as conn, conn.transaction():
         await store_config(conn, config, previous_valid_seconds, jwks_allowed_hosts)
         info = await browser_auth(conn, config.tenant_id)

@@ -610,6 +610,10 @@ class FastRelay:
                 log.info("session %s ended (%s) with a response in flight: cancelled upstream, waiting up to %.1f s "
                          "for its usage", self.live.session_id, end_reason, self.abandon_wait_seconds)  # fmt: skip
         else:
+            if self.live.usage_pending:  # upstream is gone or unreadable: its usage can no longer come
+                log.error("session %s ended (%s) with usage still owed upstream; the ledger may lack it",
+                          self.live.session_id, end_reason)  # fmt: skip
+                self.live.responses_unbilled(f"{end_reason}: {detail}" if detail else end_reason)
             self.live.end(end_reason, detail)
             for side, frame in ((self.client, to_client), (self.upstream, to_upstream)):
                 if frame is not None:
