@@ -56,6 +56,17 @@ async def until(ws: websockets.ClientConnection, kind: str, seconds: float = 10.
                 return event  # type: ignore[no-any-return]
 
 
+async def streaming_response(ws_url: str, emulator: Any, tenant: TenantKey) -> tuple[websockets.ClientConnection, str]:
+    """A session whose (slowed) response is streaming audio deltas: the socket and the response id."""
+    emulator.faults = Faults(event_latency_ms=15)
+    ws = await websockets.connect(f"{ws_url}?model=gpt-realtime", additional_headers=auth(tenant))
+    await until(ws, "session.created")
+    await ask(ws, LONG_TEXT)
+    response_id = (await until(ws, "response.created"))["response"]["id"]
+    await until(ws, "response.output_audio.delta")
+    return ws, response_id
+
+
 def reset(ws: websockets.ClientConnection) -> None:
     """Vanish: a TCP RST, no close frame."""
     sock = ws.transport.get_extra_info("socket")
@@ -93,12 +104,7 @@ def assert_row_matches(row: asyncpg.Record, done: dict[str, Any]) -> None:
 async def test_a_client_that_vanishes_mid_response_still_gets_the_response_billed(
     gateway, emulator, tenant: TenantKey, pg_pool: asyncpg.Pool
 ) -> None:
-    emulator.faults = Faults(event_latency_ms=15)
-    ws = await websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth(tenant))
-    await until(ws, "session.created")
-    await ask(ws, LONG_TEXT)
-    response_id = (await until(ws, "response.created"))["response"]["id"]
-    await until(ws, "response.output_audio.delta")  # deltas are streaming
+    ws, response_id = await streaming_response(gateway.ws_url, emulator, tenant)  # deltas are streaming
     reset(ws)
     [row] = await ledger_rows(pg_pool, response_id)
     done = upstream_done(emulator, response_id)
@@ -189,14 +195,9 @@ async def test_with_postgres_cut_response_done_arrives_after_the_durable_timeout
 async def test_a_drain_mid_response_books_the_response(pg_dsn: str, tenant: TenantKey, pg_pool: asyncpg.Pool) -> None:
     """What SIGTERM starts (uvicorn's should_exit, then voxgate's drain), with no grace left."""
     emulator = await start_emulator()
-    emulator.faults = Faults(event_latency_ms=15)
     gw = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
     try:
-        ws = await websockets.connect(f"{gw.ws_url}?model=gpt-realtime", additional_headers=auth(tenant))
-        await until(ws, "session.created")
-        await ask(ws, LONG_TEXT)
-        response_id = (await until(ws, "response.created"))["response"]["id"]
-        await until(ws, "response.output_audio.delta")
+        ws, response_id = await streaming_response(gw.ws_url, emulator, tenant)
         stopping = asyncio.create_task(gw.stop())
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(5):
@@ -336,12 +337,7 @@ async def test_an_upstream_lost_mid_response_is_recorded_as_unbilled_not_silentl
 ) -> None:
     # Upstream vanishes while a response streams: its usage can never come, and OpenAI may still
     # bill what it generated. The ledger cannot have a row; the audit trail must say so.
-    emulator.faults = Faults(event_latency_ms=15)
-    ws = await websockets.connect(f"{gateway.ws_url}?model=gpt-realtime", additional_headers=auth(tenant))
-    await until(ws, "session.created")
-    await ask(ws, LONG_TEXT)
-    response_id = (await until(ws, "response.created"))["response"]["id"]
-    await until(ws, "response.output_audio.delta")
+    ws, response_id = await streaming_response(gateway.ws_url, emulator, tenant)
     await emulator.drop_all()
     with pytest.raises(ConnectionClosed):
         await until(ws, "response.done")
