@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy policies gateway
 	$(BIN)/lint-imports

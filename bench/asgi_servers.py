@@ -303,23 +303,54 @@ class Server:
 
 def uvicorn_argv(target: str, port: int, ws: str = "websockets-sansio") -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", target, "--factory",
-        "--host", HOST, "--port", str(port), "--workers", "1",
-        "--http", "httptools" if _have("httptools") else "h11",
-        "--loop", "uvloop" if _have("uvloop") else "asyncio",
-        "--ws", ws, "--ws-per-message-deflate", "false",
-        "--log-level", "warning", "--no-access-log", "--lifespan", "on",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--http",
+        "httptools" if _have("httptools") else "h11",
+        "--loop",
+        "uvloop" if _have("uvloop") else "asyncio",
+        "--ws",
+        ws,
+        "--ws-per-message-deflate",
+        "false",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--lifespan",
+        "on",
+    ]
 
 
 def granian_argv(target: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-        "--host", HOST, "--port", str(port), "--workers", "1",
-        "--loop", "uvloop" if _have("uvloop") else "asyncio",
-        "--log-level", "warning", "--no-access-log",
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop" if _have("uvloop") else "asyncio",
+        "--log-level",
+        "warning",
+        "--no-access-log",
         target,
-    ]  # fmt: skip
+    ]
 
 
 def make_server(name: str, target: str, pin: int | None, ws: str = "websockets-sansio") -> Server:
@@ -420,7 +451,11 @@ async def _http_conn(port: int, win: Window) -> None:
 
 
 async def _run_phase(
-    server: Server, label: str, conn: Callable[[int, Window], Awaitable[None]], conns: int, warmup: float,
+    server: Server,
+    label: str,
+    conn: Callable[[int, Window], Awaitable[None]],
+    conns: int,
+    warmup: float,
     duration: float,
 ) -> PhaseResult:
     """`conns` concurrent connections running `conn` for one measurement window."""

@@ -56,9 +56,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     budget_sessions = max(1, args.sessions // 4)
     free_sessions = max(1, args.sessions - budget_sessions - 1)
     turns = max(2, round(args.seconds / args.pause)) if args.seconds else 2
-    shape = BurstShape(budget_sessions=budget_sessions, free_sessions=free_sessions, free_turns=turns,
-                       free_pause_s=args.pause if args.seconds else 0.0,
-                       daily_usd=f"{budget_sessions * 0.0075:.6f}")  # fmt: skip
+    shape = BurstShape(
+        budget_sessions=budget_sessions,
+        free_sessions=free_sessions,
+        free_turns=turns,
+        free_pause_s=args.pause if args.seconds else 0.0,
+        daily_usd=f"{budget_sessions * 0.0075:.6f}",
+    )
     name = f"voxgate_burst_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(PG_ADMIN)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -78,8 +82,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             proxies = [pg, rd]
             gw_dsn = with_netloc(dsn, "127.0.0.1", pg.port)
             gw_redis = with_netloc(REDIS_URL, "127.0.0.1", rd.port)
-        env = gateway_env(gw_dsn, gw_redis, emulator.base_url, prefix, UPSTREAM_KEY,
-                          VOXGATE_REDIS_POOL_SIZE=str(args.redis_pool))  # fmt: skip
+        env = gateway_env(
+            gw_dsn, gw_redis, emulator.base_url, prefix, UPSTREAM_KEY, VOXGATE_REDIS_POOL_SIZE=str(args.redis_pool)
+        )
         tenants = (await make_tenant(pool, "burst-budget"), await make_tenant(pool, "burst-free"))
 
         async def disturb(opened: asyncio.Event) -> None:
@@ -95,8 +100,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         with tempfile.TemporaryDirectory(prefix="voxgate-burst-") as logs:
             async with gateway_process(env, Path(logs)) as gateway:
                 log(f"burst: {shape.sessions} sessions ({budget_sessions} budgeted), faults: {args.faults}")
-                figures = await run_burst(shape, gateway, emulator, pool, redis, prefix, tenants,
-                                          disturb if args.faults else None)  # fmt: skip
+                figures = await run_burst(
+                    shape, gateway, emulator, pool, redis, prefix, tenants, disturb if args.faults else None
+                )
         await pool.close()
         return figures.summary()
     finally:
@@ -113,8 +119,12 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=300, help="sessions opened within one second (default 300)")
-    parser.add_argument("--seconds", type=float, default=0.0,
-                        help="keep the unlimited tenant's sessions talking this long (default: 2 turns each)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=0.0,
+        help="keep the unlimited tenant's sessions talking this long (default: 2 turns each)",
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between a session's turns with --seconds")
     parser.add_argument("--faults", action="store_true", help="cut Postgres, then Redis, mid-burst")
     parser.add_argument("--cut", type=float, default=2.0, help="length of each cut with --faults (seconds)")

@@ -45,10 +45,16 @@ def minted_secret(body: bytes) -> bytes:
         session = json.loads(body).get("session") or {}
     except (ValueError, AttributeError):
         session = {}
-    session = {"type": "realtime", "object": "realtime.session", "model": "gpt-realtime", **session,
-               "id": "sess_" + secrets.token_hex(10)}  # fmt: skip
-    return json.dumps({"value": "ek_" + secrets.token_hex(16), "expires_at": int(time.time()) + 600,
-                       "session": session}).encode()  # fmt: skip
+    session = {
+        "type": "realtime",
+        "object": "realtime.session",
+        "model": "gpt-realtime",
+        **session,
+        "id": "sess_" + secrets.token_hex(10),
+    }
+    return json.dumps(
+        {"value": "ek_" + secrets.token_hex(16), "expires_at": int(time.time()) + 600, "session": session}
+    ).encode()
 
 
 def session_created(model: str) -> bytes:
@@ -187,8 +193,14 @@ class UpstreamConnection(asyncio.Protocol):
             answer, status = b'{"error": {"message": "not found"}}', b"404 Not Found"
         else:
             answer, status = minted_secret(body[: self._body_left]), b"200 OK"
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-                             + str(len(answer)).encode() + b"\r\nconnection: close\r\n\r\n" + answer)  # fmt: skip
+        self.transport.write(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(answer)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + answer
+        )
         self.transport.close()
 
     def _upgrade(self, head: bytes) -> None:

@@ -383,7 +383,6 @@ async def run_connect(args: argparse.Namespace) -> dict[str, object]:
     return _latency_summary("connect", latencies, elapsed, stats, cpu0)
 
 
-
 def _latency_summary(mode: str, latencies: list[float], elapsed: float, stats: Stats, cpu0: float) -> dict[str, object]:
     """The result of a run of independent requests (connects or HTTP GETs)."""
     return {
@@ -398,6 +397,7 @@ def _latency_summary(mode: str, latencies: list[float], elapsed: float, stats: S
         "loadgen_cpu_fraction": (cpu_seconds() - cpu0) / elapsed,
     }
 
+
 async def run_http(args: argparse.Namespace) -> dict[str, object]:
     """N `GET <path>` (or `POST` with `--post-json`) requests, each on a new connection, C at a time."""
     parts = urlsplit(args.url)
@@ -406,9 +406,11 @@ async def run_http(args: argparse.Namespace) -> dict[str, object]:
         request = f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
     else:
         body = args.post_json.encode()
-        request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
-                   f"Authorization: Bearer {args.api_key}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+        request = (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+            f"Authorization: Bearer {args.api_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
     stats = Stats()
     latencies: list[float] = []
     await wait_go(args, 0)

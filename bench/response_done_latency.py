@@ -47,9 +47,13 @@ from gateway.settings import (
 
 DELTAS = 10
 AUDIO_B64 = "AAAAAAEAAgADAP//" * 80
-USAGE = {"total_tokens": 130, "input_tokens": 30, "output_tokens": 100,
-         "input_token_details": {"text_tokens": 30, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0},
-         "output_token_details": {"text_tokens": 20, "audio_tokens": 80}}  # fmt: skip
+USAGE = {
+    "total_tokens": 130,
+    "input_tokens": 30,
+    "output_tokens": 100,
+    "input_token_details": {"text_tokens": 30, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0},
+    "output_token_details": {"text_tokens": 20, "audio_tokens": 80},
+}
 
 
 class ScriptedUpstream:
@@ -66,12 +70,27 @@ class ScriptedUpstream:
                 continue
             n += 1
             rid = f"resp_{secrets.token_hex(6)}_{n}"
-            await self._send(ws, {"type": "response.created", "event_id": f"{rid}_created",
-                                  "response": {"id": rid, "status": "in_progress"}})  # fmt: skip
+            await self._send(
+                ws,
+                {
+                    "type": "response.created",
+                    "event_id": f"{rid}_created",
+                    "response": {"id": rid, "status": "in_progress"},
+                },
+            )
             for i in range(DELTAS):
-                await self._send(ws, {"type": "response.output_audio.delta", "event_id": f"{rid}_d{i}",
-                                      "response_id": rid, "item_id": "item_1", "output_index": 0,
-                                      "content_index": 0, "delta": AUDIO_B64})  # fmt: skip
+                await self._send(
+                    ws,
+                    {
+                        "type": "response.output_audio.delta",
+                        "event_id": f"{rid}_d{i}",
+                        "response_id": rid,
+                        "item_id": "item_1",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": AUDIO_B64,
+                    },
+                )
             done = {"id": rid, "status": "completed", "output": [], "usage": USAGE}
             await self._send(ws, {"type": "response.done", "event_id": f"{rid}_done", "response": done})
 
@@ -85,8 +104,9 @@ async def one_run(url: str, api_key: str, upstream: ScriptedUpstream, responses:
     """One session of `responses` responses; medians of the relay latencies, in ms."""
     done_ms: list[float] = []
     delta_ms: list[float] = []
-    async with websockets.connect(f"{url}?model=gpt-realtime", additional_headers={
-            "Authorization": f"Bearer {api_key}"}, compression=None) as ws:  # fmt: skip
+    async with websockets.connect(
+        f"{url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {api_key}"}, compression=None
+    ) as ws:
         json.loads(await ws.recv())  # session.created
         for _ in range(responses):
             await ws.send(json.dumps({"type": "response.create"}))
@@ -101,8 +121,11 @@ async def one_run(url: str, api_key: str, upstream: ScriptedUpstream, responses:
                     done_ms.append((received - upstream.sent[event_id]) * 1000)
                     break
     added = [d - c for d, c in zip(done_ms, delta_ms, strict=True)]
-    return {"delta_ms": statistics.median(delta_ms), "done_ms": statistics.median(done_ms),
-            "added_ms": statistics.median(added)}  # fmt: skip
+    return {
+        "delta_ms": statistics.median(delta_ms),
+        "done_ms": statistics.median(done_ms),
+        "added_ms": statistics.median(added),
+    }
 
 
 async def main_async(quick: bool) -> dict[str, Any]:
@@ -121,8 +144,9 @@ async def main_async(quick: bool) -> dict[str, Any]:
             enforcement=EnforcementSettings(calls_scan_seconds=0.0),
         )
         app = create_app(settings)
-        gateway = await start_server(app, ws_max_size=settings.server.max_message_bytes,
-                                     before_shutdown=lambda: drain(app), realtime_relay=True)  # fmt: skip
+        gateway = await start_server(
+            app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app), realtime_relay=True
+        )
         try:
             url = f"ws://127.0.0.1:{gateway.port}/v1/realtime"
             await one_run(url, services.api_key, upstream, 5)  # warm-up: pools, caches
@@ -147,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = asyncio.run(main_async(args.quick))
     for i, run in enumerate(result["runs"], 1):
-        print(f"run {i}: delta {run['delta_ms']:.2f} ms, response.done {run['done_ms']:.2f} ms, "
-              f"added {run['added_ms']:.2f} ms (medians of {result['responses_per_run']} responses)")  # fmt: skip
-    print(f"median of 3 runs: a delta crosses voxgate in {result['delta_ms']:.2f} ms, response.done in "
-          f"{result['done_ms']:.2f} ms: durable recording adds {result['added_ms']:.2f} ms per response")  # fmt: skip
+        print(
+            f"run {i}: delta {run['delta_ms']:.2f} ms, response.done {run['done_ms']:.2f} ms, "
+            f"added {run['added_ms']:.2f} ms (medians of {result['responses_per_run']} responses)"
+        )
+    print(
+        f"median of 3 runs: a delta crosses voxgate in {result['delta_ms']:.2f} ms, response.done in "
+        f"{result['done_ms']:.2f} ms: durable recording adds {result['added_ms']:.2f} ms per response"
+    )
     return 0
 
 

@@ -333,8 +333,9 @@ class Bench:
         return str(candidate) if candidate.exists() else (shutil.which("voxgate") or "voxgate")
 
     def start(self, target: Target) -> Running:
-        upstream, up_port = start_listening([PY, str(BENCH / "fake_upstream.py"), "--port", "0"],
-                                            self.logs / "fake_upstream.log")  # fmt: skip
+        upstream, up_port = start_listening(
+            [PY, str(BENCH / "fake_upstream.py"), "--port", "0"], self.logs / "fake_upstream.log"
+        )
         try:
             relay, port = self._start_relay(target, up_port)
         except BaseException:
@@ -397,8 +398,16 @@ class Bench:
         self, running: Running, mode: str, *, url: str | None = None, on_ready: Any = None, **opts: Any
     ) -> dict[str, Any]:
         """Run the load generator; snapshot the relay's CPU and RSS at READY and DONE."""
-        cmd = [PY, str(BENCH / "loadgen.py"), "--url", url or running.url, "--mode", mode,
-               "--api-key", self.services.api_key]  # fmt: skip
+        cmd = [
+            PY,
+            str(BENCH / "loadgen.py"),
+            "--url",
+            url or running.url,
+            "--mode",
+            mode,
+            "--api-key",
+            self.services.api_key,
+        ]
         for key, value in opts.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         relay_pids = running.relay_pids()
@@ -440,8 +449,10 @@ class Bench:
             result["relay_cpu_seconds"] = snap["cpu1"] - snap["cpu0"] if relay_pids else None
             result["relay_cpu_fraction"] = (snap["cpu1"] - snap["cpu0"]) / wall if relay_pids else None
             result["upstream_cpu_fraction"] = (snap["up1"] - snap["up0"]) / wall
-            ours = (snap["cpu1"] - snap["cpu0"]) + (snap["up1"] - snap["up0"]) + float(
-                result.get("loadgen_cpu_seconds") or 0.0
+            ours = (
+                (snap["cpu1"] - snap["cpu0"])
+                + (snap["up1"] - snap["up0"])
+                + float(result.get("loadgen_cpu_seconds") or 0.0)
             )
             result["other_cpu_fraction"] = max(0.0, (snap["sys1"] - snap["sys0"]) - ours) / wall
         result["go_monotonic"] = snap.get("t0")
@@ -613,12 +624,15 @@ def run_all(args: argparse.Namespace, plan: Plan, bench: Bench, notes: list[str]
                     notes.append(f"{target.name} {mode} {sessions}: could not start: {exc}")
                     continue
                 try:
-                    r = bench.loadgen(running, mode, sessions=sessions, seconds=plan.seconds, grace=plan.grace,
-                                      concurrency=32)  # fmt: skip
+                    r = bench.loadgen(
+                        running, mode, sessions=sessions, seconds=plan.seconds, grace=plan.grace, concurrency=32
+                    )
                     runs.append(stream_row(target, mode, sessions, r))
                     row = runs[-1]
-                    log(f"  -> {fmt(row['rate'], 0)} frames/s p99 {fmt(row['p99_ms'], 2)} ms "
-                        f"cpu/1k {fmt(row['cpu_ms_per_1k'], 1)} ms errors {row['errors']}")  # fmt: skip
+                    log(
+                        f"  -> {fmt(row['rate'], 0)} frames/s p99 {fmt(row['p99_ms'], 2)} ms "
+                        f"cpu/1k {fmt(row['cpu_ms_per_1k'], 1)} ms errors {row['errors']}"
+                    )
                 except RuntimeError as exc:
                     notes.append(f"{target.name} {mode} {sessions}: {exc}")
                 finally:
@@ -638,8 +652,15 @@ def run_all(args: argparse.Namespace, plan: Plan, bench: Bench, notes: list[str]
         try:
             r = bench.loadgen(running, "idle", sessions=plan.idle, concurrency=32)
             kb = (r["rss_ready"] - r["rss_base"]) / max(1, r["connected"]) / 1024 if r.get("rss_ready") else None
-            extras["idle"].append({"target": target.name, "sessions": r["connected"], "kb_per_session": kb,
-                                   "rss_base_mb": r["rss_base"] / 2**20, "errors": r["error_count"]})  # fmt: skip
+            extras["idle"].append(
+                {
+                    "target": target.name,
+                    "sessions": r["connected"],
+                    "kb_per_session": kb,
+                    "rss_base_mb": r["rss_base"] / 2**20,
+                    "errors": r["error_count"],
+                }
+            )
         except RuntimeError as exc:
             notes.append(f"idle {target.name}: {exc}")
         finally:
@@ -655,21 +676,43 @@ def run_all(args: argparse.Namespace, plan: Plan, bench: Bench, notes: list[str]
             notes.append(f"admission/ledger {target.name}: could not start: {exc}")
             continue
         try:
-            http = bench.loadgen(running, "http", url=f"ws://127.0.0.1:{running.ws_port}/healthz",
-                                 count=plan.admission, concurrency=16, seconds=60)  # fmt: skip
+            http = bench.loadgen(
+                running,
+                "http",
+                url=f"ws://127.0.0.1:{running.ws_port}/healthz",
+                count=plan.admission,
+                concurrency=16,
+                seconds=60,
+            )
             ws = bench.loadgen(running, "connect", count=plan.admission, concurrency=16, seconds=60)
-            minted = bench.loadgen(running, "http", url=f"ws://127.0.0.1:{running.ws_port}/v1/realtime/client_secrets",
-                                   post_json=CLIENT_SECRET_BODY, count=plan.admission, concurrency=16,
-                                   seconds=60)  # fmt: skip
-            for name, r in (("GET /healthz (new connection each)", http),
-                            ("WebSocket connect to session.created", ws),
-                            ("POST /v1/realtime/client_secrets (new connection each)", minted)):  # fmt: skip
-                extras["admission"].append({
-                    "target": target.name, "what": name, "per_second": r["per_second"], "p50_ms": r["p50_ms"],
-                    "p99_ms": r["p99_ms"], "errors": r["error_count"], "first_error": r.get("first_error"),
-                    "relay_cpu_ms_each": 1000 * r["relay_cpu_seconds"] / max(1, r["ok"])
-                    if r.get("relay_cpu_seconds") is not None else None,
-                })  # fmt: skip
+            minted = bench.loadgen(
+                running,
+                "http",
+                url=f"ws://127.0.0.1:{running.ws_port}/v1/realtime/client_secrets",
+                post_json=CLIENT_SECRET_BODY,
+                count=plan.admission,
+                concurrency=16,
+                seconds=60,
+            )
+            for name, r in (
+                ("GET /healthz (new connection each)", http),
+                ("WebSocket connect to session.created", ws),
+                ("POST /v1/realtime/client_secrets (new connection each)", minted),
+            ):
+                extras["admission"].append(
+                    {
+                        "target": target.name,
+                        "what": name,
+                        "per_second": r["per_second"],
+                        "p50_ms": r["p50_ms"],
+                        "p99_ms": r["p99_ms"],
+                        "errors": r["error_count"],
+                        "first_error": r.get("first_error"),
+                        "relay_cpu_ms_each": 1000 * r["relay_cpu_seconds"] / max(1, r["ok"])
+                        if r.get("relay_cpu_seconds") is not None
+                        else None,
+                    }
+                )
             before = asyncio.run(ledger_rows(bench.services.dsn))
             r = bench.loadgen(running, "ledger", sessions=20, count=plan.ledger, concurrency=20, seconds=60)
             t0 = r["go_monotonic"] or time.monotonic()
@@ -683,12 +726,19 @@ def run_all(args: argparse.Namespace, plan: Plan, bench: Bench, notes: list[str]
                 time.sleep(0.05)
             elapsed = time.monotonic() - t0
             written = rows_now - before
-            extras["ledger"].append({
-                "target": target.name, "responses": r["responses"], "rows": written,
-                "relay_seconds": r["seconds"], "end_to_end_seconds": elapsed,
-                "relay_per_second": r["per_second"], "rows_per_second": written / elapsed if elapsed else None,
-                "errors": r["error_count"], "first_error": r.get("first_error"),
-            })  # fmt: skip
+            extras["ledger"].append(
+                {
+                    "target": target.name,
+                    "responses": r["responses"],
+                    "rows": written,
+                    "relay_seconds": r["seconds"],
+                    "end_to_end_seconds": elapsed,
+                    "relay_per_second": r["per_second"],
+                    "rows_per_second": written / elapsed if elapsed else None,
+                    "errors": r["error_count"],
+                    "first_error": r.get("first_error"),
+                }
+            )
         except RuntimeError as exc:
             notes.append(f"admission/ledger {target.name}: {exc}")
         finally:
@@ -711,9 +761,21 @@ def profile_voxgate(args: argparse.Namespace, plan: Plan, bench: Bench, data: di
 
         def attach(running: Running = running, out: Path = out, spies: list[Any] = spies) -> None:
             assert running.relay is not None
-            cmd = [str(spy if spy.exists() else "py-spy"), "record", "--pid", str(running.relay.pid),
-                   "--duration", str(int(plan.seconds)), "--rate", "200", "--nonblocking", "--format", "raw",
-                   "--output", str(out)]  # fmt: skip
+            cmd = [
+                str(spy if spy.exists() else "py-spy"),
+                "record",
+                "--pid",
+                str(running.relay.pid),
+                "--duration",
+                str(int(plan.seconds)),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ]
             spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
         try:
@@ -749,14 +811,18 @@ def summarize_profile(folded: str, top: int = 15) -> dict[str, Any]:
             continue
         count = int(count_s)
         total += count
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]  # fmt: skip
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
+            for f in stack.split(";")
+        ]
         self_[frames[-1]] = self_.get(frames[-1], 0) + count
         for f in set(frames):
             if not f.endswith(_LOOP_FILES):
                 incl[f] = incl.get(f, 0) + count
+
     def ranked(d: dict[str, int]) -> list[tuple[str, float]]:
         return [(k, v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+
     return {"samples": total, "self": ranked(self_), "inclusive": ranked(incl)}
 
 
@@ -793,9 +859,11 @@ def machine() -> str:
         loop = f"uvloop {uvloop.__version__}"
     except ImportError:
         loop = "asyncio"
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, {loop}, websockets {websockets.__version__}, "
-            f"nginx {nginx}")  # fmt: skip
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, {loop}, websockets {websockets.__version__}, "
+        f"nginx {nginx}"
+    )
 
 
 def render(data: dict[str, Any], plan: Plan, args: argparse.Namespace, notes: list[str], started: str) -> str:
@@ -835,43 +903,74 @@ def render(data: dict[str, Any], plan: Plan, args: argparse.Namespace, notes: li
             f"{fmt(None if r['upstream_cpu'] is None else 100 * r['upstream_cpu'], 0)}% | "
             f"{fmt(None if r.get('other_cpu') is None else 100 * r['other_cpu'], 0)}% | {kept} |"
         )
-    out += ["", "CPU % columns are of one core over the measurement window (100% = one core busy; the machine has "
-            f"{os.cpu_count()}). *Other CPU* is the machine's busy time not charged to the load generator, fake "
-            "upstream or relay (kernel network work, and anything else running): a high value means a disturbed "
-            "point. RSS / session is the relay's RSS growth under load divided by sessions.", ""]  # fmt: skip
+    out += [
+        "",
+        "CPU % columns are of one core over the measurement window (100% = one core busy; the machine has "
+        f"{os.cpu_count()}). *Other CPU* is the machine's busy time not charged to the load generator, fake "
+        "upstream or relay (kernel network work, and anything else running): a high value means a disturbed "
+        "point. RSS / session is the relay's RSS growth under load divided by sessions.",
+        "",
+    ]
     out += goal_lines(rows, base)
     if data["idle"]:
-        out += ["", "## Memory per idle session", "", "| target | idle sessions | RSS / session | relay RSS before |",
-                "|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "## Memory per idle session",
+            "",
+            "| target | idle sessions | RSS / session | relay RSS before |",
+            "|---|---|---|---|",
+        ]
         for r in data["idle"]:
-            out.append(f"| {r['target']} | {r['sessions']} | {fmt(r['kb_per_session'], 1)} KB | "
-                       f"{fmt(r['rss_base_mb'], 1)} MB |")  # fmt: skip
+            out.append(
+                f"| {r['target']} | {r['sessions']} | {fmt(r['kb_per_session'], 1)} KB | "
+                f"{fmt(r['rss_base_mb'], 1)} MB |"
+            )
     if data["admission"]:
-        out += ["", "## Admission (16 at a time; each a new TCP connection)", "",
-                "| target | what | per second | p50 ms | p99 ms | relay CPU ms each | errors |",
-                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "## Admission (16 at a time; each a new TCP connection)",
+            "",
+            "| target | what | per second | p50 ms | p99 ms | relay CPU ms each | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in data["admission"]:
-            out.append(f"| {r['target']} | {r['what']} | {fmt(r['per_second'], 0)} | {fmt(r['p50_ms'], 2)} | "
-                       f"{fmt(r['p99_ms'], 2)} | {fmt(r['relay_cpu_ms_each'], 2)} | {r['errors']} |")  # fmt: skip
+            out.append(
+                f"| {r['target']} | {r['what']} | {fmt(r['per_second'], 0)} | {fmt(r['p50_ms'], 2)} | "
+                f"{fmt(r['p99_ms'], 2)} | {fmt(r['relay_cpu_ms_each'], 2)} | {r['errors']} |"
+            )
         out.append("")
-        out.append("A WebSocket connect is: key lookup (Postgres, cached or not as the gateway does it), policy, "
-                   "Redis, the upstream handshake, the session row, and the client upgrade. A `client_secrets` "
-                   "POST is: key lookup, policy clamp of the session config, admission (Redis), the upstream "
-                   "mint (HTTP to the fake upstream), the session row and the minted-secret row "
-                   "(Postgres).")  # fmt: skip
+        out.append(
+            "A WebSocket connect is: key lookup (Postgres, cached or not as the gateway does it), policy, "
+            "Redis, the upstream handshake, the session row, and the client upgrade. A `client_secrets` "
+            "POST is: key lookup, policy clamp of the session config, admission (Redis), the upstream "
+            "mint (HTTP to the fake upstream), the session row and the minted-secret row "
+            "(Postgres)."
+        )
     if data["ledger"]:
-        out += ["", "## Ledger ingestion (response.create → response.done → governor → usage_ledger)", "",
-                "| target | responses | rows written | responses/s through relay | rows/s into Postgres "
-                "(until all committed) | errors |", "|---|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "## Ledger ingestion (response.create → response.done → governor → usage_ledger)",
+            "",
+            "| target | responses | rows written | responses/s through relay | rows/s into Postgres "
+            "(until all committed) | errors |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in data["ledger"]:
-            out.append(f"| {r['target']} | {r['responses']} | {r['rows']} | {fmt(r['relay_per_second'], 0)} | "
-                       f"{fmt(r['rows_per_second'], 0)} | {r['errors']} |")  # fmt: skip
+            out.append(
+                f"| {r['target']} | {r['responses']} | {r['rows']} | {fmt(r['relay_per_second'], 0)} | "
+                f"{fmt(r['rows_per_second'], 0)} | {r['errors']} |"
+            )
     for prof in data.get("profiles", []):
-        out += ["", f"## Profile: {prof['target']}, {prof['sessions']} paced sessions "
-                f"(py-spy, {prof['samples']} samples)",
-                "", "Not part of the table above (sampling perturbs it). Idle samples are included: "
-                "`select` is the loop waiting. Inclusive shares leave out the event loop's own frames.", "",
-                "| self % | function | | inclusive % | function |", "|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            f"## Profile: {prof['target']}, {prof['sessions']} paced sessions (py-spy, {prof['samples']} samples)",
+            "",
+            "Not part of the table above (sampling perturbs it). Idle samples are included: "
+            "`select` is the loop waiting. Inclusive shares leave out the event loop's own frames.",
+            "",
+            "| self % | function | | inclusive % | function |",
+            "|---|---|---|---|---|",
+        ]
         for (fs, ss), (fi, si) in zip(prof["self"], prof["inclusive"], strict=False):
             out.append(f"| {100 * ss:.1f} | `{fs}` | | {100 * si:.1f} | `{fi}` |")
     errs = [f"{r['target']} {r['mode']} {r['sessions']}: {r['first_error']}" for r in rows if r.get("first_error")]
@@ -895,22 +994,28 @@ def goal_lines(rows: list[dict[str, Any]], base: str) -> list[str]:
                 cpu_ratios.append(v["cpu_ms_per_1k"] / b["cpu_ms_per_1k"])
         ratio = statistics.median(cpu_ratios) if cpu_ratios else None
         ok = ratio is not None and ratio <= 1.5
-        out.append(f"- {name}: CPU per round trip {fmt(ratio, 2)}x {base} (median over the paced points; goal ≤ 1.5x): "
-                   f"{'met' if ok else '**not met**'}")  # fmt: skip
+        out.append(
+            f"- {name}: CPU per round trip {fmt(ratio, 2)}x {base} (median over the paced points; goal ≤ 1.5x): "
+            f"{'met' if ok else '**not met**'}"
+        )
         top = max(paced) if paced else None
         v, d = by_key.get((name, "paced", top)), by_key.get(("direct", "paced", top))
         if v and d and v["p99_ms"] is not None and d["p99_ms"] is not None:
             added = v["p99_ms"] - d["p99_ms"]
             ok = bool(v["kept_up"]) and added < 5 and top >= 500
-            out.append(f"- {name}: {top} real-time sessions: kept up {fmt(v['kept_up'])}, p99 added over direct "
-                       f"{fmt(added, 2)} ms (goal: 500 sessions, < 5 ms): "
-                       f"{'met' if ok else '**not met**'}")  # fmt: skip
+            out.append(
+                f"- {name}: {top} real-time sessions: kept up {fmt(v['kept_up'])}, p99 added over direct "
+                f"{fmt(added, 2)} ms (goal: 500 sessions, < 5 ms): "
+                f"{'met' if ok else '**not met**'}"
+            )
         fv = next((r for r in rows if r["target"] == name and r["mode"] == "flatout"), None)
         fb = next((r for r in rows if r["target"] == base and r["mode"] == "flatout"), None)
         if fv and fb and fv["rate"] and fb["rate"]:
             ratio = fv["rate"] / fb["rate"]
-            out.append(f"- {name}: flat-out frame rate {fmt(ratio, 2)}x {base} (goal ≥ 0.9x): "
-                       f"{'met' if ratio >= 0.9 else '**not met**'}")  # fmt: skip
+            out.append(
+                f"- {name}: flat-out frame rate {fmt(ratio, 2)}x {base} (goal ≥ 0.9x): "
+                f"{'met' if ratio >= 0.9 else '**not met**'}"
+            )
     return out
 
 
@@ -956,13 +1061,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-nginx", action="store_true", help="skip nginx even if installed")
     parser.add_argument("--seconds", type=float, help="override the measurement window per point")
     parser.add_argument("--paced", help="override the paced session counts, e.g. 50,200")
-    parser.add_argument("--quiet-limit", type=float, default=0.25,
-                        help="before each point, wait until other work uses < this many cores")  # fmt: skip
-    parser.add_argument("--quiet-wait", type=float, default=10.0,
-                        help="... but at most this many seconds per point (and 90 s per run)")  # fmt: skip
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.25,
+        help="before each point, wait until other work uses < this many cores",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=10.0, help="... but at most this many seconds per point (and 90 s per run)"
+    )
     parser.add_argument("--targets", help="only these targets (substrings of their names), e.g. nginx,fast")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample voxgate with py-spy at one paced point per relay mode")  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true", help="also sample voxgate with py-spy at one paced point per relay mode"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per point; the table shows the median")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -995,8 +1106,13 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stamp}.md").write_text(report)
     (RESULTS / "latest.md").write_text(report)
-    data["meta"] = {"started": started, "argv": sys.argv[1:], "plan": plan.__dict__, "machine": machine(),
-                    "notes": notes}  # fmt: skip
+    data["meta"] = {
+        "started": started,
+        "argv": sys.argv[1:],
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "notes": notes,
+    }
     (RESULTS / "latest.json").write_text(json.dumps(data, indent=1))
     plot(data, RESULTS / "latest.png")
     print(report)

@@ -81,15 +81,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tenant_create.set_defaults(handler=_handler(_tenant_create))
     tenant_list = tenant_actions.add_parser("list", parents=common, help="list tenants")
     tenant_list.set_defaults(handler=_handler(_tenant_list))
-    tenant_jwt = tenant_actions.add_parser("jwt", parents=common, help="set the keys the tenant's browser JWTs are "
-                                           "verified with (docs/webrtc.md)")  # fmt: skip
+    tenant_jwt = tenant_actions.add_parser(
+        "jwt", parents=common, help="set the keys the tenant's browser JWTs are verified with (docs/webrtc.md)"
+    )
     tenant_jwt.add_argument("tenant", metavar="TENANT_ID")
     tenant_jwt.add_argument("--hs256-secret-file", metavar="FILE", help="a file holding the HS256 secret (>= 32 bytes)")
     tenant_jwt.add_argument("--jwks-url", metavar="URL", help="https:// JWKS with the RS256/ES256 public keys")
     tenant_jwt.add_argument("--audience", default="voxgate", help="the 'aud' the tokens carry (default: voxgate)")
-    tenant_jwt.add_argument("--previous-valid-seconds", type=int, metavar="SECONDS",
-                            help="how long a replaced HS256 secret stays valid, 0..3600 (default: 900; "
-                                 "0: a hard cut-over)")  # fmt: skip
+    tenant_jwt.add_argument(
+        "--previous-valid-seconds",
+        type=int,
+        metavar="SECONDS",
+        help="how long a replaced HS256 secret stays valid, 0..3600 (default: 900; 0: a hard cut-over)",
+    )
     tenant_jwt.add_argument("--clear", action="store_true", help="remove the tenant's browser-token keys")
     tenant_jwt.set_defaults(handler=_handler(_tenant_jwt))
 
@@ -112,12 +116,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     policy_show.add_argument("tenant", metavar="TENANT_ID")
     policy_show.set_defaults(handler=_handler(_policy_show))
     policy_set = policy_actions.add_parser(
-        "set", parents=common, help="change a tenant's policy (a new version)",
+        "set",
+        parents=common,
+        help="change a tenant's policy (a new version)",
         description="Lay the keys in FILE over the policy in force and store the result as the next version. "
-                    "Keys FILE does not name keep their value; set a key to null to remove that limit.")  # fmt: skip
+        "Keys FILE does not name keep their value; set a key to null to remove that limit.",
+    )
     policy_set.add_argument("tenant", metavar="TENANT_ID")
-    policy_set.add_argument("--file", required=True, metavar="FILE",
-                            help="a tier-shaped mapping in YAML: only the keys to change")  # fmt: skip
+    policy_set.add_argument(
+        "--file", required=True, metavar="FILE", help="a tier-shaped mapping in YAML: only the keys to change"
+    )
     policy_set.set_defaults(handler=_handler(_policy_set))
 
     usage = subparsers.add_parser("usage", parents=common, help="show a tenant's usage and cost")
@@ -238,15 +246,24 @@ async def _tenant_jwt(args: argparse.Namespace, dsn: str) -> None:
             return
         try:
             allowed = parse_allowed_hosts(os.environ.get("VOXGATE_JWKS_ALLOWED_HOSTS"))
-            info = await changes.set_browser_auth(pool, BrowserAuthConfig(args.tenant, secret, args.jwks_url,
-                                                                          args.audience),
-                                                  CLI_ACTOR, args.previous_valid_seconds, allowed)  # fmt: skip
+            info = await changes.set_browser_auth(
+                pool,
+                BrowserAuthConfig(args.tenant, secret, args.jwks_url, args.audience),
+                CLI_ACTOR,
+                args.previous_valid_seconds,
+                allowed,
+            )
         except BrowserAuthConfigError as exc:
             raise CommandError(str(exc), exit_code=2) from None
     until = _iso(info.previous_valid_until)
-    summary = {"tenant_id": args.tenant, "hs256": secret is not None, "jwks_url": args.jwks_url,
-               "audience": args.audience, "previous_hs256_key_id": info.previous_hs256_key_id,
-               "previous_valid_until": until}  # fmt: skip
+    summary = {
+        "tenant_id": args.tenant,
+        "hs256": secret is not None,
+        "jwks_url": args.jwks_url,
+        "audience": args.audience,
+        "previous_hs256_key_id": info.previous_hs256_key_id,
+        "previous_valid_until": until,
+    }
     if args.json:
         _print_json(summary)
         return

@@ -58,24 +58,33 @@ def upstream_query(query_string: bytes) -> dict[str, str]:
     `duplicate_parameter`, and `intent` is `realtime` or `transcription`.
     """
     try:
-        pairs = parse_qsl(query_string.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                          errors="strict", max_num_fields=16)  # fmt: skip
+        pairs = parse_qsl(
+            query_string.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            errors="strict",
+            max_num_fields=16,
+        )
     except (UnicodeDecodeError, ValueError):
         raise GatewayError(400, "The query string is malformed.", code="invalid_query") from None
     query: dict[str, str] = {}
     for name, value in pairs:
         if name == "call_id":
-            raise GatewayError(400, "Attach to WebRTC calls through voxgate's call APIs.",
-                               code="unsupported_parameter", param="call_id")  # fmt: skip
+            raise GatewayError(
+                400,
+                "Attach to WebRTC calls through voxgate's call APIs.",
+                code="unsupported_parameter",
+                param="call_id",
+            )
         if name not in UPSTREAM_QUERY_PARAMETERS:
             raise GatewayError(400, f"Unknown parameter: '{name[:64]}'.", code="unknown_parameter", param=name[:64])
         if name in query:
-            raise GatewayError(400, f"The parameter '{name}' is given more than once.", code="duplicate_parameter",
-                               param=name)  # fmt: skip
+            raise GatewayError(
+                400, f"The parameter '{name}' is given more than once.", code="duplicate_parameter", param=name
+            )
         query[name] = value
     if "intent" in query and query["intent"] not in INTENTS:
-        raise GatewayError(400, "'intent' must be 'realtime' or 'transcription'.", code="invalid_value",
-                           param="intent")  # fmt: skip
+        raise GatewayError(400, "'intent' must be 'realtime' or 'transcription'.", code="invalid_value", param="intent")
     return query
 
 
@@ -86,14 +95,19 @@ def openai_beta(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         return None
     value = values[0].decode("latin-1").strip()
     if len(values) > 1 or value not in OPENAI_BETA_VALUES:
-        raise GatewayError(400, "Unsupported OpenAI-Beta header: voxgate passes on only 'realtime=v1'.",
-                           code="invalid_header", param="OpenAI-Beta")  # fmt: skip
+        raise GatewayError(
+            400,
+            "Unsupported OpenAI-Beta header: voxgate passes on only 'realtime=v1'.",
+            code="invalid_header",
+            param="OpenAI-Beta",
+        )
     return value
 
 
 def draining_error() -> GatewayError:
-    return GatewayError(503, "This gateway instance is shutting down; reconnect.", code="gateway_draining",
-                        retry_after=1.0)  # fmt: skip
+    return GatewayError(
+        503, "This gateway instance is shutting down; reconnect.", code="gateway_draining", retry_after=1.0
+    )
 
 
 @contextlib.contextmanager
@@ -129,8 +143,11 @@ async def admit(
     intent = query.get("intent", "realtime")
     model = query.get("model") or ("" if intent == "transcription" else "gpt-realtime")
     secret = services.settings.security.safety_identifier_secret
-    safety_id = (safety_identifier(secret, identity.tenant_id, creds.end_user) if creds.end_user
-                 else key_safety_identifier(secret, identity.tenant_id, identity.key_id))  # fmt: skip
+    safety_id = (
+        safety_identifier(secret, identity.tenant_id, creds.end_user)
+        if creds.end_user
+        else key_safety_identifier(secret, identity.tenant_id, identity.key_id)
+    )
     beta = openai_beta(headers)
     session_id = new_id("vgs")
     policy, leased = UNRESTRICTED, False
@@ -139,8 +156,18 @@ async def admit(
         with refusing_outages():
             decided = await services.enforcement.admit(identity.tenant_id, session_id, model or None, time.time())
         policy, leased = decided.policy, decided.leased
-    return Admission(identity, query, intent, model, safety_id, beta, accepted_subprotocol(creds.offered_subprotocols),
-                     session_id, policy, leased)  # fmt: skip
+    return Admission(
+        identity,
+        query,
+        intent,
+        model,
+        safety_id,
+        beta,
+        accepted_subprotocol(creds.offered_subprotocols),
+        session_id,
+        policy,
+        leased,
+    )
 
 
 async def abandon(services: GatewayServices, admission: Admission) -> None:
@@ -155,16 +182,28 @@ def start_live_session(services: GatewayServices, admission: Admission) -> LiveS
     session_id = admission.session_id or new_id("vgs")
     now = time.time()
     started = SessionStarted(
-        session_id=session_id, tenant_id=identity.tenant_id, api_key_id=identity.key_id,
-        transport="websocket", intent=admission.intent, model=admission.model or None,
-        end_user_hash=admission.safety_id, gateway_instance=services.settings.server.instance_id,
+        session_id=session_id,
+        tenant_id=identity.tenant_id,
+        api_key_id=identity.key_id,
+        transport="websocket",
+        intent=admission.intent,
+        model=admission.model or None,
+        end_user_hash=admission.safety_id,
+        gateway_instance=services.settings.server.instance_id,
         started_at=now,
-    )  # fmt: skip
+    )
     identity_ = SessionIdentity(session_id, identity.tenant_id, admission.model, admission.intent)
     enforcement = services.enforcement
     policy = admission.policy if enforcement is not None else None
     governor = SessionGovernor(identity_, services.prices, policy=policy, started_at=now)
     effects = SessionEffects(enforcement, identity.tenant_id, session_id, admission.policy) if enforcement else None
     services.metrics.sessions_started.labels(started.transport).inc()
-    return LiveSession(governor, services.ledger, started, effects=effects, enforcement=enforcement,
-                       leased=admission.leased, metrics=services.metrics)  # fmt: skip
+    return LiveSession(
+        governor,
+        services.ledger,
+        started,
+        effects=effects,
+        enforcement=enforcement,
+        leased=admission.leased,
+        metrics=services.metrics,
+    )

@@ -76,8 +76,11 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS), services.pool.acquire() as conn:
             version = await schema_version(conn)
         checks["schema_version"] = version
-        checks["postgres"] = "ok" if version >= REQUIRED_SCHEMA_VERSION else (
-            f"schema version {version} is older than {REQUIRED_SCHEMA_VERSION}: run `voxgate migrate`")  # fmt: skip
+        checks["postgres"] = (
+            "ok"
+            if version >= REQUIRED_SCHEMA_VERSION
+            else (f"schema version {version} is older than {REQUIRED_SCHEMA_VERSION}: run `voxgate migrate`")
+        )
     except Exception as exc:
         checks["postgres"] = f"down: {type(exc).__name__}"
     try:
@@ -109,13 +112,23 @@ def _scrape_time_metrics(services: GatewayServices) -> Callable[[], Iterator[Any
         yield gauge("voxgate_live_sessions", "Sessions this replica is carrying.", len(services.live))
         yield gauge("voxgate_draining", "1 while this replica drains for shutdown.", float(services.live.draining))
         yield gauge("voxgate_ledger_pending", "Ledger records waiting for Postgres.", services.ledger.pending)
-        yield counter("voxgate_ledger_records", "Ledger records by outcome.", ["outcome"], {
-            ("written",): stats.written, ("spilled",): stats.spilled, ("replayed",): stats.replayed,
-            ("dropped",): stats.dropped, ("dead_lettered",): stats.dead_lettered,
-            ("journaled",): stats.journaled, ("unconfirmed",): stats.unconfirmed,
-        })  # fmt: skip
-        yield counter("voxgate_ledger_retries", "Ledger batches retried after a Postgres failure.", [],
-                      {(): stats.retries})  # fmt: skip
+        yield counter(
+            "voxgate_ledger_records",
+            "Ledger records by outcome.",
+            ["outcome"],
+            {
+                ("written",): stats.written,
+                ("spilled",): stats.spilled,
+                ("replayed",): stats.replayed,
+                ("dropped",): stats.dropped,
+                ("dead_lettered",): stats.dead_lettered,
+                ("journaled",): stats.journaled,
+                ("unconfirmed",): stats.unconfirmed,
+            },
+        )
+        yield counter(
+            "voxgate_ledger_retries", "Ledger batches retried after a Postgres failure.", [], {(): stats.retries}
+        )
 
     return collect
 
@@ -126,8 +139,9 @@ def _gateway_error_handler(_: Request[Any, Any, Any], exc: GatewayError) -> Resp
 
 def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     error = GatewayError(exc.status_code, str(exc.detail), code=None)
-    return Response(error.body(), status_code=exc.status_code, headers={**(exc.headers or {}),
-                    **error.response_headers()})  # fmt: skip
+    return Response(
+        error.body(), status_code=exc.status_code, headers={**(exc.headers or {}), **error.response_headers()}
+    )
 
 
 def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -138,8 +152,9 @@ def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
             services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
     else:
         log.exception("unhandled error", exc_info=exc)
-        error = GatewayError(HTTP_500_INTERNAL_SERVER_ERROR, "The gateway had an internal error.",
-                             code="internal_error")  # fmt: skip
+        error = GatewayError(
+            HTTP_500_INTERNAL_SERVER_ERROR, "The gateway had an internal error.", code="internal_error"
+        )
     return Response(error.body(), status_code=error.status, headers=error.response_headers())
 
 
@@ -159,11 +174,13 @@ class VoxgatePlugin(InitPluginProtocol):
         admin = build_admin_router(self.settings.admin, self.settings.security.jwks_allowed_hosts)
         app_config.route_handlers.extend([realtime, healthz, readyz, metrics, admin])
         register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
-        app_config.exception_handlers.update({
-            GatewayError: _gateway_error_handler,
-            HTTPException: _http_exception_handler,
-            Exception: _unhandled_handler,
-        })  # fmt: skip
+        app_config.exception_handlers.update(
+            {
+                GatewayError: _gateway_error_handler,
+                HTTPException: _http_exception_handler,
+                Exception: _unhandled_handler,
+            }
+        )
         app_config.lifespan.append(self._lifespan)
         return app_config
 
@@ -176,25 +193,37 @@ class VoxgatePlugin(InitPluginProtocol):
         ledger = LedgerWriter(lambda: pool, settings.ledger)
         ledger.start()
         services = GatewayServices(
-            settings=settings, pool=pool, redis=redis, tenants=TenantDirectory(pool), ledger=ledger,
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            tenants=TenantDirectory(pool),
+            ledger=ledger,
             prices=self.prices,
             policy_store=PolicyStore(pool, self.tiers, settings.admin.default_tier, redis, settings.redis.key_prefix),
-        )  # fmt: skip
+        )
         live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
         try:
             await live_state.load_scripts()
         except RedisError as exc:  # scripts are loaded again on first use (NOSCRIPT fallback)
             log.warning("could not load live-state scripts at start: %s", exc)
         services.enforcement = Enforcement(
-            live_state, services.policy_store, pool, ledger, self.prices,
-            lambda: list(services.live.sessions), settings.enforcement,
-        )  # fmt: skip
+            live_state,
+            services.policy_store,
+            pool,
+            ledger,
+            self.prices,
+            lambda: list(services.live.sessions),
+            settings.enforcement,
+        )
         services.enforcement.start()
         services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
         calls = CallStore(pool, redis, settings.redis.key_prefix)
-        monitor = CallsMonitor(services, lease_ttl_s=settings.enforcement.lease_ttl_seconds,
-                               scan_every_s=settings.enforcement.calls_scan_seconds)  # fmt: skip
+        monitor = CallsMonitor(
+            services,
+            lease_ttl_s=settings.enforcement.lease_ttl_seconds,
+            scan_every_s=settings.enforcement.calls_scan_seconds,
+        )
         monitor.on_call_ended = calls.end
         monitor.find_active = calls.active
         services.calls_monitor = monitor
@@ -250,8 +279,17 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     # Only with VOXGATE_API_DOCS=true, and only the JSON document: no HTML page, nothing from a CDN.
-    openapi = OpenAPIConfig(title="voxgate", version=__version__, path="/docs", components=SECURITY_COMPONENTS,
-                            render_plugins=[JsonRenderPlugin()]) if settings.security.api_docs else None  # fmt: skip
+    openapi = (
+        OpenAPIConfig(
+            title="voxgate",
+            version=__version__,
+            path="/docs",
+            components=SECURITY_COMPONENTS,
+            render_plugins=[JsonRenderPlugin()],
+        )
+        if settings.security.api_docs
+        else None
+    )
     # logging_config=None: logging belongs to the process (gateway/logs.py); Litestar's default
     # would replace the root handler (and its redaction) and reset the level to INFO.
     return Litestar(plugins=[VoxgatePlugin(settings, prices), *plugins], openapi_config=openapi, logging_config=None)

@@ -149,8 +149,13 @@ class PreviousSecret:
     key_id: str | None = field(default=None, compare=False)  # the random id it is shown by (not a hash of it)
 
 
-def previous_secret_after(current: str | None, previous: PreviousSecret | None, new_secret: str | None,
-                          previous_valid_seconds: int | None, now: datetime) -> PreviousSecret | None:  # fmt: skip
+def previous_secret_after(
+    current: str | None,
+    previous: PreviousSecret | None,
+    new_secret: str | None,
+    previous_valid_seconds: int | None,
+    now: datetime,
+) -> PreviousSecret | None:
     """Which replaced HS256 secret stays valid once `new_secret` (None: JWKS only) is set, and until when.
 
     * The secret changes: the replaced one stays valid for `previous_valid_seconds` (None: the
@@ -170,8 +175,12 @@ def previous_secret_after(current: str | None, previous: PreviousSecret | None, 
     return PreviousSecret(previous.secret, until) if until > now else None
 
 
-async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig, previous_valid_seconds: int | None = None,
-                       jwks_allowed_hosts: frozenset[str] = frozenset()) -> PreviousSecret | None:  # fmt: skip
+async def store_config(
+    conn: asyncpg.Connection,
+    config: BrowserAuthConfig,
+    previous_valid_seconds: int | None = None,
+    jwks_allowed_hosts: frozenset[str] = frozenset(),
+) -> PreviousSecret | None:
     """Store (replace) a tenant's config in the caller's transaction; returns the previous
     HS256 secret still valid after the change, if any.
 
@@ -188,17 +197,26 @@ async def store_config(conn: asyncpg.Connection, config: BrowserAuthConfig, prev
     if row is not None:
         stored = row["hs256_previous_secret"]
         before = PreviousSecret(stored, row["hs256_previous_until"]) if stored is not None else None
-        previous = previous_secret_after(row["hs256_secret"], before, config.hs256_secret, previous_valid_seconds,
-                                         row["now"])  # fmt: skip
+        previous = previous_secret_after(
+            row["hs256_secret"], before, config.hs256_secret, previous_valid_seconds, row["now"]
+        )
         # A secret keeps its id while it is stored (as the secret or as the previous one).
         ids = {row["hs256_secret"]: row["hs256_key_id"], stored: row["hs256_previous_key_id"]}
         ids.pop(None, None)
         key_id = ids.get(config.hs256_secret, key_id) if config.hs256_secret is not None else None
         if previous is not None:
             previous = replace(previous, key_id=ids.get(previous.secret) or new_id("hsk"))
-    await conn.execute(UPSERT_CONFIG, config.tenant_id, config.hs256_secret, config.jwks_url, config.audience,
-                       previous.secret if previous else None, previous.valid_until if previous else None, key_id,
-                       previous.key_id if previous else None)  # fmt: skip
+    await conn.execute(
+        UPSERT_CONFIG,
+        config.tenant_id,
+        config.hs256_secret,
+        config.jwks_url,
+        config.audience,
+        previous.secret if previous else None,
+        previous.valid_until if previous else None,
+        key_id,
+        previous.key_id if previous else None,
+    )
     return previous
 
 
@@ -230,8 +248,12 @@ class BrowserAuthStore:
         config = BrowserAuthConfig(row["tenant_id"], row["hs256_secret"], row["jwks_url"], row["audience"])
         return StoredBrowserKeys(config, row["previous_secret"], row["previous_seconds_left"] or 0.0)
 
-    async def set(self, config: BrowserAuthConfig, previous_valid_seconds: int | None = None,
-                  jwks_allowed_hosts: frozenset[str] = frozenset()) -> PreviousSecret | None:  # fmt: skip
+    async def set(
+        self,
+        config: BrowserAuthConfig,
+        previous_valid_seconds: int | None = None,
+        jwks_allowed_hosts: frozenset[str] = frozenset(),
+    ) -> PreviousSecret | None:
         """Store (replace) a tenant's config; see `store_config`."""
         config.validate(jwks_allowed_hosts)
         await config.check_resolved(jwks_allowed_hosts)
@@ -268,8 +290,12 @@ def _unverified_tenant(token: str) -> str:
 class BrowserTokenVerifier:
     """Verifies browser JWTs against the keys of the tenant they name (cached briefly)."""
 
-    def __init__(self, store: BrowserAuthStore, cache_seconds: float = CONFIG_CACHE_SECONDS,
-                 jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: BrowserAuthStore,
+        cache_seconds: float = CONFIG_CACHE_SECONDS,
+        jwks_allowed_hosts: frozenset[str] = frozenset(),
+    ) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
         self._jwks_allowed_hosts = jwks_allowed_hosts
@@ -289,9 +315,14 @@ class BrowserTokenVerifier:
         # The window ends on this clock as it did on the database's: a cached config never stretches it.
         if stored.previous_secret is not None and now < fetched_at + stored.previous_seconds_left:
             previous = stored.previous_secret.encode()
-        claims = await self._keyset(config).decode(token, audience=config.audience, issuer=None,
-                                                   required=["exp", "aud", "sub", TENANT_CLAIM],
-                                                   previous_secret=previous, no_key_message=NO_KEY_MESSAGE)  # fmt: skip
+        claims = await self._keyset(config).decode(
+            token,
+            audience=config.audience,
+            issuer=None,
+            required=["exp", "aud", "sub", TENANT_CLAIM],
+            previous_secret=previous,
+            no_key_message=NO_KEY_MESSAGE,
+        )
         return _principal(claims, tenant_id, now)
 
     async def _config(self, tenant_id: str, now: float) -> tuple[float, StoredBrowserKeys | None]:
@@ -311,8 +342,9 @@ class BrowserTokenVerifier:
             if len(self._keysets) > 10_000:
                 self._keysets.clear()
             secret = config.hs256_secret.encode() if config.hs256_secret is not None else None
-            keys = self._keysets[ident] = KeySet(secret=secret, jwks_url=config.jwks_url,
-                                                 jwks_allowed_hosts=self._jwks_allowed_hosts)  # fmt: skip
+            keys = self._keysets[ident] = KeySet(
+                secret=secret, jwks_url=config.jwks_url, jwks_allowed_hosts=self._jwks_allowed_hosts
+            )
         return keys
 
 
@@ -326,8 +358,9 @@ def _principal(claims: dict[str, Any], tenant_id: str, now: float) -> BrowserPri
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise invalid_token("The token's 'exp' claim must be a number.")
     if exp > now + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
-        raise invalid_token(f"The token lives too long: 'exp' may be at most {MAX_LIFETIME_SECONDS // 60} "
-                            "minutes ahead.")  # fmt: skip
+        raise invalid_token(
+            f"The token lives too long: 'exp' may be at most {MAX_LIFETIME_SECONDS // 60} minutes ahead."
+        )
     iat = claims.get("iat")
     if isinstance(iat, int | float) and not isinstance(iat, bool) and exp - iat > MAX_LIFETIME_SECONDS:
         raise invalid_token(f"The token lives too long: at most {MAX_LIFETIME_SECONDS // 60} minutes from 'iat'.")
@@ -336,5 +369,6 @@ def _principal(claims: dict[str, Any], tenant_id: str, now: float) -> BrowserPri
 
 def browser_tokens_unsupported() -> GatewayError:
     """A browser token where only a tenant API key may act (minting secrets, attaching calls)."""
-    return GatewayError(403, "This endpoint needs a tenant API key; browser tokens cannot use it.",
-                        code="browser_token_not_allowed")  # fmt: skip
+    return GatewayError(
+        403, "This endpoint needs a tenant API key; browser tokens cannot use it.", code="browser_token_not_allowed"
+    )

@@ -188,11 +188,15 @@ class CallsMonitor:
         if enforcement is not None and (policy is None or policy is UNRESTRICTED):
             policy, _ = await enforcement.policy_for(call.tenant_id)  # a call loaded from storage
         return MonitoredCall(
-            call_id=call.call_id, tenant_id=call.tenant_id, session_id=call.session_id,
-            model=getattr(call, "model", None) or "gpt-realtime", policy=policy,
-            safety_id=getattr(call, "safety_id", "") or "", api_key_id=getattr(call, "api_key_id", None),
+            call_id=call.call_id,
+            tenant_id=call.tenant_id,
+            session_id=call.session_id,
+            model=getattr(call, "model", None) or "gpt-realtime",
+            policy=policy,
+            safety_id=getattr(call, "safety_id", "") or "",
+            api_key_id=getattr(call, "api_key_id", None),
             leased=bool(getattr(call, "leased", False)),
-        )  # fmt: skip
+        )
 
     async def attach(self, call: Any) -> bool:
         """Start monitoring `call` here if no live replica owns it. True if this replica does now."""
@@ -222,19 +226,39 @@ class CallsMonitor:
             await self._forget(call)
             return
         started = SessionStarted(
-            session_id=call.session_id, tenant_id=call.tenant_id, api_key_id=call.api_key_id, transport="webrtc",
-            intent="realtime", model=call.model, end_user_hash=call.safety_id,
-            gateway_instance=services.settings.server.instance_id, started_at=time.time(),
-        )  # fmt: skip
+            session_id=call.session_id,
+            tenant_id=call.tenant_id,
+            api_key_id=call.api_key_id,
+            transport="webrtc",
+            intent="realtime",
+            model=call.model,
+            end_user_hash=call.safety_id,
+            gateway_instance=services.settings.server.instance_id,
+            started_at=time.time(),
+        )
         enforcement = services.enforcement
-        governor = SessionGovernor(SessionIdentity(call.session_id, call.tenant_id, call.model),
-                                   services.prices, policy=call.policy, started_at=time.time())  # fmt: skip
+        governor = SessionGovernor(
+            SessionIdentity(call.session_id, call.tenant_id, call.model),
+            services.prices,
+            policy=call.policy,
+            started_at=time.time(),
+        )
         from gateway.enforcement import SessionEffects
 
-        effects = (SessionEffects(enforcement, call.tenant_id, call.session_id, call.policy)
-                   if enforcement is not None and call.policy is not None else None)  # fmt: skip
-        live = LiveSession(governor, services.ledger, started, effects=effects, enforcement=enforcement,
-                           leased=call.leased, metrics=services.metrics)  # fmt: skip
+        effects = (
+            SessionEffects(enforcement, call.tenant_id, call.session_id, call.policy)
+            if enforcement is not None and call.policy is not None
+            else None
+        )
+        live = LiveSession(
+            governor,
+            services.ledger,
+            started,
+            effects=effects,
+            enforcement=enforcement,
+            leased=call.leased,
+            metrics=services.metrics,
+        )
         sideband = Sideband(self, call, live, upstream)
         services.live.add(sideband)
         live.attach(sideband.deliver)
@@ -271,8 +295,11 @@ class CallsMonitor:
 
     async def _ended_unwatched(self, call: MonitoredCall) -> None:
         """End the session and the call of a call that ended upstream before a sideband saw it."""
-        self.services.ledger.submit(SessionEnded(call.session_id, time.time(), "call_ended",
-                                                 "the call was gone upstream when its sideband attached"))  # fmt: skip
+        self.services.ledger.submit(
+            SessionEnded(
+                call.session_id, time.time(), "call_ended", "the call was gone upstream when its sideband attached"
+            )
+        )
         self.services.metrics.sessions_ended.labels("call_ended").inc()
         if call.leased and self.services.enforcement is not None:
             await self.services.enforcement.release(call.tenant_id, call.session_id)

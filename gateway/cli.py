@@ -51,8 +51,9 @@ def needs_dev_extra(command: str, missing: str) -> str:
     return f"voxgate {command} needs the dev extra: {DEV_EXTRA_INSTALL} (module {missing!r} is not installed)"
 
 
-def _register_unavailable(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str, summary: str,
-                          missing: str) -> None:  # fmt: skip
+def _register_unavailable(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str, summary: str, missing: str
+) -> None:
     # Takes any arguments, so `voxgate emulator --port 1` explains the extra instead of an argparse error.
     stub = sub.add_parser(command, help=f"{summary} (needs the dev extra)", add_help=False)
     stub.set_defaults(handler=functools.partial(_report_unavailable, command, missing), takes_any_arguments=True)

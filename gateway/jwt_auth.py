@@ -76,17 +76,28 @@ class Permission(StrEnum):
 
 ROLE_PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
     "admin": frozenset(Permission),
-    "finance": frozenset({
-        Permission.TENANTS_READ, Permission.POLICY_READ, Permission.USAGE_READ, Permission.AUDIT_READ,
-        Permission.TIERS_READ,
-    }),
+    "finance": frozenset(
+        {
+            Permission.TENANTS_READ,
+            Permission.POLICY_READ,
+            Permission.USAGE_READ,
+            Permission.AUDIT_READ,
+            Permission.TIERS_READ,
+        }
+    ),
     # Only ever on the tenant named by the token's tenant_id claim; it cannot change its own
     # policy, tier or status, so a tenant cannot lift the limits its platform team set.
-    "tenant_admin": frozenset({
-        Permission.TENANTS_READ, Permission.KEYS_READ, Permission.KEYS_WRITE, Permission.POLICY_READ,
-        Permission.USAGE_READ, Permission.TIERS_READ,
-    }),
-}  # fmt: skip
+    "tenant_admin": frozenset(
+        {
+            Permission.TENANTS_READ,
+            Permission.KEYS_READ,
+            Permission.KEYS_WRITE,
+            Permission.POLICY_READ,
+            Permission.USAGE_READ,
+            Permission.TIERS_READ,
+        }
+    ),
+}
 SCOPED_ROLES: Final = frozenset({"tenant_admin"})
 
 
@@ -117,8 +128,9 @@ class AdminPrincipal:
 
 
 def invalid_token(message: str) -> GatewayError:
-    return GatewayError(401, message, code="invalid_token",
-                        headers={"www-authenticate": 'Bearer error="invalid_token"'})  # fmt: skip
+    return GatewayError(
+        401, message, code="invalid_token", headers={"www-authenticate": 'Bearer error="invalid_token"'}
+    )
 
 
 def insufficient_role(permission: Permission) -> GatewayError:
@@ -307,10 +319,19 @@ class GuardedJWKClient(jwt.PyJWKClient):
     `JWKS_RETRY_SECONDS` after a failure), whatever pyjwt version asks it to.
     """
 
-    def __init__(self, uri: str, allowed_hosts: frozenset[str] = frozenset(),
-                 cooldown_seconds: float = JWKS_REFETCH_COOLDOWN_SECONDS) -> None:  # fmt: skip
-        super().__init__(uri, cache_keys=False, lifespan=JWKS_CACHE_SECONDS, timeout=JWKS_TIMEOUT_SECONDS,
-                         cooldown_duration=cooldown_seconds)  # fmt: skip
+    def __init__(
+        self,
+        uri: str,
+        allowed_hosts: frozenset[str] = frozenset(),
+        cooldown_seconds: float = JWKS_REFETCH_COOLDOWN_SECONDS,
+    ) -> None:
+        super().__init__(
+            uri,
+            cache_keys=False,
+            lifespan=JWKS_CACHE_SECONDS,
+            timeout=JWKS_TIMEOUT_SECONDS,
+            cooldown_duration=cooldown_seconds,
+        )
         self.allowed_hosts = allowed_hosts
         self.cooldown_seconds = cooldown_seconds
         self._fetch_lock = threading.Lock()
@@ -352,8 +373,13 @@ class KeySet:
     ``alg: none`` and HS256-signed-with-the-public-key tokens find no key.
     """
 
-    def __init__(self, secret: bytes | None = None, public: tuple[Any, str] | None = None,
-                 jwks_url: str | None = None, jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        public: tuple[Any, str] | None = None,
+        jwks_url: str | None = None,
+        jwks_allowed_hosts: frozenset[str] = frozenset(),
+    ) -> None:
         self.secret = secret
         self.public = public
         # Every fetch goes through `fetch_jwks` (address checks, no redirects) and the refetch cooldown.
@@ -392,9 +418,16 @@ class KeySet:
                 return [jwk], [alg]
         raise invalid_token("The token's algorithm is not accepted.")
 
-    async def decode(self, token: str, *, audience: str, issuer: str | None, required: list[str],
-                     previous_secret: bytes | None = None,
-                     no_key_message: str | None = None) -> dict[str, Any]:  # fmt: skip
+    async def decode(
+        self,
+        token: str,
+        *,
+        audience: str,
+        issuer: str | None,
+        required: list[str],
+        previous_secret: bytes | None = None,
+        no_key_message: str | None = None,
+    ) -> dict[str, Any]:
         """Verify signature and registered claims; every failure is a safe 401 ``invalid_token``.
 
         With `no_key_message`, every failure before a signature verified (no key for the
@@ -408,8 +441,13 @@ class KeySet:
             if no_key_message is None:
                 raise
             raise invalid_token(no_key_message) from None
-        options: dict[str, Any] = {"algorithms": algorithms, "audience": audience, "issuer": issuer,
-                                   "options": {"require": required}, "leeway": LEEWAY_SECONDS}  # fmt: skip
+        options: dict[str, Any] = {
+            "algorithms": algorithms,
+            "audience": audience,
+            "issuer": issuer,
+            "options": {"require": required},
+            "leeway": LEEWAY_SECONDS,
+        }
         try:
             claims = _decode_with_first_matching_key(token, keys, options)
         except jwt.MissingRequiredClaimError as exc:
@@ -421,8 +459,9 @@ class KeySet:
             raise invalid_token(message) from None
         for name in NUMERIC_CLAIMS:
             value = claims.get(name)
-            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)
-                                   or not math.isfinite(value)):  # fmt: skip
+            if name in claims and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            ):
                 raise invalid_token(f"The token's {name!r} claim must be a number.")
         return claims
 
@@ -470,8 +509,10 @@ class AdminTokenVerifier:
         required = ["exp", "iat", "aud", "sub"] + (["iss"] if self._issuer else [])
         claims = await self._keys.decode(token, audience=self._audience, issuer=self._issuer, required=required)
         if claims["exp"] - claims["iat"] > self._max_lifetime:
-            raise invalid_token(f"The token lives too long: 'exp' may be at most {self._max_lifetime} seconds "
-                                "after 'iat' (VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS).")  # fmt: skip
+            raise invalid_token(
+                f"The token lives too long: 'exp' may be at most {self._max_lifetime} seconds "
+                "after 'iat' (VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS)."
+            )
         return _principal(claims)
 
 

@@ -84,14 +84,26 @@ class SessionEnded:
 
 
 LedgerRecord = (
-    SessionStarted | SessionEnded | UsageRecord | TranscriptionRecord | RateLimitsRecord | SessionInfoRecord
+    SessionStarted
+    | SessionEnded
+    | UsageRecord
+    | TranscriptionRecord
+    | RateLimitsRecord
+    | SessionInfoRecord
     | AuditEvent
-)  # fmt: skip
+)
 
 _KINDS: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (SessionStarted, SessionEnded, UsageRecord, TranscriptionRecord, RateLimitsRecord, SessionInfoRecord,
-                AuditEvent)
+    for cls in (
+        SessionStarted,
+        SessionEnded,
+        UsageRecord,
+        TranscriptionRecord,
+        RateLimitsRecord,
+        SessionInfoRecord,
+        AuditEvent,
+    )
 }
 
 INSERT_SESSION = """
@@ -161,8 +173,15 @@ WHERE s.id = $1
 
 # The order a batch's statements run in: a session's row first, what refers to it next, its
 # end last (the end's totals count the batch's usage). Within a kind, submission order holds.
-_PHASE = {INSERT_SESSION: 0, UPDATE_SESSION_INFO: 1, INSERT_USAGE: 2, INSERT_TRANSCRIPTION: 2,
-          INSERT_RATE_LIMIT: 3, INSERT_AUDIT_EVENT: 3, END_SESSION: 4}  # fmt: skip
+_PHASE = {
+    INSERT_SESSION: 0,
+    UPDATE_SESSION_INFO: 1,
+    INSERT_USAGE: 2,
+    INSERT_TRANSCRIPTION: 2,
+    INSERT_RATE_LIMIT: 3,
+    INSERT_AUDIT_EVENT: 3,
+    END_SESSION: 4,
+}
 
 # UPDATEs that must find their session row (else the record waits: module docstring).
 _MUST_FIND_SESSION = frozenset({END_SESSION, UPDATE_SESSION_INFO})
@@ -187,22 +206,47 @@ def _statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 INSERT_USAGE,
-                (r.response_id, r.session_id, r.tenant_id, r.model, r.status, _ts(r.occurred_at),
-                 r.input_tokens, r.output_tokens, r.total_tokens,
-                 r.input_text_tokens, r.input_audio_tokens, r.input_image_tokens,
-                 r.cached_text_tokens, r.cached_audio_tokens, r.cached_image_tokens,
-                 r.output_text_tokens, r.output_audio_tokens, r.cost_micro_usd, r.price_version),
+                (
+                    r.response_id,
+                    r.session_id,
+                    r.tenant_id,
+                    r.model,
+                    r.status,
+                    _ts(r.occurred_at),
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.total_tokens,
+                    r.input_text_tokens,
+                    r.input_audio_tokens,
+                    r.input_image_tokens,
+                    r.cached_text_tokens,
+                    r.cached_audio_tokens,
+                    r.cached_image_tokens,
+                    r.output_text_tokens,
+                    r.output_audio_tokens,
+                    r.cost_micro_usd,
+                    r.price_version,
+                ),
             )
-        ]  # fmt: skip
+        ]
     if isinstance(record, SessionStarted):
         s = record
         return [
             (
                 INSERT_SESSION,
-                (s.session_id, s.tenant_id, s.api_key_id, s.transport, s.intent, s.model,
-                 s.end_user_hash, s.gateway_instance, _ts(s.started_at)),
+                (
+                    s.session_id,
+                    s.tenant_id,
+                    s.api_key_id,
+                    s.transport,
+                    s.intent,
+                    s.model,
+                    s.end_user_hash,
+                    s.gateway_instance,
+                    _ts(s.started_at),
+                ),
             )
-        ]  # fmt: skip
+        ]
     if isinstance(record, SessionEnded):
         return [(END_SESSION, (record.session_id, _ts(record.ended_at), record.end_reason, record.end_detail))]
     if isinstance(record, AuditEvent):
@@ -215,19 +259,38 @@ def _statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
                 INSERT_TRANSCRIPTION,
-                (t.session_id, t.item_id, t.content_index, t.tenant_id, t.model, _ts(t.occurred_at),
-                 t.usage_type, t.input_text_tokens, t.input_audio_tokens, t.output_tokens,
-                 t.duration_ms, t.cost_micro_usd, t.price_version),
+                (
+                    t.session_id,
+                    t.item_id,
+                    t.content_index,
+                    t.tenant_id,
+                    t.model,
+                    _ts(t.occurred_at),
+                    t.usage_type,
+                    t.input_text_tokens,
+                    t.input_audio_tokens,
+                    t.output_tokens,
+                    t.duration_ms,
+                    t.cost_micro_usd,
+                    t.price_version,
+                ),
             )
-        ]  # fmt: skip
+        ]
     return [
         (
             INSERT_RATE_LIMIT,
-            (record.session_id, record.tenant_id, _ts(record.observed_at),
-             lim.name, lim.limit, lim.remaining, lim.reset_seconds),
+            (
+                record.session_id,
+                record.tenant_id,
+                _ts(record.observed_at),
+                lim.name,
+                lim.limit,
+                lim.remaining,
+                lim.reset_seconds,
+            ),
         )
         for lim in record.limits
-    ]  # fmt: skip
+    ]
 
 
 def encode_record(record: LedgerRecord) -> bytes:
@@ -362,9 +425,12 @@ class LedgerWriter:
         if self._spool_path is None:
             del self._durable[id(record)]
             self.stats.unconfirmed += 1
-            log.error("ledger: a %s was not committed within %.1f s and no VOXGATE_SPOOL_DIR is set: released "
-                      "with the record only in memory", type(record).__name__,
-                      self._settings.durable_timeout_seconds)  # fmt: skip
+            log.error(
+                "ledger: a %s was not committed within %.1f s and no VOXGATE_SPOOL_DIR is set: released "
+                "with the record only in memory",
+                type(record).__name__,
+                self._settings.durable_timeout_seconds,
+            )
             entry[0].set_result(None)
             return
         self._to_journal.append((record, True))
@@ -396,8 +462,11 @@ class LedgerWriter:
                 if not done.done():
                     done.set_result(None)
             if ok:
-                log.warning("ledger: Postgres did not commit %d billed records in time; fsynced them to %s",
-                            len(group), self._spool_path)  # fmt: skip
+                log.warning(
+                    "ledger: Postgres did not commit %d billed records in time; fsynced them to %s",
+                    len(group),
+                    self._spool_path,
+                )
 
     async def _append_and_sync(self, records: list[LedgerRecord]) -> bool:
         """Append `records` to the spool and fsync it. False (logged) if the disk refused."""
@@ -495,8 +564,11 @@ class LedgerWriter:
             with contextlib.suppress(Exception):
                 await self._journaling
         if self._durable:  # what is left went to the spool just above (or was dropped there, logged)
-            waiting = [(record, written) for record, written in zip(leftover, spooled, strict=True)
-                       if id(record) in self._durable]  # fmt: skip
+            waiting = [
+                (record, written)
+                for record, written in zip(leftover, spooled, strict=True)
+                if id(record) in self._durable
+            ]
             synced = self._spool_path is not None and await self._append_and_sync([])
             for record, written in waiting:
                 ok = synced and written  # a record `_overflow` could not write was dropped, not journaled
@@ -592,8 +664,11 @@ class LedgerWriter:
     def _park(self, record: LedgerRecord, since: float | None = None) -> None:
         now = asyncio.get_running_loop().time()
         if since is None:
-            log.warning("ledger: the session of a %s is not written yet; it waits up to %.0f s",
-                        type(record).__name__, ORPHAN_WAIT_SECONDS)  # fmt: skip
+            log.warning(
+                "ledger: the session of a %s is not written yet; it waits up to %.0f s",
+                type(record).__name__,
+                ORPHAN_WAIT_SECONDS,
+            )
         self._parked.append((now if since is None else since, record))
         self.stats.parked = len(self._parked)
         if not self._next_parked_retry:

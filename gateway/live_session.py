@@ -183,8 +183,7 @@ class LiveSession:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, ReserveBudget):
-                out.extend(self._grant_locally(self.governor.on_reservation(action.reservation_id, True,
-                                                                            self.clock())))  # fmt: skip
+                out.extend(self._grant_locally(self.governor.on_reservation(action.reservation_id, True, self.clock())))
             else:
                 out.append(action)
         return out

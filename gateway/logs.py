@@ -24,8 +24,13 @@ REDACTED = "[redacted]"
 # can tell what kind of value was there.
 _SECRETS: list[tuple[re.Pattern[str], str]] = [
     # A header value, as a line (`Authorization: Bearer x`), a mapping or a tuple of (bytes) strings.
-    (re.compile(r"\b((?i:(?:proxy-)?authorization|(?:set-)?cookie|x-api-key|api-key|openai-api-key))"
-                r"(['\"]\s*,\s*b?['\"]|['\"]?\s*[:=]\s*(?:b?['\"])?)([^'\"\r\n]+)"), rf"\1\2{REDACTED}"),
+    (
+        re.compile(
+            r"\b((?i:(?:proxy-)?authorization|(?:set-)?cookie|x-api-key|api-key|openai-api-key))"
+            r"(['\"]\s*,\s*b?['\"]|['\"]?\s*[:=]\s*(?:b?['\"])?)([^'\"\r\n]+)"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
     (re.compile(r"openai-insecure-api-key\.[^\s,'\"]+"), f"openai-insecure-api-key.{REDACTED}"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), f"jwt:{REDACTED}"),  # a JWT (JSON header)

@@ -23,27 +23,33 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.sessions_started = Counter(
-            "voxgate_sessions_started", "Sessions admitted and started.", ["transport"],
+            "voxgate_sessions_started",
+            "Sessions admitted and started.",
+            ["transport"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.sessions_ended = Counter(
             "voxgate_sessions_ended", "Sessions ended, by end reason.", ["end_reason"], registry=self.registry
         )
         self.refusals = Counter(
-            "voxgate_admission_refusals", "Sessions refused before the upgrade, by error code and status.",
-            ["code", "status"], registry=self.registry,
-        )  # fmt: skip
-        self.policy_decisions = Counter(
-            "voxgate_policy_decisions", "Policy decisions in live sessions (budget cuts, re-clamps, cap closes).",
-            ["kind"], registry=self.registry,
-        )  # fmt: skip
-        self.responses = Counter(
-            "voxgate_responses", "Upstream responses metered into the ledger.", ["model", "status"],
+            "voxgate_admission_refusals",
+            "Sessions refused before the upgrade, by error code and status.",
+            ["code", "status"],
             registry=self.registry,
-        )  # fmt: skip
-        self.cost = Counter(
-            "voxgate_cost_micro_usd", "Metered cost in micro-USD.", ["model"], registry=self.registry
         )
+        self.policy_decisions = Counter(
+            "voxgate_policy_decisions",
+            "Policy decisions in live sessions (budget cuts, re-clamps, cap closes).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "voxgate_responses",
+            "Upstream responses metered into the ledger.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.cost = Counter("voxgate_cost_micro_usd", "Metered cost in micro-USD.", ["model"], registry=self.registry)
 
     def watch(self, collector: Callable[[], Iterator[Any]]) -> None:
         """Register a scrape-time collector (ledger stats, live sessions)."""

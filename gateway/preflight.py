@@ -68,11 +68,14 @@ async def check_database(url: str, required_schema: int, *, migrate: bool = Fals
         async with asyncio.timeout_at(deadline):
             conn = await asyncpg.connect(url)
     except TimeoutError:
-        raise StartupError(f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
-                           "check the host and port and that the server is up") from None  # fmt: skip
+        raise StartupError(
+            f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
+            "check the host and port and that the server is up"
+        ) from None
     except Exception as exc:  # refused, unknown host, bad password, no such database, malformed URL
-        raise StartupError(f"cannot connect to {where}: {_reason(exc)}; check the URL and that the server is up") \
-            from None  # fmt: skip
+        raise StartupError(
+            f"cannot connect to {where}: {_reason(exc)}; check the URL and that the server is up"
+        ) from None
     try:
         if migrate:
             try:
@@ -98,19 +101,24 @@ async def check_redis(url: str) -> None:
     """PING Redis with connect and reply bounded by CONNECT_TIMEOUT_SECONDS."""
     where = f"Redis at {redact_url(url)} (VOXGATE_REDIS_URL)"
     try:
-        client = aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                   socket_timeout=CONNECT_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0))  # fmt: skip
+        client = aioredis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=CONNECT_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
     except ValueError as exc:
         raise StartupError(f"{where} is not a valid Redis URL: {exc}", exit_code=2) from None
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
             await client.ping()
     except TimeoutError:
-        raise StartupError(f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
-                           "check the host and port and that the server is up") from None  # fmt: skip
+        raise StartupError(
+            f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
+            "check the host and port and that the server is up"
+        ) from None
     except Exception as exc:  # refused, auth failed, unknown host
-        raise StartupError(f"cannot reach {where}: {_reason(exc)}; check the URL and that the server is up") \
-            from None  # fmt: skip
+        raise StartupError(f"cannot reach {where}: {_reason(exc)}; check the URL and that the server is up") from None
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()

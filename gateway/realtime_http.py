@@ -110,9 +110,13 @@ class RealtimeHttp:
             self._attach_buckets.clear()  # bounded: a full bucket is what a forgotten tenant starts with again
         self._attach_buckets[tenant_id] = after
         if not allowed:
-            raise GatewayError(429, f"Too many attach attempts; at most {ATTACH_BURST} at once and "
-                               f"{ATTACH_PER_SECOND:g} per second per tenant.", code="rate_limit_exceeded",
-                               retry_after=retry_after)  # fmt: skip
+            raise GatewayError(
+                429,
+                f"Too many attach attempts; at most {ATTACH_BURST} at once and "
+                f"{ATTACH_PER_SECOND:g} per second per tenant.",
+                code="rate_limit_exceeded",
+                retry_after=retry_after,
+            )
 
     def new_token_verifier(self) -> BrowserTokenVerifier:
         """A browser-token verifier with empty caches (JWKS fetches checked per VOXGATE_JWKS_ALLOWED_HOSTS)."""
@@ -176,15 +180,23 @@ async def authenticate(request: Request[Any, Any, Any], state: RealtimeHttp, *, 
         if not allow_browser:
             raise browser_tokens_unsupported()
         principal = await state.browser_tokens.verify(token)
-        return Caller(principal.tenant_id, None, "browser_token",
-                      safety_identifier(secret, principal.tenant_id, principal.subject), principal)  # fmt: skip
+        return Caller(
+            principal.tenant_id,
+            None,
+            "browser_token",
+            safety_identifier(secret, principal.tenant_id, principal.subject),
+            principal,
+        )
     identity = await services.tenants.authenticate(token)
     if identity is None:
         raise invalid_api_key()
     raw_end_user = next((v for k, v in request.scope["headers"] if k.lower() == END_USER_HEADER.encode()), b"")
     end_user = end_user_from_header(raw_end_user)  # UTF-8, as on the WebSocket path
-    safety_id = (safety_identifier(secret, identity.tenant_id, end_user) if end_user
-                 else key_safety_identifier(secret, identity.tenant_id, identity.key_id))  # fmt: skip
+    safety_id = (
+        safety_identifier(secret, identity.tenant_id, end_user)
+        if end_user
+        else key_safety_identifier(secret, identity.tenant_id, identity.key_id)
+    )
     return Caller(identity.tenant_id, identity.key_id, "api_key", safety_id)
 
 
@@ -253,8 +265,9 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
 def validate_sdp(raw: bytes) -> str:
     """The offer as text if it is a plausible SDP session description; else 413/400."""
     if len(raw) > MAX_SDP_BYTES:
-        raise GatewayError(413, f"The SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB.", code="sdp_too_large",
-                           param="sdp")  # fmt: skip
+        raise GatewayError(
+            413, f"The SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB.", code="sdp_too_large", param="sdp"
+        )
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -351,8 +364,9 @@ async def _policy(services: GatewayServices, tenant_id: str) -> TenantPolicy:
     return policy
 
 
-async def _admit(services: GatewayServices, tenant_id: str, session_id: str, model: str | None) -> tuple[
-        TenantPolicy, bool]:  # fmt: skip
+async def _admit(
+    services: GatewayServices, tenant_id: str, session_id: str, model: str | None
+) -> tuple[TenantPolicy, bool]:
     if services.live.draining:
         raise draining_error()
     if services.enforcement is None:
@@ -376,13 +390,17 @@ def _count_refusal(services: GatewayServices, error: GatewayError) -> None:
 
 async def _upstream(state: RealtimeHttp, path: str, safety_id: str, *, accept: str, **kwargs: Any) -> httpx.Response:
     """POST to the upstream with voxgate's key; non-2xx and transport failures become GatewayErrors."""
-    headers = {**upstream_headers(state.services.settings.upstream, safety_id, None), "Accept": accept,
-               **kwargs.pop("headers", {})}  # fmt: skip
+    headers = {
+        **upstream_headers(state.services.settings.upstream, safety_id, None),
+        "Accept": accept,
+        **kwargs.pop("headers", {}),
+    }
     try:
         response = await state.http.post(state.upstream_url(path), headers=headers, **kwargs)
     except httpx.TimeoutException:
-        raise GatewayError(503, "Timed out waiting for the upstream Realtime API.", code="upstream_timeout",
-                           retry_after=1.0) from None  # fmt: skip
+        raise GatewayError(
+            503, "Timed out waiting for the upstream Realtime API.", code="upstream_timeout", retry_after=1.0
+        ) from None
     except httpx.HTTPError:
         raise GatewayError(502, "Could not reach the upstream Realtime API.", code="upstream_unreachable") from None
     if response.status_code >= 300:
@@ -453,8 +471,14 @@ async def create_client_secret(request: Request[Any, Any, Any]) -> Response[byte
         # A minted secret is not a live session: admission was the gate, the lease is not kept.
         await _release(services, caller.tenant_id, session_id, leased)
         json_headers = {"Content-Type": "application/json"}
-        response = await _upstream(state, "/realtime/client_secrets", caller.safety_id, accept="application/json",
-                                   content=orjson.dumps(body), headers=json_headers)  # fmt: skip
+        response = await _upstream(
+            state,
+            "/realtime/client_secrets",
+            caller.safety_id,
+            accept="application/json",
+            content=orjson.dumps(body),
+            headers=json_headers,
+        )
     except GatewayError as error:
         _count_refusal(services, error)
         raise
@@ -463,21 +487,31 @@ async def create_client_secret(request: Request[Any, Any, Any]) -> Response[byte
     minted_session: dict[str, Any] = raw_minted_session if isinstance(raw_minted_session, dict) else {}
     upstream_session_id = minted_session.get("id") if isinstance(minted_session.get("id"), str) else None
     now = time.time()
-    services.ledger.submit(SessionStarted(
-        session_id=session_id, tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, transport="client_secret",
-        intent=session.get("type", "realtime"), model=model, end_user_hash=caller.safety_id,
-        gateway_instance=services.settings.server.instance_id, started_at=now,
-    ))  # fmt: skip
+    services.ledger.submit(
+        SessionStarted(
+            session_id=session_id,
+            tenant_id=caller.tenant_id,
+            api_key_id=caller.api_key_id,
+            transport="client_secret",
+            intent=session.get("type", "realtime"),
+            model=model,
+            end_user_hash=caller.safety_id,
+            gateway_instance=services.settings.server.instance_id,
+            started_at=now,
+        )
+    )
     if upstream_session_id is not None:
         voice = _voice(minted_session)
-        services.ledger.submit(SessionInfoRecord(session_id, minted_session.get("model") or model, voice,
-                                                 upstream_session_id))  # fmt: skip
+        services.ledger.submit(
+            SessionInfoRecord(session_id, minted_session.get("model") or model, voice, upstream_session_id)
+        )
         secret_key = upstream_session_id
     else:
         log.warning("upstream minted a client secret without a session id; it cannot be attached later")
         secret_key = f"unattachable:{session_id}"  # no upstream id matches it; the sweep still ends the session
-    await state.calls.record_minted(MintedSecret(secret_key, caller.tenant_id, session_id, caller.safety_id),
-                                    secret_expiry(minted, body, now))  # fmt: skip
+    await state.calls.record_minted(
+        MintedSecret(secret_key, caller.tenant_id, session_id, caller.safety_id), secret_expiry(minted, body, now)
+    )
     return Response(response.content, status_code=200, media_type="application/json")
 
 
@@ -508,8 +542,11 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
         content_type = (request.headers.get("content-type") or "").strip()
         media = content_type.split(";", 1)[0].strip().lower()
         if media not in ("application/sdp", "multipart/form-data"):
-            raise GatewayError(415, "Send the offer as 'application/sdp' or 'multipart/form-data' (sdp + session).",
-                               code="unsupported_content_type")  # fmt: skip
+            raise GatewayError(
+                415,
+                "Send the offer as 'application/sdp' or 'multipart/form-data' (sdp + session).",
+                code="unsupported_content_type",
+            )
         multipart = media == "multipart/form-data"
         caller = await authenticate(request, state, allow_browser=not multipart)
         session_part: dict[str, Any] | None = None
@@ -521,12 +558,12 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
             sdp = validate_sdp(parts["sdp"])
             if "session" in parts:
                 if len(parts["session"]) > MAX_JSON_BYTES:
-                    raise GatewayError(413, "The session part is too large.", code="request_too_large",
-                                       param="session")  # fmt: skip
+                    raise GatewayError(413, "The session part is too large.", code="request_too_large", param="session")
                 session_part = _json_object(parts["session"], "session")
         else:
-            too_large = GatewayError(413, f"The SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB.",
-                                     code="sdp_too_large", param="sdp")  # fmt: skip
+            too_large = GatewayError(
+                413, f"The SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB.", code="sdp_too_large", param="sdp"
+            )
             sdp = validate_sdp(await _read_body(request, MAX_SDP_BYTES, too_large))
         policy = await _policy(services, caller.tenant_id)
         if session_part is not None:
@@ -542,14 +579,23 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise
     try:
         if session is not None:
-            files = {"sdp": (None, sdp.encode("ascii"), "application/sdp"),
-                     "session": (None, orjson.dumps(session), "application/json")}  # fmt: skip
-            response = await _upstream(state, "/realtime/calls", caller.safety_id, accept="application/sdp",
-                                       files=files)  # fmt: skip
+            files = {
+                "sdp": (None, sdp.encode("ascii"), "application/sdp"),
+                "session": (None, orjson.dumps(session), "application/json"),
+            }
+            response = await _upstream(
+                state, "/realtime/calls", caller.safety_id, accept="application/sdp", files=files
+            )
         else:
             sdp_headers = {"Content-Type": "application/sdp"}
-            response = await _upstream(state, "/realtime/calls", caller.safety_id, accept="application/sdp",
-                                       content=sdp.encode("ascii"), headers=sdp_headers)  # fmt: skip
+            response = await _upstream(
+                state,
+                "/realtime/calls",
+                caller.safety_id,
+                accept="application/sdp",
+                content=sdp.encode("ascii"),
+                headers=sdp_headers,
+            )
         call_id = call_id_from_location(response.headers.get("location"))
         if call_id is None:
             raise GatewayError(502, "The upstream answered without a usable call id.", code="upstream_bad_response")
@@ -561,27 +607,49 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
         await _release(services, caller.tenant_id, session_id, leased)
         leased = False
     now = time.time()
-    call = Call(call_id=call_id, tenant_id=caller.tenant_id, session_id=session_id, policy=policy,
-                safety_id=caller.safety_id, leased=leased, source="brokered", api_key_id=caller.api_key_id,
-                model=model, created_at=now)  # fmt: skip
+    call = Call(
+        call_id=call_id,
+        tenant_id=caller.tenant_id,
+        session_id=session_id,
+        policy=policy,
+        safety_id=caller.safety_id,
+        leased=leased,
+        source="brokered",
+        api_key_id=caller.api_key_id,
+        model=model,
+        created_at=now,
+    )
     try:
         recorded = await state.calls.record(call)
     except Exception:
         log.exception("could not record call %s; hanging it up", call_id)
         await _hangup_upstream(state, call_id, caller.safety_id)
         await _release(services, caller.tenant_id, session_id, leased)
-        raise GatewayError(503, "The gateway could not record the call; retry.", code="call_not_recorded",
-                           retry_after=1.0) from None  # fmt: skip
+        raise GatewayError(
+            503, "The gateway could not record the call; retry.", code="call_not_recorded", retry_after=1.0
+        ) from None
     if not recorded:
         raise GatewayError(502, "The upstream reused a call id.", code="upstream_bad_response")
-    services.ledger.submit(SessionStarted(
-        session_id=session_id, tenant_id=caller.tenant_id, api_key_id=caller.api_key_id, transport="webrtc",
-        intent=(session or {}).get("type", "realtime"), model=model, end_user_hash=caller.safety_id,
-        gateway_instance=services.settings.server.instance_id, started_at=now,
-    ))  # fmt: skip
+    services.ledger.submit(
+        SessionStarted(
+            session_id=session_id,
+            tenant_id=caller.tenant_id,
+            api_key_id=caller.api_key_id,
+            transport="webrtc",
+            intent=(session or {}).get("type", "realtime"),
+            model=model,
+            end_user_hash=caller.safety_id,
+            gateway_instance=services.settings.server.instance_id,
+            started_at=now,
+        )
+    )
     await _hand_to_monitor(services, call)
-    return Response(response.content, status_code=201, media_type="application/sdp",
-                    headers={"Location": f"/v1/realtime/calls/{call_id}"})  # fmt: skip
+    return Response(
+        response.content,
+        status_code=201,
+        media_type="application/sdp",
+        headers={"Location": f"/v1/realtime/calls/{call_id}"},
+    )
 
 
 async def _hangup_upstream(state: RealtimeHttp, call_id: str, safety_id: str) -> bool:
@@ -629,8 +697,12 @@ async def hangup_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
     return Response(b"", status_code=200, media_type="application/json")
 
 
-@post("/v1/voxgate/calls/{call_id:str}/attach", operation_id="voxgate_calls_attach", tags=["voxgate", "webrtc"],
-      status_code=200)  # fmt: skip
+@post(
+    "/v1/voxgate/calls/{call_id:str}/attach",
+    operation_id="voxgate_calls_attach",
+    tags=["voxgate", "webrtc"],
+    status_code=200,
+)
 async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Response[dict[str, Any]]:
     """Hand voxgate a call a browser opened directly with a client secret voxgate minted.
 
@@ -661,9 +733,17 @@ async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
     if minted is None or minted.tenant_id != caller.tenant_id:
         raise call_not_found(call_id)
     policy = await _policy(services, caller.tenant_id)
-    call = Call(call_id=call_id, tenant_id=caller.tenant_id, session_id=minted.session_id, policy=policy,
-                safety_id=minted.end_user_hash or caller.safety_id, leased=False, source="attached",
-                api_key_id=caller.api_key_id, upstream_session_id=upstream_session_id)  # fmt: skip
+    call = Call(
+        call_id=call_id,
+        tenant_id=caller.tenant_id,
+        session_id=minted.session_id,
+        policy=policy,
+        safety_id=minted.end_user_hash or caller.safety_id,
+        leased=False,
+        source="attached",
+        api_key_id=caller.api_key_id,
+        upstream_session_id=upstream_session_id,
+    )
     if not await state.calls.record_attached(call):
         again = await state.calls.get_for_tenant(call_id, caller.tenant_id)
         if again is None:

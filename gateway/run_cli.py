@@ -31,8 +31,11 @@ def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the gateway with embedded Postgres, Redis and the emulator")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--home", default=os.environ.get("VOXGATE_HOME", ".voxgate"),
-                      help="where embedded data lives (default ./.voxgate)")  # fmt: skip
+    demo.add_argument(
+        "--home",
+        default=os.environ.get("VOXGATE_HOME", ".voxgate"),
+        help="where embedded data lives (default ./.voxgate)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -78,12 +81,19 @@ async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = 
 
     app = app if app is not None else create_app(settings, plugins=plugins)
     limits = settings.server
-    config = uvicorn_config(app, ws_max_size=limits.max_message_bytes, realtime_relay=True,
-                            max_header_bytes=limits.max_header_bytes,
-                            header_timeout_seconds=limits.header_timeout_seconds)  # fmt: skip
+    config = uvicorn_config(
+        app,
+        ws_max_size=limits.max_message_bytes,
+        realtime_relay=True,
+        max_header_bytes=limits.max_header_bytes,
+        header_timeout_seconds=limits.header_timeout_seconds,
+    )
     server = VoxgateServer(config, before_shutdown=lambda: drain(app))
-    log.debug("serving with request heads of at most %d bytes, read within %.1f s",
-              limits.max_header_bytes, limits.header_timeout_seconds)  # fmt: skip
+    log.debug(
+        "serving with request heads of at most %d bytes, read within %.1f s",
+        limits.max_header_bytes,
+        limits.header_timeout_seconds,
+    )
     await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
 
 

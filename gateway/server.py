@@ -115,13 +115,21 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False  # a pipelined head stalled behind a response: close after it
             return
-        log.debug("closing a connection from %s: no complete request head within %.1f s",
-                  self.client, self.head_timeout_seconds)  # fmt: skip
+        log.debug(
+            "closing a connection from %s: no complete request head within %.1f s",
+            self.client,
+            self.head_timeout_seconds,
+        )
         if self._head_bytes == 0 and self.cycle is None:
             self.transport.close()  # never spoke: nothing to answer
             return
-        self._refuse_head(GatewayError(408, f"The request head was not received within {self.head_timeout_seconds:g} "
-                                            "seconds.", code="request_timeout"))  # fmt: skip
+        self._refuse_head(
+            GatewayError(
+                408,
+                f"The request head was not received within {self.head_timeout_seconds:g} seconds.",
+                code="request_timeout",
+            )
+        )
 
     def _refuse_head(self, error: GatewayError) -> None:
         """Answer `error` and close: half-close first, so a client still sending reads the answer
@@ -141,16 +149,23 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
 def head_limited_protocol(max_head_bytes: int, head_timeout_seconds: float) -> type[HeadLimitedProtocol]:
     """A `HeadLimitedProtocol` class with these bounds, for `uvicorn.Config(http=...)`."""
-    return type("VoxgateHttpProtocol", (HeadLimitedProtocol,),
-                {"max_head_bytes": max_head_bytes, "head_timeout_seconds": head_timeout_seconds})  # fmt: skip
+    return type(
+        "VoxgateHttpProtocol",
+        (HeadLimitedProtocol,),
+        {"max_head_bytes": max_head_bytes, "head_timeout_seconds": head_timeout_seconds},
+    )
 
 
 def uvicorn_config(
-    app: Any, *, ws_max_size: int, lifespan: Lifespan = "on", realtime_relay: bool = False,
+    app: Any,
+    *,
+    ws_max_size: int,
+    lifespan: Lifespan = "on",
+    realtime_relay: bool = False,
     max_header_bytes: int = ServerSettings.max_header_bytes,
     header_timeout_seconds: float = ServerSettings.header_timeout_seconds,
     **extra: Any,
-) -> uvicorn.Config:  # fmt: skip
+) -> uvicorn.Config:
     """The one uvicorn configuration voxgate uses everywhere.
 
     No permessage-deflate: audio is base64 and barely compresses, and the official SDKs
@@ -230,17 +245,27 @@ class _InProcessServer(VoxgateServer):
 
 
 async def start_server(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, ws_max_size: int = 16 * 1024 * 1024,
-    lifespan: Lifespan = "on", before_shutdown: Callable[[], Awaitable[None]] | None = None,
-    realtime_relay: bool = False, max_header_bytes: int = ServerSettings.max_header_bytes,
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ws_max_size: int = 16 * 1024 * 1024,
+    lifespan: Lifespan = "on",
+    before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    realtime_relay: bool = False,
+    max_header_bytes: int = ServerSettings.max_header_bytes,
     header_timeout_seconds: float = ServerSettings.header_timeout_seconds,
 ) -> RunningServer:
     """Start `app` on `host:port` and return once it accepts connections."""
     sock = bind_socket(host, port)
     config = uvicorn_config(
-        app, ws_max_size=ws_max_size, lifespan=lifespan, realtime_relay=realtime_relay,
-        max_header_bytes=max_header_bytes, header_timeout_seconds=header_timeout_seconds,
-    )  # fmt: skip
+        app,
+        ws_max_size=ws_max_size,
+        lifespan=lifespan,
+        realtime_relay=realtime_relay,
+        max_header_bytes=max_header_bytes,
+        header_timeout_seconds=header_timeout_seconds,
+    )
     server = _InProcessServer(config, before_shutdown)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -169,9 +169,16 @@ class AuditEvent:
 
 
 Action = (
-    Forward | ForwardRewritten | SendToClient | SendToUpstream | CloseSession | Persist
-    | ReserveBudget | SettleBudget | AuditEvent
-)  # fmt: skip
+    Forward
+    | ForwardRewritten
+    | SendToClient
+    | SendToUpstream
+    | CloseSession
+    | Persist
+    | ReserveBudget
+    | SettleBudget
+    | AuditEvent
+)
 
 FORWARD: Final = Forward()
 FORWARD_ONLY: Final[tuple[Action, ...]] = (FORWARD,)

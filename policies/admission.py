@@ -80,18 +80,31 @@ def decide_admission(
     headroom at all admits.
     """
     if not policy.allows_model(model):
-        return Refuse(403, "model_not_allowed", f"Model '{model}' is not allowed by this tenant's policy "
-                      "(see the policy's 'models' list).", type="invalid_request_error", param="model")  # fmt: skip
+        return Refuse(
+            403,
+            "model_not_allowed",
+            f"Model '{model}' is not allowed by this tenant's policy (see the policy's 'models' list).",
+            type="invalid_request_error",
+            param="model",
+        )
     cap = policy.max_concurrent_sessions
     if cap is not None and snapshot.active_sessions >= cap:
-        return Refuse(429, "concurrency_limit_exceeded", f"This tenant already has {snapshot.active_sessions} "
-                      f"active sessions (limit {cap}).", retry_after=CONCURRENCY_RETRY_S)  # fmt: skip
+        return Refuse(
+            429,
+            "concurrency_limit_exceeded",
+            f"This tenant already has {snapshot.active_sessions} active sessions (limit {cap}).",
+            retry_after=CONCURRENCY_RETRY_S,
+        )
     starts = snapshot.recent_starts
     if policy.session_starts_per_minute is not None:
         allowed, starts, retry = window_take(starts, now, policy.session_starts_per_minute, START_WINDOW_S)
         if not allowed:
-            return Refuse(429, "session_rate_limit_exceeded", f"Too many new sessions: the limit is "
-                          f"{policy.session_starts_per_minute} per minute.", retry_after=retry)  # fmt: skip
+            return Refuse(
+                429,
+                "session_rate_limit_exceeded",
+                f"Too many new sessions: the limit is {policy.session_starts_per_minute} per minute.",
+                retry_after=retry,
+            )
     else:
         starts = (*starts, now)
     budget = _budget_refusal(policy, model, snapshot.budget, now, prices)
@@ -112,14 +125,20 @@ def _budget_refusal(
     need = 0
     if prices is not None:
         price, _ = prices.price_for(model)
-        need = worst_case_cost_micro_usd(effective_output_ceiling(None, None, policy.max_output_tokens, model), 0,
-                                         price)  # fmt: skip
+        need = worst_case_cost_micro_usd(
+            effective_output_ceiling(None, None, policy.max_output_tokens, model), 0, price
+        )
     windows = exhausted_windows(state, limits, need)
     if not windows:
         return None
     retry = max(seconds_until_reset(now, window) for window in windows)
-    return Refuse(429, "budget_exhausted", budget_exhausted_message(windows, state, limits, need),
-                  type="insufficient_quota", retry_after=retry)  # fmt: skip
+    return Refuse(
+        429,
+        "budget_exhausted",
+        budget_exhausted_message(windows, state, limits, need),
+        type="insufficient_quota",
+        retry_after=retry,
+    )
 
 
 def budget_exhausted_message(windows: tuple[Window, ...], state: BudgetState, limits: BudgetLimits, need: int) -> str:
@@ -131,8 +150,10 @@ def budget_exhausted_message(windows: tuple[Window, ...], state: BudgetState, li
         else:
             label, spent, reserved, limit = "monthly", state.spent_month, state.reserved_month, limits.monthly_micro_usd
         label = f"{label} " if len(windows) > 1 else ""
-        figures.append(f"{label}${micro_to_usd(spent)} spent + ${micro_to_usd(reserved)} reserved for responses "
-                       f"in progress, of ${micro_to_usd(limit or 0)}")  # fmt: skip
+        figures.append(
+            f"{label}${micro_to_usd(spent)} spent + ${micro_to_usd(reserved)} reserved for responses "
+            f"in progress, of ${micro_to_usd(limit or 0)}"
+        )
     which = " and ".join("daily" if w == "day" else "monthly" for w in windows)
     verb = "budgets are" if len(windows) > 1 else "budget is"
     room = f"; one more response may cost up to ${micro_to_usd(need)}" if need > 0 else ""
@@ -159,7 +180,11 @@ def _upstream_refusal(policy: TenantPolicy, model: str, record: RateLimitsRecord
         else:
             continue
         if short:
-            return Refuse(429, "upstream_capacity", f"The upstream organisation is nearly out of {limit.name} "
-                          f"({limit.remaining} of {limit.limit} left); retry after the reset.",
-                          retry_after=resets_in)  # fmt: skip
+            return Refuse(
+                429,
+                "upstream_capacity",
+                f"The upstream organisation is nearly out of {limit.name} "
+                f"({limit.remaining} of {limit.limit} left); retry after the reset.",
+                retry_after=resets_in,
+            )
     return None

@@ -219,8 +219,11 @@ def is_exhausted(state: BudgetState, limits: BudgetLimits) -> bool:
 def remaining_micro_usd(state: BudgetState, limits: BudgetLimits) -> int | None:
     """Headroom left under the tightest limit (None when unlimited); may be negative."""
     day, month = _committed(state)
-    left = [limit - used for limit, used in ((limits.daily_micro_usd, day), (limits.monthly_micro_usd, month))
-            if limit is not None]  # fmt: skip
+    left = [
+        limit - used
+        for limit, used in ((limits.daily_micro_usd, day), (limits.monthly_micro_usd, month))
+        if limit is not None
+    ]
     return min(left) if left else None
 
 

@@ -114,10 +114,14 @@ def _clamp_tokens(
             continue
         clamped = clamp_token_value(body[name], ceiling)
         if clamped is None:
-            return Refused(ErrorDetail(
-                message=f"Invalid '{level}.{name}': expected an integer >= 1 or \"inf\".",
-                code="invalid_value", param=f"{level}.{name}", event_id=client_event_id,
-            ))  # fmt: skip
+            return Refused(
+                ErrorDetail(
+                    message=f"Invalid '{level}.{name}': expected an integer >= 1 or \"inf\".",
+                    code="invalid_value",
+                    param=f"{level}.{name}",
+                    event_id=client_event_id,
+                )
+            )
         if clamped != body[name] or type(body[name]) is not int:
             changes[name] = clamped
     if GA_TOKENS not in body and BETA_TOKENS not in body and insert_missing:

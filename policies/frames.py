@@ -29,7 +29,6 @@ PASSTHROUGH_SERVER_TYPES: Final = frozenset(
 )
 
 
-
 def _exact_prefixes(types: frozenset[str], most_common: str) -> tuple[bytes, ...]:
     ordered = [most_common, *sorted(types - {most_common})]
     return tuple(f'{{"type":{gap}"{kind}"'.encode() for kind in ordered for gap in ("", " "))

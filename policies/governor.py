@@ -80,14 +80,31 @@ class _Cap:
     error_type: str = "invalid_request_error"
 
 
-DURATION_CAP: Final = _Cap(CLOSE_DURATION_CAP, "session duration limit reached", "duration_cap",
-                           "session_duration_exceeded", "The session reached its maximum duration.")  # fmt: skip
-IDLE_CAP: Final = _Cap(CLOSE_IDLE_TIMEOUT, "session idle timeout", "idle_timeout", "idle_timeout",
-                       "The session was idle for too long.")  # fmt: skip
-BUDGET_CAP: Final = _Cap(CLOSE_BUDGET_EXHAUSTED, "budget exhausted", "budget_exhausted", "budget_exhausted",
-                         "This tenant's budget is exhausted.", "insufficient_quota")  # fmt: skip
-TOKEN_CAP: Final = _Cap(CLOSE_SESSION_TOKEN_CAP, "session token limit reached", "session_token_cap",
-                        "session_token_limit", "The session reached its token limit.")  # fmt: skip
+DURATION_CAP: Final = _Cap(
+    CLOSE_DURATION_CAP,
+    "session duration limit reached",
+    "duration_cap",
+    "session_duration_exceeded",
+    "The session reached its maximum duration.",
+)
+IDLE_CAP: Final = _Cap(
+    CLOSE_IDLE_TIMEOUT, "session idle timeout", "idle_timeout", "idle_timeout", "The session was idle for too long."
+)
+BUDGET_CAP: Final = _Cap(
+    CLOSE_BUDGET_EXHAUSTED,
+    "budget exhausted",
+    "budget_exhausted",
+    "budget_exhausted",
+    "This tenant's budget is exhausted.",
+    "insufficient_quota",
+)
+TOKEN_CAP: Final = _Cap(
+    CLOSE_SESSION_TOKEN_CAP,
+    "session token limit reached",
+    "session_token_cap",
+    "session_token_limit",
+    "The session reached its token limit.",
+)
 
 
 @dataclass(slots=True)
@@ -287,8 +304,9 @@ class SessionGovernor:
         if pending is not None and pending.reservation.reservation_id == reservation_id:
             actions = self._answer_pending(pending, granted, now)
             if not granted:  # shared state refused: the budget cannot cover a response, so cut the session
-                actions.extend(self._begin_close(BUDGET_CAP, now, audit_kind="budget_cut",
-                                                 detail={"cause": "reservation_refused"}))  # fmt: skip
+                actions.extend(
+                    self._begin_close(BUDGET_CAP, now, audit_kind="budget_cut", detail={"cause": "reservation_refused"})
+                )
             return tuple(actions)
         for rid, reservation in list(self._by_response.items()):
             if reservation.reservation_id == reservation_id and reservation.forced:
@@ -318,8 +336,11 @@ class SessionGovernor:
         if self._session_tokens is not None and self._session_tokens <= ceiling:
             return NOTHING
         self._session_tokens = ceiling
-        update = {"type": "session.update", "event_id": self._next_id(),
-                  "session": {"type": "realtime", GA_TOKENS: ceiling}}  # fmt: skip
+        update = {
+            "type": "session.update",
+            "event_id": self._next_id(),
+            "session": {"type": "realtime", GA_TOKENS: ceiling},
+        }
         return (SendToUpstream(update), self._audit("reclamp", now, {"max_output_tokens": ceiling}))
 
     def on_client_gone(self, now: float) -> Sequence[Action]:
@@ -364,8 +385,12 @@ class SessionGovernor:
         """The shell stopped waiting for the `response.done` of responses still in flight
         (`cause`: why). Upstream may bill them; the audit trail records that voxgate did not."""
         self._touch_clock(now)
-        detail = {"response_ids": sorted(self._in_flight), "unacknowledged": len(self._awaiting_created),
-                  "transcription_item_ids": sorted(self._transcribing), "cause": cause}  # fmt: skip
+        detail = {
+            "response_ids": sorted(self._in_flight),
+            "unacknowledged": len(self._awaiting_created),
+            "transcription_item_ids": sorted(self._transcribing),
+            "cause": cause,
+        }
         return (self._audit("response_unbilled", now, detail),)
 
     def _cancel(self, response_id: str) -> SendToUpstream:
@@ -499,7 +524,7 @@ class SessionGovernor:
                 code="budget_exhausted",
                 event_id=pending.client_event_id,
             )
-            actions.append(SendToClient(error_event(detail, self._next_id())))  # fmt: skip
+            actions.append(SendToClient(error_event(detail, self._next_id())))
         elif self._closing is not None or self.exhausted:
             actions.append(SettleBudget(reservation.reservation_id, reservation.amount, 0))
             cap = self._closing.cap if self._closing is not None else BUDGET_CAP
@@ -548,8 +573,9 @@ class SessionGovernor:
         self._closing = _Closing(cap, deadline)
         if cancel:
             for response_id in sorted(self._in_flight):
-                actions.append(SendToUpstream({"type": "response.cancel", "event_id": self._next_id(),
-                                               "response_id": response_id}))  # fmt: skip
+                actions.append(
+                    SendToUpstream({"type": "response.cancel", "event_id": self._next_id(), "response_id": response_id})
+                )
         if not self._in_flight and self._pending is None:
             actions.extend(self._close(cap, now))
         return actions
@@ -606,8 +632,14 @@ class SessionGovernor:
             return FORWARD_ONLY  # not ours to judge (and an unhashable id must not raise)
         if response["id"] in self._seen_responses:
             return FORWARD_ONLY
-        priced = usage_record(response, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id,
-                              model=self.model, prices=self.prices, now=now)  # fmt: skip
+        priced = usage_record(
+            response,
+            session_id=self.identity.session_id,
+            tenant_id=self.identity.tenant_id,
+            model=self.model,
+            prices=self.prices,
+            now=now,
+        )
         if priced is None:
             return FORWARD_ONLY
         record, usage = priced
@@ -681,8 +713,9 @@ class SessionGovernor:
         return FORWARD_ONLY
 
     def _rate_limits(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        record = rate_limits_record(event, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id,
-                                    now=now)  # fmt: skip
+        record = rate_limits_record(
+            event, session_id=self.identity.session_id, tenant_id=self.identity.tenant_id, now=now
+        )
         return FORWARD_ONLY if record is None else (Forward(), Persist(record))
 
     def _session_config(self, event: Mapping[str, Any]) -> Sequence[Action]:
@@ -724,9 +757,14 @@ class SessionGovernor:
         return [SendToUpstream({"type": "session.update", "event_id": self._next_id(), "session": body})]
 
     def _transcription(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        record = transcription_record(event, session_id=self.identity.session_id,
-                                      tenant_id=self.identity.tenant_id, model=self.transcription_model,
-                                      prices=self.prices, now=now)  # fmt: skip
+        record = transcription_record(
+            event,
+            session_id=self.identity.session_id,
+            tenant_id=self.identity.tenant_id,
+            model=self.transcription_model,
+            prices=self.prices,
+            now=now,
+        )
         if record is None or (record.item_id, record.content_index) in self._seen_transcriptions:
             return FORWARD_ONLY
         self._seen_transcriptions.add((record.item_id, record.content_index))

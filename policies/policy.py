@@ -63,11 +63,22 @@ class TenantPolicy:
 
 UNRESTRICTED: Final = TenantPolicy(tools=frozenset(), budget=BudgetPolicy(alert_at=()))
 
-_KEYS: Final = frozenset({
-    "models", "voices", "tools", "max_output_tokens", "max_session_tokens", "max_session_seconds",
-    "idle_timeout_seconds", "max_concurrent_sessions", "session_starts_per_minute", "budget",
-    "redis_unavailable", "expires_after_max_seconds",
-})  # fmt: skip
+_KEYS: Final = frozenset(
+    {
+        "models",
+        "voices",
+        "tools",
+        "max_output_tokens",
+        "max_session_tokens",
+        "max_session_seconds",
+        "idle_timeout_seconds",
+        "max_concurrent_sessions",
+        "session_starts_per_minute",
+        "budget",
+        "redis_unavailable",
+        "expires_after_max_seconds",
+    }
+)
 _BUDGET_KEYS: Final = frozenset({"daily_usd", "monthly_usd", "alert_at", "at_limit"})
 
 

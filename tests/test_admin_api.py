@@ -35,8 +35,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 async def admin_gateway(pg_dsn: str, emulator: Any) -> AsyncIterator[Gateway]:
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-    settings = replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER),
-                       security=replace(settings.security, api_docs=True))  # the OpenAPI document is opt-in
+    settings = replace(
+        settings,
+        admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER),
+        security=replace(settings.security, api_docs=True),
+    )  # the OpenAPI document is opt-in
     gateway = await start_gateway(settings)
     yield gateway
     await gateway.stop()
@@ -184,8 +187,9 @@ async def test_usage_report(api: httpx.AsyncClient) -> None:
     assert usage["totals"] == {"responses": 0, "input_tokens": 0, "output_tokens": 0, "cost_micro_usd": 0}
     assert usage["total_cost_micro_usd"] == 0
     assert (await api.get(f"/tenants/{tenant['id']}/usage")).json()["since"] is None
-    assert_openai_error(await api.get(f"/tenants/{tenant['id']}/usage", params={"since": "yesterday"}), 400,
-                        "invalid_request", "since")  # fmt: skip
+    assert_openai_error(
+        await api.get(f"/tenants/{tenant['id']}/usage", params={"since": "yesterday"}), 400, "invalid_request", "since"
+    )
 
 
 async def test_tiers_route(api: httpx.AsyncClient) -> None:
@@ -209,8 +213,14 @@ async def test_every_mutation_is_audited_with_the_token_subject(
 
     entries = await audit_entries(pg_pool, tid)
     assert [e.action for e in reversed(entries)] == [
-        "tenant.create", "key.create", "key.revoke", "policy.set", "tenant.tier", "tenant.disable", "tenant.enable",
-    ]  # fmt: skip
+        "tenant.create",
+        "key.create",
+        "key.revoke",
+        "policy.set",
+        "tenant.tier",
+        "tenant.disable",
+        "tenant.enable",
+    ]
     assert {e.actor for e in entries} == {"carol@acme"}
     assert key["secret"] not in str([e.detail for e in entries])
     served = (await api.get(f"/tenants/{tid}/audit", params={"limit": 2})).json()["data"]
@@ -238,15 +248,31 @@ async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> No
     async with httpx.AsyncClient(base_url=admin_gateway.server.http_url) as client:
         schema = (await client.get("/docs/openapi.json")).json()
     operations = {
-        op["operationId"]: op for path, item in schema["paths"].items() if path.startswith("/admin/v1")
+        op["operationId"]: op
+        for path, item in schema["paths"].items()
+        if path.startswith("/admin/v1")
         for op in item.values()
-    }  # fmt: skip
+    }
     assert set(operations) == {
-        "admin_create_tenant", "admin_list_tenants", "admin_get_tenant", "admin_disable_tenant",
-        "admin_enable_tenant", "admin_set_tenant_tier", "admin_list_keys", "admin_create_key", "admin_revoke_key",
-        "admin_get_policy", "admin_set_policy", "admin_get_policy_history", "admin_get_usage", "admin_list_audit",
-        "admin_list_tiers", "admin_get_browser_auth", "admin_set_browser_auth", "admin_delete_browser_auth",
-    }  # fmt: skip
+        "admin_create_tenant",
+        "admin_list_tenants",
+        "admin_get_tenant",
+        "admin_disable_tenant",
+        "admin_enable_tenant",
+        "admin_set_tenant_tier",
+        "admin_list_keys",
+        "admin_create_key",
+        "admin_revoke_key",
+        "admin_get_policy",
+        "admin_set_policy",
+        "admin_get_policy_history",
+        "admin_get_usage",
+        "admin_list_audit",
+        "admin_list_tiers",
+        "admin_get_browser_auth",
+        "admin_set_browser_auth",
+        "admin_delete_browser_auth",
+    }
     assert all(op["tags"] and op["security"] == [{"AdminJWT": []}] for op in operations.values())
     assert schema["components"]["securitySchemes"]["AdminJWT"]["scheme"] == "bearer"
 
@@ -291,8 +317,10 @@ async def test_browser_keys_are_set_rotated_read_and_deleted_without_showing_the
     assert both["hs256_key_id"] == rotated["hs256_key_id"]  # the same secret keeps its id
     only_jwks = (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).json()
     assert (only_jwks["kinds"], only_jwks["hs256_key_id"]) == (["jwks"], None)
-    assert await pg_pool.fetchval("SELECT hs256_secret FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant["id"]) is None  # fmt: skip
+    assert (
+        await pg_pool.fetchval("SELECT hs256_secret FROM tenant_browser_auth WHERE tenant_id = $1", tenant["id"])
+        is None
+    )
 
     deleted = await api.delete(path)
     assert deleted.status_code == 200
@@ -325,15 +353,22 @@ async def test_browser_keys_are_validated(api: httpx.AsyncClient) -> None:
     mixed = await api.put(path, json={"hs256_secret": secrets.token_urlsafe(40), "jwks_url": "http://idp.example/j"})
     assert_openai_error(mixed, 400, "invalid_browser_auth", "jwks_url")
     assert_openai_error(await api.put(path, json={}), 400, "invalid_browser_auth")
-    assert_openai_error(await api.put(path, json={"jwks_url": "https://idp.example/j", "audience": ""}), 400,
-                        "invalid_request", "audience")  # fmt: skip
+    assert_openai_error(
+        await api.put(path, json={"jwks_url": "https://idp.example/j", "audience": ""}),
+        400,
+        "invalid_request",
+        "audience",
+    )
     assert_openai_error(await api.put(path, json={"secret": "x" * 40}), 400, "invalid_request")
     assert_openai_error(await api.get(path), 404, "browser_auth_not_configured")  # nothing invalid was stored
     # Loopback, private and metadata addresses only for a host in VOXGATE_JWKS_ALLOWED_HOSTS.
     loopback = await api.put(path, json={"jwks_url": "http://127.0.0.1:9/jwks.json"})
     assert_openai_error(loopback, 400, "invalid_browser_auth", "jwks_url")
-    assert_openai_error(await api.put("/tenants/ten_missing/browser-auth", json={"jwks_url": "https://idp.example/j"}),
-                        404, "tenant_not_found")  # fmt: skip
+    assert_openai_error(
+        await api.put("/tenants/ten_missing/browser-auth", json={"jwks_url": "https://idp.example/j"}),
+        404,
+        "tenant_not_found",
+    )
 
 
 def browser_token(tenant_id: str, secret: str) -> str:
@@ -382,22 +417,25 @@ async def test_after_rotation_old_browser_tokens_stay_valid_for_the_default_wind
     assert (await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, old_secret))).status_code == 201
     accepted_new = await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))
     assert accepted_new.status_code == 201, accepted_new.text
-    assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, "x" * 40)), 401,
-                        "invalid_token")  # fmt: skip
+    assert_openai_error(
+        await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, "x" * 40)), 401, "invalid_token"
+    )
 
     rotation = next(e for e in await audit_entries(pg_pool, tenant.tenant_id) if e.action == "browser_auth.set")
-    assert (rotation.detail["hs256_key_id"], rotation.detail["previous_hs256_key_id"]) == (body["hs256_key_id"],
-                                                                                           old_id)  # fmt: skip
+    assert (rotation.detail["hs256_key_id"], rotation.detail["previous_hs256_key_id"]) == (body["hs256_key_id"], old_id)
     assert datetime.fromisoformat(rotation.detail["previous_valid_until"]) == datetime.fromisoformat(
-        body["previous_valid_until"])  # fmt: skip
+        body["previous_valid_until"]
+    )
 
     # Deleting the keys removes the previous secret too.
     assert (await api.delete(path)).status_code == 200
     for secret in (old_secret, new_secret):
-        assert_openai_error(await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, secret)), 401,
-                            "invalid_token")  # fmt: skip
-    assert await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant.tenant_id) == 0  # fmt: skip
+        assert_openai_error(
+            await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, secret)), 401, "invalid_token"
+        )
+    assert (
+        await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1", tenant.tenant_id) == 0
+    )
     served = (await api.get(f"/tenants/{tenant.tenant_id}/audit")).text
     stored_audit = str([e.detail for e in await audit_entries(pg_pool, tenant.tenant_id)])
     for text in (served, stored_audit, caplog.text, rotated.text):
@@ -427,8 +465,12 @@ async def test_a_hard_cut_over_refuses_old_browser_tokens_at_once(
     assert old_token not in refused.text
     accepted = await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))
     assert accepted.status_code == 201, accepted.text
-    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant.tenant_id) is None  # fmt: skip
+    assert (
+        await pg_pool.fetchval(
+            "SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1", tenant.tenant_id
+        )
+        is None
+    )
 
 
 async def test_old_browser_tokens_are_refused_once_the_window_has_passed(
@@ -447,7 +489,10 @@ async def test_old_browser_tokens_are_refused_once_the_window_has_passed(
     assert (await place_browser_call(admin_gateway, browser_token(tenant.tenant_id, new_secret))).status_code == 201
     after = (await api.get(path)).json()
     assert (after["hs256_key_id"], after["previous_hs256_key_id"], after["previous_valid_until"]) == (
-        rotated["hs256_key_id"], None, None)  # fmt: skip
+        rotated["hs256_key_id"],
+        None,
+        None,
+    )
 
 
 async def test_setting_the_same_secret_again_never_overlaps_with_itself(
@@ -467,12 +512,16 @@ async def test_setting_the_same_secret_again_never_overlaps_with_itself(
     # The same secret again (a retry, a new audience) keeps the open window as it was.
     again = (await api.put(path, json={"hs256_secret": second, "audience": "acme"})).json()
     assert (again["previous_hs256_key_id"], again["previous_valid_until"], again["audience"]) == (
-        first_id, rotated["previous_valid_until"], "acme")  # fmt: skip
+        first_id,
+        rotated["previous_valid_until"],
+        "acme",
+    )
     # Given with an unchanged secret, the window can only shrink: 0 closes it at once.
     shortened = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 60})).json()
     assert shortened["previous_hs256_key_id"] == first_id
     assert datetime.fromisoformat(shortened["previous_valid_until"]) < datetime.fromisoformat(
-        rotated["previous_valid_until"])  # fmt: skip
+        rotated["previous_valid_until"]
+    )
     longer = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 3600})).json()
     assert longer["previous_valid_until"] == shortened["previous_valid_until"]
     closed = (await api.put(path, json={"hs256_secret": second, "previous_valid_seconds": 0})).json()
@@ -484,8 +533,12 @@ async def test_setting_the_same_secret_again_never_overlaps_with_itself(
     # The first secret was no longer stored, so it comes back under a new id; the second keeps its own.
     assert names(back["hs256_key_id"], first) and back["hs256_key_id"] != first_id
     assert back["previous_hs256_key_id"] == rotated["hs256_key_id"]
-    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant["id"]) == second  # fmt: skip
+    assert (
+        await pg_pool.fetchval(
+            "SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1", tenant["id"]
+        )
+        == second
+    )
 
 
 async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
@@ -504,8 +557,10 @@ async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
     assert accepted.status_code == 201, accepted.text
 
     # Past the window (set in the database), the old secret is refused: GET and a fresh verifier agree.
-    await pg_pool.execute("UPDATE tenant_browser_auth SET hs256_previous_until = now() - interval '1 second' "
-                          "WHERE tenant_id = $1", tenant.tenant_id)  # fmt: skip
+    await pg_pool.execute(
+        "UPDATE tenant_browser_auth SET hs256_previous_until = now() - interval '1 second' WHERE tenant_id = $1",
+        tenant.tenant_id,
+    )
     expired = (await api.get(path)).json()
     assert (expired["previous_hs256_key_id"], expired["previous_valid_until"]) == (None, None)
     with pytest.raises(GatewayError) as refused:
@@ -513,8 +568,12 @@ async def test_switching_to_jwks_keeps_the_old_secret_for_the_window(
     assert (refused.value.status, refused.value.code) == (401, "invalid_token")
     # Setting the keys again drops the expired secret from the row too.
     assert (await api.put(path, json={"jwks_url": "https://idp.example/jwks.json"})).status_code == 200
-    assert await pg_pool.fetchval("SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant.tenant_id) is None  # fmt: skip
+    assert (
+        await pg_pool.fetchval(
+            "SELECT hs256_previous_secret FROM tenant_browser_auth WHERE tenant_id = $1", tenant.tenant_id
+        )
+        is None
+    )
 
 
 async def test_the_overlap_window_is_validated(api: httpx.AsyncClient) -> None:
@@ -535,8 +594,9 @@ async def test_a_tenant_admin_rotates_its_own_browser_keys_only(api: httpx.Async
     headers = as_(hs256(claims(sub="dev@tenant", roles=["tenant_admin"], tenant_id=own.tenant_id)))
     body = {"hs256_secret": secrets.token_urlsafe(40)}
     assert (await api.put(f"/tenants/{own.tenant_id}/browser-auth", json=body, headers=headers)).status_code == 200
-    assert_openai_error(await api.put(f"/tenants/{other.tenant_id}/browser-auth", json=body, headers=headers), 404,
-                        "tenant_not_found")  # fmt: skip
+    assert_openai_error(
+        await api.put(f"/tenants/{other.tenant_id}/browser-auth", json=body, headers=headers), 404, "tenant_not_found"
+    )
     actions = [(e.actor, e.action) for e in await audit_entries(pg_pool, own.tenant_id)]
     assert actions == [("dev@tenant", "browser_auth.set")]
     assert await audit_entries(pg_pool, other.tenant_id) == []
@@ -574,28 +634,61 @@ async def test_no_token_is_a_401(admin_gateway: Gateway) -> None:
 
 
 ROUTES = [
-    ("GET", "/tenants"), ("POST", "/tenants"), ("GET", "/tenants/{t}"), ("POST", "/tenants/{t}/disable"),
-    ("POST", "/tenants/{t}/enable"), ("PUT", "/tenants/{t}/tier"), ("GET", "/tenants/{t}/keys"),
-    ("POST", "/tenants/{t}/keys"), ("GET", "/tenants/{t}/policy"), ("PUT", "/tenants/{t}/policy"),
-    ("GET", "/tenants/{t}/policy/history"), ("GET", "/tenants/{t}/usage"), ("GET", "/tenants/{t}/audit"),
+    ("GET", "/tenants"),
+    ("POST", "/tenants"),
+    ("GET", "/tenants/{t}"),
+    ("POST", "/tenants/{t}/disable"),
+    ("POST", "/tenants/{t}/enable"),
+    ("PUT", "/tenants/{t}/tier"),
+    ("GET", "/tenants/{t}/keys"),
+    ("POST", "/tenants/{t}/keys"),
+    ("GET", "/tenants/{t}/policy"),
+    ("PUT", "/tenants/{t}/policy"),
+    ("GET", "/tenants/{t}/policy/history"),
+    ("GET", "/tenants/{t}/usage"),
+    ("GET", "/tenants/{t}/audit"),
     ("GET", "/tiers"),
     # set first, so that reading and deleting find something
-    ("PUT", "/tenants/{t}/browser-auth"), ("GET", "/tenants/{t}/browser-auth"), ("DELETE", "/tenants/{t}/browser-auth"),
-]  # fmt: skip
-BROWSER_AUTH_ROUTES = {"PUT /tenants/{t}/browser-auth", "GET /tenants/{t}/browser-auth",
-                       "DELETE /tenants/{t}/browser-auth"}  # fmt: skip
+    ("PUT", "/tenants/{t}/browser-auth"),
+    ("GET", "/tenants/{t}/browser-auth"),
+    ("DELETE", "/tenants/{t}/browser-auth"),
+]
+BROWSER_AUTH_ROUTES = {
+    "PUT /tenants/{t}/browser-auth",
+    "GET /tenants/{t}/browser-auth",
+    "DELETE /tenants/{t}/browser-auth",
+}
 ALLOWED = {
     "admin": {f"{m} {p}" for m, p in ROUTES},
-    "finance": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history",
-                "GET /tenants/{t}/usage", "GET /tenants/{t}/audit", "GET /tiers"},
+    "finance": {
+        "GET /tenants",
+        "GET /tenants/{t}",
+        "GET /tenants/{t}/policy",
+        "GET /tenants/{t}/policy/history",
+        "GET /tenants/{t}/usage",
+        "GET /tenants/{t}/audit",
+        "GET /tiers",
+    },
     # Browser-token keys are the tenant's credentials, like its API keys: its tenant_admin manages them.
-    "tenant_admin": {"GET /tenants", "GET /tenants/{t}", "GET /tenants/{t}/keys", "POST /tenants/{t}/keys",
-                     "GET /tenants/{t}/policy", "GET /tenants/{t}/policy/history", "GET /tenants/{t}/usage",
-                     "GET /tiers", *BROWSER_AUTH_ROUTES},
+    "tenant_admin": {
+        "GET /tenants",
+        "GET /tenants/{t}",
+        "GET /tenants/{t}/keys",
+        "POST /tenants/{t}/keys",
+        "GET /tenants/{t}/policy",
+        "GET /tenants/{t}/policy/history",
+        "GET /tenants/{t}/usage",
+        "GET /tiers",
+        *BROWSER_AUTH_ROUTES,
+    },
     "viewer": set(),
-}  # fmt: skip
-BODIES = {"POST /tenants": {"name": "n"}, "PUT /tenants/{t}/tier": {"tier": "standard"}, "PUT /tenants/{t}/policy": {},
-          "PUT /tenants/{t}/browser-auth": {"hs256_secret": secrets.token_urlsafe(40)}}  # fmt: skip
+}
+BODIES = {
+    "POST /tenants": {"name": "n"},
+    "PUT /tenants/{t}/tier": {"tier": "standard"},
+    "PUT /tenants/{t}/policy": {},
+    "PUT /tenants/{t}/browser-auth": {"hs256_secret": secrets.token_urlsafe(40)},
+}
 
 
 @pytest.mark.parametrize("role", sorted(ALLOWED))
@@ -613,16 +706,16 @@ async def test_role_matrix(api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: 
             assert_openai_error(response, 403, "insufficient_role")
         if "{t}" in template and role == "tenant_admin":
             # Another tenant is invisible to a tenant_admin: 404, exactly as if it did not exist.
-            elsewhere = await api.request(method, template.format(t=other.tenant_id), json=body,
-                                          headers=as_(token))  # fmt: skip
+            elsewhere = await api.request(method, template.format(t=other.tenant_id), json=body, headers=as_(token))
             expected = 404 if route in ALLOWED[role] else 403
             assert elsewhere.status_code == expected, (route, elsewhere.text)
-            missing = await api.request(method, template.format(t="ten_missing"), json=body,
-                                        headers=as_(token))  # fmt: skip
+            missing = await api.request(method, template.format(t="ten_missing"), json=body, headers=as_(token))
             assert missing.status_code == expected
             if expected == 404:
-                assert elsewhere.json() == {**missing.json(), "error": {**missing.json()["error"],
-                                            "message": elsewhere.json()["error"]["message"]}}  # fmt: skip
+                assert elsewhere.json() == {
+                    **missing.json(),
+                    "error": {**missing.json()["error"], "message": elsewhere.json()["error"]["message"]},
+                }
 
 
 async def test_a_tenant_admin_lists_only_its_own_tenant(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:
@@ -664,11 +757,16 @@ async def test_the_usage_route_is_the_sum_of_the_ledger_rows_since(
 
     tenant = await new_tenant(api)
     session_id = f"vgs_{secrets.token_hex(8)}"
-    await pg_pool.execute("INSERT INTO realtime_sessions (id, tenant_id, transport, started_at)"
-                          " VALUES ($1, $2, 'websocket', $3)", session_id, tenant["id"], T0)  # fmt: skip
+    await pg_pool.execute(
+        "INSERT INTO realtime_sessions (id, tenant_id, transport, started_at) VALUES ($1, $2, 'websocket', $3)",
+        session_id,
+        tenant["id"],
+        T0,
+    )
     for hours, cost, tokens in ((0, 1_000_001, 10), (1, 2_345, 20), (2, 7, 30)):
-        await record_response(pg_pool, tenant["id"], session_id, T0 + timedelta(hours=hours), "gpt-realtime", cost,
-                              tokens)  # fmt: skip
+        await record_response(
+            pg_pool, tenant["id"], session_id, T0 + timedelta(hours=hours), "gpt-realtime", cost, tokens
+        )
     since = (T0 + timedelta(minutes=30)).isoformat()
     usage = (await api.get(f"/tenants/{tenant['id']}/usage", params={"since": since})).json()
     # The two rows from T0 + 1 h: 2_345 + 7 micro-USD; input 20 + 30 and output 20 + 30 tokens.

@@ -43,8 +43,9 @@ pytestmark = [
 
 T = TypeVar("T")
 # Small and derandomized: the same requests on every run, the whole module in well under a minute.
-FUZZ = settings(max_examples=12, derandomize=True, database=None, deadline=None,
-                suppress_health_check=list(HealthCheck))  # fmt: skip
+FUZZ = settings(
+    max_examples=12, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @dataclass
@@ -80,8 +81,11 @@ def fuzz_target(pg_dsn: str) -> Iterator[FuzzTarget]:
     async def start() -> FuzzTarget:
         started["emulator"] = emulator = await start_emulator()
         settings_ = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-        settings_ = replace(settings_, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER),
-                            security=replace(settings_.security, api_docs=True))  # fmt: skip
+        settings_ = replace(
+            settings_,
+            admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER),
+            security=replace(settings_.security, api_docs=True),
+        )
         started["gateway"] = gateway = await start_gateway(settings_)
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         try:
@@ -110,29 +114,44 @@ def fuzz_target(pg_dsn: str) -> Iterator[FuzzTarget]:
 def served_document() -> dict[str, Any]:
     """The OpenAPI document a gateway with the docs enabled serves, built in-process (no I/O)."""
     settings_ = Settings()
-    document: dict[str, Any] = create_app(replace(settings_, security=replace(settings_.security, api_docs=True))
-                                          ).openapi_schema.to_schema()  # fmt: skip
+    document: dict[str, Any] = create_app(
+        replace(settings_, security=replace(settings_.security, api_docs=True))
+    ).openapi_schema.to_schema()
     return document
 
 
 DOCUMENT = served_document()
 # Mostly models a tenant may use, so that most bodies get past the policy to the upstream.
 MODEL = {"anyOf": [{"enum": ["gpt-realtime", "gpt-realtime-mini"]}, {"type": "string"}]}
-SESSION = {"type": "object", "properties": {"type": {"enum": ["realtime", "transcription"]}, "model": MODEL,
-                                            "max_output_tokens": {"type": ["integer", "string"]},
-                                            "audio": {"type": "object"}}}  # fmt: skip
+SESSION = {
+    "type": "object",
+    "properties": {
+        "type": {"enum": ["realtime", "transcription"]},
+        "model": MODEL,
+        "max_output_tokens": {"type": ["integer", "string"]},
+        "audio": {"type": "object"},
+    },
+}
 EXPIRES_AFTER = {"type": "object", "properties": {"anchor": {"type": "string"}, "seconds": {"type": "integer"}}}
 # The public routes read their bodies themselves, so the document names none; without one the
 # fuzzer would never send a body. These are the shapes the routes accept (docs/webrtc.md), loosely.
 PUBLIC_BODIES: dict[str, dict[str, Any]] = {
-    "/v1/realtime/client_secrets": {"application/json": {"schema": {
-        "type": "object", "properties": {"session": SESSION, "expires_after": EXPIRES_AFTER}}}},
+    "/v1/realtime/client_secrets": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"session": SESSION, "expires_after": EXPIRES_AFTER}}
+        }
+    },
     "/v1/realtime/calls": {
         "application/sdp": {"schema": {"type": "string"}},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["sdp"], "properties": {
-            "sdp": {"type": "string"}, "session": SESSION}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["sdp"],
+                "properties": {"sdp": {"type": "string"}, "session": SESSION},
+            }
+        },
     },
-}  # fmt: skip
+}
 
 
 def with_public_bodies(document: dict[str, Any]) -> dict[str, Any]:
@@ -150,10 +169,12 @@ def sdp_body(_: schemathesis.SerializationContext, value: Any) -> bytes:
 schema = schemathesis.openapi.from_dict(with_public_bodies(DOCUMENT))
 BAD_CREDENTIALS = {
     "none": {},
-    "forged admin JWT": {"Authorization": "Bearer " + handmade(
-        {"alg": "none", "typ": "JWT"}, {"sub": "mallory", "roles": ["admin"], "aud": AUDIENCE}, None)},
+    "forged admin JWT": {
+        "Authorization": "Bearer "
+        + handmade({"alg": "none", "typ": "JWT"}, {"sub": "mallory", "roles": ["admin"], "aud": AUDIENCE}, None)
+    },
     "unknown tenant key": {"Authorization": "Bearer vg_live_" + "x" * 43},
-}  # fmt: skip
+}
 
 
 def assert_no_server_error(case: schemathesis.Case, target: FuzzTarget, headers: dict[str, str]) -> None:
@@ -217,7 +238,11 @@ def test_a_usage_since_with_no_utc_time_is_a_client_error(fuzz_target: FuzzTarge
         response = http.get(path, params={"since": since})
         assert response.status_code == 400, response.text
         assert response.json()["error"] | {"message": None} == {
-            "message": None, "type": "invalid_request_error", "code": "invalid_request", "param": "since"}
+            "message": None,
+            "type": "invalid_request_error",
+            "code": "invalid_request",
+            "param": "since",
+        }
         in_range = http.get(path, params={"since": "0001-01-02T00:00:00+14:00"})  # the edge, one day in
         assert in_range.status_code == 200, in_range.text
 
@@ -244,8 +269,11 @@ def test_admin_api_as_an_admin(case: schemathesis.Case, fuzz_target: FuzzTarget)
 
 
 # Not PUT browser-auth: on a tenant that exists it resolves the generated JWKS host (DNS, off loopback).
-@schema.include(path_regex="^/admin/v1/tenants/{tenant_id}").exclude(
-    method="PUT", path="/admin/v1/tenants/{tenant_id}/browser-auth").parametrize()
+@(
+    schema.include(path_regex="^/admin/v1/tenants/{tenant_id}")
+    .exclude(method="PUT", path="/admin/v1/tenants/{tenant_id}/browser-auth")
+    .parametrize()
+)
 @FUZZ
 def test_admin_api_on_an_existing_tenant(case: schemathesis.Case, fuzz_target: FuzzTarget) -> None:
     case.path_parameters = {**(case.path_parameters or {}), "tenant_id": fuzz_target.admin_tenant_id}
@@ -265,6 +293,7 @@ def bad_credentials(request: pytest.FixtureRequest) -> dict[str, str]:
 
 @schema.parametrize()
 @FUZZ
-def test_both_apis_without_valid_credentials(case: schemathesis.Case, fuzz_target: FuzzTarget,
-                                             bad_credentials: dict[str, str]) -> None:  # fmt: skip
+def test_both_apis_without_valid_credentials(
+    case: schemathesis.Case, fuzz_target: FuzzTarget, bad_credentials: dict[str, str]
+) -> None:
     assert_no_server_error(case, fuzz_target, bad_credentials)

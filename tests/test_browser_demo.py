@@ -70,8 +70,9 @@ async def demo_gateway(pg_dsn: str, pg_pool: asyncpg.Pool, emulator, demo_tenant
     signer = await enable_demo_browser_tokens(pg_pool, demo_tenant.tenant_id)
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
     app = create_app(settings, plugins=[DemoPagePlugin(signer)])
-    server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app),
-                                realtime_relay=True)  # fmt: skip
+    server = await start_server(
+        app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app), realtime_relay=True
+    )
     gateway = Gateway(server=server, app=app, settings=settings)
     yield gateway
     await gateway.stop()
@@ -159,8 +160,9 @@ async def test_a_browser_call_through_voxgate_is_connected_metered_and_hung_up(
 
         await until(metered)
         await asyncio.sleep(0.3)  # a double count would have landed by now
-        rows = await pg_pool.fetch("SELECT response_id, tenant_id, cost_micro_usd FROM usage_ledger "
-                                   "WHERE session_id = $1", session_id)  # fmt: skip
+        rows = await pg_pool.fetch(
+            "SELECT response_id, tenant_id, cost_micro_usd FROM usage_ledger WHERE session_id = $1", session_id
+        )
         assert sorted(r["response_id"] for r in rows) == sorted(response_ids)  # each response exactly once
         assert all(r["tenant_id"] == demo_tenant.tenant_id for r in rows)
         # Each row costs what the usage the browser saw costs at docs/pricing.md's rates.

@@ -54,8 +54,9 @@ RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
 
 @pytest.fixture(scope="module")
 def jwks_url() -> Iterator[str]:
-    document = {"keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
-                         public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]}  # fmt: skip
+    document = {
+        "keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"), public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]
+    }
     with JwksServer(document) as server:
         yield server.url
 
@@ -96,8 +97,9 @@ async def hs_tenant(pg_pool: asyncpg.Pool) -> TenantKey:
 @pytest.fixture
 async def jwks_tenant(pg_pool: asyncpg.Pool, jwks_url: str) -> TenantKey:
     tenant = await make_tenant(pg_pool, "jwks")
-    await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, jwks_url=jwks_url, audience="acme-voice"),
-                                        jwks_allowed_hosts=JWKS_HOSTS)  # fmt: skip
+    await BrowserAuthStore(pg_pool).set(
+        BrowserAuthConfig(tenant.tenant_id, jwks_url=jwks_url, audience="acme-voice"), jwks_allowed_hosts=JWKS_HOSTS
+    )
     return tenant
 
 
@@ -168,14 +170,16 @@ async def test_wrong_audience(gateway, hs_tenant, jwks_tenant) -> None:
 
 async def test_alg_none(gateway, hs_tenant) -> None:
     for alg in ("none", "None", "NONE"):
-        await assert_refused(gateway, handmade({"alg": alg, "typ": "JWT"}, claims(hs_tenant.tenant_id), None),
-                             NO_KEY_MESSAGE)  # fmt: skip
+        await assert_refused(
+            gateway, handmade({"alg": alg, "typ": "JWT"}, claims(hs_tenant.tenant_id), None), NO_KEY_MESSAGE
+        )
 
 
 async def test_key_confusion_public_key_as_hmac_secret(gateway, jwks_tenant) -> None:
     # The classic attack: HS256 "signed" with the RSA public key the verifier trusts.
-    token = handmade({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(jwks_tenant.tenant_id, aud="acme-voice"),
-                     RSA_PUBLIC_PEM)  # fmt: skip
+    token = handmade(
+        {"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(jwks_tenant.tenant_id, aud="acme-voice"), RSA_PUBLIC_PEM
+    )
     await assert_refused(gateway, token, NO_KEY_MESSAGE)
 
 
@@ -276,8 +280,9 @@ async def test_a_cached_config_never_stretches_the_window(pg_pool: asyncpg.Pool)
     tenant = await make_tenant(pg_pool, "rot")
     store = BrowserAuthStore(pg_pool)
     await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
-    previous = await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=ROTATED_SECRET),
-                               previous_valid_seconds=5)  # fmt: skip
+    previous = await store.set(
+        BrowserAuthConfig(tenant.tenant_id, hs256_secret=ROTATED_SECRET), previous_valid_seconds=5
+    )
     assert previous is not None and previous.secret == HS_SECRET
     verifier = BrowserTokenVerifier(store, cache_seconds=60)
     now = time.time()
@@ -303,8 +308,9 @@ async def test_a_token_refused_by_both_secrets_gets_the_usual_answer(pg_pool: as
     with pytest.raises(GatewayError, match=NO_KEY_MESSAGE):
         await verifier.verify(hs(claims(tenant.tenant_id), secrets.token_urlsafe(40)))
     assert await store.clear(tenant.tenant_id)
-    assert await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1",
-                                  tenant.tenant_id) == 0  # fmt: skip
+    assert (
+        await pg_pool.fetchval("SELECT count(*) FROM tenant_browser_auth WHERE tenant_id = $1", tenant.tenant_id) == 0
+    )
 
 
 def test_the_window_is_checked_where_keys_are_stored() -> None:
@@ -346,12 +352,20 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     secret_file.write_text(HS_SECRET + "\n")
     rotated_file = tmp_path / "rotated"
     rotated_file.write_text(ROTATED_SECRET)
-    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(secret_file),
-                     "--audience", "acme", "--json"]) == 0  # fmt: skip
+    assert (
+        cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(secret_file), "--audience", "acme", "--json"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert HS_SECRET not in out
-    assert json.loads(out) == {"tenant_id": tenant_id, "hs256": True, "jwks_url": None, "audience": "acme",
-                               "previous_hs256_key_id": None, "previous_valid_until": None}  # fmt: skip
+    assert json.loads(out) == {
+        "tenant_id": tenant_id,
+        "hs256": True,
+        "jwks_url": None,
+        "audience": "acme",
+        "previous_hs256_key_id": None,
+        "previous_valid_until": None,
+    }
 
     async def stored() -> BrowserAuthConfig | None:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
@@ -363,8 +377,9 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     async def key_ids() -> tuple[str, str | None]:
         pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
         try:
-            row = await pool.fetchrow("SELECT hs256_key_id, hs256_previous_key_id FROM tenant_browser_auth "
-                                      "WHERE tenant_id = $1", tenant_id)  # fmt: skip
+            row = await pool.fetchrow(
+                "SELECT hs256_key_id, hs256_previous_key_id FROM tenant_browser_auth WHERE tenant_id = $1", tenant_id
+            )
             return row["hs256_key_id"], row["hs256_previous_key_id"]
         finally:
             await pool.close()
@@ -377,11 +392,24 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
     assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(short)]) == 2
     assert cli.main(["tenant", "jwt", tenant_id]) == 2  # nothing to set
     for window in ("-1", "3601"):
-        assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file),
-                         "--previous-valid-seconds", window]) == 2  # fmt: skip
+        assert (
+            cli.main(
+                [
+                    "tenant",
+                    "jwt",
+                    tenant_id,
+                    "--hs256-secret-file",
+                    str(rotated_file),
+                    "--previous-valid-seconds",
+                    window,
+                ]
+            )
+            == 2
+        )
     with pytest.raises(SystemExit) as not_a_number:  # argparse's own refusal
-        cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file),
-                  "--previous-valid-seconds", "soon"])  # fmt: skip
+        cli.main(
+            ["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--previous-valid-seconds", "soon"]
+        )
     assert not_a_number.value.code == 2
     assert cli.main(["tenant", "jwt", tenant_id, "--clear", "--previous-valid-seconds", "5"]) == 2
     capsys.readouterr()
@@ -389,8 +417,23 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
 
     # Rotation: the replaced secret stays valid for the window given (its random key id is shown, never it).
     first_id = asyncio.run(key_ids())[0]
-    assert cli.main(["tenant", "jwt", tenant_id, "--hs256-secret-file", str(rotated_file), "--audience", "acme",
-                     "--previous-valid-seconds", "120", "--json"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "tenant",
+                "jwt",
+                tenant_id,
+                "--hs256-secret-file",
+                str(rotated_file),
+                "--audience",
+                "acme",
+                "--previous-valid-seconds",
+                "120",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert HS_SECRET not in out and ROTATED_SECRET not in out
     summary = json.loads(out)
@@ -415,13 +458,16 @@ def test_cli_sets_and_clears_browser_keys(pg_dsn, monkeypatch, tmp_path, capsys)
 
     # The same audit rows as the admin API, with key ids and never the secret.
     assert [(actor, action) for actor, action, _ in asyncio.run(audited())] == [
-        ("cli", "browser_auth.set"), ("cli", "browser_auth.set"), ("cli", "browser_auth.set"),
+        ("cli", "browser_auth.set"),
+        ("cli", "browser_auth.set"),
+        ("cli", "browser_auth.set"),
         ("cli", "browser_auth.delete"),
-    ]  # fmt: skip
+    ]
     rotation = asyncio.run(audited())[1][2]
     assert rotation["previous_hs256_key_id"] == summary["previous_hs256_key_id"]
     assert datetime.fromisoformat(rotation["previous_valid_until"]) == datetime.fromisoformat(
-        summary["previous_valid_until"])  # fmt: skip
+        summary["previous_valid_until"]
+    )
     assert HS_SECRET not in str(asyncio.run(audited()))
     assert ROTATED_SECRET not in str(asyncio.run(audited()))
 

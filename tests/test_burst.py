@@ -51,8 +51,9 @@ async def test_a_burst_of_321_sessions_keeps_the_ledger_exact_and_the_budget_bou
     shape = BurstShape()
     assert shape.sessions > 300 > REDIS_POOL_SIZE
     prefix = f"vgburst:{secrets.token_hex(4)}:"
-    env = gateway_env(pg_dsn, REDIS_URL, fast_emulator.base_url, prefix, UPSTREAM_KEY,
-                      VOXGATE_REDIS_POOL_SIZE=str(REDIS_POOL_SIZE))  # fmt: skip
+    env = gateway_env(
+        pg_dsn, REDIS_URL, fast_emulator.base_url, prefix, UPSTREAM_KEY, VOXGATE_REDIS_POOL_SIZE=str(REDIS_POOL_SIZE)
+    )
     budget, free = await make_tenant(pg_pool, "burst-budget"), await make_tenant(pg_pool, "burst-free")
     redis = aioredis.from_url(REDIS_URL)
     try:

@@ -34,8 +34,10 @@ from tests.support.harness import UPSTREAM_KEY, TenantKey, make_tenant, start_ga
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("end_emulated_calls")]
 
 POLICY: dict[str, Any] = {
-    "models": ["gpt-realtime", "gpt-realtime-mini"], "voices": ["marin"], "max_output_tokens": 300,
-}  # fmt: skip
+    "models": ["gpt-realtime", "gpt-realtime-mini"],
+    "voices": ["marin"],
+    "max_output_tokens": 300,
+}
 HS_SECRET = secrets.token_urlsafe(40)
 
 
@@ -88,7 +90,6 @@ async def peer() -> AsyncIterator[Peer]:
     await p.close()
 
 
-
 @pytest.fixture
 async def browser_tenant(pg_pool: asyncpg.Pool) -> TenantKey:
     tenant = await make_tenant(pg_pool, "web")
@@ -128,8 +129,12 @@ def emulated(emulator, call_id: str):
 async def test_multipart_offer_through_the_sdk(gateway, emulator, tenant, pg_pool, peer, monitor) -> None:
     await set_policy(pg_pool, tenant)
     offer = await peer.offer()
-    async with AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0,
-                           default_headers={"X-Voxgate-End-User": "caller-9"}) as client:  # fmt: skip
+    async with AsyncOpenAI(
+        base_url=gateway.base_url,
+        api_key=tenant.secret,
+        max_retries=0,
+        default_headers={"X-Voxgate-End-User": "caller-9"},
+    ) as client:
         raw = await client.realtime.calls.with_raw_response.create(
             sdp=offer, session={"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 4096}
         )
@@ -149,8 +154,12 @@ async def test_multipart_offer_through_the_sdk(gateway, emulator, tenant, pg_poo
     assert first["session"]["max_output_tokens"] == 300
     # Recorded for every replica: Postgres, the Redis hash, and handed to the monitor.
     row = await pg_pool.fetchrow("SELECT * FROM realtime_calls WHERE call_id = $1", call_id)
-    assert (row["tenant_id"], row["source"], row["state"], row["model"]) == (tenant.tenant_id, "brokered", "active",
-                                                                            "gpt-realtime")  # fmt: skip
+    assert (row["tenant_id"], row["source"], row["state"], row["model"]) == (
+        tenant.tenant_id,
+        "brokered",
+        "active",
+        "gpt-realtime",
+    )
     cached = await gateway.services.redis.hgetall(f"{gateway.settings.redis.key_prefix}call:{call_id}")
     assert cached[b"tenant_id"] == tenant.tenant_id.encode()
     assert cached[b"session_id"] == row["session_id"].encode()
@@ -167,8 +176,11 @@ async def test_multipart_offer_through_the_sdk(gateway, emulator, tenant, pg_poo
 
 async def test_raw_offer_with_a_tenant_key_and_no_policy_limits_stays_raw(gateway, emulator, tenant, peer) -> None:
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 201, response.text
     call_id = call_id_from_location(response.headers["location"])
     assert emulated(emulator, call_id).form == "sdp"
@@ -178,8 +190,11 @@ async def test_raw_offer_with_a_tenant_key_and_no_policy_limits_stays_raw(gatewa
 async def test_raw_offer_gets_the_policy_session(gateway, emulator, tenant, pg_pool, peer) -> None:
     await set_policy(pg_pool, tenant, models=["gpt-realtime-mini"])
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 201, response.text
     upstream = emulated(emulator, call_id_from_location(response.headers["location"]))
     assert upstream.form == "multipart"  # so the policy's model and ceiling are in force from the start
@@ -190,8 +205,11 @@ async def test_raw_offer_gets_the_policy_session(gateway, emulator, tenant, pg_p
 async def test_browser_offer_hangup_and_visibility(gateway, emulator, browser_tenant, pg_pool, peer) -> None:
     token = browser_token(browser_tenant, "alice")
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={**auth(token), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(token), "Content-Type": "application/sdp"},
+        )
         assert response.status_code == 201, response.text
         location = response.headers["location"]
         await peer.connect(response.text)
@@ -215,8 +233,9 @@ async def test_browser_offer_hangup_and_visibility(gateway, emulator, browser_te
     assert after.json()["end_reason"] == "hangup"
     assert emulated(emulator, location.rpartition("/")[2]).hung_up
     await gateway.settle()
-    ended = await pg_pool.fetchrow("SELECT end_reason, ended_at, api_key_id FROM realtime_sessions WHERE id = $1",
-                                   after.json()["session_id"])  # fmt: skip
+    ended = await pg_pool.fetchrow(
+        "SELECT end_reason, ended_at, api_key_id FROM realtime_sessions WHERE id = $1", after.json()["session_id"]
+    )
     # The hangup's reason wins over the sideband monitor seeing the call drop, whichever ends it first.
     assert ended["end_reason"] == "client_hangup"
     assert ended["ended_at"] is not None
@@ -226,9 +245,14 @@ async def test_browser_offer_hangup_and_visibility(gateway, emulator, browser_te
 async def test_browser_tokens_cannot_send_a_session(gateway, emulator, browser_tenant, peer) -> None:
     before = len(emulator.calls)
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", headers=auth(browser_token(browser_tenant)),
-                                   files={"sdp": (None, await peer.offer(), "application/sdp"),
-                                          "session": (None, json.dumps({"type": "realtime"}), "application/json")})
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            headers=auth(browser_token(browser_tenant)),
+            files={
+                "sdp": (None, await peer.offer(), "application/sdp"),
+                "session": (None, json.dumps({"type": "realtime"}), "application/json"),
+            },
+        )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "browser_token_not_allowed"
     assert len(emulator.calls) == before
@@ -237,30 +261,39 @@ async def test_browser_tokens_cannot_send_a_session(gateway, emulator, browser_t
 async def test_another_tenants_call_is_404(gateway, emulator, tenant, pg_pool, peer) -> None:
     other = await make_tenant(pg_pool, "other")
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
         url = f"{gateway.base_url}/realtime/calls/{call_id_from_location(response.headers['location'])}"
         peek = await http.get(url, headers=auth(other.secret))
         hang = await http.post(f"{url}/hangup", headers=auth(other.secret))
         unknown = await http.get(f"{gateway.base_url}/realtime/calls/rtc_unknown", headers=auth(tenant.secret))
-        attach = await http.post(f"{gateway.base_url}/voxgate/calls/{url.rpartition('/')[2]}/attach",
-                                 headers=auth(other.secret))  # fmt: skip
+        attach = await http.post(
+            f"{gateway.base_url}/voxgate/calls/{url.rpartition('/')[2]}/attach", headers=auth(other.secret)
+        )
     for answer in (peek, hang, unknown, attach):
         assert answer.status_code == 404
         assert answer.json()["error"]["code"] == "call_not_found"
     # Another tenant's call and no call at all look the same, but for the id in the message.
     assert {k: v for k, v in peek.json()["error"].items() if k != "message"} == {
-        k: v for k, v in unknown.json()["error"].items() if k != "message"}  # fmt: skip
+        k: v for k, v in unknown.json()["error"].items() if k != "message"
+    }
     assert not emulated(emulator, url.rpartition("/")[2]).hung_up
 
 
 async def test_any_replica_finds_the_call(gateway, emulator, tenant, peer) -> None:
-    replica = await start_gateway(replace(gateway.settings, server=replace(gateway.settings.server,
-                                                                           instance_id="replica-b")))  # fmt: skip
+    replica = await start_gateway(
+        replace(gateway.settings, server=replace(gateway.settings.server, instance_id="replica-b"))
+    )
     try:
         async with httpx.AsyncClient() as http:
-            response = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                       headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+            response = await http.post(
+                f"{gateway.base_url}/realtime/calls",
+                content=await peer.offer(),
+                headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+            )
             call_id = call_id_from_location(response.headers["location"])
             await gateway.services.redis.delete(f"{gateway.settings.redis.key_prefix}call:{call_id}")  # Postgres path
             seen = await http.get(f"{replica.base_url}/realtime/calls/{call_id}", headers=auth(tenant.secret))
@@ -295,8 +328,11 @@ GOOD_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS
 async def test_garbage_sdp_is_400(gateway, emulator, tenant, body) -> None:
     before = len(emulator.calls)
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/realtime/calls", content=body,
-                                   headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=body,
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_sdp"
     assert response.json()["error"]["param"] == "sdp"
@@ -306,15 +342,29 @@ async def test_garbage_sdp_is_400(gateway, emulator, tenant, body) -> None:
 async def test_oversized_offers_are_413(gateway, emulator, tenant) -> None:
     huge = GOOD_SDP + "a=x-padding:" + "x" * (64 * 1024) + "\r\n"
     async with httpx.AsyncClient() as http:
-        raw = await http.post(f"{gateway.base_url}/realtime/calls", content=huge,
-                              headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
-        multipart = await http.post(f"{gateway.base_url}/realtime/calls", headers=auth(tenant.secret),
-                                    files={"sdp": (None, huge, "application/sdp"),
-                                           "session": (None, '{"type": "realtime"}', "application/json")})
-        wrong_type = await http.post(f"{gateway.base_url}/realtime/calls", content=GOOD_SDP,
-                                     headers={**auth(tenant.secret), "Content-Type": "text/plain"})  # fmt: skip
-        no_sdp_part = await http.post(f"{gateway.base_url}/realtime/calls", headers=auth(tenant.secret),
-                                      files={"session": (None, '{"type": "realtime"}', "application/json")})
+        raw = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=huge,
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
+        multipart = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            headers=auth(tenant.secret),
+            files={
+                "sdp": (None, huge, "application/sdp"),
+                "session": (None, '{"type": "realtime"}', "application/json"),
+            },
+        )
+        wrong_type = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=GOOD_SDP,
+            headers={**auth(tenant.secret), "Content-Type": "text/plain"},
+        )
+        no_sdp_part = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            headers=auth(tenant.secret),
+            files={"session": (None, '{"type": "realtime"}', "application/json")},
+        )
     assert (raw.status_code, raw.json()["error"]["code"]) == (413, "sdp_too_large")
     assert (multipart.status_code, multipart.json()["error"]["code"]) == (413, "sdp_too_large")
     assert (wrong_type.status_code, wrong_type.json()["error"]["code"]) == (415, "unsupported_content_type")
@@ -326,8 +376,9 @@ async def test_policy_refusal_in_the_session_part(gateway, emulator, tenant, pg_
     before = len(emulator.calls)
     async with AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0) as client:
         with pytest.raises(openai.PermissionDeniedError) as caught:
-            await client.realtime.calls.create(sdp=await peer.offer(),
-                                               session={"type": "realtime", "model": "gpt-4o-realtime-preview"})
+            await client.realtime.calls.create(
+                sdp=await peer.offer(), session={"type": "realtime", "model": "gpt-4o-realtime-preview"}
+            )
     assert caught.value.code == "model_not_allowed"
     assert caught.value.param == "session.model"
     assert len(emulator.calls) == before
@@ -338,16 +389,25 @@ async def test_upstream_refusal_releases_the_lease(gateway, emulator, tenant, pg
     offer = await peer.offer()
     async with httpx.AsyncClient() as http:
         emulator.faults = Faults(connect_status=429, retry_after_s=3)
-        limited = await http.post(f"{gateway.base_url}/realtime/calls", content=offer,
-                                  headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        limited = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=offer,
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
         emulator.faults = Faults()
-        admitted = await http.post(f"{gateway.base_url}/realtime/calls", content=offer,
-                                   headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        admitted = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=offer,
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
         # The monitor holds the first call's lease: a second concurrent call is refused.
         extra = Peer()
         try:
-            second = await http.post(f"{gateway.base_url}/realtime/calls", content=await extra.offer(),
-                                     headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+            second = await http.post(
+                f"{gateway.base_url}/realtime/calls",
+                content=await extra.offer(),
+                headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+            )
         finally:
             await extra.close()
     assert limited.status_code == 429
@@ -366,8 +426,11 @@ async def test_without_a_monitor_no_lease_is_kept(gateway, emulator, tenant, pg_
     try:
         async with httpx.AsyncClient() as http:
             for p in peers:
-                response = await http.post(f"{gateway.base_url}/realtime/calls", content=await p.offer(),
-                                           headers={**auth(tenant.secret), "Content-Type": "application/sdp"})
+                response = await http.post(
+                    f"{gateway.base_url}/realtime/calls",
+                    content=await p.offer(),
+                    headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+                )
                 assert response.status_code == 201, response.text
     finally:
         for p in peers:
@@ -380,8 +443,11 @@ async def test_without_a_monitor_no_lease_is_kept(gateway, emulator, tenant, pg_
 async def direct_call(emulator, ephemeral_key: str, offer: str) -> str:
     """What a browser does with an ephemeral key: talk to OpenAI (here: the emulator) directly."""
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{emulator.base_url}/realtime/calls", content=offer,
-                                   headers={**auth(ephemeral_key), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{emulator.base_url}/realtime/calls",
+            content=offer,
+            headers={**auth(ephemeral_key), "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 201, response.text
     return call_id_from_location(response.headers["location"]) or ""
 
@@ -402,8 +468,9 @@ async def test_attach_a_call_opened_with_a_minted_secret(gateway, emulator, tena
     body = attached.json()
     assert (body["id"], body["source"], body["state"]) == (call_id, "attached", "active")
     assert body["upstream_session_id"] == secret.session.id
-    minted = await pg_pool.fetchrow("SELECT session_id FROM minted_client_secrets WHERE upstream_session_id = $1",
-                                    secret.session.id)  # fmt: skip
+    minted = await pg_pool.fetchrow(
+        "SELECT session_id FROM minted_client_secrets WHERE upstream_session_id = $1", secret.session.id
+    )
     assert body["session_id"] == minted["session_id"]
     assert twice.status_code == 200
     assert browser.status_code == 403
@@ -414,8 +481,11 @@ async def test_attach_a_call_opened_with_a_minted_secret(gateway, emulator, tena
 async def test_attach_refuses_calls_voxgate_did_not_mint(gateway, emulator, tenant, peer) -> None:
     # A secret minted straight at the upstream, bypassing voxgate.
     async with httpx.AsyncClient() as http:
-        minted = await http.post(f"{emulator.base_url}/realtime/client_secrets", json={"session": {"type": "realtime"}},
-                                 headers=auth(UPSTREAM_KEY))  # fmt: skip
+        minted = await http.post(
+            f"{emulator.base_url}/realtime/client_secrets",
+            json={"session": {"type": "realtime"}},
+            headers=auth(UPSTREAM_KEY),
+        )
         call_id = await direct_call(emulator, minted.json()["value"], await peer.offer())
         foreign = await http.post(f"{gateway.base_url}/voxgate/calls/{call_id}/attach", headers=auth(tenant.secret))
         unknown = await http.post(f"{gateway.base_url}/voxgate/calls/rtc_0000/attach", headers=auth(tenant.secret))
@@ -439,9 +509,11 @@ def test_sdp_accepts_lf_and_crlf() -> None:
 
 
 def test_multipart_parts_are_exact() -> None:
-    body = (b"--b0\r\nContent-Disposition: form-data; name=\"sdp\"\r\nContent-Type: application/sdp\r\n\r\n"
-            + GOOD_SDP.encode()
-            + b"\r\n--b0\r\nContent-Disposition: form-data; name=\"session\"\r\n\r\n{}\r\n--b0--\r\n")
+    body = (
+        b'--b0\r\nContent-Disposition: form-data; name="sdp"\r\nContent-Type: application/sdp\r\n\r\n'
+        + GOOD_SDP.encode()
+        + b'\r\n--b0\r\nContent-Disposition: form-data; name="session"\r\n\r\n{}\r\n--b0--\r\n'
+    )
     parts = parse_multipart(body, 'multipart/form-data; boundary="b0"')
     assert parts == {"sdp": GOOD_SDP.encode(), "session": b"{}"}
 
@@ -469,16 +541,19 @@ async def test_a_browser_user_and_the_backend_naming_that_user_share_one_safety_
     # identifier as a browser token whose `sub` is user-123; README: without the header every upstream
     # request still carries one (the key's), which is not the user's.
     async with httpx.AsyncClient() as http:
-        brokered = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={**auth(browser_token(browser_tenant, "user-123")),
-                                            "Content-Type": "application/sdp"})  # fmt: skip
+        brokered = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(browser_token(browser_tenant, "user-123")), "Content-Type": "application/sdp"},
+        )
     assert brokered.status_code == 201, brokered.text
     from_browser = emulated(emulator, brokered.headers["location"].rpartition("/")[2]).headers
     seen: list[str] = []
     for headers in ({"X-Voxgate-End-User": "user-123"}, {}):
         before = len(emulator.sessions)
-        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                      additional_headers={**auth(browser_tenant.secret), **headers}) as ws:  # fmt: skip
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime", additional_headers={**auth(browser_tenant.secret), **headers}
+        ) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
         seen.append(emulator.sessions[before].headers["openai-safety-identifier"])
     named, unnamed = seen
@@ -494,8 +569,10 @@ async def test_a_multipart_offer_is_bounded_at_64_kib_plus_1_mib(gateway, emulat
     assert len(huge_session.encode()) == 1024 * 1024 + 1
     before = len(emulator.calls)
     async with httpx.AsyncClient() as http:
-        too_big = await http.post(f"{gateway.base_url}/realtime/calls", headers=auth(tenant.secret),
-                                  files={"sdp": (None, GOOD_SDP, "application/sdp"),
-                                         "session": (None, huge_session, "application/json")})  # fmt: skip
+        too_big = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            headers=auth(tenant.secret),
+            files={"sdp": (None, GOOD_SDP, "application/sdp"), "session": (None, huge_session, "application/json")},
+        )
     assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "request_too_large")
     assert len(emulator.calls) == before

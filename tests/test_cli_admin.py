@@ -223,13 +223,29 @@ def seed_usage(dsn: str, tenant_id: str) -> str:
             # Inserted out of order: the report must sort by time.
             (
                 LEDGER_INSERT,
-                (f"resp_b_{session_id}", session_id, tenant_id, "cancelled",
-                 datetime(2025, 3, 1, 10, 5, tzinfo=UTC), 200, 30, 1_500_001),
+                (
+                    f"resp_b_{session_id}",
+                    session_id,
+                    tenant_id,
+                    "cancelled",
+                    datetime(2025, 3, 1, 10, 5, tzinfo=UTC),
+                    200,
+                    30,
+                    1_500_001,
+                ),
             ),
             (
                 LEDGER_INSERT,
-                (f"resp_a_{session_id}", session_id, tenant_id, "completed",
-                 datetime(2025, 3, 1, 10, 0, tzinfo=UTC), 1000, 250, 4_321),
+                (
+                    f"resp_a_{session_id}",
+                    session_id,
+                    tenant_id,
+                    "completed",
+                    datetime(2025, 3, 1, 10, 0, tzinfo=UTC),
+                    1000,
+                    250,
+                    4_321,
+                ),
             ),
             (
                 "INSERT INTO transcription_usage (session_id, item_id, tenant_id, model, occurred_at, usage_type,"
@@ -238,7 +254,7 @@ def seed_usage(dsn: str, tenant_id: str) -> str:
                 (session_id, tenant_id, datetime(2025, 3, 1, 10, 1, tzinfo=UTC)),
             ),
         ],
-    )  # fmt: skip
+    )
     return session_id
 
 
@@ -319,9 +335,15 @@ def test_bad_since_is_a_usage_error(voxgate: Voxgate, capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize(
     ("micro_usd", "shown"),
-    [(0, "$0.000000"), (1, "$0.000001"), (999_999, "$0.999999"), (1_000_000, "$1.000000"),
-     (123_456_789, "$123.456789"), (-2_500_000, "-$2.500000")],
-)  # fmt: skip
+    [
+        (0, "$0.000000"),
+        (1, "$0.000001"),
+        (999_999, "$0.999999"),
+        (1_000_000, "$1.000000"),
+        (123_456_789, "$123.456789"),
+        (-2_500_000, "-$2.500000"),
+    ],
+)
 def test_usd_formatting_is_exact(micro_usd: int, shown: str) -> None:
     assert admin_cli.format_usd(micro_usd) == shown
 

@@ -39,7 +39,6 @@ async def peer() -> AsyncIterator[ClientPeer]:
     await client.close()
 
 
-
 async def mint(gateway: Gateway, tenant: TenantKey, seconds: int = 30) -> Minted:
     async with AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0) as client:
         return await client.realtime.client_secrets.create(
@@ -61,9 +60,11 @@ async def session_row(pool: asyncpg.Pool, secret: Minted) -> asyncpg.Record:
 async def direct_call(emulator, peer: ClientPeer, secret: Minted) -> str:
     """What a browser does with the ephemeral key: call OpenAI (here, the emulator) directly."""
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{emulator.base_url}/realtime/calls", content=await peer.offer(),
-                                   headers={"Authorization": f"Bearer {secret.value}",
-                                            "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{emulator.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={"Authorization": f"Bearer {secret.value}", "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 201, response.text
     await peer.accept(response.text)
     call_id = call_id_from_location(response.headers["location"])
@@ -73,8 +74,9 @@ async def direct_call(emulator, peer: ClientPeer, secret: Minted) -> str:
 
 async def attach(gateway: Gateway, tenant: TenantKey, call_id: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{gateway.base_url}/voxgate/calls/{call_id}/attach",
-                                   headers={"Authorization": f"Bearer {tenant.secret}"})  # fmt: skip
+        response = await http.post(
+            f"{gateway.base_url}/voxgate/calls/{call_id}/attach", headers={"Authorization": f"Bearer {tenant.secret}"}
+        )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -220,8 +222,9 @@ async def test_attaching_after_a_sweep_reopens_the_session_for_the_call(
     assert reopened["call_id"] == call_id
 
     async with httpx.AsyncClient() as http:
-        hangup = await http.post(f"{gateway.base_url}/realtime/calls/{call_id}/hangup",
-                                 headers={"Authorization": f"Bearer {tenant.secret}"})  # fmt: skip
+        hangup = await http.post(
+            f"{gateway.base_url}/realtime/calls/{call_id}/hangup", headers={"Authorization": f"Bearer {tenant.secret}"}
+        )
     assert hangup.status_code == 200
     await gateway.settle()
     assert (await session_row(pg_pool, secret))["end_reason"] == "client_hangup"
@@ -237,8 +240,13 @@ async def test_a_call_gone_before_its_sideband_attached_ends_its_session(
     await gateway.settle()
     session_id = (await session_row(pg_pool, secret))["id"]
     store = gateway.services.calls_monitor.store
-    call = Call(call_id=call_id, tenant_id=tenant.tenant_id, session_id=session_id, source="attached",
-                upstream_session_id=secret.session.id)  # fmt: skip
+    call = Call(
+        call_id=call_id,
+        tenant_id=tenant.tenant_id,
+        session_id=session_id,
+        source="attached",
+        upstream_session_id=secret.session.id,
+    )
     assert await store.record_attached(call)
     await emulator.webrtc.end(next(c for c in emulator.calls if c.call_id == call_id))
 

@@ -42,10 +42,14 @@ async def test_minted_secret_carries_the_clamped_config(gateway, emulator, tenan
     await set_policy(pg_pool, tenant)
     async with sdk(gateway, tenant, **{"X-Voxgate-End-User": "user-42"}) as client:
         secret = await client.realtime.client_secrets.create(
-            session={"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 4096,
-                     "audio": {"output": {"voice": "marin"}}},
+            session={
+                "type": "realtime",
+                "model": "gpt-realtime",
+                "max_output_tokens": 4096,
+                "audio": {"output": {"voice": "marin"}},
+            },
             expires_after={"anchor": "created_at", "seconds": 3600},
-        )  # fmt: skip
+        )
     assert secret.value.startswith("ek_")
     minted = emulator.client_secrets[-1]
     assert minted.value == secret.value
@@ -103,12 +107,18 @@ async def test_shorter_lifetimes_and_lower_ceilings_are_kept(gateway, emulator, 
     ("session", "code", "param"),
     [
         ({"type": "realtime", "model": "gpt-4o-realtime-preview"}, "model_not_allowed", "session.model"),
-        ({"type": "realtime", "audio": {"output": {"voice": "alloy"}}}, "voice_not_allowed",
-         "session.audio.output.voice"),
-        ({"type": "realtime", "tools": [{"type": "function", "name": "wire_money"}]}, "tool_not_allowed",
-         "session.tools[0].name"),
+        (
+            {"type": "realtime", "audio": {"output": {"voice": "alloy"}}},
+            "voice_not_allowed",
+            "session.audio.output.voice",
+        ),
+        (
+            {"type": "realtime", "tools": [{"type": "function", "name": "wire_money"}]},
+            "tool_not_allowed",
+            "session.tools[0].name",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_policy_refusals_never_reach_upstream(gateway, emulator, tenant, pg_pool, session, code, param) -> None:
     await set_policy(pg_pool, tenant)
     before = len(emulator.client_secrets)
@@ -127,8 +137,9 @@ async def test_malformed_requests_are_400(gateway, emulator, tenant, pg_pool) ->
     before = len(emulator.client_secrets)
     async with httpx.AsyncClient() as http:
         url = f"{gateway.base_url}/realtime/client_secrets"
-        bad_tokens = await http.post(url, json={"session": {"type": "realtime", "max_output_tokens": "lots"}},
-                                     headers=auth(tenant))  # fmt: skip
+        bad_tokens = await http.post(
+            url, json={"session": {"type": "realtime", "max_output_tokens": "lots"}}, headers=auth(tenant)
+        )
         not_json = await http.post(url, content=b"{nope", headers={**auth(tenant), "Content-Type": "application/json"})
         bad_expiry = await http.post(url, json={"expires_after": {"seconds": "soon"}}, headers=auth(tenant))
     assert bad_tokens.status_code == 400
@@ -146,8 +157,9 @@ async def test_upstream_errors_are_mapped(gateway, emulator, tenant, pg_pool) ->
     async with httpx.AsyncClient() as http:
         url = f"{gateway.base_url}/realtime/client_secrets"
         # Upstream's own 400 (a lifetime below its minimum) reaches the client with its code.
-        too_short = await http.post(url, json={"expires_after": {"anchor": "created_at", "seconds": 5}},
-                                    headers=auth(tenant))  # fmt: skip
+        too_short = await http.post(
+            url, json={"expires_after": {"anchor": "created_at", "seconds": 5}}, headers=auth(tenant)
+        )
         emulator.faults = Faults(connect_status=429, retry_after_s=7)
         limited = await http.post(url, json={}, headers=auth(tenant))
         emulator.faults = Faults(connect_status=401)

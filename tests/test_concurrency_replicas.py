@@ -50,13 +50,21 @@ async def gateway_process(
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")},
-        "VOXGATE_DATABASE_URL": pg_dsn, "VOXGATE_REDIS_URL": REDIS_URL, "VOXGATE_REDIS_PREFIX": prefix,
-        "VOXGATE_UPSTREAM_URL": upstream_url, "VOXGATE_OPENAI_API_KEY": UPSTREAM_KEY,
-        "VOXGATE_PORT": str(port), "VOXGATE_INSTANCE_ID": name, "VOXGATE_LEASE_TTL_SECONDS": str(LEASE_TTL_S),
-        "VOXGATE_REAP_INTERVAL_SECONDS": str(REAP_INTERVAL_S), "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0",
-        "VOXGATE_LOG_LEVEL": "WARNING", "VOXGATE_LEDGER_FLUSH_INTERVAL": str(LEDGER_FLUSH_S),
-        "VOXGATE_DEFAULT_TIER": "", "VOXGATE_CALLS_SCAN_SECONDS": scan,
-    }  # fmt: skip
+        "VOXGATE_DATABASE_URL": pg_dsn,
+        "VOXGATE_REDIS_URL": REDIS_URL,
+        "VOXGATE_REDIS_PREFIX": prefix,
+        "VOXGATE_UPSTREAM_URL": upstream_url,
+        "VOXGATE_OPENAI_API_KEY": UPSTREAM_KEY,
+        "VOXGATE_PORT": str(port),
+        "VOXGATE_INSTANCE_ID": name,
+        "VOXGATE_LEASE_TTL_SECONDS": str(LEASE_TTL_S),
+        "VOXGATE_REAP_INTERVAL_SECONDS": str(REAP_INTERVAL_S),
+        "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0",
+        "VOXGATE_LOG_LEVEL": "WARNING",
+        "VOXGATE_LEDGER_FLUSH_INTERVAL": str(LEDGER_FLUSH_S),
+        "VOXGATE_DEFAULT_TIER": "",
+        "VOXGATE_CALLS_SCAN_SECONDS": scan,
+    }
     proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).with_name("voxgate")), "serve", env=env)
     url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
     try:
@@ -139,8 +147,11 @@ async def two_gateways(pg_dsn: str, upstream_url: str) -> AsyncIterator[tuple[Ga
     try:
         for name in ("pod-a", "pod-b"):
             settings = gateway_settings(pg_dsn, REDIS_URL, upstream_url)
-            settings = replace(settings, redis=replace(settings.redis, key_prefix=prefix),
-                               server=replace(settings.server, instance_id=name))  # fmt: skip
+            settings = replace(
+                settings,
+                redis=replace(settings.redis, key_prefix=prefix),
+                server=replace(settings.server, instance_id=name),
+            )
             started.append(await start_gateway(settings))
         yield started[0], started[1]
     finally:
@@ -163,8 +174,13 @@ async def test_a_policy_change_reaches_live_sessions_on_both_replicas_within_a_s
         assert len(upstreams) == 2
 
         def clamped_to(tokens: int) -> list[bool]:
-            return [any(e["type"] == "session.update" and e["session"].get("max_output_tokens") == tokens
-                        for e in upstream.client_events) for upstream in upstreams]  # fmt: skip
+            return [
+                any(
+                    e["type"] == "session.update" and e["session"].get("max_output_tokens") == tokens
+                    for e in upstream.client_events
+                )
+                for upstream in upstreams
+            ]
 
         async with asyncio.timeout(5):  # both sessions carry the first ceiling before the change
             while not all(clamped_to(500)):
@@ -190,8 +206,11 @@ async def test_a_budget_exhausted_on_one_replica_closes_the_tenants_sessions_on_
     # The budget covers one response with no input (1 output token x 64 micro-USD, by hand), so the
     # response server VAD starts after speech (its input is that audio) cannot fit: it is reserved
     # after the fact, finishes (finish_response), and its settle crosses the limit.
-    await PolicyStore(pg_pool, {}, None).set(tenant.tenant_id, {
-        "max_output_tokens": 1, "budget": {"daily_usd": "0.000064", "at_limit": "finish_response"}}, actor="test")
+    await PolicyStore(pg_pool, {}, None).set(
+        tenant.tenant_id,
+        {"max_output_tokens": 1, "budget": {"daily_usd": "0.000064", "at_limit": "finish_response"}},
+        actor="test",
+    )
     async with two_gateways(pg_dsn, emulator.base_url) as (a, b):
         speaker = await open_session(realtime_url(a), tenant)
         bystander = await open_session(realtime_url(b), tenant)
@@ -209,6 +228,7 @@ async def test_a_budget_exhausted_on_one_replica_closes_the_tenants_sessions_on_
     assert bystander.close_code == 4003 and speaker.close_code == 4003
     assert [e["error"]["code"] for e in events if e["type"] == "error"] == ["budget_exhausted"]  # type: ignore[index]
     assert closed_at - done_at <= BROADCAST_S, f"closed on the other replica {closed_at - done_at:.3f} s later"
-    spent = await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1",
-                                   tenant.tenant_id)  # fmt: skip
+    spent = await pg_pool.fetchval(
+        "SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
+    )
     assert spent == doc_prices.doc_cost(done["response"]["usage"]) > 64

@@ -29,9 +29,16 @@ async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     voxgate = Path(sys.executable).with_name("voxgate")
     proc = await asyncio.create_subprocess_exec(
-        str(voxgate), "demo", "--port", str(port), "--home", str(tmp_path / "home"),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        str(voxgate),
+        "demo",
+        "--port",
+        str(port),
+        "--home",
+        str(tmp_path / "home"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     output = b""
     try:

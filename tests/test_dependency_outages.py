@@ -37,12 +37,16 @@ from tests.support.tcp_proxy import TcpProxy
         (ConnectionResetError(104, "Connection reset by peer"), "database_unavailable"),
         (OSError("Multiple exceptions: [Errno 111] ..., [Errno 99] ..."), "database_unavailable"),
         (TimeoutError(), "database_unavailable"),  # asyncpg's pool wait, or a connect timeout
-        (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
-         "database_unavailable"),
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+            "database_unavailable",
+        ),
         (asyncpg.CannotConnectNowError("the database system is starting up"), "database_unavailable"),
         (asyncpg.TooManyConnectionsError("sorry, too many clients already"), "database_unavailable"),
-        (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
-         "database_unavailable"),
+        (
+            asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+            "database_unavailable",
+        ),
         (RedisConnectionError("Error 111 connecting to 127.0.0.1:6379."), "live_state_unavailable"),
         (RedisConnectionError("No connection available."), "live_state_unavailable"),  # the pool's wait
         (RedisTimeoutError("Timeout reading from socket"), "live_state_unavailable"),
@@ -57,7 +61,7 @@ from tests.support.tcp_proxy import TcpProxy
         (RedisResponseError("WRONGTYPE"), None),
         (GatewayError(429, "slow down"), None),  # already a refusal
     ],
-)  # fmt: skip
+)
 def test_only_unreachable_dependencies_become_retryable_503s(exc: Exception, code: str | None) -> None:
     refusal = outage_refusal(exc)
     if code is None:
@@ -66,9 +70,10 @@ def test_only_unreachable_dependencies_become_retryable_503s(exc: Exception, cod
         assert refusal is not None
         assert (refusal.status, refusal.code, refusal.error_type) == (503, code, "server_error")
         # Postgres restarts take seconds; Redis blips are shorter (gateway/errors.py).
-        assert refusal.response_headers()["retry-after"] == {"database_unavailable": "2",
-                                                             "live_state_unavailable": "1"}[code]  # fmt: skip
-
+        assert (
+            refusal.response_headers()["retry-after"]
+            == {"database_unavailable": "2", "live_state_unavailable": "1"}[code]
+        )
 
 
 def _via(url: str, proxy: TcpProxy) -> str:
@@ -99,8 +104,9 @@ async def redis_proxy() -> AsyncIterator[TcpProxy]:
 
 async def _gateway(pg_dsn: str, redis_url: str, emulator: Any) -> Gateway:
     settings = gateway_settings(pg_dsn, redis_url, emulator.base_url)
-    settings = replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
-                                                     default_tier=None))  # fmt: skip
+    settings = replace(
+        settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER, default_tier=None)
+    )
     return await start_gateway(settings)
 
 
@@ -118,19 +124,20 @@ def assert_retryable(status: int, headers: Any, body: bytes, code: str) -> None:
 async def assert_upgrade_refused(gateway: Gateway, tenant: TenantKey, code: str) -> None:
     """Opening a session is refused at the WebSocket upgrade with the retryable 503 `code`."""
     with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                      additional_headers={"Authorization": f"Bearer {tenant.secret}"}):  # fmt: skip
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+        ):
             pass
     refused = info.value.response
     assert_retryable(refused.status_code, refused.headers, refused.body, code)
 
 
-async def assert_new_sessions_refused(gateway: Gateway, http: httpx.AsyncClient, tenant: TenantKey,
-                                      code: str) -> None:  # fmt: skip
+async def assert_new_sessions_refused(gateway: Gateway, http: httpx.AsyncClient, tenant: TenantKey, code: str) -> None:
     """Both ways to start a session (a WebSocket, a browser's client secret) get the retryable 503 `code`."""
     await assert_upgrade_refused(gateway, tenant, code)
-    secret = await http.post("/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {tenant.secret}"},
-                             json={})  # fmt: skip
+    secret = await http.post(
+        "/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {tenant.secret}"}, json={}
+    )
     assert_retryable(secret.status_code, secret.headers, secret.content, code)
 
 
@@ -143,8 +150,9 @@ async def assert_not_ready(http: httpx.AsyncClient, down: str, up: str) -> None:
 
 
 async def assert_session_opens(gateway: Gateway, tenant: TenantKey) -> None:
-    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                  additional_headers={"Authorization": f"Bearer {tenant.secret}"}) as ws:  # fmt: skip
+    async with websockets.connect(
+        f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+    ) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
 
 

@@ -96,8 +96,9 @@ async def test_a_spent_daily_budget_refuses_new_sessions_before_the_upgrade(gate
     assert done["response"]["status"] == "completed"
     await ws.close()
     await gateway.settle()
-    spent = await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1",
-                                   tenant.tenant_id)  # fmt: skip
+    spent = await pg_pool.fetchval(
+        "SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
+    )
     assert limit - need < spent <= limit
     before = len(emulator.sessions)
 
@@ -126,31 +127,55 @@ async def test_a_disallowed_tool_is_refused_in_session_and_never_forwarded(gatew
         upstream = emulator.sessions[before]
         forbidden = {"type": "function", "name": "wire_money", "parameters": {"type": "object", "properties": {}}}
         allowed = {"type": "function", "name": "lookup_order", "parameters": {"type": "object", "properties": {}}}
-        await ws.send(json.dumps({"type": "session.update", "event_id": "evt_bad_session",
-                                  "session": {"type": "realtime", "tools": [allowed, forbidden]}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "evt_bad_session",
+                    "session": {"type": "realtime", "tools": [allowed, forbidden]},
+                }
+            )
+        )
         session_error = await next_of(ws, "error")
-        await ws.send(json.dumps({"type": "response.create", "event_id": "evt_bad_response",
-                                  "response": {"tools": [forbidden]}}))  # fmt: skip
+        await ws.send(
+            json.dumps({"type": "response.create", "event_id": "evt_bad_response", "response": {"tools": [forbidden]}})
+        )
         response_error = await next_of(ws, "error")
         # A marker sent after both on the same socket: once upstream has it, it has everything before it.
-        await ws.send(json.dumps({"type": "session.update", "event_id": "evt_marker",
-                                  "session": {"type": "realtime", "tools": [allowed]}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "evt_marker",
+                    "session": {"type": "realtime", "tools": [allowed]},
+                }
+            )
+        )
         async with asyncio.timeout(5):
             while not any(e.get("event_id") == "evt_marker" for e in upstream.client_events):
                 await asyncio.sleep(0.01)
     finally:
         await ws.close()
-    for event, event_id, param in ((session_error, "evt_bad_session", "session.tools[1].name"),
-                                   (response_error, "evt_bad_response", "response.tools[0].name")):  # fmt: skip
+    for event, event_id, param in (
+        (session_error, "evt_bad_session", "session.tools[1].name"),
+        (response_error, "evt_bad_response", "response.tools[0].name"),
+    ):
         error = event["error"]
         assert (error["type"], error["code"], error["param"], error["event_id"]) == (
-            "invalid_request_error", "tool_not_allowed", param, event_id)  # fmt: skip
+            "invalid_request_error",
+            "tool_not_allowed",
+            param,
+            event_id,
+        )
         assert "wire_money" in error["message"] and "'tools' list" in error["message"]  # names the policy
     forwarded = {e.get("event_id") for e in upstream.client_events}
     assert "evt_bad_session" not in forwarded and "evt_bad_response" not in forwarded
     assert not any(e["type"] == "response.create" for e in upstream.client_events)
-    assert not any(t.get("name") == "wire_money" for e in upstream.client_events
-                   for t in (e.get("session") or e.get("response") or {}).get("tools", []))  # fmt: skip
+    assert not any(
+        t.get("name") == "wire_money"
+        for e in upstream.client_events
+        for t in (e.get("session") or e.get("response") or {}).get("tools", [])
+    )
 
 
 # -- docs/admin-api.md: "0 is a hard cut-over: tokens signed with the replaced secret are refused at once
@@ -186,8 +211,10 @@ async def test_a_hard_cut_over_reaches_the_other_replica_within_its_config_cache
         old_secret, new_secret = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
         old_token = browser_token(tenant.tenant_id, old_secret)
         path = f"{serving.server.http_url}/admin/v1/tenants/{tenant.tenant_id}/browser-auth"
-        async with httpx.AsyncClient(headers={"authorization": f"Bearer {admin_token()}"}) as api, \
-                httpx.AsyncClient() as http:  # fmt: skip
+        async with (
+            httpx.AsyncClient(headers={"authorization": f"Bearer {admin_token()}"}) as api,
+            httpx.AsyncClient() as http,
+        ):
             assert (await api.put(path, json={"hs256_secret": old_secret})).status_code == 200
             # Both replicas accept the old key, and the other one now holds it in its cache.
             assert await browser_probe(http, serving.base_url, old_token) == 404
@@ -219,8 +246,12 @@ AUDIO_B64 = base64.b64encode(b"\x00\x01" * 480).decode()
 
 def budget_governor() -> SessionGovernor:
     policy = TenantPolicy(budget=BudgetPolicy(daily_micro_usd=10_000_000, alert_at=()))
-    return SessionGovernor(SessionIdentity("vgs_promise0000001", "ten_promise", "gpt-realtime"), DEFAULT_PRICE_TABLE,
-                           policy, 1_800_000_000.0)  # fmt: skip
+    return SessionGovernor(
+        SessionIdentity("vgs_promise0000001", "ten_promise", "gpt-realtime"),
+        DEFAULT_PRICE_TABLE,
+        policy,
+        1_800_000_000.0,
+    )
 
 
 def held_reservation(gov: SessionGovernor, now: float) -> None:
@@ -233,8 +264,21 @@ def held_reservation(gov: SessionGovernor, now: float) -> None:
 async def test_audio_appends_pass_while_a_reservation_is_pending(pg_pool, tenant) -> None:
     gov = budget_governor()
     writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
-    live = LiveSession(gov, writer, SessionStarted("vgs_promise0000001", tenant.tenant_id, tenant.key_id, "websocket",
-                                                   "realtime", "gpt-realtime", None, "test", time.time()))  # fmt: skip
+    live = LiveSession(
+        gov,
+        writer,
+        SessionStarted(
+            "vgs_promise0000001",
+            tenant.tenant_id,
+            tenant.key_id,
+            "websocket",
+            "realtime",
+            "gpt-realtime",
+            None,
+            "test",
+            time.time(),
+        ),
+    )
     held_reservation(gov, time.time())
     # The layout every SDK sends (type first) takes the relay's fast path; other spacing is still not decoded.
     fast = f'{{"type":"input_audio_buffer.append","audio":"{AUDIO_B64}"}}'.encode()
@@ -268,9 +312,23 @@ async def test_a_session_end_is_recorded_once_and_later_calls_are_ignored(pg_poo
     session_id = "vgs_" + secrets.token_hex(8)
     try:
         gov = budget_governor()
-        live = LiveSession(gov, writer, SessionStarted(session_id, tenant.tenant_id, tenant.key_id, "websocket",
-                                                       "realtime", "gpt-realtime", None, "test", next(clock)),
-                           clock=lambda: next(clock), metrics=metrics)  # fmt: skip
+        live = LiveSession(
+            gov,
+            writer,
+            SessionStarted(
+                session_id,
+                tenant.tenant_id,
+                tenant.key_id,
+                "websocket",
+                "realtime",
+                "gpt-realtime",
+                None,
+                "test",
+                next(clock),
+            ),
+            clock=lambda: next(clock),
+            metrics=metrics,
+        )
         live.end("client_closed", "first")
         first = live.ended
         assert first is not None
@@ -281,12 +339,18 @@ async def test_a_session_end_is_recorded_once_and_later_calls_are_ignored(pg_poo
     finally:
         await writer.stop()
     assert writer.stats.written == 2  # SessionStarted and one SessionEnded
-    row = await pg_pool.fetchrow("SELECT end_reason, end_detail, ended_at FROM realtime_sessions WHERE id = $1",
-                                 session_id)  # fmt: skip
+    row = await pg_pool.fetchrow(
+        "SELECT end_reason, end_detail, ended_at FROM realtime_sessions WHERE id = $1", session_id
+    )
     assert (row["end_reason"], row["end_detail"]) == ("client_closed", "first")
     assert row["ended_at"].timestamp() == first.ended_at
-    ended = {s.labels["end_reason"]: s.value for m in metrics.registry.collect() if m.name == "voxgate_sessions_ended"
-             for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+    ended = {
+        s.labels["end_reason"]: s.value
+        for m in metrics.registry.collect()
+        if m.name == "voxgate_sessions_ended"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
     assert ended == {"client_closed": 1.0}
 
 
@@ -297,13 +361,22 @@ async def test_a_session_end_is_recorded_once_and_later_calls_are_ignored(pg_poo
 
 
 def test_the_governor_never_raises_on_a_response_done_with_a_malformed_id() -> None:
-    metering = SessionGovernor(SessionIdentity("vgs_promise0000001", "ten_promise", "gpt-realtime"),
-                               DEFAULT_PRICE_TABLE, None, 1_800_000_000.0)  # fmt: skip
+    metering = SessionGovernor(
+        SessionIdentity("vgs_promise0000001", "ten_promise", "gpt-realtime"), DEFAULT_PRICE_TABLE, None, 1_800_000_000.0
+    )
     for gov in (metering, budget_governor()):
         bad_ids: tuple[object, ...] = ([], {})
         for bad_id in bad_ids:
-            done = {"type": "response.done", "event_id": "evt_1",
-                    "response": {"id": bad_id, "object": "realtime.response", "status": "completed", "output": [],
-                                 "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}}  # fmt: skip
+            done = {
+                "type": "response.done",
+                "event_id": "evt_1",
+                "response": {
+                    "id": bad_id,
+                    "object": "realtime.response",
+                    "status": "completed",
+                    "output": [],
+                    "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+                },
+            }
             # Must not raise; upstream's message is not ours to judge, so it is passed on.
             assert Forward() in gov.on_server_event(done, 1_800_000_001.0)

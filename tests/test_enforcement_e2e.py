@@ -289,8 +289,11 @@ async def test_session_token_ceiling_closes_after_the_crossing_response(gateway,
         tenant.tenant_id,
     )
     assert (row["end_reason"], row["responses"], row["tokens"]) == ("session_token_cap", len(used), sum(used))
-    audit = await pg_pool.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2",
-                                   tenant.tenant_id, "close_session_token_cap")  # fmt: skip
+    audit = await pg_pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2",
+        tenant.tenant_id,
+        "close_session_token_cap",
+    )
     assert audit == 1
 
 
@@ -316,8 +319,9 @@ async def test_a_server_started_response_over_budget_is_cancelled_or_finished_pe
         ceiling = 100
         limit = 6_400
         daily_usd = str(Decimal(limit) / 1_000_000)
-        await set_policy(pg_pool, tenant, max_output_tokens=ceiling,
-                         budget={"daily_usd": daily_usd, "at_limit": at_limit})  # fmt: skip
+        await set_policy(
+            pg_pool, tenant, max_output_tokens=ceiling, budget={"daily_usd": daily_usd, "at_limit": at_limit}
+        )
         ws = await connect(gateway, tenant)
         await next_of(ws, "session.created")
         await speak(ws, 600)
@@ -359,8 +363,9 @@ async def test_a_server_started_response_over_budget_is_cancelled_or_finished_pe
         assert reserved > limit
     row = await pg_pool.fetchrow("SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1", tenant.tenant_id)
     assert row["end_reason"] == "budget_exhausted"
-    cut = await pg_pool.fetchval("SELECT detail->>'cause' FROM audit_log WHERE tenant_id = $1 AND action = $2",
-                                 tenant.tenant_id, "budget_cut")  # fmt: skip
+    cut = await pg_pool.fetchval(
+        "SELECT detail->>'cause' FROM audit_log WHERE tenant_id = $1 AND action = $2", tenant.tenant_id, "budget_cut"
+    )
     assert cut == "reservation_refused"
 
 
@@ -374,8 +379,9 @@ async def test_cancel_response_closes_within_one_second_even_when_upstream_is_sl
     gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
     try:
         # 100 output tokens x 64_000_000 per 1M (gpt-realtime audio out) = 6_400 micro-USD, as above.
-        await set_policy(pg_pool, tenant, max_output_tokens=100,
-                         budget={"daily_usd": "0.0064", "at_limit": "cancel_response"})  # fmt: skip
+        await set_policy(
+            pg_pool, tenant, max_output_tokens=100, budget={"daily_usd": "0.0064", "at_limit": "cancel_response"}
+        )
         ws = await connect(gateway, tenant)
         await next_of(ws, "session.created")
         await speak(ws, 600)

@@ -51,22 +51,30 @@ async def cut_gateway(pg_dsn: str, emulator, redis_link: TcpProxy) -> AsyncItera
 
 async def tenant_with(pool: asyncpg.Pool, name: str, **policy: Any) -> TenantKey:
     tenant = await make_tenant(pool, name)
-    await PolicyStore(pool, {}, None).set(tenant.tenant_id, {"max_concurrent_sessions": 10, "budget": BUDGET, **policy},
-                                          actor="test")  # fmt: skip
+    await PolicyStore(pool, {}, None).set(
+        tenant.tenant_id, {"max_concurrent_sessions": 10, "budget": BUDGET, **policy}, actor="test"
+    )
     return tenant
 
 
 async def open_session(gateway: Gateway, tenant: TenantKey) -> websockets.ClientConnection:
-    ws = await websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                  additional_headers={"Authorization": f"Bearer {tenant.secret}"})  # fmt: skip
+    ws = await websockets.connect(
+        f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+    )
     assert json.loads(await ws.recv())["type"] == "session.created"
     return ws
 
 
 async def text_turn(ws: websockets.ClientConnection) -> dict[str, Any]:
     """One text response; returns its `response.done`."""
-    await ws.send(json.dumps({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}}))  # fmt: skip
+    await ws.send(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]},
+            }
+        )
+    )
     await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
     async with asyncio.timeout(10):
         while True:
@@ -77,8 +85,9 @@ async def text_turn(ws: websockets.ClientConnection) -> dict[str, Any]:
 
 
 async def ledger_cost(pool: asyncpg.Pool, response_id: str) -> int | None:
-    cost: int | None = await pool.fetchval("SELECT cost_micro_usd FROM usage_ledger WHERE response_id = $1",
-                                           response_id)  # fmt: skip
+    cost: int | None = await pool.fetchval(
+        "SELECT cost_micro_usd FROM usage_ledger WHERE response_id = $1", response_id
+    )
     return cost
 
 

@@ -147,8 +147,15 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
 def upgrade_head(*extra: str, path: str = "/v1/realtime?model=gpt-realtime") -> bytes:
-    lines = [f"GET {path} HTTP/1.1", "Host: gw", "Upgrade: websocket", "Connection: keep-alive, Upgrade",
-             f"Sec-WebSocket-Key: {KEY}", "Sec-WebSocket-Version: 13", *extra]  # fmt: skip
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: gw",
+        "Upgrade: websocket",
+        "Connection: keep-alive, Upgrade",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
     return "\r\n".join(lines).encode()
 
 
@@ -204,7 +211,8 @@ def test_upstream_101_must_match_our_key_and_negotiate_nothing() -> None:
     check_switching(good, KEY)
     with pytest.raises(HandshakeError, match="Accept"):
         check_switching(good, base64.b64encode(b"another key 1234").decode())
-    deflate = parse_response(switching_protocols(KEY, None, [("Sec-WebSocket-Extensions", "permessage-deflate")])
-                             .rstrip(b"\r\n"))  # fmt: skip
+    deflate = parse_response(
+        switching_protocols(KEY, None, [("Sec-WebSocket-Extensions", "permessage-deflate")]).rstrip(b"\r\n")
+    )
     with pytest.raises(HandshakeError, match="extension"):
         check_switching(deflate, KEY)

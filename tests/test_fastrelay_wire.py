@@ -114,9 +114,15 @@ class RawClient:
         reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
         client = cls(reader, writer)
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = ["GET /v1/realtime?model=gpt-realtime HTTP/1.1", f"Host: {gateway.server.host}",
-                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-                 "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+        lines = [
+            "GET /v1/realtime?model=gpt-realtime HTTP/1.1",
+            f"Host: {gateway.server.host}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = await reader.readuntil(HEAD_END)
         response = parse_response(head[: -len(HEAD_END)])
@@ -272,8 +278,12 @@ async def test_fragmented_upstream_message_reaches_the_client_as_the_same_frames
     while not frames[-1][0]:
         frames.append(await client.frame())
     # Exactly the frames `websockets` sent: three fragments and its empty final continuation.
-    assert [(fin, op) for fin, op, _ in frames] == [(False, OP_TEXT), (False, OP_CONTINUATION),
-                                                    (False, OP_CONTINUATION), (True, OP_CONTINUATION)]  # fmt: skip
+    assert [(fin, op) for fin, op, _ in frames] == [
+        (False, OP_TEXT),
+        (False, OP_CONTINUATION),
+        (False, OP_CONTINUATION),
+        (True, OP_CONTINUATION),
+    ]
     assert frames[-1][2] == b""
     assert json.loads(b"".join(p for _, _, p in frames))["response"]["id"] == "resp_1"
 
@@ -320,9 +330,13 @@ async def test_upstream_initiated_close_handshake(
 
 @pytest.mark.parametrize("fragmented", [False, True])
 async def test_oversized_client_message_closes_with_1009_and_reaches_nobody(
-    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool,
+    wire_gateway: Gateway,
+    client: RawClient,
+    upstream: ScriptedUpstream,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
     fragmented: bool,
-) -> None:  # fmt: skip
+) -> None:
     big = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (MAX_MESSAGE + 10)}).encode()
     if fragmented:
         half = len(big) // 2
@@ -430,10 +444,13 @@ async def test_browser_subprotocol_is_answered_with_realtime_only_and_nothing_is
     wire_gateway: Gateway, upstream: ScriptedUpstream, tenant: TenantKey
 ) -> None:
     upstream.reset()
-    raw = await RawClient.connect(wire_gateway, {
-        "Sec-WebSocket-Protocol": f"realtime, openai-insecure-api-key.{tenant.secret}",
-        "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
-    })  # fmt: skip
+    raw = await RawClient.connect(
+        wire_gateway,
+        {
+            "Sec-WebSocket-Protocol": f"realtime, openai-insecure-api-key.{tenant.secret}",
+            "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+        },
+    )
     try:
         assert raw.status == 101
         assert raw.headers["sec-websocket-protocol"] == "realtime"
@@ -469,8 +486,15 @@ def append_event(n: int) -> bytes:
 
 
 def delta_event(n: int) -> bytes:
-    event = {"type": "response.output_audio.delta", "event_id": f"event_{n}", "response_id": "resp_1",
-             "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": AUDIO_B64}  # fmt: skip
+    event = {
+        "type": "response.output_audio.delta",
+        "event_id": f"event_{n}",
+        "response_id": "resp_1",
+        "item_id": "item_1",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": AUDIO_B64,
+    }
     return json.dumps(event).encode()
 
 
@@ -532,8 +556,12 @@ async def test_several_upstream_frames_in_one_read_reach_the_client_in_order(con
 async def test_other_websocket_paths_are_left_to_the_asgi_app(wire_gateway: Gateway) -> None:
     reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /v1/not-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())  # fmt: skip
+    writer.write(
+        (
+            f"GET /v1/not-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = await asyncio.wait_for(reader.readuntil(HEAD_END), 5)
     assert parse_response(head[:-4]).status in (403, 404)  # Litestar has no such route
     writer.transport.abort()
@@ -555,9 +583,13 @@ async def test_a_client_leaving_during_admission_leaves_no_upstream_connection(p
     try:
         _, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write((f"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                      f"Authorization: Bearer {tenant.secret}\r\n\r\n").encode())  # fmt: skip
+        writer.write(
+            (
+                f"GET /v1/realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Authorization: Bearer {tenant.secret}\r\n\r\n"
+            ).encode()
+        )
         async with asyncio.timeout(5):
             await accepted.wait()
         writer.transport.abort()
@@ -681,17 +713,23 @@ async def test_governor_made_messages_are_masked_toward_upstream_and_plain_towar
         await relay.done
 
 
-USAGE = {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20,
-         "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0},
-         "output_token_details": {"text_tokens": 5, "audio_tokens": 15}}  # fmt: skip
+USAGE = {
+    "total_tokens": 30,
+    "input_tokens": 10,
+    "output_tokens": 20,
+    "input_token_details": {"text_tokens": 10, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0},
+    "output_token_details": {"text_tokens": 5, "audio_tokens": 15},
+}
 
 
 async def test_frames_after_a_billed_response_done_wait_for_its_row_and_keep_their_order(
     connect: Connect, pg_pool: asyncpg.Pool
 ) -> None:
     response_id = f"resp_{os.urandom(6).hex()}"
-    done = {"type": "response.done", "response": {"id": response_id, "status": "completed", "output": [],
-                                                  "usage": USAGE}}  # fmt: skip
+    done = {
+        "type": "response.done",
+        "response": {"id": response_id, "status": "completed", "output": [], "usage": USAGE},
+    }
 
     async def burst(ws: ServerConnection) -> None:
         # One TCP write: deltas, the billed response.done, more deltas and an event to inspect.
@@ -710,7 +748,8 @@ async def test_frames_after_a_billed_response_done_wait_for_its_row_and_keep_the
         if got[-1]["type"] == "response.done":
             assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", response_id) == 1
     assert [e["type"] for e in got] == ["response.output_audio.delta"] * 2 + ["response.done"] + [
-        "response.output_audio.delta"] * 2 + ["conversation.item.done", "response.output_audio.delta"]  # fmt: skip
+        "response.output_audio.delta"
+    ] * 2 + ["conversation.item.done", "response.output_audio.delta"]
     assert [e.get("event_id") for e in got] == ["event_1", "event_2", None, "event_3", "event_4", None, "event_5"]
 
 
@@ -744,12 +783,15 @@ async def test_an_abandoned_response_whose_done_never_comes_is_recorded_as_unbil
         # Upstream was told to cancel, then read for the wait, then closed: no sooner, not much later.
         assert wait <= loop.time() - t0 <= wait + 1.0
         # The cancel, then the fence (which this upstream does not answer either).
-        assert [(e["type"], e.get("response_id")) for e in received] == [("response.cancel", response_id),
-                                                                         ("input_audio_buffer.clear", None)]
+        assert [(e["type"], e.get("response_id")) for e in received] == [
+            ("response.cancel", response_id),
+            ("input_audio_buffer.clear", None),
+        ]
         assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
         await gateway.settle()
-        detail = await pg_pool.fetchval("SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = "
-                                        "'response_unbilled'", tenant.tenant_id)  # fmt: skip
+        detail = await pg_pool.fetchval(
+            "SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = 'response_unbilled'", tenant.tenant_id
+        )
         assert json.loads(detail)["response_ids"] == [response_id]
         assert await end_reason(gateway, pg_pool, tenant) == "client_closed"
     finally:
@@ -785,9 +827,13 @@ async def test_a_held_response_done_delays_what_follows_it_and_a_drain_until_it_
     live.durable.set_result(None)
     await asyncio.sleep(0)
     kinds = [(op, json.loads(p)["type"] if op == OP_TEXT else p) for op, p in frames_in(client.sent, masked=False)]
-    assert kinds == [(OP_TEXT, "response.output_audio.delta"), (OP_TEXT, "response.done"),
-                     (OP_TEXT, "conversation.item.done"), (OP_TEXT, "response.output_audio.delta"),
-                     (OP_CLOSE, b"\x03\xe9gateway shutting down")]  # fmt: skip
+    assert kinds == [
+        (OP_TEXT, "response.output_audio.delta"),
+        (OP_TEXT, "response.done"),
+        (OP_TEXT, "conversation.item.done"),
+        (OP_TEXT, "response.output_audio.delta"),
+        (OP_CLOSE, b"\x03\xe9gateway shutting down"),
+    ]
     assert upstream.reading and live.ended == []  # upstream is read for the fence's answer
     relay.upstream_data(build_frame(OP_TEXT, b'{"type":"input_audio_buffer.cleared"}', masked=False))
     assert live.ended == ["gateway_shutdown"]

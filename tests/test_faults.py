@@ -45,8 +45,9 @@ def via(url: str, proxy: TcpProxy) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{proxy.port}"
-    return urlunsplit((parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, parts.query,
-                       parts.fragment))  # fmt: skip
+    return urlunsplit(
+        (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, parts.query, parts.fragment)
+    )
 
 
 async def proxy_to(url: str) -> TcpProxy:
@@ -73,8 +74,9 @@ def assert_ledger_exact(ledger: Ledger, upstream: Upstream, seen: set[str]) -> N
     }
 
 
-async def test_a_postgres_cut_mid_traffic_loses_no_response(pg_dsn, pg_pool, fresh_emulator, budgeted,
-                                                           tmp_path) -> None:  # fmt: skip
+async def test_a_postgres_cut_mid_traffic_loses_no_response(
+    pg_dsn, pg_pool, fresh_emulator, budgeted, tmp_path
+) -> None:
     pg = await proxy_to(pg_dsn)
     env = gateway_env(via(pg_dsn, pg), REDIS_URL, fresh_emulator.base_url, prefix(), UPSTREAM_KEY)
     try:
@@ -99,13 +101,21 @@ async def test_a_postgres_cut_mid_traffic_loses_no_response(pg_dsn, pg_pool, fre
     assert ledger.responses.keys() == seen
 
 
-async def test_a_redis_cut_longer_than_the_lease_ttl_ends_no_session(pg_dsn, pg_pool, fresh_emulator, budgeted,
-                                                                     tmp_path) -> None:  # fmt: skip
+async def test_a_redis_cut_longer_than_the_lease_ttl_ends_no_session(
+    pg_dsn, pg_pool, fresh_emulator, budgeted, tmp_path
+) -> None:
     ttl, reap = 1.0, 0.3
     key_prefix = prefix()
     rd = await proxy_to(REDIS_URL)
-    env = gateway_env(pg_dsn, via(REDIS_URL, rd), fresh_emulator.base_url, key_prefix, UPSTREAM_KEY,
-                      VOXGATE_LEASE_TTL_SECONDS=str(ttl), VOXGATE_REAP_INTERVAL_SECONDS=str(reap))  # fmt: skip
+    env = gateway_env(
+        pg_dsn,
+        via(REDIS_URL, rd),
+        fresh_emulator.base_url,
+        key_prefix,
+        UPSTREAM_KEY,
+        VOXGATE_LEASE_TTL_SECONDS=str(ttl),
+        VOXGATE_REAP_INTERVAL_SECONDS=str(reap),
+    )
     redis = aioredis.from_url(REDIS_URL)
     try:
         async with gateway_process(env, tmp_path, instance_id="fault-redis") as gateway:
@@ -147,8 +157,9 @@ async def test_a_redis_cut_longer_than_the_lease_ttl_ends_no_session(pg_dsn, pg_
     assert ledger.responses.keys() == upstream.started == seen
 
 
-async def test_sigkill_right_after_response_done_loses_no_response(pg_dsn, pg_pool, fresh_emulator, budgeted,
-                                                                   tmp_path) -> None:  # fmt: skip
+async def test_sigkill_right_after_response_done_loses_no_response(
+    pg_dsn, pg_pool, fresh_emulator, budgeted, tmp_path
+) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     env = gateway_env(pg_dsn, REDIS_URL, fresh_emulator.base_url, prefix(), UPSTREAM_KEY, VOXGATE_SPOOL_DIR=str(spool))
@@ -157,16 +168,19 @@ async def test_sigkill_right_after_response_done_loses_no_response(pg_dsn, pg_po
         async with gateway_process(env, tmp_path, instance_id="fault-kill") as gateway:
             killed_after: list[str] = []
 
-            def kill_on_done(response_id: str, gateway: GatewayProcess = gateway, killed: list[str] = killed_after,
-                             at: int = len(seen) + 25) -> None:  # fmt: skip
+            def kill_on_done(
+                response_id: str,
+                gateway: GatewayProcess = gateway,
+                killed: list[str] = killed_after,
+                at: int = len(seen) + 25,
+            ) -> None:
                 # SIGKILL the moment the 25th response.done of this round reaches a client.
                 if not killed and len(seen) + 1 >= at:
                     killed.append(response_id)
                     gateway.proc.kill()
                 seen.add(response_id)
 
-            plans = [Plan(budgeted.tenant_id, budgeted.secret, ("text",) * 40, on_done=kill_on_done)
-                     for _ in range(8)]  # fmt: skip
+            plans = [Plan(budgeted.tenant_id, budgeted.secret, ("text",) * 40, on_done=kill_on_done) for _ in range(8)]
             await run(gateway, plans)
             assert killed_after, "the gateway was never killed"
             assert await gateway.proc.wait() == -signal.SIGKILL
@@ -184,20 +198,32 @@ async def test_sigkill_right_after_response_done_loses_no_response(pg_dsn, pg_po
 async def test_sigterm_drain_mid_response_loses_no_response(pg_dsn, pg_pool, budgeted, tmp_path) -> None:
     # Paced audio: each response speaks for ~3 s, so SIGTERM finds every session mid-response.
     emulator = await start_emulator(pace_audio=True, tokens_limit=10**12)
-    env = gateway_env(pg_dsn, REDIS_URL, emulator.base_url, prefix(), UPSTREAM_KEY,
-                      VOXGATE_SHUTDOWN_GRACE_SECONDS="0.5")  # fmt: skip
+    env = gateway_env(
+        pg_dsn, REDIS_URL, emulator.base_url, prefix(), UPSTREAM_KEY, VOXGATE_SHUTDOWN_GRACE_SECONDS="0.5"
+    )
     sessions = 6
     try:
         async with gateway_process(env, tmp_path, instance_id="fault-term") as gateway:
-            plans = [Plan(budgeted.tenant_id, budgeted.secret, ("text",), text="tell me a long story about the sea")
-                     for _ in range(sessions)]  # fmt: skip
+            plans = [
+                Plan(budgeted.tenant_id, budgeted.secret, ("text",), text="tell me a long story about the sea")
+                for _ in range(sessions)
+            ]
             traffic = asyncio.ensure_future(run(gateway, plans))
             async with asyncio.timeout(15):  # every session's response is speaking
-                while sum(any(e["type"] == "response.output_audio.delta" for e in s.server_events)
-                          for s in emulator.sessions) < sessions:  # fmt: skip
+                while (
+                    sum(
+                        any(e["type"] == "response.output_audio.delta" for e in s.server_events)
+                        for s in emulator.sessions
+                    )
+                    < sessions
+                ):
                     await asyncio.sleep(0.05)
-            in_flight = {e["response"]["id"] for s in emulator.sessions for e in s.server_events
-                         if e["type"] == "response.created"}  # fmt: skip
+            in_flight = {
+                e["response"]["id"]
+                for s in emulator.sessions
+                for e in s.server_events
+                if e["type"] == "response.created"
+            }
             assert len(in_flight) == sessions
             started = time.monotonic()
             code = await gateway.signal_and_wait(signal.SIGTERM, 20)

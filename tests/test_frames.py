@@ -29,24 +29,23 @@ def test_sdk_shaped_audio_append_skips_inspection() -> None:
 
 
 AMBIGUOUS = [
-        # type not first: could hide a nested "type" before the real one
-        '{"audio": "AAAA", "type": "input_audio_buffer.append"}',
-        # a nested object claiming to be audio in front of a real response.create
-        '{"type": "input_audio_buffer.append", "type": "response.create", "response": {"max_output_tokens": 99999}}',
-        # an escaped duplicate key decodes to "type"
-        '{"type": "input_audio_buffer.append", "typ\\u0065": "response.create"}',
-        # a quote inside a value needs an escape: never fast-pathed
-        '{"type": "input_audio_buffer.append", "event_id": "a\\"b"}',
-        '{"type": "response.create"}',
-        '{"type": "input_audio_buffer.append',
-        "[]",
-        "",
-        "not json",
-        # a second "type" key after the audio, where the relay's fast test looks last
-        '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type": "response.create"}',
-        '{"type": "input_audio_buffer.append", "type": "response.create", "audio": "' + AUDIO + '"}',
-        '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type":"response.create","x": "' + AUDIO
-        + '"}',
+    # type not first: could hide a nested "type" before the real one
+    '{"audio": "AAAA", "type": "input_audio_buffer.append"}',
+    # a nested object claiming to be audio in front of a real response.create
+    '{"type": "input_audio_buffer.append", "type": "response.create", "response": {"max_output_tokens": 99999}}',
+    # an escaped duplicate key decodes to "type"
+    '{"type": "input_audio_buffer.append", "typ\\u0065": "response.create"}',
+    # a quote inside a value needs an escape: never fast-pathed
+    '{"type": "input_audio_buffer.append", "event_id": "a\\"b"}',
+    '{"type": "response.create"}',
+    '{"type": "input_audio_buffer.append',
+    "[]",
+    "",
+    "not json",
+    # a second "type" key after the audio, where the relay's fast test looks last
+    '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type": "response.create"}',
+    '{"type": "input_audio_buffer.append", "type": "response.create", "audio": "' + AUDIO + '"}',
+    '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '", "type":"response.create","x": "' + AUDIO + '"}',
 ]
 
 
@@ -78,8 +77,15 @@ def test_the_relay_fast_test_takes_what_the_sdks_and_openai_send() -> None:
     ]
     for text in sdk:
         assert exact(text.encode(), CLIENT_EXACT_PREFIXES)
-    delta = {"type": "response.output_audio.delta", "event_id": "event_CX1", "response_id": "resp_CX2",
-             "item_id": "item_CX3", "output_index": 0, "content_index": 0, "delta": AUDIO}  # fmt: skip
+    delta = {
+        "type": "response.output_audio.delta",
+        "event_id": "event_CX1",
+        "response_id": "resp_CX2",
+        "item_id": "item_CX3",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": AUDIO,
+    }
     assert exact(json.dumps(delta, separators=(",", ":")).encode(), SERVER_EXACT_PREFIXES)
     assert exact(json.dumps(delta).encode(), SERVER_EXACT_PREFIXES)
     # In the middle of a larger buffer (the relay tests frames where they lie).
@@ -104,8 +110,26 @@ def test_the_relay_fast_test_is_narrower_than_the_parser_check() -> None:
 
 
 _PIECES = st.sampled_from(
-    ['"type"', '"type":', '"', "\\", "\\u0065", ":", ",", " ", "{", "}", '"audio"', '"response.create"', "A" * 40,
-     '"input_audio_buffer.append"', "typ", "e", '"}', "x"]
+    [
+        '"type"',
+        '"type":',
+        '"',
+        "\\",
+        "\\u0065",
+        ":",
+        ",",
+        " ",
+        "{",
+        "}",
+        '"audio"',
+        '"response.create"',
+        "A" * 40,
+        '"input_audio_buffer.append"',
+        "typ",
+        "e",
+        '"}',
+        "x",
+    ]
 )
 
 

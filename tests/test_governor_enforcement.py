@@ -79,11 +79,15 @@ def test_without_a_policy_nothing_is_enforced() -> None:
 
 def test_clamps_and_refusals_reach_the_client_as_ga_error_events() -> None:
     gov = governor(TenantPolicy(voices=frozenset({"marin"}), max_output_tokens=1000))
-    [rewritten] = checked(gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": "inf"}},
-                                              T0))  # fmt: skip
+    [rewritten] = checked(
+        gov.on_client_event({"type": "response.create", "response": {"max_output_tokens": "inf"}}, T0)
+    )
     assert isinstance(rewritten, ForwardRewritten) and rewritten.event["response"]["max_output_tokens"] == 1000
-    refused = checked(gov.on_client_event({"type": "response.create", "event_id": "e9",
-                                           "response": {"audio": {"output": {"voice": "alloy"}}}}, T0))  # fmt: skip
+    refused = checked(
+        gov.on_client_event(
+            {"type": "response.create", "event_id": "e9", "response": {"audio": {"output": {"voice": "alloy"}}}}, T0
+        )
+    )
     assert errors(refused) == ["voice_not_allowed"] and not of(Forward, refused)
     assert refused[0].event["error"]["event_id"] == "e9"
 
@@ -299,7 +303,8 @@ def test_client_gone_fences_upstream_and_a_response_vad_starts_meanwhile_is_canc
     started = checked(gov.on_server_event(created("resp_vad"), T0 + 0.1))
     [reserve] = of(ReserveBudget, started)
     assert [(a.event["type"], a.event["response_id"]) for a in of(SendToUpstream, started)] == [
-        ("response.cancel", "resp_vad")]  # fmt: skip
+        ("response.cancel", "resp_vad")
+    ]
     assert checked(gov.on_server_event(cleared(), T0 + 0.2)) == (Forward(),)
     assert gov.awaiting_upstream  # the fence is answered, the response is not done
     # ...and its response.done is billed and settled like any other (6_966: by hand, test_governor_metering.py).
@@ -333,8 +338,9 @@ def test_a_response_never_done_is_settled_at_its_worst_case_when_the_session_end
     gov = governor()
     [reserve] = of(ReserveBudget, gov.on_server_event(created("resp_1"), T0))
     gov.on_client_gone(T0 + 1)
-    assert gov.on_session_end(T0 + 6) == (SettleBudget(reserve.reservation_id, reserve.amount_micro_usd,
-                                                       reserve.amount_micro_usd),)  # fmt: skip
+    assert gov.on_session_end(T0 + 6) == (
+        SettleBudget(reserve.reservation_id, reserve.amount_micro_usd, reserve.amount_micro_usd),
+    )
     assert gov.on_session_end(T0 + 7) == ()
     # A response.done read after that is still booked, but settles nothing twice.
     late = gov.on_server_event(done("resp_1", "cancelled"), T0 + 8)
@@ -377,8 +383,15 @@ def test_a_transcription_committed_before_the_end_is_waited_for_until_it_complet
     assert gov.awaiting_upstream
     [audit] = gov.on_responses_unbilled(T0 + 0.4, "test")
     assert audit.detail["transcription_item_ids"] == ["item_b"]
-    gov.on_server_event({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_b",
-                         "content_index": 0, "error": {"type": "transcription_error"}}, T0 + 0.5)  # fmt: skip
+    gov.on_server_event(
+        {
+            "type": "conversation.item.input_audio_transcription.failed",
+            "item_id": "item_b",
+            "content_index": 0,
+            "error": {"type": "transcription_error"},
+        },
+        T0 + 0.5,
+    )
     assert not gov.awaiting_upstream
 
 
@@ -388,11 +401,23 @@ def test_a_client_clear_upstream_refuses_still_counts_as_answered_for_the_fence(
     # nothing more is awaited (an earlier version waited the whole abandon timeout).
     gov = governor(TenantPolicy())
     gov.on_client_event({"type": "input_audio_buffer.clear", "event_id": "evt_client_clear"}, T0)
-    [fence] = [a.event for a in of(SendToUpstream, gov.on_client_gone(T0 + 1))
-               if a.event["type"] == "input_audio_buffer.clear"]  # fmt: skip
-    gov.on_server_event({"type": "error", "event_id": "event_1", "error": {
-        "type": "invalid_request_error", "code": "x", "message": "no", "param": None,
-        "event_id": "evt_client_clear"}}, T0 + 1.1)  # fmt: skip
+    [fence] = [
+        a.event for a in of(SendToUpstream, gov.on_client_gone(T0 + 1)) if a.event["type"] == "input_audio_buffer.clear"
+    ]
+    gov.on_server_event(
+        {
+            "type": "error",
+            "event_id": "event_1",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "x",
+                "message": "no",
+                "param": None,
+                "event_id": "evt_client_clear",
+            },
+        },
+        T0 + 1.1,
+    )
     assert gov.awaiting_upstream
     gov.on_server_event({"type": "input_audio_buffer.cleared", "event_id": "event_2"}, T0 + 1.2)
     assert fence["event_id"] and not gov.awaiting_upstream

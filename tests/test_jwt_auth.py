@@ -39,8 +39,9 @@ def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[JwksServer]:
     """A JWKS document served over real HTTP on 127.0.0.1 (one RSA and one P-256 key)."""
-    document = {"keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"),
-                         public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]}  # fmt: skip
+    document = {
+        "keys": [public_jwk(RSA_KEY.public_key(), "rsa-1", "RS256"), public_jwk(EC_KEY.public_key(), "ec-1", "ES256")]
+    }
     with JwksServer(document) as server:
         yield server
 
@@ -163,6 +164,7 @@ async def test_a_new_kid_is_fetched_once_the_cooldown_has_passed(
     await refused(v, unknown)
     assert len(jwks.hits) - before == 2  # past it: one refetch for the unknown kid
 
+
 # --- the attack matrix --------------------------------------------------------------------------
 
 
@@ -231,8 +233,9 @@ async def test_missing_required_claim_is_refused(missing: str) -> None:
 
 async def test_a_ten_year_token_is_refused() -> None:
     now = int(time.time())
-    error = await refused(verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], iat=now,
-                                                                    exp=now + 10 * 365 * 86400)))  # fmt: skip
+    error = await refused(
+        verifier(jwt_secret=SECRET), hs256(claims(roles=["admin"], iat=now, exp=now + 10 * 365 * 86400))
+    )
     assert "too long" in error.message
 
 

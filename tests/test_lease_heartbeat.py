@@ -33,8 +33,10 @@ MEDIAN_LATE_S = 0.05
 
 async def test_leases_are_renewed_every_third_of_the_ttl(pg_dsn, emulator, tenant) -> None:
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-    settings = replace(settings, enforcement=EnforcementSettings(lease_ttl_seconds=TTL_S, reap_interval_seconds=0.5,
-                                                                 calls_scan_seconds=0.0))  # fmt: skip
+    settings = replace(
+        settings,
+        enforcement=EnforcementSettings(lease_ttl_seconds=TTL_S, reap_interval_seconds=0.5, calls_scan_seconds=0.0),
+    )
     gateway = await start_gateway(settings)
     redis = aioredis.from_url(REDIS_URL)
     leases = f"{settings.redis.key_prefix}{{{tenant.tenant_id}}}:leases"

@@ -89,8 +89,10 @@ async def test_the_first_end_wins_and_a_later_end_counts_late_usage(pg_pool: asy
     await sideband.stop()
     row = await pg_pool.fetchrow("SELECT * FROM realtime_sessions WHERE id = $1", sid)
     assert (row["end_reason"], row["end_detail"], row["ended_at"].timestamp()) == (
-        "client_hangup", "call rtc_1", pytest.approx(first_end)
-    )  # fmt: skip
+        "client_hangup",
+        "call rtc_1",
+        pytest.approx(first_end),
+    )
     assert (row["responses"], row["cost_micro_usd"], row["output_tokens"]) == (2, 350, 40)
 
 
@@ -231,8 +233,9 @@ async def test_records_for_a_session_another_replica_has_not_written_yet_wait_fo
     deadline = loop.time() + 5
     while here.stats.parked and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    row = await pg_pool.fetchrow("SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1",
-                                 sid)  # fmt: skip
+    row = await pg_pool.fetchrow(
+        "SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1", sid
+    )
     assert (row["end_reason"], row["responses"], row["cost_micro_usd"]) == ("call_ended", 1, 250)
     assert here.stats.dead_lettered == 0 and here.stats.written == 2
     await here.stop()

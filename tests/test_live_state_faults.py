@@ -52,13 +52,19 @@ async def redis_proxy() -> AsyncIterator[TcpProxy]:
     await proxy.stop()
 
 
-async def proxied_gateway(pg_dsn: str, emulator: Any, proxy: TcpProxy, lease_ttl_s: float,
-                          replica_of: Gateway | None = None) -> Gateway:  # fmt: skip
+async def proxied_gateway(
+    pg_dsn: str, emulator: Any, proxy: TcpProxy, lease_ttl_s: float, replica_of: Gateway | None = None
+) -> Gateway:
     """A gateway reaching Redis through `proxy`; `replica_of` shares that gateway's keys."""
     settings = gateway_settings(pg_dsn, f"redis://127.0.0.1:{proxy.port}", emulator.base_url)
     prefix = settings.redis.key_prefix if replica_of is None else replica_of.settings.redis.key_prefix
-    redis = replace(settings.redis, key_prefix=prefix, pool_size=8, pool_timeout_seconds=2.0,
-                    socket_timeout_seconds=SOCKET_TIMEOUT_S)  # fmt: skip
+    redis = replace(
+        settings.redis,
+        key_prefix=prefix,
+        pool_size=8,
+        pool_timeout_seconds=2.0,
+        socket_timeout_seconds=SOCKET_TIMEOUT_S,
+    )
     enforcement = EnforcementSettings(lease_ttl_seconds=lease_ttl_s, reap_interval_seconds=0.3, calls_scan_seconds=0)
     settings = replace(settings, redis=redis, enforcement=enforcement)
     return await start_gateway(settings)
@@ -77,8 +83,9 @@ def watch(client: aioredis.Redis, gw: Gateway) -> LiveState:
 
 
 async def open_session(gw: Gateway, tenant: TenantKey) -> websockets.ClientConnection:
-    ws = await websockets.connect(f"{gw.ws_url}?model=gpt-realtime",
-                                  additional_headers={"Authorization": f"Bearer {tenant.secret}"})  # fmt: skip
+    ws = await websockets.connect(
+        f"{gw.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+    )
     await next_of(ws, "session.created")
     return ws
 
@@ -108,9 +115,13 @@ async def eventually(check: Any, within: float, step: float = 0.05) -> float:
 
 
 async def test_a_redis_outage_longer_than_the_lease_ttl_ends_no_live_session(
-    pg_dsn: str, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool, redis_proxy: TcpProxy,
+    pg_dsn: str,
+    emulator: Any,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_proxy: TcpProxy,
     observer: aioredis.Redis,
-) -> None:  # fmt: skip
+) -> None:
     """Redis is down for every replica (two gateways behind the cut link): when it returns, no
     replica reaps its own sessions nor another's whose heartbeat stopped only because of the outage."""
     ttl = 1.5
@@ -159,9 +170,13 @@ async def _active_is(state: LiveState, tenant: TenantKey, count: int) -> bool:
 
 
 async def test_releases_that_fail_during_a_blip_are_retried_not_left_to_the_ttl(
-    pg_dsn: str, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool, redis_proxy: TcpProxy,
+    pg_dsn: str,
+    emulator: Any,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_proxy: TcpProxy,
     observer: aioredis.Redis,
-) -> None:  # fmt: skip
+) -> None:
     ttl = 30.0  # far longer than the test: only a retried release can free these slots
     gw = await proxied_gateway(pg_dsn, emulator, redis_proxy, ttl)
     try:
@@ -193,9 +208,13 @@ async def _no_live(gw: Gateway) -> bool:
 
 
 async def test_settles_lost_in_an_outage_are_rebuilt_from_the_ledger(
-    pg_dsn: str, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool, redis_proxy: TcpProxy,
+    pg_dsn: str,
+    emulator: Any,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_proxy: TcpProxy,
     observer: aioredis.Redis,
-) -> None:  # fmt: skip
+) -> None:
     gw = await proxied_gateway(pg_dsn, emulator, redis_proxy, 5.0)
     try:
         await set_policy(pg_pool, tenant, budget={"daily_usd": "100"})
@@ -237,9 +256,13 @@ async def test_settles_lost_in_an_outage_are_rebuilt_from_the_ledger(
 
 
 async def test_after_a_redis_cut_counters_equal_the_ledger_and_no_lease_is_held_without_new_sessions(
-    pg_dsn: str, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool, redis_proxy: TcpProxy,
+    pg_dsn: str,
+    emulator: Any,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_proxy: TcpProxy,
     observer: aioredis.Redis,
-) -> None:  # fmt: skip
+) -> None:
     """Sessions run and end while Redis is cut; once it answers, with no session opened after the
     outage (no admission to trigger a rebuild), the counters become the ledger's sums and every lease
     is given back, within the documented bound."""
@@ -305,21 +328,29 @@ async def _spent_is(state: LiveState, tenant: TenantKey, amount: int) -> bool:
 
 
 async def test_settings_size_both_pools() -> None:
-    env = {"VOXGATE_REDIS_POOL_SIZE": "12", "VOXGATE_REDIS_POOL_TIMEOUT_SECONDS": "0.5",
-           "VOXGATE_REDIS_SOCKET_TIMEOUT_SECONDS": "1.5", "VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS": "3"}  # fmt: skip
+    env = {
+        "VOXGATE_REDIS_POOL_SIZE": "12",
+        "VOXGATE_REDIS_POOL_TIMEOUT_SECONDS": "0.5",
+        "VOXGATE_REDIS_SOCKET_TIMEOUT_SECONDS": "1.5",
+        "VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS": "3",
+    }
     s = Settings.from_env(env)
     assert (s.redis.pool_size, s.redis.pool_timeout_seconds, s.redis.socket_timeout_seconds) == (12, 0.5, 1.5)
     assert s.database.pool_timeout_seconds == 3.0
     defaults = Settings.from_env({})
     assert (defaults.redis.pool_size, defaults.redis.pool_timeout_seconds, defaults.database.pool_timeout_seconds) == (
-        32, 2.0, 5.0)  # fmt: skip
+        32,
+        2.0,
+        5.0,
+    )
     with pytest.raises(SettingsError, match="VOXGATE_REDIS_POOL_SIZE"):
         Settings.from_env({"VOXGATE_REDIS_POOL_SIZE": "1"})
 
 
 async def test_a_full_redis_pool_makes_commands_wait_then_fail_after_its_timeout() -> None:
-    client = redis_client(RedisSettings(url=REDIS_URL, pool_size=2, pool_timeout_seconds=0.3,
-                                        socket_timeout_seconds=5.0))  # fmt: skip
+    client = redis_client(
+        RedisSettings(url=REDIS_URL, pool_size=2, pool_timeout_seconds=0.3, socket_timeout_seconds=5.0)
+    )
     key = f"vgtest:pool:{secrets.token_hex(4)}"
     try:
         # Two blocking reads hold both connections; a third command waits for one...

@@ -62,6 +62,7 @@ async def test_idle_tenants_leave_the_reaper_index(state: LiveState, redis_clien
     await state.reap_expired(T0 + 7200)
     assert await redis_client.zscore(state.keys.tenant_index, t) is None
 
+
 # -- budgets --------------------------------------------------------------------------------
 
 
@@ -140,6 +141,7 @@ async def test_subscribe_is_cancellable_and_resubscribes_after_a_lost_connection
         with pytest.raises(asyncio.CancelledError):
             await task
         await client.aclose()
+
 
 # -- scripts --------------------------------------------------------------------------------
 

@@ -66,9 +66,9 @@ def replica_b(replicas: tuple[Backend, ...]) -> LiveStateBackend:
 
 async def test_cap_holds_exactly_with_300_concurrent_acquires(state: Backend, replica_b: Backend) -> None:
     t = tenant()
-    results = await asyncio.gather(*(
-        (state if i % 2 else replica_b).acquire_session(t, f"s{i}", 37, TTL, T0) for i in range(BURST)
-    ))  # fmt: skip
+    results = await asyncio.gather(
+        *((state if i % 2 else replica_b).acquire_session(t, f"s{i}", 37, TTL, T0) for i in range(BURST))
+    )
     assert sum(r.granted for r in results) == 37
     assert max(r.active for r in results) == 37
     assert await state.active_sessions(t, T0) == 37
@@ -77,16 +77,16 @@ async def test_cap_holds_exactly_with_300_concurrent_acquires(state: Backend, re
     assert await replica_b.active_sessions(t, T0) == 0
 
 
-async def test_reserve_never_grants_beyond_the_limit_with_300_concurrent(
-    state: Backend, replica_b: Backend
-) -> None:
+async def test_reserve_never_grants_beyond_the_limit_with_300_concurrent(state: Backend, replica_b: Backend) -> None:
     t = await known_tenant(state, T0)
     await state.settle(t, "earlier", 100_000, T0)
     amounts = [10_000 + 1_000 * (i % 7) for i in range(BURST)]
-    results = await asyncio.gather(*(
-        (state if i % 2 else replica_b).reserve(t, f"r{i}", a, 1_600_000, None, T0 + 1, 60)
-        for i, a in enumerate(amounts)
-    ))  # fmt: skip
+    results = await asyncio.gather(
+        *(
+            (state if i % 2 else replica_b).reserve(t, f"r{i}", a, 1_600_000, None, T0 + 1, 60)
+            for i, a in enumerate(amounts)
+        )
+    )
     granted = sum(a for a, r in zip(amounts, results, strict=True) if r.granted)
     assert 0 < granted <= 1_500_000
     assert 1_500_000 - granted < max(amounts)  # refused only when the next one truly did not fit
@@ -129,7 +129,6 @@ async def test_300_sessions_acquire_reserve_settle_release_concurrently(state: B
 
 
 # -- concurrency leases --------------------------------------------------------------------
-
 
 
 async def test_two_replicas_share_the_cap(state: Backend, replica_b: Backend) -> None:
@@ -227,8 +226,8 @@ async def test_tenant_ids_with_braces_are_refused(state: Backend) -> None:
     with pytest.raises(ValueError, match="invalid tenant id"):
         await state.acquire_session("a{b}", "s", 1, TTL, T0)
 
-# -- session start rate --------------------------------------------------------------------
 
+# -- session start rate --------------------------------------------------------------------
 
 
 async def test_start_rate_is_exact_per_sliding_minute(state: Backend) -> None:
@@ -253,8 +252,8 @@ async def test_start_rate_is_shared_by_replicas_under_concurrency(state: Backend
     assert sum(r.allowed for r in results) == 10
     assert all(r.retry_after_s == pytest.approx(60.0) for r in results if not r.allowed)
 
-# -- budgets -------------------------------------------------------------------------------
 
+# -- budgets -------------------------------------------------------------------------------
 
 
 async def test_monthly_limit_also_binds(state: Backend) -> None:
@@ -340,8 +339,8 @@ async def test_day_and_month_rollover_use_new_counters(state: Backend) -> None:
     assert (await state.spend(t, at("2026-02-02T08:00:00"))).spent_day == 0
     assert (await state.spend(t, at("2026-02-02T08:00:00"))).spent_month == 150
 
-# -- rebuild from the Postgres ledger ------------------------------------------------------
 
+# -- rebuild from the Postgres ledger ------------------------------------------------------
 
 
 async def test_forget_spend_recovers_a_settle_that_never_reached_redis(state: Backend, pg_pool: asyncpg.Pool) -> None:
@@ -384,9 +383,7 @@ async def test_a_limited_reservation_waits_for_unknown_counters_to_be_rebuilt(
     assert (await state.reserve(t, "r2", 50, 1_000, None, T0, 60)).granted
 
 
-async def test_a_reservation_survives_forget_and_its_settle_adds_once(
-    state: Backend, pg_pool: asyncpg.Pool
-) -> None:
+async def test_a_reservation_survives_forget_and_its_settle_adds_once(state: Backend, pg_pool: asyncpg.Pool) -> None:
     t, s = await ledger_tenant(pg_pool)
     assert (await state.rebuild_spend(pg_pool, t, T0 - 7200)).known
     assert (await state.reserve(t, "resp1", 5_000, 100_000, None, T0 - 7200, 7200)).granted
@@ -401,7 +398,6 @@ async def test_a_reservation_survives_forget_and_its_settle_adds_once(
 
 
 # -- broadcasts ----------------------------------------------------------------------------
-
 
 
 async def test_publish_reaches_other_replicas_with_the_origin(state: Backend, replica_b: Backend) -> None:
@@ -425,8 +421,8 @@ async def test_publish_reaches_other_replicas_with_the_origin(state: Backend, re
         Broadcast("policy_changed", "ten_y", {}, "pod-b"),
     ]
 
-# -- upstream headroom ---------------------------------------------------------------------
 
+# -- upstream headroom ---------------------------------------------------------------------
 
 
 async def test_headroom_is_the_latest_snapshot_until_it_goes_stale(state: Backend, replica_b: Backend) -> None:
@@ -456,10 +452,13 @@ async def test_tenant_view_reads_spend_leases_and_headroom_together(state: Backe
     await replica_b.record_headroom(40_000, 1_200, 12.5, T0)
     view = await state.tenant_view(t, T0 + 1)
     assert (view.spend.known, view.spend.spent_day, view.spend.spent_month, view.spend.reserved_day) == (
-        True, 400, 400, 300)  # fmt: skip
+        True,
+        400,
+        400,
+        300,
+    )
     assert view.active_sessions == 3
     assert view.headroom is not None and (view.headroom.tokens_remaining, view.headroom.observed_at) == (1_200, T0)
     # The same rules as the single calls: expired leases and holds are not counted, stale headroom is None.
     later = await state.tenant_view(t, T0 + TTL + 0.5)  # s0 (until T0 + TTL) and r2 (same) have expired
-    assert (later.active_sessions, later.headroom, later.spend.reserved_day, later.spend.spent_day) == (
-        2, None, 0, 400)  # fmt: skip
+    assert (later.active_sessions, later.headroom, later.spend.reserved_day, later.spend.spent_day) == (2, None, 0, 400)

@@ -46,8 +46,9 @@ class HeldCalls(LiveState):
         await self._held("heartbeat")
         return await super().heartbeat(sessions, ttl_s, time.time())
 
-    async def acquire_session(self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float,
-                              now: float) -> LeaseResult:  # fmt: skip
+    async def acquire_session(
+        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+    ) -> LeaseResult:
         await self._held("acquire_session")
         return await super().acquire_session(tenant_id, session_id, limit, ttl_s, time.time())
 
@@ -92,8 +93,15 @@ async def replica(redis_prefix: str, redis_client: aioredis.Redis) -> AsyncItera
     await state.load_scripts()
     sessions: list[Carried] = []
     # Admission and rebuilds are not exercised here: no policies, pool, ledger or prices.
-    enforcement = Enforcement(state, None, None, None, None, lambda: sessions,  # type: ignore[arg-type]
-                              EnforcementSettings(lease_ttl_seconds=TTL))  # fmt: skip
+    enforcement = Enforcement(
+        state,
+        None,
+        None,
+        None,
+        None,
+        lambda: sessions,  # type: ignore[arg-type]
+        EnforcementSettings(lease_ttl_seconds=TTL),
+    )
     yield Replica(state, enforcement, sessions)
     await client.aclose()
 
@@ -217,8 +225,15 @@ async def test_a_settle_cut_off_when_the_session_stops_goes_to_the_repair_queue(
     from policies.policy import TenantPolicy
 
     state = SlowSettles()
-    enforcement = Enforcement(state, None, None, None, None, lambda: (),  # type: ignore[arg-type]
-                              EnforcementSettings(lease_ttl_seconds=TTL))  # fmt: skip
+    enforcement = Enforcement(
+        state,
+        None,
+        None,
+        None,
+        None,
+        lambda: (),  # type: ignore[arg-type]
+        EnforcementSettings(lease_ttl_seconds=TTL),
+    )
     effects = SessionEffects(enforcement, "ten_a", "vgs_a", TenantPolicy())
 
     class Owner:

@@ -43,16 +43,19 @@ async def scrape(gateway) -> str:
 async def test_refusals_session_ends_and_policy_decisions_are_counted(gateway, tenant, pg_pool) -> None:
     before = await scrape(gateway)
     with pytest.raises(InvalidStatus):
-        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                      additional_headers={"Authorization": "Bearer vg_live_" + "B" * 43}):
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": "Bearer vg_live_" + "B" * 43}
+        ):
             pass
     await PolicyStore(pg_pool, {}, None).set(tenant.tenant_id, {"models": ["gpt-realtime"]}, actor="test")
     with pytest.raises(InvalidStatus):
-        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime-2",
-                                      additional_headers={"Authorization": f"Bearer {tenant.secret}"}):
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime-2", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+        ):
             pass
-    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                  additional_headers={"Authorization": f"Bearer {tenant.secret}"}) as ws:
+    async with websockets.connect(
+        f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+    ) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
     await gateway.settle()
     after = await scrape(gateway)
@@ -75,12 +78,23 @@ async def test_the_cost_series_equals_the_ledger(pg_dsn, emulator, tenant, pg_po
     gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
     try:
         seen: list[dict[str, object]] = []
-        async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                      additional_headers={"Authorization": f"Bearer {tenant.secret}"}) as ws:
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+        ) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
             for turn in range(3):
-                await ws.send(json.dumps({"type": "conversation.item.create", "item": {"type": "message",
-                    "role": "user", "content": [{"type": "input_text", "text": f"turn {turn} " * (turn + 1)}]}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "conversation.item.create",
+                            "item": {
+                                "type": "message",
+                                "role": "user",
+                                "content": [{"type": "input_text", "text": f"turn {turn} " * (turn + 1)}],
+                            },
+                        }
+                    )
+                )
                 await ws.send(json.dumps({"type": "response.create"}))
                 async with asyncio.timeout(10):
                     while (event := json.loads(await ws.recv()))["type"] != "response.done":

@@ -241,8 +241,10 @@ async def test_browser_auth_keeps_a_previous_secret_only_with_its_window(empty_p
     conn = await asyncpg.connect(empty_pg_dsn)
     try:
         await conn.execute("INSERT INTO tenants (id, name) VALUES ('ten_m5', 'm5')")
-        insert = ("INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, hs256_previous_secret, "
-                  "hs256_previous_until) VALUES ('ten_m5', $1, $2, $3)")  # fmt: skip
+        insert = (
+            "INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, hs256_previous_secret, "
+            "hs256_previous_until) VALUES ('ten_m5', $1, $2, $3)"
+        )
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute(insert, "n" * 40, "p" * 40, None)
         with pytest.raises(asyncpg.CheckViolationError):

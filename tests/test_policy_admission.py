@@ -19,8 +19,12 @@ POLICY = TenantPolicy(
 
 
 def upstream(remaining: int, limit: int = 100_000, reset: float = 30.0, observed: float = NOW - 10) -> RateLimitsRecord:
-    return RateLimitsRecord("vgs_x", "ten_x", observed, (RateLimit("requests", 1000, 999, 60.0),
-                                                         RateLimit("tokens", limit, remaining, reset)))  # fmt: skip
+    return RateLimitsRecord(
+        "vgs_x",
+        "ten_x",
+        observed,
+        (RateLimit("requests", 1000, 999, 60.0), RateLimit("tokens", limit, remaining, reset)),
+    )
 
 
 def test_admits_and_records_the_start() -> None:
@@ -32,18 +36,48 @@ def test_admits_and_records_the_start() -> None:
     ("snapshot", "model", "status", "code", "kind", "retry"),
     [
         (AdmissionSnapshot(), "gpt-realtime", 403, "model_not_allowed", "invalid_request_error", None),
-        (AdmissionSnapshot(active_sessions=2), "gpt-realtime-2", 429, "concurrency_limit_exceeded",
-         "rate_limit_error", 1.0),
-        (AdmissionSnapshot(recent_starts=(NOW - 50, NOW - 20, NOW - 1)), "gpt-realtime-2", 429,
-         "session_rate_limit_exceeded", "rate_limit_error", 10.0),
-        (AdmissionSnapshot(budget=BudgetState(1_000_000, 1_000_000)), "gpt-realtime-2", 429, "budget_exhausted",
-         "insufficient_quota", 3600.0),
-        (AdmissionSnapshot(budget=BudgetState(500_000, 9_000_000, 500_000, 0)), "gpt-realtime-2", 429,
-         "budget_exhausted", "insufficient_quota", 3600.0),
-        (AdmissionSnapshot(upstream=upstream(remaining=1500)), "gpt-realtime-2", 429, "upstream_capacity",
-         "rate_limit_error", 20.0),
+        (
+            AdmissionSnapshot(active_sessions=2),
+            "gpt-realtime-2",
+            429,
+            "concurrency_limit_exceeded",
+            "rate_limit_error",
+            1.0,
+        ),
+        (
+            AdmissionSnapshot(recent_starts=(NOW - 50, NOW - 20, NOW - 1)),
+            "gpt-realtime-2",
+            429,
+            "session_rate_limit_exceeded",
+            "rate_limit_error",
+            10.0,
+        ),
+        (
+            AdmissionSnapshot(budget=BudgetState(1_000_000, 1_000_000)),
+            "gpt-realtime-2",
+            429,
+            "budget_exhausted",
+            "insufficient_quota",
+            3600.0,
+        ),
+        (
+            AdmissionSnapshot(budget=BudgetState(500_000, 9_000_000, 500_000, 0)),
+            "gpt-realtime-2",
+            429,
+            "budget_exhausted",
+            "insufficient_quota",
+            3600.0,
+        ),
+        (
+            AdmissionSnapshot(upstream=upstream(remaining=1500)),
+            "gpt-realtime-2",
+            429,
+            "upstream_capacity",
+            "rate_limit_error",
+            20.0,
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_refusal_has_a_distinct_code(
     snapshot: AdmissionSnapshot, model: str, status: int, code: str, kind: str, retry: float | None
 ) -> None:
@@ -65,17 +99,26 @@ def test_with_prices_the_budget_must_cover_one_worst_case_response() -> None:
     ("budget", "prices", "message"),
     [
         # Nothing spent yet: running responses' reservations filled the day.
-        (BudgetState(0, 0, 1_000_000, 1_000_000), None,
-         "This tenant's daily budget is exhausted: $0.00 spent + $1.00 reserved for responses in progress, "
-         "of $1.00."),
-        (BudgetState(940_000, 940_000), DEFAULT_PRICE_TABLE,
-         "This tenant's daily budget is exhausted: $0.94 spent + $0.00 reserved for responses in progress, "
-         "of $1.00; one more response may cost up to $0.065536."),
-        (BudgetState(600_000, 9_990_000, 400_000, 10_000), None,
-         "This tenant's daily and monthly budgets are exhausted: daily $0.60 spent + $0.40 reserved for responses "
-         "in progress, of $1.00; monthly $9.99 spent + $0.01 reserved for responses in progress, of $10.00."),
+        (
+            BudgetState(0, 0, 1_000_000, 1_000_000),
+            None,
+            "This tenant's daily budget is exhausted: $0.00 spent + $1.00 reserved for responses in progress, "
+            "of $1.00.",
+        ),
+        (
+            BudgetState(940_000, 940_000),
+            DEFAULT_PRICE_TABLE,
+            "This tenant's daily budget is exhausted: $0.94 spent + $0.00 reserved for responses in progress, "
+            "of $1.00; one more response may cost up to $0.065536.",
+        ),
+        (
+            BudgetState(600_000, 9_990_000, 400_000, 10_000),
+            None,
+            "This tenant's daily and monthly budgets are exhausted: daily $0.60 spent + $0.40 reserved for responses "
+            "in progress, of $1.00; monthly $9.99 spent + $0.01 reserved for responses in progress, of $10.00.",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_budget_refusal_says_what_was_spent_and_what_is_reserved(
     budget: BudgetState, prices: PriceTable | None, message: str
 ) -> None:

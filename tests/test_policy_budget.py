@@ -28,9 +28,15 @@ from policies.pricing import DEFAULT_PRICE_TABLE
 
 @pytest.mark.parametrize(
     ("model", "tokens"),
-    [("gpt-realtime", 4096), ("gpt-realtime-2025-08-28", 4096), ("gpt-realtime-2", 32768),
-     ("gpt-realtime-2.1-mini", 32768), ("gpt-realtime-2.7-preview", 32768), ("someone-elses-model", 32768)],
-)  # fmt: skip
+    [
+        ("gpt-realtime", 4096),
+        ("gpt-realtime-2025-08-28", 4096),
+        ("gpt-realtime-2", 32768),
+        ("gpt-realtime-2.1-mini", 32768),
+        ("gpt-realtime-2.7-preview", 32768),
+        ("someone-elses-model", 32768),
+    ],
+)
 def test_model_output_ceilings(model: str, tokens: int) -> None:
     assert model_max_output_tokens(model) == tokens
 
@@ -51,9 +57,15 @@ def test_worst_case_is_output_at_the_audio_rate_plus_input_at_the_dearest_rate()
 
 
 def test_item_estimates_over_count_text_audio_and_images() -> None:
-    item = {"type": "message", "role": "user", "content": [
-        {"type": "input_text", "text": "x" * 300}, {"type": "input_audio", "audio": "A" * 10660},
-        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}  # fmt: skip
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "x" * 300},
+            {"type": "input_audio", "audio": "A" * 10660},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+        ],
+    }
     assert item_token_estimate(item) == 8 + 100 + 10 + 1536
     assert item_token_estimate("junk") == 0
 
@@ -107,8 +119,7 @@ class Reservation:
     settled: int = 0  # index of the step that settled it
 
 
-op = st.tuples(st.sampled_from(["reserve", "vad", "settle"]), st.integers(0, 5), st.integers(0, 400),
-               st.integers(0, 3))  # fmt: skip
+op = st.tuples(st.sampled_from(["reserve", "vad", "settle"]), st.integers(0, 5), st.integers(0, 400), st.integers(0, 3))
 
 
 @settings(max_examples=400, deadline=None)
@@ -156,8 +167,9 @@ def test_spend_never_exceeds_the_budget_by_more_than_the_documented_bound(
         # The crossing: the last moment spent + reserved was within the limit.
         t0 = max(i for i, value in enumerate(committed) if value <= limit)
         # Reservations open at the crossing, settled after it, may add their excess over the estimate.
-        excess = sum(max(0, r.actual - r.reserved) for r in history
-                     if r.opened <= t0 < r.settled and r.actual is not None)  # fmt: skip
+        excess = sum(
+            max(0, r.actual - r.reserved) for r in history if r.opened <= t0 < r.settled and r.actual is not None
+        )
         forced_after = sum(r.actual for r in history if r.forced and r.opened > t0 and r.actual is not None)
         assert spent - limit <= excess + forced_after
         # Every forced reservation after the crossing is refused, so at most one per session.

@@ -30,9 +30,23 @@ def response_create(**response: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("inf", 1024), (None, 1024), (5000, 1024), (1024, 1024), (10, 10), (10.0, 10), (1e9, 1024),
-     (0, None), (-3, None), ("INF", None), ("100", None), (True, None), (1.5, None), ([], None)],
-)  # fmt: skip
+    [
+        ("inf", 1024),
+        (None, 1024),
+        (5000, 1024),
+        (1024, 1024),
+        (10, 10),
+        (10.0, 10),
+        (1e9, 1024),
+        (0, None),
+        (-3, None),
+        ("INF", None),
+        ("100", None),
+        (True, None),
+        (1.5, None),
+        ([], None),
+    ],
+)
 def test_token_values_clamp_to_the_ceiling_or_are_garbage(value: object, expected: int | None) -> None:
     assert clamp_token_value(value, 1024) == expected
 
@@ -121,17 +135,26 @@ def assert_valid_error(result: Refused, client_event_id: str | None) -> None:
 REFUSALS = [
     (session_update(model="gpt-realtime"), "model_not_allowed", "session.model"),
     (session_update(audio={"output": {"voice": "alloy"}}), "voice_not_allowed", "session.audio.output.voice"),
-    (session_update(audio={"output": {"voice": {"id": "voice_bad"}}}), "voice_not_allowed",
-     "session.audio.output.voice.id"),
+    (
+        session_update(audio={"output": {"voice": {"id": "voice_bad"}}}),
+        "voice_not_allowed",
+        "session.audio.output.voice.id",
+    ),
     ({"type": "session.update", "session": {"voice": "echo"}}, "voice_not_allowed", "session.voice"),
     (response_create(audio={"output": {"voice": "cedar"}}), "voice_not_allowed", "response.audio.output.voice"),
     (response_create(voice="ash"), "voice_not_allowed", "response.voice"),
-    (session_update(tools=[{"type": "function", "name": "lookup"}, {"type": "function", "name": "rm_rf"}]),
-     "tool_not_allowed", "session.tools[1].name"),
-    (response_create(tools=[{"type": "mcp", "server_label": "evil", "server_url": "https://x"}]),
-     "tool_not_allowed", "response.tools[0].server_label"),
+    (
+        session_update(tools=[{"type": "function", "name": "lookup"}, {"type": "function", "name": "rm_rf"}]),
+        "tool_not_allowed",
+        "session.tools[1].name",
+    ),
+    (
+        response_create(tools=[{"type": "mcp", "server_label": "evil", "server_url": "https://x"}]),
+        "tool_not_allowed",
+        "response.tools[0].server_label",
+    ),
     (response_create(tools=[{"type": "web_search"}]), "tool_not_allowed", "response.tools[0].type"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("event", "code", "param"), REFUSALS)
@@ -145,10 +168,14 @@ def test_disallowed_model_voice_and_tools_are_refused_naming_the_policy(event: A
 
 def test_allowed_model_voice_and_tools_pass() -> None:
     event = session_update(
-        model="gpt-realtime-2", max_output_tokens=100,
+        model="gpt-realtime-2",
+        max_output_tokens=100,
         audio={"output": {"voice": {"id": "voice_ok"}}},
-        tools=[{"type": "function", "name": "lookup"}, {"type": "mcp", "server_label": "crm", "server_url": "https://x"}],
-    )  # fmt: skip
+        tools=[
+            {"type": "function", "name": "lookup"},
+            {"type": "mcp", "server_label": "crm", "server_url": "https://x"},
+        ],
+    )
     assert isinstance(police_client_event(event, POLICY), Unchanged)
 
 

@@ -86,13 +86,24 @@ def test_a_partial_policy_file_changes_only_the_keys_it_names(
     policy = run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]
     # gateway/default_tiers.yaml's standard tier, with the two changes.
     assert policy == {
-        "models": ["gpt-realtime-2", "gpt-realtime-mini"], "voices": ["cedar", "marin"], "tools": [],
-        "max_output_tokens": 1024, "max_session_tokens": 200000, "max_session_seconds": 900.0,
-        "idle_timeout_seconds": 120.0, "max_concurrent_sessions": 40, "session_starts_per_minute": 60,
-        "budget": {"daily_usd": "75.000000", "monthly_usd": "1000.000000", "alert_at": [0.5, 0.8, 1.0],
-                   "at_limit": "finish_response"},
-        "redis_unavailable": "fail_closed", "expires_after_max_seconds": 600,
-    }  # fmt: skip
+        "models": ["gpt-realtime-2", "gpt-realtime-mini"],
+        "voices": ["cedar", "marin"],
+        "tools": [],
+        "max_output_tokens": 1024,
+        "max_session_tokens": 200000,
+        "max_session_seconds": 900.0,
+        "idle_timeout_seconds": 120.0,
+        "max_concurrent_sessions": 40,
+        "session_starts_per_minute": 60,
+        "budget": {
+            "daily_usd": "75.000000",
+            "monthly_usd": "1000.000000",
+            "alert_at": [0.5, 0.8, 1.0],
+            "at_limit": "finish_response",
+        },
+        "redis_unavailable": "fail_closed",
+        "expires_after_max_seconds": 600,
+    }
 
     # null removes a limit; everything else stays.
     partial.write_text("budget: {monthly_usd: null}\nmax_session_seconds: null\n")
@@ -144,8 +155,11 @@ def test_key_changes_from_the_cli_are_audited(voxgate: Any, capsys: pytest.Captu
     key = run_json(voxgate, capsys, "key", "create", "--tenant", tenant["id"])
     assert voxgate("key", "revoke", key["id"]) == 0
     actions = [(e.actor, e.action, e.detail.get("key_id")) for e in audit_of(pg_dsn, tenant["id"])]
-    assert actions == [("cli", "key.revoke", key["id"]), ("cli", "key.create", key["id"]),
-                       ("cli", "tenant.create", None)]  # fmt: skip
+    assert actions == [
+        ("cli", "key.revoke", key["id"]),
+        ("cli", "key.create", key["id"]),
+        ("cli", "tenant.create", None),
+    ]
 
 
 def test_policy_set_publishes_the_change_when_redis_is_configured(

@@ -24,8 +24,11 @@ def test_bucket_takes_until_empty_then_says_when_to_retry() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.integers(1, 20), rate=st.sampled_from([0.25, 0.5, 1.0, 3.0, 10.0]),
-       calls=st.lists(st.tuples(step, st.integers(1, 5)), max_size=60))  # fmt: skip
+@given(
+    capacity=st.integers(1, 20),
+    rate=st.sampled_from([0.25, 0.5, 1.0, 3.0, 10.0]),
+    calls=st.lists(st.tuples(step, st.integers(1, 5)), max_size=60),
+)
 def test_bucket_never_grants_more_than_capacity_plus_refill(
     capacity: int, rate: float, calls: list[tuple[float, int]]
 ) -> None:
@@ -44,8 +47,12 @@ def test_bucket_never_grants_more_than_capacity_plus_refill(
 
 
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.integers(1, 20), rate=st.sampled_from([0.25, 0.5, 1.0, 3.0, 10.0]),
-       calls=st.lists(st.tuples(step, st.integers(1, 5)), max_size=30), n=st.integers(1, 20))  # fmt: skip
+@given(
+    capacity=st.integers(1, 20),
+    rate=st.sampled_from([0.25, 0.5, 1.0, 3.0, 10.0]),
+    calls=st.lists(st.tuples(step, st.integers(1, 5)), max_size=30),
+    n=st.integers(1, 20),
+)
 def test_retry_after_is_exact(capacity: int, rate: float, calls: list[tuple[float, int]], n: int) -> None:
     bucket = TokenBucket.full(capacity, rate, T0)
     now = T0

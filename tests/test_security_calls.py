@@ -58,8 +58,11 @@ async def mint(gateway: Any, tenant: TenantKey) -> Any:
 async def direct_call(emulator: Any, ephemeral_key: str, offer: str) -> str:
     """What a browser does with an ephemeral key: call OpenAI (the emulator) directly."""
     async with httpx.AsyncClient() as http:
-        response = await http.post(f"{emulator.base_url}/realtime/calls", content=offer,
-                                   headers={**auth(ephemeral_key), "Content-Type": "application/sdp"})  # fmt: skip
+        response = await http.post(
+            f"{emulator.base_url}/realtime/calls",
+            content=offer,
+            headers={**auth(ephemeral_key), "Content-Type": "application/sdp"},
+        )
     assert response.status_code == 201, response.text
     return call_id_from_location(response.headers["location"]) or ""
 
@@ -102,13 +105,16 @@ async def test_a_probe_never_acts_on_a_call_that_is_not_the_tenants(gateway, emu
 
 async def test_attach_attempts_are_rate_limited_per_tenant(gateway, emulator, pg_pool) -> None:
     fuzzer, bystander = await make_tenant(pg_pool, "fuzz"), await make_tenant(pg_pool, "by")
-    statuses = [(await attach(gateway, fuzzer, "rtc_" + secrets.token_hex(8))).status_code
-                for _ in range(ATTACH_BURST)]  # fmt: skip
+    statuses = [(await attach(gateway, fuzzer, "rtc_" + secrets.token_hex(8))).status_code for _ in range(ATTACH_BURST)]
     assert statuses == [404] * ATTACH_BURST
     limited = await attach(gateway, fuzzer, "rtc_" + secrets.token_hex(8))
     assert limited.status_code == 429, limited.text
-    assert limited.json()["error"] == {"message": limited.json()["error"]["message"], "type": "rate_limit_error",
-                                       "code": "rate_limit_exceeded", "param": None}  # fmt: skip
+    assert limited.json()["error"] == {
+        "message": limited.json()["error"]["message"],
+        "type": "rate_limit_error",
+        "code": "rate_limit_exceeded",
+        "param": None,
+    }
     assert int(limited.headers["retry-after"]) >= 1
     # Another tenant's bucket is its own.
     assert (await attach(gateway, bystander, "rtc_" + secrets.token_hex(8))).status_code == 404
@@ -127,8 +133,11 @@ async def test_a_browser_sub_cannot_take_a_keys_identity(gateway, emulator, pg_p
     tenant = await make_tenant(pg_pool, "ns")
     await BrowserAuthStore(pg_pool).set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
     async with httpx.AsyncClient() as http:
-        placed = await http.post(f"{gateway.base_url}/realtime/calls", content=await peer.offer(),
-                                 headers={**auth(tenant.secret), "Content-Type": "application/sdp"})  # fmt: skip
+        placed = await http.post(
+            f"{gateway.base_url}/realtime/calls",
+            content=await peer.offer(),
+            headers={**auth(tenant.secret), "Content-Type": "application/sdp"},
+        )
         assert placed.status_code == 201, placed.text
         url = f"{gateway.base_url}/realtime/calls/{placed.headers['location'].rpartition('/')[2]}"
         assert (await http.get(url, headers=auth(tenant.secret))).status_code == 200  # the key sees its call

@@ -29,7 +29,8 @@ UPGRADE = "/v1/realtime?model=gpt-realtime"
 @pytest.fixture(scope="module")
 async def gw(pg_dsn: str, emulator) -> AsyncIterator[Gateway]:
     gateway = await start_gateway(
-        gateway_settings(pg_dsn, REDIS_URL, emulator.base_url, header_timeout_seconds=HEADER_TIMEOUT_S))
+        gateway_settings(pg_dsn, REDIS_URL, emulator.base_url, header_timeout_seconds=HEADER_TIMEOUT_S)
+    )
     yield gateway
     await gateway.stop()
 
@@ -195,8 +196,9 @@ async def test_requests_with_a_few_kib_of_headers_work_and_outlive_the_header_ti
     lines = ["Connection: close", *(f"{name}: {value}" for name, value in extra.items())]
     status, _, body = await exchange(gw, head("/healthz", lines))
     assert status == 200, body
-    async with websockets.connect(gw.ws_url + "?model=gpt-realtime",
-                                  additional_headers={"Authorization": f"Bearer {tenant.secret}", **extra}) as ws:
+    async with websockets.connect(
+        gw.ws_url + "?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}", **extra}
+    ) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
         await asyncio.sleep(HEADER_TIMEOUT_S + SLACK_S)  # the head timer must not touch a live session
         await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "instructions": "hi"}}))

@@ -70,8 +70,14 @@ def test_each_address_class_is_refused_when_set(url: str) -> None:
         BrowserAuthConfig("ten_x", jwks_url=url).validate()
 
 
-@pytest.mark.parametrize("url", ["https://idp.example.com/.well-known/jwks.json", "https://8.8.8.8/jwks.json",
-                                 "https://[2606:4700::1111]/jwks.json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://idp.example.com/.well-known/jwks.json",
+        "https://8.8.8.8/jwks.json",
+        "https://[2606:4700::1111]/jwks.json",
+    ],
+)
 def test_public_https_urls_are_accepted(url: str) -> None:
     BrowserAuthConfig("ten_x", jwks_url=url).validate()
 
@@ -150,32 +156,45 @@ async def test_redirects_are_not_followed(jwks: JwksServer) -> None:
 @pytest.fixture(scope="module")
 async def admin_gateway(pg_dsn: str, emulator: Any) -> AsyncIterator[Gateway]:
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-    gateway = await start_gateway(replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE,
-                                                                        jwt_issuer=ISSUER)))  # fmt: skip
+    gateway = await start_gateway(
+        replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER))
+    )
     yield gateway
     await gateway.stop()
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/", "https://169.254.169.254/latest/meta-data/",
-                                 "https://[fd00:ec2::254]/", "https://10.0.0.7/jwks.json",
-                                 "https://localhost/jwks.json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6379/",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://10.0.0.7/jwks.json",
+        "https://localhost/jwks.json",
+    ],
+)
 async def test_the_admin_api_refuses_internal_jwks_urls(admin_gateway: Gateway, url: str) -> None:
-    async with httpx.AsyncClient(base_url=f"{admin_gateway.server.http_url}/admin/v1",
-                                 headers={"authorization": f"Bearer {admin_token()}"}) as api:  # fmt: skip
+    async with httpx.AsyncClient(
+        base_url=f"{admin_gateway.server.http_url}/admin/v1", headers={"authorization": f"Bearer {admin_token()}"}
+    ) as api:
         tenant = (await api.post("/tenants", json={"name": f"ssrf-{secrets.token_hex(3)}"})).json()
         path = f"/tenants/{tenant['id']}/browser-auth"
         response = await api.put(path, json={"jwks_url": url})
         assert response.status_code == 400, response.text
-        assert response.json()["error"] == {"message": response.json()["error"]["message"],
-                                             "type": "invalid_request_error", "code": "invalid_browser_auth",
-                                             "param": "jwks_url"}  # fmt: skip
+        assert response.json()["error"] == {
+            "message": response.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "code": "invalid_browser_auth",
+            "param": "jwks_url",
+        }
         assert (await api.get(path)).status_code == 404  # nothing was stored
 
 
 @pytest.mark.e2e
-def test_the_cli_refuses_internal_jwks_urls(pg_dsn: str, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_the_cli_refuses_internal_jwks_urls(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("VOXGATE_DATABASE_URL", pg_dsn)
     monkeypatch.delenv("VOXGATE_JWKS_ALLOWED_HOSTS", raising=False)
     assert cli.main(["tenant", "create", f"cli-ssrf-{secrets.token_hex(3)}", "--json"]) == 0

@@ -31,11 +31,18 @@ async def test_migration_0006_replaces_fingerprints_with_random_ids(empty_pg_dsn
     conn = await asyncpg.connect(empty_pg_dsn)
     try:
         await conn.execute("INSERT INTO tenants (id, name) VALUES ('ten_k6', 'k6')")
-        await conn.execute("INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, hs256_previous_secret, "
-                           "hs256_previous_until) VALUES ('ten_k6', $1, $2, now())", secret, previous)  # fmt: skip
+        await conn.execute(
+            "INSERT INTO tenant_browser_auth (tenant_id, hs256_secret, hs256_previous_secret, "
+            "hs256_previous_until) VALUES ('ten_k6', $1, $2, now())",
+            secret,
+            previous,
+        )
         detail = {"hs256_fingerprint": fingerprint, "previous_hs256_fingerprint": None, "audience": "voxgate"}
-        await conn.execute("INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES "
-                           "('alice', 'ten_k6', 'browser_auth.set', $1::jsonb)", json.dumps(detail))  # fmt: skip
+        await conn.execute(
+            "INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES "
+            "('alice', 'ten_k6', 'browser_auth.set', $1::jsonb)",
+            json.dumps(detail),
+        )
     finally:
         await conn.close()
 

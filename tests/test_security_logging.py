@@ -74,8 +74,12 @@ async def test_no_secret_or_conversation_text_reaches_the_log_at_debug(
 ) -> None:
     raw, out = debug_logs
     settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
-    gw = await start_gateway(replace(settings, admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE,
-                                                                   jwt_issuer=ISSUER, default_tier=None)))  # fmt: skip
+    gw = await start_gateway(
+        replace(
+            settings,
+            admin=AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER, default_tier=None),
+        )
+    )
     tenant = await make_tenant(pg_pool)
     said = f"my parcel number is periwinkle-{secrets.token_hex(6)}"
     whispered = f"kiwi{secrets.token_hex(3)}"
@@ -84,8 +88,9 @@ async def test_no_secret_or_conversation_text_reaches_the_log_at_debug(
     try:
         async with AsyncOpenAI(base_url=gw.base_url, api_key=tenant.secret, max_retries=0) as client:
             async with client.realtime.connect(model="gpt-realtime") as conn:
-                await conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
-                                                   "instructions": instructions})  # fmt: skip
+                await conn.session.update(
+                    session={"type": "realtime", "output_modalities": ["text"], "instructions": instructions}
+                )
                 said_item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]}
                 await conn.conversation.item.create(item=said_item)
                 await conn.response.create()
@@ -95,18 +100,29 @@ async def test_no_secret_or_conversation_text_reaches_the_log_at_debug(
                         if event.type == "response.done":
                             break
             minted = await client.realtime.client_secrets.create(
-                session={"type": "realtime", "model": "gpt-realtime", "instructions": instructions})
+                session={"type": "realtime", "model": "gpt-realtime", "instructions": instructions}
+            )
         async with httpx.AsyncClient(base_url=f"{gw.server.http_url}/admin/v1") as http:
             listed = await http.get("/tenants", headers={"Authorization": f"Bearer {token}"})
             assert listed.status_code == 200, listed.text
         # A browser passes its key in a subprotocol. `websockets` logs only a frame's first 48
         # characters, so here the text comes first: unfiltered, the log would show it.
-        async with websockets.connect(f"{gw.ws_url}?model=gpt-realtime",
-                                      subprotocols=["realtime", f"openai-insecure-api-key.{tenant.secret}"]) as ws:
+        async with websockets.connect(
+            f"{gw.ws_url}?model=gpt-realtime", subprotocols=["realtime", f"openai-insecure-api-key.{tenant.secret}"]
+        ) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
-            await ws.send(json.dumps({"item": {"content": [{"text": whispered, "type": "input_text"}],
-                                               "type": "message", "role": "user"},
-                                      "type": "conversation.item.create"}))  # fmt: skip
+            await ws.send(
+                json.dumps(
+                    {
+                        "item": {
+                            "content": [{"text": whispered, "type": "input_text"}],
+                            "type": "message",
+                            "role": "user",
+                        },
+                        "type": "conversation.item.create",
+                    }
+                )
+            )
             async with asyncio.timeout(5):
                 while not json.loads(await ws.recv())["type"].startswith("conversation.item."):
                     pass
@@ -117,9 +133,15 @@ async def test_no_secret_or_conversation_text_reaches_the_log_at_debug(
     finally:
         await gw.stop()
 
-    known = {"tenant key": tenant.secret, "upstream key": UPSTREAM_KEY, "admin JWT": token,
-             "client secret": minted.value, "what the user said": said, "session instructions": instructions,
-             "what the browser user said": whispered}  # fmt: skip
+    known = {
+        "tenant key": tenant.secret,
+        "upstream key": UPSTREAM_KEY,
+        "admin JWT": token,
+        "client secret": minted.value,
+        "what the user said": said,
+        "session instructions": instructions,
+        "what the browser user said": whispered,
+    }
     unfiltered = "\n".join(raw.lines)
     # The traffic really was logged, secrets included: without the filter they would be printed.
     assert f"Bearer {UPSTREAM_KEY}" in unfiltered
@@ -138,14 +160,21 @@ async def test_voxgate_serve_logs_debug_records_as_json_lines_when_asked(pg_dsn:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")},
-        "VOXGATE_DATABASE_URL": pg_dsn, "VOXGATE_REDIS_URL": REDIS_URL,
-        "VOXGATE_REDIS_PREFIX": f"vgtest:{secrets.token_hex(4)}:", "VOXGATE_UPSTREAM_URL": emulator.base_url,
-        "VOXGATE_OPENAI_API_KEY": UPSTREAM_KEY, "VOXGATE_PORT": str(port), "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0",
-        "VOXGATE_DEFAULT_TIER": "", "VOXGATE_CALLS_SCAN_SECONDS": "0",
-        "VOXGATE_LOG_LEVEL": "debug", "VOXGATE_LOG_FORMAT": "json",
-    }  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).with_name("voxgate")), "serve", env=env,
-                                                stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        "VOXGATE_DATABASE_URL": pg_dsn,
+        "VOXGATE_REDIS_URL": REDIS_URL,
+        "VOXGATE_REDIS_PREFIX": f"vgtest:{secrets.token_hex(4)}:",
+        "VOXGATE_UPSTREAM_URL": emulator.base_url,
+        "VOXGATE_OPENAI_API_KEY": UPSTREAM_KEY,
+        "VOXGATE_PORT": str(port),
+        "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0",
+        "VOXGATE_DEFAULT_TIER": "",
+        "VOXGATE_CALLS_SCAN_SECONDS": "0",
+        "VOXGATE_LOG_LEVEL": "debug",
+        "VOXGATE_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("voxgate")), "serve", env=env, stderr=asyncio.subprocess.PIPE
+    )
     try:
         async with asyncio.timeout(20), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             while True:
@@ -177,17 +206,21 @@ SECRET_SHAPES = {
     "tenant key": ("key vg_live_" + "Q" * 20 + "x7Y_-" + "q" * 18 + " refused", "Q" * 20),
     "client secret": ("minted ek_68a1f0c3b2e4d5f6a7b8c9d0", "68a1f0c3b2e4d5f6a7b8c9d0"),
     "JWT": ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl expired", "c2lnbmF0dXJlLXZhbHVl"),
-    "browser subprotocol": ("offered: realtime, openai-insecure-api-key.s3cr3tv4lue, openai-beta.realtime-v1",
-                            "s3cr3tv4lue"),
+    "browser subprotocol": (
+        "offered: realtime, openai-insecure-api-key.s3cr3tv4lue, openai-beta.realtime-v1",
+        "s3cr3tv4lue",
+    ),
     "cookie header": ("< Cookie: session=opaque-4f2a; theme=dark", "opaque-4f2a"),
     "authorization in a mapping": ("{'Authorization': 'Token opaque-91c', 'Accept': '*/*'}", "opaque-91c"),
     "authorization in raw headers": ("[(b'authorization', b'Basic dXNlcjpwYXNz')]", "dXNlcjpwYXNz"),
     "password in a DSN": ("connecting to postgresql://voxgate:pa55-w0rd@db:5432/voxgate", "pa55-w0rd"),
     "key in a query string": ("GET /v1/realtime?model=m&api_key=opaque-77e HTTP/1.1", "opaque-77e"),
-    "text frame": ("> TEXT '{\"type\":\"conversation.item.create\",\"item\":{\"content\":[{\"text\":\"hi' [212 bytes]",
-                   "conversation.item.create"),
+    "text frame": (
+        '> TEXT \'{"type":"conversation.item.create","item":{"content":[{"text":"hi\' [212 bytes]',
+        "conversation.item.create",
+    ),
     "transcript field": ('event {"type": "x", "transcript": "call me at 555-0100", "delta": "at 555"}', "555"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("shape", list(SECRET_SHAPES))
@@ -199,8 +232,10 @@ def test_every_secret_shape_is_redacted(shape: str) -> None:
 
 
 def test_redaction_leaves_ordinary_lines_alone() -> None:
-    line = ("session ses_123 of tenant ten_abc ended (client_closed) after 3 responses; no cookie, no token; "
-            "upstream wss://api.openai.com:443/v1/realtime?model=gpt-realtime, redis://cache:6379/0")
+    line = (
+        "session ses_123 of tenant ten_abc ended (client_closed) after 3 responses; no cookie, no token; "
+        "upstream wss://api.openai.com:443/v1/realtime?model=gpt-realtime, redis://cache:6379/0"
+    )
     assert redact(line) == line
 
 
@@ -210,4 +245,5 @@ def test_a_bad_log_level_or_format_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="VOXGATE_LOG_FORMAT"):
         Settings.from_env({"VOXGATE_LOG_FORMAT": "xml"})
     assert Settings.from_env({"VOXGATE_LOG_LEVEL": "debug", "VOXGATE_LOG_FORMAT": "JSON"}).log == LogSettings(
-        level="DEBUG", format="json")
+        level="DEBUG", format="json"
+    )

@@ -39,8 +39,9 @@ async def refused(gateway: Any, query: str, headers: dict[str, str]) -> tuple[in
 
 async def test_upstream_sees_exactly_the_allowlisted_query(gateway, emulator, tenant) -> None:
     before = len(emulator.sessions)
-    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime&intent=realtime",
-                                  additional_headers=auth(tenant), compression=None) as ws:  # fmt: skip
+    async with websockets.connect(
+        f"{gateway.ws_url}?model=gpt-realtime&intent=realtime", additional_headers=auth(tenant), compression=None
+    ) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
     assert len(emulator.sessions) == before + 1
     assert emulator.sessions[-1].query == {"model": "gpt-realtime", "intent": "realtime"}
@@ -57,8 +58,9 @@ async def test_upstream_sees_exactly_the_allowlisted_query(gateway, emulator, te
         ("intent=translation", "invalid_value", "intent"),
     ],
 )
-async def test_other_parameters_are_refused_before_the_upgrade(gateway, emulator, tenant, query: str, code: str,
-                                                                param: str) -> None:  # fmt: skip
+async def test_other_parameters_are_refused_before_the_upgrade(
+    gateway, emulator, tenant, query: str, code: str, param: str
+) -> None:
     sessions, refusals = len(emulator.sessions), len(emulator.refused)
     status, error = await refused(gateway, query, auth(tenant))
     assert (status, error["type"], error["code"], error["param"]) == (400, "invalid_request_error", code, param)
@@ -79,15 +81,19 @@ async def test_openai_beta_passes_only_as_realtime_v1(gateway, emulator, tenant)
 
 async def test_the_end_user_hashes_as_utf8_on_both_transports(gateway, emulator, tenant) -> None:
     name = "Zoë Ångström"
-    async with websockets.connect(f"{gateway.ws_url}?model=gpt-realtime",
-                                  additional_headers=auth(tenant, **{"X-Voxgate-End-User": name}),
-                                  compression=None) as ws:  # fmt: skip
+    async with websockets.connect(
+        f"{gateway.ws_url}?model=gpt-realtime",
+        additional_headers=auth(tenant, **{"X-Voxgate-End-User": name}),
+        compression=None,
+    ) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
     over_websocket = emulator.sessions[-1].headers["openai-safety-identifier"]
     async with httpx.AsyncClient() as http:
-        minted = await http.post(f"{gateway.base_url}/realtime/client_secrets", json={"session": {"type": "realtime"}},
-                                 headers=[("Authorization", f"Bearer {tenant.secret}"),
-                                          ("X-Voxgate-End-User", name.encode("utf-8"))])  # fmt: skip
+        minted = await http.post(
+            f"{gateway.base_url}/realtime/client_secrets",
+            json={"session": {"type": "realtime"}},
+            headers=[("Authorization", f"Bearer {tenant.secret}"), ("X-Voxgate-End-User", name.encode("utf-8"))],
+        )
     assert minted.status_code == 200, minted.text
     over_http = emulator.client_secrets[-1].headers["openai-safety-identifier"]
     secret = gateway.settings.security.safety_identifier_secret

@@ -30,14 +30,19 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
     pg_dsn, emulator, tenant, pg_pool, redis_prefix, redis_client, peer
 ) -> None:
     prefix = f"{redis_prefix}failover:"  # both replicas share it, as a deployment's replicas do
-    async with gateway_process(pg_dsn, emulator.base_url, prefix, "pod-a", scan=str(SCAN_S)) as (proc_a, url_a), \
-            gateway_process(pg_dsn, emulator.base_url, prefix, "pod-b", scan=str(SCAN_S)):  # fmt: skip
+    async with (
+        gateway_process(pg_dsn, emulator.base_url, prefix, "pod-a", scan=str(SCAN_S)) as (proc_a, url_a),
+        gateway_process(pg_dsn, emulator.base_url, prefix, "pod-b", scan=str(SCAN_S)),
+    ):
         base_a = url_a.replace("ws://", "http://").split("/v1/")[0] + "/v1"
-        files = {"sdp": (None, await peer.offer(), "application/sdp"),
-                 "session": (None, json.dumps({"type": "realtime", "model": "gpt-realtime"}), "application/json")}
-        async with httpx.AsyncClient() as http:  # fmt: skip
-            brokered = await http.post(f"{base_a}/realtime/calls", files=files,
-                                       headers={"Authorization": f"Bearer {tenant.secret}"})  # fmt: skip
+        files = {
+            "sdp": (None, await peer.offer(), "application/sdp"),
+            "session": (None, json.dumps({"type": "realtime", "model": "gpt-realtime"}), "application/json"),
+        }
+        async with httpx.AsyncClient() as http:
+            brokered = await http.post(
+                f"{base_a}/realtime/calls", files=files, headers={"Authorization": f"Bearer {tenant.secret}"}
+            )
         assert brokered.status_code == 201, brokered.text
         call_id = brokered.headers["location"].rsplit("/", 1)[1]
         await peer.accept(brokered.text)
@@ -47,8 +52,7 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
         async def metered(n: int) -> list[str]:
             async with asyncio.timeout(15):
                 while True:
-                    rows = await pg_pool.fetch("SELECT response_id FROM usage_ledger WHERE session_id = $1",
-                                               session_id)  # fmt: skip
+                    rows = await pg_pool.fetch("SELECT response_id FROM usage_ledger WHERE session_id = $1", session_id)
                     if len(rows) >= n:
                         return sorted(r["response_id"] for r in rows)
                     await asyncio.sleep(0.1)

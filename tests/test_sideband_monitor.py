@@ -32,15 +32,22 @@ async def peer() -> AsyncIterator[ClientPeer]:
 
 async def place_call(emulator, peer: ClientPeer, pool: asyncpg.Pool, tenant: TenantKey) -> Call:
     """A call placed straight at the upstream (as if brokered) and recorded for `tenant`."""
-    files = {"sdp": (None, await peer.offer(), "application/sdp"),
-             "session": (None, json.dumps(SESSION), "application/json")}  # fmt: skip
+    files = {
+        "sdp": (None, await peer.offer(), "application/sdp"),
+        "session": (None, json.dumps(SESSION), "application/json"),
+    }
     async with httpx.AsyncClient(base_url=emulator.base_url) as http:
         response = await http.post("/realtime/calls", files=files, headers={"Authorization": f"Bearer {UPSTREAM_KEY}"})
     assert response.status_code == 201, response.text
     await peer.accept(response.text)
     await peer.wait_for("session.created")
-    call = Call(call_id=response.headers["location"].rsplit("/", 1)[1], tenant_id=tenant.tenant_id,
-                session_id=new_id("vgs"), model="gpt-realtime", safety_id="vg_test")  # fmt: skip
+    call = Call(
+        call_id=response.headers["location"].rsplit("/", 1)[1],
+        tenant_id=tenant.tenant_id,
+        session_id=new_id("vgs"),
+        model="gpt-realtime",
+        safety_id="vg_test",
+    )
     await CallStore(pool, None).record(call)
     return call
 
@@ -74,16 +81,18 @@ async def test_a_call_is_metered_through_the_sideband_exactly_once(gateway, emul
 
     await until(both_metered)
     await asyncio.sleep(0.3)  # anything double-counted would have landed by now
-    rows = await pg_pool.fetch("SELECT response_id, cost_micro_usd FROM usage_ledger WHERE session_id = $1",
-                               call.session_id)  # fmt: skip
+    rows = await pg_pool.fetch(
+        "SELECT response_id, cost_micro_usd FROM usage_ledger WHERE session_id = $1", call.session_id
+    )
     assert sorted(r["response_id"] for r in rows) == sorted(d["response"]["id"] for d in dones)
     # Each costs what the usage the caller saw costs at docs/pricing.md's rates.
     assert {r["response_id"]: r["cost_micro_usd"] for r in rows} == {
         d["response"]["id"]: doc_prices.doc_cost(d["response"]["usage"]) for d in dones
     }
     assert all(r["cost_micro_usd"] > 0 for r in rows)
-    session = await pg_pool.fetchrow("SELECT transport, tenant_id FROM realtime_sessions WHERE id = $1",
-                                     call.session_id)  # fmt: skip
+    session = await pg_pool.fetchrow(
+        "SELECT transport, tenant_id FROM realtime_sessions WHERE id = $1", call.session_id
+    )
     assert (session["transport"], session["tenant_id"]) == ("webrtc", tenant.tenant_id)
 
 
@@ -106,8 +115,10 @@ async def test_a_client_raising_max_output_tokens_is_clamped_back(gateway, emula
         return 4096 in seen and seen[-1] == 100 and seen.index(4096) < len(seen) - 1
 
     await until(raised_then_clamped_back, 5)
-    assert any(e["type"] == "session.update" and e["session"].get("max_output_tokens") == 100
-               for e in emulated.session.client_events)  # sent by the sideband  # fmt: skip
+    assert any(
+        e["type"] == "session.update" and e["session"].get("max_output_tokens") == 100
+        for e in emulated.session.client_events
+    )  # sent by the sideband
     peer.send("response.create", response={"output_modalities": ["text"]})
     done = await peer.wait_for("response.done")
     assert done["response"]["usage"]["output_tokens"] <= 100

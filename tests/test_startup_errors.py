@@ -62,11 +62,15 @@ def silent_listener() -> Iterator[int]:
 
 def serve_env(database_url: str | None, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env.update({
-        "VOXGATE_REDIS_URL": REDIS_URL, "VOXGATE_OPENAI_API_KEY": "sk-startup-test",
-        "VOXGATE_UPSTREAM_URL": "http://127.0.0.1:9/v1", "VOXGATE_PORT": str(free_port()),
-        "VOXGATE_REDIS_PREFIX": f"vgtest:{secrets.token_hex(4)}:",
-    })  # fmt: skip
+    env.update(
+        {
+            "VOXGATE_REDIS_URL": REDIS_URL,
+            "VOXGATE_OPENAI_API_KEY": "sk-startup-test",
+            "VOXGATE_UPSTREAM_URL": "http://127.0.0.1:9/v1",
+            "VOXGATE_PORT": str(free_port()),
+            "VOXGATE_REDIS_PREFIX": f"vgtest:{secrets.token_hex(4)}:",
+        }
+    )
     if database_url is not None:
         env["VOXGATE_DATABASE_URL"] = database_url
     env.update(overrides)
@@ -93,8 +97,10 @@ async def set_schema_version(dsn: str, version: int) -> None:
     try:
         await conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            version, f"{version:04d}_from_a_newer_release.sql", "0" * 64,
-        )  # fmt: skip
+            version,
+            f"{version:04d}_from_a_newer_release.sql",
+            "0" * 64,
+        )
     finally:
         await conn.close()
 
@@ -155,8 +161,6 @@ async def test_a_refused_database_connection_is_named_without_the_password() -> 
     assert "hunter2-secret" not in line
 
 
-
-
 async def test_an_unreachable_redis_is_named(migrated_dsn: str) -> None:
     port = free_port()
     outcome = await run_serve(serve_env(migrated_dsn, VOXGATE_REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0"))
@@ -199,12 +203,14 @@ async def test_a_database_migrated_by_a_newer_voxgate_is_refused(migrated_dsn: s
     outcome.refused_with(f"version {NEWEST + 1}", "newer than this voxgate", "upgrade voxgate")
 
 
-async def test_serve_migrate_starts_on_an_empty_database_and_stops_on_sigterm(empty_pg_dsn: str,
-                                                                             tmp_path: Path) -> None:  # fmt: skip
+async def test_serve_migrate_starts_on_an_empty_database_and_stops_on_sigterm(
+    empty_pg_dsn: str, tmp_path: Path
+) -> None:
     env = serve_env(empty_pg_dsn, VOXGATE_LOG_LEVEL="WARNING", VOXGATE_SHUTDOWN_GRACE_SECONDS="0")
     try:
-        async with gateway_process(env, tmp_path, "serve-migrate", int(env["VOXGATE_PORT"]), args=["--migrate"],
-                                   ready_seconds=20) as gateway:  # fmt: skip
+        async with gateway_process(
+            env, tmp_path, "serve-migrate", int(env["VOXGATE_PORT"]), args=["--migrate"], ready_seconds=20
+        ) as gateway:
             ready = await gateway.readyz()
             await gateway.stop_cleanly()
     finally:

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.e2e
 async def refusal(ws_url: str, tenant: TenantKey, query: str = "model=gpt-realtime") -> tuple[int, Any, dict[str, Any]]:
     """(status, headers, error) of a handshake the gateway must refuse."""
     with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(f"{ws_url}?{query}",
-                                      additional_headers={"Authorization": f"Bearer {tenant.secret}"}):  # fmt: skip
+        async with websockets.connect(
+            f"{ws_url}?{query}", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+        ):
             pass
     response = info.value.response
     error: dict[str, Any] = json.loads(response.body)["error"]
@@ -40,7 +41,6 @@ async def test_upstream_429_is_passed_on_with_its_retry_after(gateway, emulator,
     assert len(emulator.sessions) == before
 
 
-
 @pytest.mark.parametrize("upstream_status", [401, 403])
 async def test_upstream_refusing_voxgates_own_key_is_a_502_gateway_misconfiguration(
     gateway, emulator, tenant, upstream_status: int
@@ -49,6 +49,7 @@ async def test_upstream_refusing_voxgates_own_key_is_a_502_gateway_misconfigurat
     status, _, error = await refusal(gateway.ws_url, tenant)
     # docs/close-codes.md: the key upstream refused is voxgate's, not the tenant's.
     assert (status, error["code"]) == (502, "upstream_auth_failed")
+
 
 async def test_call_id_on_the_proxy_path_is_400_before_any_upstream_cost(gateway, emulator, tenant) -> None:
     before = len(emulator.sessions)

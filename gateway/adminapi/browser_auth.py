@@ -27,14 +27,17 @@ from gateway.realtime_http import browser_keys_changed
 
 
 def browser_auth_not_configured(tenant_id: str) -> GatewayError:
-    return GatewayError(404, f"Tenant '{tenant_id}' has no browser-token keys.", code="browser_auth_not_configured",
-                        param="tenant_id")  # fmt: skip
+    return GatewayError(
+        404, f"Tenant '{tenant_id}' has no browser-token keys.", code="browser_auth_not_configured", param="tenant_id"
+    )
 
 
 def _at_fault(config: BrowserAuthConfig, jwks_allowed_hosts: frozenset[str]) -> str | None:
     """Which field of an invalid config is wrong, found with the one validator, field by field."""
-    for param, alone in (("hs256_secret", replace(config, jwks_url=None)),
-                         ("jwks_url", replace(config, hs256_secret=None))):  # fmt: skip
+    for param, alone in (
+        ("hs256_secret", replace(config, jwks_url=None)),
+        ("jwks_url", replace(config, hs256_secret=None)),
+    ):
         if getattr(config, param) is not None and not _valid(alone, jwks_allowed_hosts):
             return param
     # Each field is valid as written: what was refused is the JWKS host as it resolves now.
@@ -77,16 +80,25 @@ class BrowserAuthController(Controller):
         config = BrowserAuthConfig(tenant_id, data.hs256_secret, data.jwks_url, data.audience)
         allowed = services.settings.security.jwks_allowed_hosts
         try:
-            info = await changes.set_browser_auth(services.pool, config, principal.subject,
-                                                  data.previous_valid_seconds, allowed)  # fmt: skip
+            info = await changes.set_browser_auth(
+                services.pool, config, principal.subject, data.previous_valid_seconds, allowed
+            )
         except BrowserAuthConfigError as exc:
-            raise GatewayError(400, f"Invalid browser-token keys: {exc}.", code="invalid_browser_auth",
-                               param=_at_fault(config, allowed)) from None  # fmt: skip
+            raise GatewayError(
+                400,
+                f"Invalid browser-token keys: {exc}.",
+                code="invalid_browser_auth",
+                param=_at_fault(config, allowed),
+            ) from None
         browser_keys_changed(request.app.state)
         return BrowserAuthOut.of(info)
 
-    @delete("/", operation_id="admin_delete_browser_auth", status_code=HTTP_200_OK,
-            opt={"permission": Permission.KEYS_WRITE})  # fmt: skip
+    @delete(
+        "/",
+        operation_id="admin_delete_browser_auth",
+        status_code=HTTP_200_OK,
+        opt={"permission": Permission.KEYS_WRITE},
+    )
     async def delete_browser_auth(
         self, tenant_id: TenantId, services: Services, principal: Principal, request: Request[Any, Any, Any]
     ) -> BrowserAuthDeleted:

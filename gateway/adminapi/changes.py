@@ -106,13 +106,25 @@ async def browser_auth(conn: asyncpg.Pool | asyncpg.Connection, tenant_id: str) 
     row = await conn.fetchrow(GET_BROWSER_AUTH, tenant_id)
     if row is None:
         return None
-    return BrowserAuthInfo(tenant_id, row["hs256_key_id"], row["jwks_url"], row["audience"], row["created_at"],
-                           row["updated_at"], row["previous_key_id"], row["previous_valid_until"])  # fmt: skip
+    return BrowserAuthInfo(
+        tenant_id,
+        row["hs256_key_id"],
+        row["jwks_url"],
+        row["audience"],
+        row["created_at"],
+        row["updated_at"],
+        row["previous_key_id"],
+        row["previous_valid_until"],
+    )
 
 
-async def set_browser_auth(pool: asyncpg.Pool, config: BrowserAuthConfig, actor: str,
-                           previous_valid_seconds: int | None = None,
-                           jwks_allowed_hosts: frozenset[str] = frozenset()) -> BrowserAuthInfo:  # fmt: skip
+async def set_browser_auth(
+    pool: asyncpg.Pool,
+    config: BrowserAuthConfig,
+    actor: str,
+    previous_valid_seconds: int | None = None,
+    jwks_allowed_hosts: frozenset[str] = frozenset(),
+) -> BrowserAuthInfo:
     """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds key ids only.
 
     A replaced HS256 secret stays valid for `previous_valid_seconds` (None: the default 900 s;

@@ -70,8 +70,9 @@ class ReportsController(Controller):
             if since is not None:
                 since.astimezone(UTC)
         except OverflowError:
-            raise GatewayError(400, "'since' is out of range once converted to UTC.", code="invalid_request",
-                               param="since") from None  # fmt: skip
+            raise GatewayError(
+                400, "'since' is out of range once converted to UTC.", code="invalid_request", param="since"
+            ) from None
         return UsageOut.of(await ledger_for_tenant(services.pool, tenant_id, since))
 
     @get("/audit", operation_id="admin_list_audit", tags=["admin: audit"], opt={"permission": Permission.AUDIT_READ})
@@ -94,5 +95,10 @@ async def list_tiers(services: Services) -> TierList:
 async def _policy_out(services: GatewayServices, tenant_id: str) -> PolicyOut:
     store = policy_store(services)
     effective = await store.effective(tenant_id)
-    return PolicyOut(tenant_id=tenant_id, source=effective.source, version=effective.version,
-                     tier=await store.tier_of(tenant_id), policy=policy_to_document(effective.policy))  # fmt: skip
+    return PolicyOut(
+        tenant_id=tenant_id,
+        source=effective.source,
+        version=effective.version,
+        tier=await store.tier_of(tenant_id),
+        policy=policy_to_document(effective.policy),
+    )

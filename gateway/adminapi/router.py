@@ -31,8 +31,9 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[A
     detail = f"{exc.detail}: {first['message']}" if first.get("message") else str(exc.detail)
     code = "invalid_request" if exc.status_code == 400 else None
     error = GatewayError(exc.status_code, detail, code=code, param=first.get("key") or None)
-    return Response(error.body(), status_code=exc.status_code, headers={**(exc.headers or {}),
-                    **error.response_headers()})  # fmt: skip
+    return Response(
+        error.body(), status_code=exc.status_code, headers={**(exc.headers or {}), **error.response_headers()}
+    )
 
 
 # Text Postgres cannot hold (NUL, U+0000), as a text value (22021) or inside a jsonb document (22P05).
@@ -44,8 +45,11 @@ def _unstorable_value(_: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
     On these routes every text a query binds comes from the request, so it is the caller's input.
     """
-    error = GatewayError(400, "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
-                         code="invalid_request")  # fmt: skip
+    error = GatewayError(
+        400,
+        "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
+        code="invalid_request",
+    )
     return Response(error.body(), status_code=400, headers=error.response_headers())
 
 

@@ -56,8 +56,14 @@ class TenantOut(msgspec.Struct):
 
     @classmethod
     def of(cls, tenant: Tenant, tier: str | None) -> TenantOut:
-        return cls(id=tenant.id, name=tenant.name, status="disabled" if tenant.disabled else "active", tier=tier,
-                   created_at=tenant.created_at, disabled_at=tenant.disabled_at)  # fmt: skip
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            status="disabled" if tenant.disabled else "active",
+            tier=tier,
+            created_at=tenant.created_at,
+            disabled_at=tenant.disabled_at,
+        )
 
 
 class TenantList(msgspec.Struct):
@@ -78,9 +84,16 @@ class KeyOut(msgspec.Struct):
 
     @classmethod
     def of(cls, key: ApiKeyInfo) -> KeyOut:
-        return cls(id=key.id, tenant_id=key.tenant_id, name=key.name, prefix=key.prefix,
-                   status="revoked" if key.revoked else "active", created_at=key.created_at,
-                   revoked_at=key.revoked_at, last_used_at=key.last_used_at)  # fmt: skip
+        return cls(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            name=key.name,
+            prefix=key.prefix,
+            status="revoked" if key.revoked else "active",
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+            last_used_at=key.last_used_at,
+        )
 
 
 class KeyList(msgspec.Struct):
@@ -101,8 +114,14 @@ class IssuedKeyOut(msgspec.Struct):
 
     @classmethod
     def of(cls, key: IssuedKey) -> IssuedKeyOut:
-        return cls(id=key.id, tenant_id=key.tenant_id, name=key.name, prefix=key.prefix, secret=key.secret,
-                   created_at=key.created_at)  # fmt: skip
+        return cls(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            name=key.name,
+            prefix=key.prefix,
+            secret=key.secret,
+            created_at=key.created_at,
+        )
 
 
 class PolicyOut(msgspec.Struct):
@@ -124,8 +143,9 @@ class PolicyVersionOut(msgspec.Struct):
 
     @classmethod
     def of(cls, stored: PolicyVersion) -> PolicyVersionOut:
-        return cls(version=stored.version, created_at=stored.created_at, created_by=stored.created_by,
-                   policy=stored.document)  # fmt: skip
+        return cls(
+            version=stored.version, created_at=stored.created_at, created_by=stored.created_by, policy=stored.document
+        )
 
 
 class PolicyHistory(msgspec.Struct):
@@ -151,8 +171,14 @@ class UsageOut(msgspec.Struct):
 
     @classmethod
     def of(cls, report: UsageReport) -> UsageOut:
-        return cls(tenant_id=report.tenant_id, since=report.since, responses=report.rows, totals=report.totals,
-                   transcription=report.transcription, total_cost_micro_usd=report.total_cost_micro_usd)  # fmt: skip
+        return cls(
+            tenant_id=report.tenant_id,
+            since=report.since,
+            responses=report.rows,
+            totals=report.totals,
+            transcription=report.transcription,
+            total_cost_micro_usd=report.total_cost_micro_usd,
+        )
 
 
 class AuditOut(msgspec.Struct):
@@ -165,8 +191,14 @@ class AuditOut(msgspec.Struct):
 
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
-        return cls(id=entry.id, at=entry.at, actor=entry.actor, tenant_id=entry.tenant_id, action=entry.action,
-                   detail=entry.detail)  # fmt: skip
+        return cls(
+            id=entry.id,
+            at=entry.at,
+            actor=entry.actor,
+            tenant_id=entry.tenant_id,
+            action=entry.action,
+            detail=entry.detail,
+        )
 
 
 class AuditList(msgspec.Struct):
@@ -191,10 +223,17 @@ class BrowserAuthOut(msgspec.Struct):
 
     @classmethod
     def of(cls, info: BrowserAuthInfo) -> BrowserAuthOut:
-        return cls(tenant_id=info.tenant_id, kinds=info.kinds, hs256_key_id=info.hs256_key_id,
-                   jwks_url=info.jwks_url, audience=info.audience, created_at=info.created_at,
-                   updated_at=info.updated_at, previous_hs256_key_id=info.previous_hs256_key_id,
-                   previous_valid_until=info.previous_valid_until)  # fmt: skip
+        return cls(
+            tenant_id=info.tenant_id,
+            kinds=info.kinds,
+            hs256_key_id=info.hs256_key_id,
+            jwks_url=info.jwks_url,
+            audience=info.audience,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            previous_hs256_key_id=info.previous_hs256_key_id,
+            previous_valid_until=info.previous_valid_until,
+        )
 
 
 class BrowserAuthDeleted(msgspec.Struct):

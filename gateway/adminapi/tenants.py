@@ -46,13 +46,18 @@ class TenantsController(Controller):
     path = "/tenants"
     tags = ["admin: tenants"]
 
-    @post("/", operation_id="admin_create_tenant", status_code=HTTP_201_CREATED,
-          opt={"permission": Permission.TENANTS_CREATE})  # fmt: skip
+    @post(
+        "/",
+        operation_id="admin_create_tenant",
+        status_code=HTTP_201_CREATED,
+        opt={"permission": Permission.TENANTS_CREATE},
+    )
     async def create_tenant(self, data: JSONBody[TenantCreate], services: Services, principal: Principal) -> TenantOut:
         """Create a tenant, optionally on a named tier from the tiers file."""
         try:
-            tenant = await changes.create_tenant(services.pool, policy_store(services), data.name, data.tier,
-                                                 principal.subject)  # fmt: skip
+            tenant = await changes.create_tenant(
+                services.pool, policy_store(services), data.name, data.tier, principal.subject
+            )
         except UnknownTier as exc:
             raise unknown_tier(exc) from None
         except TenantExists as exc:
@@ -74,14 +79,22 @@ class TenantsController(Controller):
         tenant = await existing_tenant(services, tenant_id)
         return TenantOut.of(tenant, await policy_store(services).tier_of(tenant_id))
 
-    @post("/{tenant_id:str}/disable", operation_id="admin_disable_tenant", status_code=HTTP_200_OK,
-          opt={"permission": Permission.TENANTS_WRITE})  # fmt: skip
+    @post(
+        "/{tenant_id:str}/disable",
+        operation_id="admin_disable_tenant",
+        status_code=HTTP_200_OK,
+        opt={"permission": Permission.TENANTS_WRITE},
+    )
     async def disable_tenant(self, tenant_id: TenantId, services: Services, principal: Principal) -> TenantOut:
         """Stop every key of the tenant from authenticating (idempotent)."""
         return await self._set_disabled(tenant_id, True, services, principal)
 
-    @post("/{tenant_id:str}/enable", operation_id="admin_enable_tenant", status_code=HTTP_200_OK,
-          opt={"permission": Permission.TENANTS_WRITE})  # fmt: skip
+    @post(
+        "/{tenant_id:str}/enable",
+        operation_id="admin_enable_tenant",
+        status_code=HTTP_200_OK,
+        opt={"permission": Permission.TENANTS_WRITE},
+    )
     async def enable_tenant(self, tenant_id: TenantId, services: Services, principal: Principal) -> TenantOut:
         """Undo a disable (idempotent)."""
         return await self._set_disabled(tenant_id, False, services, principal)
@@ -118,8 +131,7 @@ class KeysController(Controller):
         await existing_tenant(services, tenant_id)
         return KeyList(data=[KeyOut.of(k) for k in await services.tenants.list_keys(tenant_id)])
 
-    @post("/", operation_id="admin_create_key", status_code=HTTP_201_CREATED,
-          opt={"permission": Permission.KEYS_WRITE})  # fmt: skip
+    @post("/", operation_id="admin_create_key", status_code=HTTP_201_CREATED, opt={"permission": Permission.KEYS_WRITE})
     async def create_key(
         self, tenant_id: TenantId, services: Services, principal: Principal, data: JSONBody[KeyCreate | None] = None
     ) -> IssuedKeyOut:
@@ -128,13 +140,18 @@ class KeysController(Controller):
         name = data.name if data is not None else None
         return IssuedKeyOut.of(await changes.create_key(services.pool, tenant_id, name, principal.subject))
 
-    @delete("/{key_id:str}", operation_id="admin_revoke_key", status_code=HTTP_200_OK,
-            opt={"permission": Permission.KEYS_WRITE})  # fmt: skip
+    @delete(
+        "/{key_id:str}",
+        operation_id="admin_revoke_key",
+        status_code=HTTP_200_OK,
+        opt={"permission": Permission.KEYS_WRITE},
+    )
     async def revoke_key(self, tenant_id: TenantId, key_id: KeyId, services: Services, principal: Principal) -> KeyOut:
         """Revoke a key for good; 404 if the tenant has no active key with that id."""
         await existing_tenant(services, tenant_id)
         if not await changes.revoke_key(services.pool, key_id, principal.subject, tenant_id=tenant_id):
-            raise GatewayError(404, f"Tenant has no active key with id '{key_id}'.", code="key_not_found",
-                               param="key_id")  # fmt: skip
+            raise GatewayError(
+                404, f"Tenant has no active key with id '{key_id}'.", code="key_not_found", param="key_id"
+            )
         key = next(k for k in await services.tenants.list_keys(tenant_id) if k.id == key_id)
         return KeyOut.of(key)

@@ -70,8 +70,12 @@ class _Bucket:
         return round((self.limit - self.remaining(now)) * self.window_s / self.limit, 3) if self.limit else 0.0
 
     def report(self, name: str, now: float) -> dict[str, object]:
-        return {"name": name, "limit": self.limit, "remaining": int(self.remaining(now)),
-                "reset_seconds": self.reset_seconds(now)}  # fmt: skip
+        return {
+            "name": name,
+            "limit": self.limit,
+            "remaining": int(self.remaining(now)),
+            "reset_seconds": self.reset_seconds(now),
+        }
 
 
 class RateLimits:
@@ -96,10 +100,12 @@ class RateLimits:
     ) -> None:
         self.clock = clock
         now = clock()
-        self._requests = _Bucket(requests_limit, requests_limit if requests_remaining is None else requests_remaining,
-                                 window_s, now)  # fmt: skip
-        self._tokens = _Bucket(tokens_limit, tokens_limit if tokens_remaining is None else tokens_remaining,
-                               window_s, now)  # fmt: skip
+        self._requests = _Bucket(
+            requests_limit, requests_limit if requests_remaining is None else requests_remaining, window_s, now
+        )
+        self._tokens = _Bucket(
+            tokens_limit, tokens_limit if tokens_remaining is None else tokens_remaining, window_s, now
+        )
 
     @property
     def requests_limit(self) -> int:

@@ -14,13 +14,15 @@ from typing import Any
 from gateway.errors import GatewayError
 
 WEBSOCKET_REQUIRED = GatewayError(
-    400, "The Realtime API at this path is a WebSocket; for WebRTC use POST /v1/realtime/calls.",
+    400,
+    "The Realtime API at this path is a WebSocket; for WebRTC use POST /v1/realtime/calls.",
     code="websocket_required",
-)  # fmt: skip
+)
 RELAY_NOT_WIRED = GatewayError(
-    501, "This server does not run voxgate's Realtime relay; start the gateway with `voxgate serve`.",
+    501,
+    "This server does not run voxgate's Realtime relay; start the gateway with `voxgate serve`.",
     code="relay_unavailable",
-)  # fmt: skip
+)
 
 
 async def refuse_realtime(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -93,8 +93,12 @@ def client_error(request: UpgradeRequest) -> GatewayError | None:
     if "websocket" not in request.tokens(b"upgrade") or "upgrade" not in request.tokens(b"connection"):
         return GatewayError(400, "Missing WebSocket upgrade headers.", code="websocket_required")
     if request.header(b"sec-websocket-version") != "13":
-        return GatewayError(426, "Only WebSocket version 13 is supported.", code="unsupported_websocket_version",
-                            headers={"sec-websocket-version": "13"})  # fmt: skip
+        return GatewayError(
+            426,
+            "Only WebSocket version 13 is supported.",
+            code="unsupported_websocket_version",
+            headers={"sec-websocket-version": "13"},
+        )
     key = request.header(b"sec-websocket-key") or ""
     try:
         valid = len(base64.b64decode(key, validate=True)) == 16
@@ -107,8 +111,11 @@ def client_error(request: UpgradeRequest) -> GatewayError | None:
 
 def head_too_large(limit: int) -> GatewayError:
     """The refusal of a request head (request line and headers) over `limit` bytes."""
-    return GatewayError(431, f"Request header fields too large: the request head may be at most {limit} bytes.",
-                        code="request_header_fields_too_large")  # fmt: skip
+    return GatewayError(
+        431,
+        f"Request header fields too large: the request head may be at most {limit} bytes.",
+        code="request_header_fields_too_large",
+    )
 
 
 def accept_key(key: str) -> str:
@@ -143,8 +150,14 @@ def refusal(error: GatewayError) -> bytes:
 
 def upgrade_request(host: str, target: str, key: str, headers: Mapping[str, str]) -> bytes:
     """The request voxgate sends upstream: no extensions offered, so none can be negotiated."""
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]  # fmt: skip
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

@@ -139,8 +139,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     def _hand_to_uvicorn(self, raw: bytes) -> None:
         assert self.transport is not None
-        delegate = WebSocketsSansIOProtocol(config=self.config, server_state=self.server_state,
-                                            app_state=self.app_state)  # fmt: skip
+        delegate = WebSocketsSansIOProtocol(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
         self.server_state.connections.discard(self)  # the delegate registers itself
         self._delegate = delegate
         delegate.connection_made(self.transport)
@@ -165,11 +166,13 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             if error is not None:
                 raise error
             if services is None:
-                raise GatewayError(503, "The gateway is starting; retry shortly.", code="gateway_starting",
-                                   retry_after=1.0)  # fmt: skip
+                raise GatewayError(
+                    503, "The gateway is starting; retry shortly.", code="gateway_starting", retry_after=1.0
+                )
             admission = await admit(services, request.headers, request.subprotocols, request.query_string)
-            link = await open_upstream_link(services.settings.upstream, admission.query, admission.safety_id,
-                                            admission.beta)  # fmt: skip
+            link = await open_upstream_link(
+                services.settings.upstream, admission.query, admission.safety_id, admission.beta
+            )
         except GatewayError as exc:
             await self._abandon(services, admission)
             self._refuse(exc)
@@ -192,12 +195,19 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             return
         live = start_live_session(services, admission)
         limit = services.settings.server.max_message_bytes
-        relay = FastRelay(live, self.transport, link.transport, max_message_bytes=limit, on_done=services.live.discard,
-                          abandon_wait_seconds=services.settings.server.abandon_wait_seconds)  # fmt: skip
+        relay = FastRelay(
+            live,
+            self.transport,
+            link.transport,
+            max_message_bytes=limit,
+            on_done=services.live.discard,
+            abandon_wait_seconds=services.settings.server.abandon_wait_seconds,
+        )
         services.live.add(relay)
         key = request.header(b"sec-websocket-key") or ""
-        self.transport.write(switching_protocols(key, admission.subprotocol,
-                                                 [("x-voxgate-session-id", live.session_id)]))  # fmt: skip
+        self.transport.write(
+            switching_protocols(key, admission.subprotocol, [("x-voxgate-session-id", live.session_id)])
+        )
         self._relay = relay
         # From now on every read goes straight to the relay: an instance attribute shadows
         # `data_received`, and `set_protocol` makes the transport look it up again (uvloop

@@ -339,8 +339,13 @@ class FastRelay:
 
     def _failed(self, exc: Exception) -> None:
         log.exception("fast relay failed for session %s", self.live.session_id, exc_info=exc)
-        self._end("gateway_error", type(exc).__name__, build_close(CLOSE_INTERNAL_ERROR, "gateway error",
-                  masked=False), build_close(1000, masked=True), FAILURE)  # fmt: skip
+        self._end(
+            "gateway_error",
+            type(exc).__name__,
+            build_close(CLOSE_INTERNAL_ERROR, "gateway error", masked=False),
+            build_close(1000, masked=True),
+            FAILURE,
+        )
 
     def _reading(self, side: Side) -> bool:
         """Data frames from `side` still matter: the session is live, or upstream is being
@@ -504,8 +509,13 @@ class FastRelay:
             self.client.write(build_frame(OP_TEXT, message.encode(), masked=False))
         if verdict.close is not None:
             close = verdict.close
-            self._end(close.end_reason, None, build_close(close.code, close.reason, masked=False),
-                      build_close(1000, masked=True), GATEWAY)  # fmt: skip
+            self._end(
+                close.end_reason,
+                None,
+                build_close(close.code, close.reason, masked=False),
+                build_close(1000, masked=True),
+                GATEWAY,
+            )
 
     def _on_tick(self) -> None:
         self._tick = None
@@ -536,24 +546,41 @@ class FastRelay:
     def _protocol_error(self, side: Side, detail: str) -> None:
         side.close_received = True  # its byte stream can no longer be followed: read no more
         if side is self.client:
-            self._end("client_closed", f"client protocol error: {detail}",
-                      build_close(CLOSE_PROTOCOL_ERROR, masked=False), build_close(1000, masked=True),
-                      CLIENT)  # fmt: skip
+            self._end(
+                "client_closed",
+                f"client protocol error: {detail}",
+                build_close(CLOSE_PROTOCOL_ERROR, masked=False),
+                build_close(1000, masked=True),
+                CLIENT,
+            )
         else:
             if self.abandoning:
                 self._finish_abandon("upstream protocol error")
-            self._end("upstream_error", f"upstream protocol error: {detail}",
-                      build_close(CLOSE_BAD_GATEWAY, "upstream protocol error", masked=False),
-                      build_close(CLOSE_PROTOCOL_ERROR, masked=True), UPSTREAM)  # fmt: skip
+            self._end(
+                "upstream_error",
+                f"upstream protocol error: {detail}",
+                build_close(CLOSE_BAD_GATEWAY, "upstream protocol error", masked=False),
+                build_close(CLOSE_PROTOCOL_ERROR, masked=True),
+                UPSTREAM,
+            )
 
     def _too_big(self, side: Side) -> None:
         if side is self.client:
-            self._end("client_closed", "client message too big", build_close(CLOSE_TOO_BIG, masked=False),
-                      build_close(1000, masked=True), CLIENT)  # fmt: skip
+            self._end(
+                "client_closed",
+                "client message too big",
+                build_close(CLOSE_TOO_BIG, masked=False),
+                build_close(1000, masked=True),
+                CLIENT,
+            )
         else:
-            self._end("upstream_error", "upstream message too big",
-                      build_close(CLOSE_BAD_GATEWAY, "upstream message too big", masked=False),
-                      build_close(CLOSE_TOO_BIG, masked=True), UPSTREAM)  # fmt: skip
+            self._end(
+                "upstream_error",
+                "upstream message too big",
+                build_close(CLOSE_BAD_GATEWAY, "upstream message too big", masked=False),
+                build_close(CLOSE_TOO_BIG, masked=True),
+                UPSTREAM,
+            )
 
     def _lost(self, side: Side) -> None:
         side.lost = True
@@ -561,16 +588,21 @@ class FastRelay:
             if side is self.client:
                 self._end("client_closed", "client connection lost", None, build_close(1000, masked=True), CLIENT)
             else:
-                self._end("upstream_error", "upstream connection lost",
-                          build_close(CLOSE_BAD_GATEWAY, "upstream connection lost", masked=False), None,
-                          UPSTREAM)  # fmt: skip
+                self._end(
+                    "upstream_error",
+                    "upstream connection lost",
+                    build_close(CLOSE_BAD_GATEWAY, "upstream connection lost", masked=False),
+                    None,
+                    UPSTREAM,
+                )
         elif self.abandoning and side is self.upstream:
             self._finish_abandon("upstream connection lost")
         self._settle(self._other(side))
         self._maybe_done()
 
-    def _end(self, end_reason: str, detail: str | None, to_client: bytes | None, to_upstream: bytes | None,
-             cause: str) -> None:  # fmt: skip
+    def _end(
+        self, end_reason: str, detail: str | None, to_client: bytes | None, to_upstream: bytes | None, cause: str
+    ) -> None:
         """Record the end once, send each side its close frame, and let the handshakes finish.
 
         While a `response.done` waits for the ledger, an end that does not come from the
@@ -607,12 +639,20 @@ class FastRelay:
                 self.upstream.write(build_frame(OP_TEXT, message.encode(), masked=True))
             self._abandon_timer = self._loop.call_later(self.abandon_wait_seconds, self._abandon_expired)
             if in_flight:
-                log.info("session %s ended (%s) with a response in flight: cancelled upstream, waiting up to %.1f s "
-                         "for its usage", self.live.session_id, end_reason, self.abandon_wait_seconds)  # fmt: skip
+                log.info(
+                    "session %s ended (%s) with a response in flight: cancelled upstream, waiting up to %.1f s "
+                    "for its usage",
+                    self.live.session_id,
+                    end_reason,
+                    self.abandon_wait_seconds,
+                )
         else:
             if self.live.usage_pending:  # upstream is gone or unreadable: its usage can no longer come
-                log.error("session %s ended (%s) with usage still owed upstream; the ledger may lack it",
-                          self.live.session_id, end_reason)  # fmt: skip
+                log.error(
+                    "session %s ended (%s) with usage still owed upstream; the ledger may lack it",
+                    self.live.session_id,
+                    end_reason,
+                )
                 self.live.responses_unbilled(f"{end_reason}: {detail}" if detail else end_reason)
             self.live.end(end_reason, detail)
             for side, frame in ((self.client, to_client), (self.upstream, to_upstream)):
@@ -647,8 +687,12 @@ class FastRelay:
             self._abandon_timer.cancel()
             self._abandon_timer = None
         if unbilled is not None and self.live.usage_pending:
-            log.error("session %s: stopped waiting for the usage of a cancelled response or a transcription (%s); "
-                      "upstream may bill what the ledger does not have", self.live.session_id, unbilled)  # fmt: skip
+            log.error(
+                "session %s: stopped waiting for the usage of a cancelled response or a transcription (%s); "
+                "upstream may bill what the ledger does not have",
+                self.live.session_id,
+                unbilled,
+            )
             self.live.responses_unbilled(unbilled)
         assert self._ending_as is not None
         self.live.end(*self._ending_as)

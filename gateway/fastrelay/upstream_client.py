@@ -157,10 +157,12 @@ async def open_upstream_link(
     try:
         async with asyncio.timeout(settings.connect_timeout_seconds):
             _, link = await loop.create_connection(
-                lambda: UpstreamLink(key), host, port,
+                lambda: UpstreamLink(key),
+                host,
+                port,
                 ssl=ssl.create_default_context() if secure else None,
                 server_hostname=host if secure else None,
-            )  # fmt: skip
+            )
             assert link.transport is not None
             link.transport.write(upgrade_request(url.netloc, target, key, headers))
             response = await link.answered

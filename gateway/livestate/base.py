@@ -47,8 +47,9 @@ class LiveStateBackend(abc.ABC):
     # -- concurrency leases ------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def acquire_session(self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float,
-                              now: float) -> LeaseResult:  # fmt: skip
+    async def acquire_session(
+        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+    ) -> LeaseResult:
         """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one."""
 
     @abc.abstractmethod
@@ -76,9 +77,17 @@ class LiveStateBackend(abc.ABC):
     # -- budgets -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float,
-                      forced: bool = False) -> ReserveResult:  # fmt: skip
+    async def reserve(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int,
+        daily_limit: int | None,
+        monthly_limit: int | None,
+        now: float,
+        ttl_s: float,
+        forced: bool = False,
+    ) -> ReserveResult:
         """Hold `amount` micro-USD iff spent + reserved + amount <= limit in each configured window.
 
         `forced` (a response that already started upstream) holds it even when it does not fit;
@@ -113,8 +122,9 @@ class LiveStateBackend(abc.ABC):
     async def tenant_view(self, tenant_id: str, now: float) -> TenantView:
         """`spend`, `active_sessions` and `headroom` together (Redis: one round trip, one connection).
         Each part is as exact as its own call; the three are not one atomic snapshot."""
-        return TenantView(await self.spend(tenant_id, now), await self.active_sessions(tenant_id, now),
-                          await self.headroom(now))  # fmt: skip
+        return TenantView(
+            await self.spend(tenant_id, now), await self.active_sessions(tenant_id, now), await self.headroom(now)
+        )
 
     # -- broadcasts --------------------------------------------------------------------------
 
@@ -129,8 +139,7 @@ class LiveStateBackend(abc.ABC):
     # -- upstream headroom -------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float,
-                              now: float) -> None:  # fmt: skip
+    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float, now: float) -> None:
         """Store the org's token headroom from a `rate_limits.updated` (the newest snapshot wins)."""
 
     @abc.abstractmethod

@@ -34,8 +34,9 @@ class Broadcast:
 
 
 class Bus:
-    def __init__(self, redis: Redis, channel: str, instance_id: str,
-                 backoff_s: tuple[float, float] = (0.1, 5.0)) -> None:  # fmt: skip
+    def __init__(
+        self, redis: Redis, channel: str, instance_id: str, backoff_s: tuple[float, float] = (0.1, 5.0)
+    ) -> None:
         self._redis = redis
         self._channel = channel
         self._instance_id = instance_id

@@ -76,8 +76,9 @@ class Budgets:
         self._run = runner
         self._keys = keys
 
-    def _call(self, script: scripts.LuaScript, tenant_id: str, now: float, extra: Sequence[scripts.Arg],
-              hold_ttl: int = 0) -> tuple[scripts.Call, BudgetWindows]:  # fmt: skip
+    def _call(
+        self, script: scripts.LuaScript, tenant_id: str, now: float, extra: Sequence[scripts.Arg], hold_ttl: int = 0
+    ) -> tuple[scripts.Call, BudgetWindows]:
         k = self._keys.tenant(tenant_id)
         w = BudgetWindows.at(now)
         keys = [k.reservations, k.reservation_expiry, k.reserved, k.settled, k.since, k.day(w.day), k.month(w.month)]
@@ -88,8 +89,15 @@ class Budgets:
     def _reply(raw: list[Any], w: BudgetWindows) -> _Reply:
         status, detail, spent_day, spent_month, reserved, known_day, known_month, since = raw
         reserved_total = int(reserved)
-        state = SpendState(w.day, w.month, int(spent_day), int(spent_month), reserved_total, reserved_total,
-                           bool(int(known_day)) and bool(int(known_month)))  # fmt: skip
+        state = SpendState(
+            w.day,
+            w.month,
+            int(spent_day),
+            int(spent_month),
+            reserved_total,
+            reserved_total,
+            bool(int(known_day)) and bool(int(known_month)),
+        )
         return _Reply(bool(int(status)), text(detail), state, text(since))
 
     def spend_call(self, tenant_id: str, now: float) -> tuple[scripts.Call, BudgetWindows]:
@@ -107,9 +115,17 @@ class Budgets:
     async def spend(self, tenant_id: str, now: float) -> SpendState:
         return (await self.spend_with_marker(tenant_id, now))[0]
 
-    async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float,
-                      forced: bool = False) -> ReserveResult:  # fmt: skip
+    async def reserve(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int,
+        daily_limit: int | None,
+        monthly_limit: int | None,
+        now: float,
+        ttl_s: float,
+        forced: bool = False,
+    ) -> ReserveResult:
         if amount < 0:
             raise ValueError("amount must be >= 0 micro-USD")
         extra: list[scripts.Arg] = [
@@ -145,8 +161,11 @@ class Budgets:
         """Add ledger history to the windows still unknown; False if `since` moved (retry)."""
         k = self._keys.tenant(tenant_id)
         w = BudgetWindows.at(now)
-        done = await self._run.run(scripts.BUDGET_REBUILD, [k.since, k.day(w.day), k.month(w.month)],
-                                   [since, day_sum, month_sum, w.day_ttl, w.month_ttl])  # fmt: skip
+        done = await self._run.run(
+            scripts.BUDGET_REBUILD,
+            [k.since, k.day(w.day), k.month(w.month)],
+            [since, day_sum, month_sum, w.day_ttl, w.month_ttl],
+        )
         return bool(done)
 
 

@@ -40,11 +40,16 @@ class Leases:
         self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
     ) -> LeaseResult:
         k = self._keys.tenant(tenant_id)
-        _, (granted, active) = await self._run.run_many([
-            (scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]),
-            (scripts.LEASE_ACQUIRE, [k.leases, k.reaped],
-             [session_id, -1 if limit is None else limit, now, now + ttl_s, key_ttl(ttl_s), REAPED_TTL_S]),
-        ])  # fmt: skip
+        _, (granted, active) = await self._run.run_many(
+            [
+                (scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]),
+                (
+                    scripts.LEASE_ACQUIRE,
+                    [k.leases, k.reaped],
+                    [session_id, -1 if limit is None else limit, now, now + ttl_s, key_ttl(ttl_s), REAPED_TTL_S],
+                ),
+            ]
+        )
         return LeaseResult(bool(granted), int(active))
 
     async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
@@ -53,10 +58,12 @@ class Leases:
         for tenant_id, session_id in sessions:
             by_tenant[tenant_id].append(session_id)
         tenants = list(by_tenant)
-        results = await self._run.run_many([
-            (scripts.LEASE_HEARTBEAT, [self._keys.tenant(t).leases], [now + ttl_s, key_ttl(ttl_s), *by_tenant[t]])
-            for t in tenants
-        ])  # fmt: skip
+        results = await self._run.run_many(
+            [
+                (scripts.LEASE_HEARTBEAT, [self._keys.tenant(t).leases], [now + ttl_s, key_ttl(ttl_s), *by_tenant[t]])
+                for t in tenants
+            ]
+        )
         return [(t, text(s)) for t, lost in zip(tenants, results, strict=True) for s in lost]
 
     async def release(self, tenant_id: str, session_id: str) -> bool:

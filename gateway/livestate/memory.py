@@ -89,8 +89,9 @@ class MemoryLiveState(LiveStateBackend):
 
     # -- concurrency leases ------------------------------------------------------------------
 
-    async def acquire_session(self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float,
-                              now: float) -> LeaseResult:  # fmt: skip
+    async def acquire_session(
+        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+    ) -> LeaseResult:
         t = self.store.tenant(tenant_id)
         self.store.index[tenant_id] = now
         _reap_leases(t, now)
@@ -180,9 +181,17 @@ class MemoryLiveState(LiveStateBackend):
         t, day, month, since = self._load(tenant_id, now)
         return self._state(t, day, month, now), since
 
-    async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float,
-                      forced: bool = False) -> ReserveResult:  # fmt: skip
+    async def reserve(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int,
+        daily_limit: int | None,
+        monthly_limit: int | None,
+        now: float,
+        ttl_s: float,
+        forced: bool = False,
+    ) -> ReserveResult:
         if amount < 0:
             raise ValueError("amount must be >= 0 micro-USD")
         for limit in (daily_limit, monthly_limit):
@@ -226,8 +235,10 @@ class MemoryLiveState(LiveStateBackend):
         if t.since is None or t.since[0] != since:
             return False
         b = BudgetWindows.at(now)
-        for name, amount, expires_at in (("day:" + b.day, day_sum, now + b.day_ttl),
-                                         ("month:" + b.month, month_sum, now + b.month_ttl)):  # fmt: skip
+        for name, amount, expires_at in (
+            ("day:" + b.day, day_sum, now + b.day_ttl),
+            ("month:" + b.month, month_sum, now + b.month_ttl),
+        ):
             w = t.windows.setdefault(name, _Window())
             if not w.known:
                 w.spent += amount
@@ -268,8 +279,7 @@ class MemoryLiveState(LiveStateBackend):
 
     # -- upstream headroom -------------------------------------------------------------------
 
-    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float,
-                              now: float) -> None:  # fmt: skip
+    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float, now: float) -> None:
         seen = self.store.headroom
         if seen is not None and seen.observed_at > now:
             return

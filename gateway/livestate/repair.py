@@ -55,8 +55,13 @@ class RepairStats:
 class LiveStateRepairs:
     """The retry queue of one process; `run()` drains it while the store answers."""
 
-    def __init__(self, state: LiveStateBackend, recount: Recount, live_tenants: Callable[[], Iterable[str]],
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: LiveStateBackend,
+        recount: Recount,
+        live_tenants: Callable[[], Iterable[str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.state = state
         self.stats = RepairStats()
         self._recount = recount
@@ -104,8 +109,12 @@ class LiveStateRepairs:
 
     def metrics(self) -> Iterator[Any]:
         """Prometheus families (for `GatewayMetrics.watch`)."""
-        yield counter("voxgate_live_state_repairs", "Live-state updates that failed at first, by outcome.",
-                      ["outcome"], {(name,): value for name, value in asdict(self.stats).items()})  # fmt: skip
+        yield counter(
+            "voxgate_live_state_repairs",
+            "Live-state updates that failed at first, by outcome.",
+            ["outcome"],
+            {(name,): value for name, value in asdict(self.stats).items()},
+        )
         yield gauge("voxgate_live_state_repairs_pending", "Failed live-state updates waiting for Redis.", self.pending)
 
     # -- applying them --------------------------------------------------------------------

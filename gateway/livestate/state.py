@@ -46,8 +46,9 @@ class LiveState(LiveStateBackend):
 
     # -- concurrency leases ------------------------------------------------------------------
 
-    async def acquire_session(self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float,
-                              now: float) -> LeaseResult:  # fmt: skip
+    async def acquire_session(
+        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+    ) -> LeaseResult:
         """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one."""
         return await self._leases.acquire(tenant_id, session_id, limit, ttl_s, now)
 
@@ -75,15 +76,24 @@ class LiveState(LiveStateBackend):
 
     # -- budgets -----------------------------------------------------------------------------
 
-    async def reserve(self, tenant_id: str, reservation_id: str, amount: int, daily_limit: int | None,
-                      monthly_limit: int | None, now: float, ttl_s: float,
-                      forced: bool = False) -> ReserveResult:  # fmt: skip
+    async def reserve(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amount: int,
+        daily_limit: int | None,
+        monthly_limit: int | None,
+        now: float,
+        ttl_s: float,
+        forced: bool = False,
+    ) -> ReserveResult:
         """Hold `amount` micro-USD iff spent + reserved + amount <= limit in each configured window.
 
         `forced` (a response that already started upstream) holds it even when it does not fit;
         `granted` still says whether it fitted."""
-        return await self._budgets.reserve(tenant_id, reservation_id, amount, daily_limit, monthly_limit, now, ttl_s,
-                                           forced)  # fmt: skip
+        return await self._budgets.reserve(
+            tenant_id, reservation_id, amount, daily_limit, monthly_limit, now, ttl_s, forced
+        )
 
     async def settle(self, tenant_id: str, reservation_id: str, actual: int, now: float) -> SpendState:
         """Release the reservation (if still held) and add `actual` to spent, once per reservation id."""
@@ -120,8 +130,7 @@ class LiveState(LiveStateBackend):
 
     # -- upstream headroom -------------------------------------------------------------------
 
-    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float,
-                              now: float) -> None:  # fmt: skip
+    async def record_headroom(self, tokens_limit: int, tokens_remaining: int, reset_seconds: float, now: float) -> None:
         """Store the org's token headroom from a `rate_limits.updated` (the newest snapshot wins)."""
         await self._headroom.record(tokens_limit, tokens_remaining, reset_seconds, now)
 

@@ -188,22 +188,36 @@ def _ts(epoch: float) -> datetime:
 def _call_from_row(row: asyncpg.Record) -> Call:
     ended = row["ended_at"]
     return Call(
-        call_id=row["call_id"], tenant_id=row["tenant_id"], session_id=row["session_id"],
-        safety_id=row["end_user_hash"] or "", source=row["source"], api_key_id=row["api_key_id"], model=row["model"],
-        upstream_session_id=row["upstream_session_id"], state=row["state"], end_reason=row["end_reason"],
-        created_at=row["created_at"].timestamp(), ended_at=ended.timestamp() if ended is not None else None,
-    )  # fmt: skip
+        call_id=row["call_id"],
+        tenant_id=row["tenant_id"],
+        session_id=row["session_id"],
+        safety_id=row["end_user_hash"] or "",
+        source=row["source"],
+        api_key_id=row["api_key_id"],
+        model=row["model"],
+        upstream_session_id=row["upstream_session_id"],
+        state=row["state"],
+        end_reason=row["end_reason"],
+        created_at=row["created_at"].timestamp(),
+        ended_at=ended.timestamp() if ended is not None else None,
+    )
 
 
 def _call_to_hash(call: Call) -> dict[str, str]:
     return {
-        "tenant_id": call.tenant_id, "session_id": call.session_id, "safety_id": call.safety_id,
-        "source": call.source, "api_key_id": call.api_key_id or "", "model": call.model or "",
+        "tenant_id": call.tenant_id,
+        "session_id": call.session_id,
+        "safety_id": call.safety_id,
+        "source": call.source,
+        "api_key_id": call.api_key_id or "",
+        "model": call.model or "",
         "upstream_session_id": call.upstream_session_id or "",
-        "state": call.state, "end_reason": call.end_reason or "", "created_at": repr(call.created_at),
+        "state": call.state,
+        "end_reason": call.end_reason or "",
+        "created_at": repr(call.created_at),
         "ended_at": repr(call.ended_at) if call.ended_at is not None else "",
         "leased": "1" if call.leased else "0",
-    }  # fmt: skip
+    }
 
 
 def _text(value: bytes | str) -> str:
@@ -214,15 +228,20 @@ def _call_from_hash(call_id: str, raw: Mapping[Any, Any]) -> Call | None:
     data = {_text(k): _text(v) for k, v in raw.items()}
     try:
         return Call(
-            call_id=call_id, tenant_id=data["tenant_id"], session_id=data["session_id"],
-            safety_id=data.get("safety_id", ""), leased=data.get("leased") == "1",
+            call_id=call_id,
+            tenant_id=data["tenant_id"],
+            session_id=data["session_id"],
+            safety_id=data.get("safety_id", ""),
+            leased=data.get("leased") == "1",
             source="attached" if data.get("source") == "attached" else "brokered",
             api_key_id=data.get("api_key_id") or None,
-            model=data.get("model") or None, upstream_session_id=data.get("upstream_session_id") or None,
-            state="ended" if data.get("state") == "ended" else "active", end_reason=data.get("end_reason") or None,
+            model=data.get("model") or None,
+            upstream_session_id=data.get("upstream_session_id") or None,
+            state="ended" if data.get("state") == "ended" else "active",
+            end_reason=data.get("end_reason") or None,
             created_at=float(data["created_at"]),
             ended_at=float(data["ended_at"]) if data.get("ended_at") else None,
-        )  # fmt: skip
+        )
     except (KeyError, ValueError):
         return None
 
@@ -243,9 +262,17 @@ class CallStore:
     async def record(self, call: Call) -> bool:
         """Record a new call; False if the call id is already recorded (nothing changes)."""
         inserted = await self._pool.fetchval(
-            INSERT_CALL, call.call_id, call.tenant_id, call.session_id, call.upstream_session_id, call.source,
-            call.model, call.safety_id or None, _ts(call.created_at), call.api_key_id,
-        )  # fmt: skip
+            INSERT_CALL,
+            call.call_id,
+            call.tenant_id,
+            call.session_id,
+            call.upstream_session_id,
+            call.source,
+            call.model,
+            call.safety_id or None,
+            _ts(call.created_at),
+            call.api_key_id,
+        )
         if inserted is None:
             return False
         await self._cache(call)
@@ -261,17 +288,26 @@ class CallStore:
         assert call.upstream_session_id is not None
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                INSERT_CALL, call.call_id, call.tenant_id, call.session_id, call.upstream_session_id, call.source,
-                call.model, call.safety_id or None, _ts(call.created_at), call.api_key_id,
-            )  # fmt: skip
+                INSERT_CALL,
+                call.call_id,
+                call.tenant_id,
+                call.session_id,
+                call.upstream_session_id,
+                call.source,
+                call.model,
+                call.safety_id or None,
+                _ts(call.created_at),
+                call.api_key_id,
+            )
             if inserted is None:
                 return False
             swept_at = await conn.fetchval(LOCK_MINTED, call.upstream_session_id)
             await conn.execute(MARK_MINTED_ATTACHED, call.upstream_session_id, call.call_id, _ts(call.created_at))
             if swept_at is not None:
                 await conn.execute(REOPEN_EXPIRED_SESSION, call.session_id)
-                log.info("call %s attached after its secret's session was swept; the session is open again",
-                         call.call_id)  # fmt: skip
+                log.info(
+                    "call %s attached after its secret's session was swept; the session is open again", call.call_id
+                )
         await self._cache(call)
         return True
 
@@ -342,9 +378,13 @@ class CallStore:
     async def record_minted(self, secret: MintedSecret, expires_at: float | None) -> None:
         """Record a secret voxgate minted, so attach can find it and a sweep can end it after `expires_at`."""
         await self._pool.execute(
-            INSERT_MINTED, secret.upstream_session_id, secret.tenant_id, secret.session_id, secret.end_user_hash,
+            INSERT_MINTED,
+            secret.upstream_session_id,
+            secret.tenant_id,
+            secret.session_id,
+            secret.end_user_hash,
             _ts(expires_at) if expires_at is not None else None,
-        )  # fmt: skip
+        )
 
     async def has_attachable_secret(self, tenant_id: str, now: float | None = None) -> bool:
         """True when `tenant_id` holds a minted secret not yet attached whose call could still be live."""
@@ -367,8 +407,9 @@ class CallStore:
         cutoff = now - grace_s
         ended: list[str] = []
         while True:
-            row = await self._pool.fetchrow(SWEEP_EXPIRED_SECRETS, _ts(now), _ts(cutoff),
-                                            _ts(cutoff - MAX_SECRET_LIFETIME_S), batch, detail)  # fmt: skip
+            row = await self._pool.fetchrow(
+                SWEEP_EXPIRED_SECRETS, _ts(now), _ts(cutoff), _ts(cutoff - MAX_SECRET_LIFETIME_S), batch, detail
+            )
             assert row is not None
             ended.extend(row["ended"])
             if row["swept"] < batch:

@@ -127,14 +127,16 @@ class _Reader:
                     return dict(event)
 
 
-async def run_session(url: str, plan: Plan, t0: float, turn_timeout: float = 20.0,
-                      opening: Opening | None = None) -> Outcome:  # fmt: skip
+async def run_session(
+    url: str, plan: Plan, t0: float, turn_timeout: float = 20.0, opening: Opening | None = None
+) -> Outcome:
     """One raw WebSocket client following `plan`; never raises for what the gateway does."""
     outcome = Outcome(plan)
     await asyncio.sleep(max(0.0, t0 + plan.start_at - time.monotonic()))
     try:
-        ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {plan.secret}"},
-                                      open_timeout=60, max_size=None)  # fmt: skip
+        ws = await websockets.connect(
+            url, additional_headers={"Authorization": f"Bearer {plan.secret}"}, open_timeout=60, max_size=None
+        )
     except (InvalidStatus, OSError, TimeoutError) as exc:
         if isinstance(exc, InvalidStatus):
             outcome.refused = exc.response.status_code
@@ -304,7 +306,8 @@ class Figures:
     def lost(self) -> set[str]:
         """Responses upstream started (so may bill) or transcriptions it completed, with no ledger row."""
         return (self.upstream.started - self.ledger.responses.keys()) | (
-            self.upstream.transcriptions.keys() - self.ledger.transcriptions.keys())
+            self.upstream.transcriptions.keys() - self.ledger.transcriptions.keys()
+        )
 
     def lost_by_tenant(self) -> dict[str, int]:
         """Lost responses by the tenant whose client saw them start ("unseen": no client saw them)."""
@@ -329,15 +332,18 @@ class Figures:
                 if kind == "response.created" and rid in self.lost and len(out) < limit:
                     tail = [k for k, _ in kinds[n:]][:12]
                     client = [e["type"] for e in session.client_events][-4:]
-                    out.append(f"{rid}: upstream sent {tail}; last client events {client}; "
-                               f"closed={session.closed} close_code={session.close_code}")  # fmt: skip
+                    out.append(
+                        f"{rid}: upstream sent {tail}; last client events {client}; "
+                        f"closed={session.closed} close_code={session.close_code}"
+                    )
         return out
 
     @property
     def extra(self) -> set[str]:
         """Ledger rows upstream never reported usage for."""
         return (self.ledger.responses.keys() - self.upstream.done.keys()) | (
-            self.ledger.transcriptions.keys() - self.upstream.transcriptions.keys())
+            self.ledger.transcriptions.keys() - self.upstream.transcriptions.keys()
+        )
 
     @property
     def overshoot(self) -> int:
@@ -350,8 +356,10 @@ class Figures:
     @property
     def budget_cut(self) -> int:
         """Budget-tenant sessions the budget refused or closed."""
-        return sum(o.plan.tenant_id == self.budget_tenant and ("budget_exhausted" in o.errors or o.close_code == 4003)
-                   for o in self.outcomes)  # fmt: skip
+        return sum(
+            o.plan.tenant_id == self.budget_tenant and ("budget_exhausted" in o.errors or o.close_code == 4003)
+            for o in self.outcomes
+        )
 
     def latencies(self) -> tuple[list[float], list[float]]:
         return ([s for o in self.outcomes for s in o.turn_seconds], [s for o in self.outcomes for s in o.hold_seconds])
@@ -360,16 +368,26 @@ class Figures:
         turns, holds = self.latencies()
         limit = self.shape.daily_micro_usd
         return {
-            "sessions": len(self.outcomes), "admitted": self.admitted, "refused": self.refused,
-            "opened_s": round(self.opened_s, 2), "seconds": round(self.seconds, 1),
-            "responses_started": len(self.upstream.started), "responses_done": len(self.upstream.done),
-            "client_saw_done": len(self.client_done), "transcriptions": len(self.upstream.transcriptions),
+            "sessions": len(self.outcomes),
+            "admitted": self.admitted,
+            "refused": self.refused,
+            "opened_s": round(self.opened_s, 2),
+            "seconds": round(self.seconds, 1),
+            "responses_started": len(self.upstream.started),
+            "responses_done": len(self.upstream.done),
+            "client_saw_done": len(self.client_done),
+            "transcriptions": len(self.upstream.transcriptions),
             "ledger_rows": self.ledger.response_rows + self.ledger.transcription_rows,
-            "lost": len(self.lost), "lost_by_tenant": self.lost_by_tenant(), "extra": len(self.extra),
+            "lost": len(self.lost),
+            "lost_by_tenant": self.lost_by_tenant(),
+            "extra": len(self.extra),
             "mispriced": len(self.mispriced),
-            "ledger_micro_usd": self.ledger.cost(), "upstream_micro_usd": self.upstream.cost,
-            "budget_micro_usd": limit, "budget_spent_micro_usd": self.ledger.cost(self.budget_tenant),
-            "overshoot_micro_usd": self.overshoot, "overshoot_pct": round(100 * self.overshoot / limit, 2),
+            "ledger_micro_usd": self.ledger.cost(),
+            "upstream_micro_usd": self.upstream.cost,
+            "budget_micro_usd": limit,
+            "budget_spent_micro_usd": self.ledger.cost(self.budget_tenant),
+            "overshoot_micro_usd": self.overshoot,
+            "overshoot_pct": round(100 * self.overshoot / limit, 2),
             "overshoot_bound_micro_usd": self.bound_micro_usd,
             "S_x_W_micro_usd": self.budget_sessions_admitted * self.worst_case_micro_usd,
             "budget_sessions_cut": self.budget_cut,
@@ -379,7 +397,7 @@ class Figures:
             "turn_p99_ms": round(1000 * percentile(turns, 0.99), 1),
             "done_hold_p50_ms": round(1000 * percentile(holds, 0.5), 2),
             "done_hold_p99_ms": round(1000 * percentile(holds, 0.99), 2),
-        }  # fmt: skip
+        }
 
 
 RELEASE_WITHIN_S = 5.0  # the lease TTL is 30 s by default: a lease still held after this leaked
@@ -392,28 +410,54 @@ async def set_policy(pool: asyncpg.Pool, tenant_id: str, document: dict[str, Any
     await PolicyStore(pool, {}, None).set(tenant_id, document, actor="burst")
 
 
-async def run_burst(shape: BurstShape, gateway: GatewayProcess, emulator: Any, pool: asyncpg.Pool,
-                    redis: aioredis.Redis, prefix: str, tenants: tuple[Any, Any],
-                    disturb: Callable[[asyncio.Event], Awaitable[None]] | None = None) -> Figures:  # fmt: skip
+async def run_burst(
+    shape: BurstShape,
+    gateway: GatewayProcess,
+    emulator: Any,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    prefix: str,
+    tenants: tuple[Any, Any],
+    disturb: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+) -> Figures:
     """Open the burst against `gateway`, wait for every session to end and the ledger to settle, read the figures.
 
     `tenants` = (budget tenant, free tenant), each with `tenant_id` and `secret`; `disturb` (faults)
     runs alongside the traffic and is given the event set once every handshake was answered."""
     budget, free = tenants
-    await set_policy(pool, budget.tenant_id, {**BASE_POLICY, "max_output_tokens": shape.max_output_tokens,
-                                              "budget": {"daily_usd": shape.daily_usd, "at_limit": "finish_response"}})
+    await set_policy(
+        pool,
+        budget.tenant_id,
+        {
+            **BASE_POLICY,
+            "max_output_tokens": shape.max_output_tokens,
+            "budget": {"daily_usd": shape.daily_usd, "at_limit": "finish_response"},
+        },
+    )
     await set_policy(pool, free.tenant_id, dict(BASE_POLICY))
     budget_turns = tuple("voice" if n % 2 == 0 else "text" for n in range(shape.budget_turns))
     opening = Opening(shape.budget_sessions + shape.free_sessions)
     # The budget tenant starts its turns once the whole burst is open, so the budget is crossed
     # mid-burst and never before one of its sessions was admitted.
-    keyed = [(n / shape.budget_sessions, Plan(budget.tenant_id, budget.secret, budget_turns, gate=opening.all_done))
-             for n in range(shape.budget_sessions)]  # fmt: skip
+    keyed = [
+        (n / shape.budget_sessions, Plan(budget.tenant_id, budget.secret, budget_turns, gate=opening.all_done))
+        for n in range(shape.budget_sessions)
+    ]
     for n in range(shape.free_sessions):
         transcribed = n % 3 == 0
         turns = ("text", "voice") if transcribed else ("text",)
-        keyed.append((n / shape.free_sessions, Plan(free.tenant_id, free.secret, (turns * shape.free_turns)[
-            : shape.free_turns], transcribed, pause_s=shape.free_pause_s)))
+        keyed.append(
+            (
+                n / shape.free_sessions,
+                Plan(
+                    free.tenant_id,
+                    free.secret,
+                    (turns * shape.free_turns)[: shape.free_turns],
+                    transcribed,
+                    pause_s=shape.free_pause_s,
+                ),
+            )
+        )
     # Interleave the two tenants, and spread the handshakes evenly over the opening window.
     plans = [plan for _, plan in sorted(keyed, key=lambda k: k[0])]
     for n, plan in enumerate(plans):
@@ -425,17 +469,23 @@ async def run_burst(shape: BurstShape, gateway: GatewayProcess, emulator: Any, p
     outcomes: list[Outcome] = list(await asyncio.gather(*tasks))
     if faults is not None:
         await faults
-    for o in outcomes[len(plans):]:
+    for o in outcomes[len(plans) :]:
         o.plan.tenant_id = free.tenant_id
     seconds = time.monotonic() - t0
     await gateway.idle()
     ids = (budget.tenant_id, free.tenant_id)
     ledger = await Ledger.read(pool, ids)
     upstream = Upstream.of(emulator.sessions)
-    mispriced = [rid for rid, (_, cost) in ledger.responses.items()
-                 if rid in upstream.done and cost != price_response(upstream.done[rid])]  # fmt: skip
-    mispriced += [iid for iid, (_, cost) in ledger.transcriptions.items()
-                  if iid in upstream.transcriptions and cost != price_transcription(upstream.transcriptions[iid])]
+    mispriced = [
+        rid
+        for rid, (_, cost) in ledger.responses.items()
+        if rid in upstream.done and cost != price_response(upstream.done[rid])
+    ]
+    mispriced += [
+        iid
+        for iid, (_, cost) in ledger.transcriptions.items()
+        if iid in upstream.transcriptions and cost != price_transcription(upstream.transcriptions[iid])
+    ]
     # The overshoot bound (docs/budgets.md): at most one response per live session past the limit.
     rows = await pool.fetch("SELECT session_id, response_id FROM usage_ledger WHERE tenant_id = $1", budget.tenant_id)
     dearest: dict[str, int] = {}
@@ -456,6 +506,18 @@ async def run_burst(shape: BurstShape, gateway: GatewayProcess, emulator: Any, p
             break
         await asyncio.sleep(0.1)
     admitted = [o.admitted_at for o in outcomes if o.admitted_at is not None]
-    return Figures(shape, outcomes, upstream, ledger, counters, budget.tenant_id, free.tenant_id,
-                   sum(dearest.values()), max(dearest.values(), default=0), worst, mispriced, seconds,
-                   max(admitted, default=float("nan")))  # fmt: skip
+    return Figures(
+        shape,
+        outcomes,
+        upstream,
+        ledger,
+        counters,
+        budget.tenant_id,
+        free.tenant_id,
+        sum(dearest.values()),
+        max(dearest.values(), default=0),
+        worst,
+        mispriced,
+        seconds,
+        max(admitted, default=float("nan")),
+    )

@@ -15,8 +15,16 @@ VERSION = "2026-11-24"
 
 # text_in, cached_text_in, text_out, audio_in, cached_audio_in, audio_out, image_in, cached_image_in
 # (the column order of docs/pricing.md's table), micro-USD per 1M tokens.
-RATE_NAMES = ("text_in", "cached_text_in", "text_out", "audio_in", "cached_audio_in", "audio_out", "image_in",
-              "cached_image_in")  # fmt: skip
+RATE_NAMES = (
+    "text_in",
+    "cached_text_in",
+    "text_out",
+    "audio_in",
+    "cached_audio_in",
+    "audio_out",
+    "image_in",
+    "cached_image_in",
+)
 MODELS: dict[str, tuple[int, ...]] = {
     "gpt-realtime": (4_000_000, 400_000, 16_000_000, 32_000_000, 400_000, 64_000_000, 5_000_000, 500_000),
     "gpt-realtime-1.5": (4_000_000, 400_000, 16_000_000, 32_000_000, 400_000, 64_000_000, 5_000_000, 500_000),
@@ -25,10 +33,17 @@ MODELS: dict[str, tuple[int, ...]] = {
     "gpt-realtime-mini": (600_000, 60_000, 2_400_000, 10_000_000, 300_000, 20_000_000, 800_000, 80_000),
     "gpt-realtime-2.1-mini": (600_000, 60_000, 2_400_000, 10_000_000, 300_000, 20_000_000, 800_000, 80_000),
     # Legacy previews: no published image rate, so image is priced at the text rates (the table's footnote).
-    "gpt-4o-realtime-preview":
-        (5_000_000, 2_500_000, 20_000_000, 40_000_000, 2_500_000, 80_000_000, 5_000_000, 2_500_000),
-    "gpt-4o-mini-realtime-preview":
-        (600_000, 300_000, 2_400_000, 10_000_000, 300_000, 20_000_000, 600_000, 300_000),
+    "gpt-4o-realtime-preview": (
+        5_000_000,
+        2_500_000,
+        20_000_000,
+        40_000_000,
+        2_500_000,
+        80_000_000,
+        5_000_000,
+        2_500_000,
+    ),
+    "gpt-4o-mini-realtime-preview": (600_000, 300_000, 2_400_000, 10_000_000, 300_000, 20_000_000, 600_000, 300_000),
 }
 
 # text_in, audio_in, text_out per 1M tokens; per_minute; None where the doc leaves the cell empty.

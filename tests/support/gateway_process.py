@@ -81,15 +81,21 @@ class GatewayProcess:
         assert code in (0, -signal.SIGTERM), self.log_path.read_text(errors="replace")
 
 
-def gateway_env(pg_dsn: str, redis_url: str, upstream_url: str, prefix: str, upstream_key: str,
-                **overrides: str) -> dict[str, str]:  # fmt: skip
+def gateway_env(
+    pg_dsn: str, redis_url: str, upstream_url: str, prefix: str, upstream_key: str, **overrides: str
+) -> dict[str, str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")},
-        "VOXGATE_DATABASE_URL": pg_dsn, "VOXGATE_REDIS_URL": redis_url, "VOXGATE_REDIS_PREFIX": prefix,
-        "VOXGATE_UPSTREAM_URL": upstream_url, "VOXGATE_OPENAI_API_KEY": upstream_key,
-        "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0", "VOXGATE_LOG_LEVEL": "WARNING", "VOXGATE_DEFAULT_TIER": "",
+        "VOXGATE_DATABASE_URL": pg_dsn,
+        "VOXGATE_REDIS_URL": redis_url,
+        "VOXGATE_REDIS_PREFIX": prefix,
+        "VOXGATE_UPSTREAM_URL": upstream_url,
+        "VOXGATE_OPENAI_API_KEY": upstream_key,
+        "VOXGATE_SHUTDOWN_GRACE_SECONDS": "0",
+        "VOXGATE_LOG_LEVEL": "WARNING",
+        "VOXGATE_DEFAULT_TIER": "",
         "VOXGATE_CALLS_SCAN_SECONDS": "0",
-    }  # fmt: skip
+    }
     env.update(overrides)
     return env
 
@@ -105,18 +111,26 @@ async def delete_keys(redis_url: str, prefix: str) -> None:
 
 
 @asynccontextmanager
-async def gateway_process(env: dict[str, str], log_dir: Path, instance_id: str = "burst-a",
-                          port: int | None = None, *, voxgate: Path = VOXGATE, args: Sequence[str] = (),
-                          cwd: Path | None = None, ready_seconds: float = 30.0,
-                          ) -> AsyncIterator[GatewayProcess]:  # fmt: skip
+async def gateway_process(
+    env: dict[str, str],
+    log_dir: Path,
+    instance_id: str = "burst-a",
+    port: int | None = None,
+    *,
+    voxgate: Path = VOXGATE,
+    args: Sequence[str] = (),
+    cwd: Path | None = None,
+    ready_seconds: float = 30.0,
+) -> AsyncIterator[GatewayProcess]:
     """`voxgate serve *args` (the `voxgate` executable, run in `cwd`) with `env`, ready (GET /readyz 200
     within `ready_seconds`) on a free port; SIGTERMed on exit if still running, killed if it will not stop."""
     port = port or free_port()
     log_path = log_dir / f"{instance_id}-{port}-{time.monotonic_ns()}.log"
     env = {**env, "VOXGATE_PORT": str(port), "VOXGATE_INSTANCE_ID": instance_id}
     with open(log_path, "wb") as log:
-        proc = await asyncio.create_subprocess_exec(str(voxgate), "serve", *args, cwd=cwd, env=env,
-                                                    stdout=log, stderr=log)  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            str(voxgate), "serve", *args, cwd=cwd, env=env, stdout=log, stderr=log
+        )
     gateway = GatewayProcess(proc, port, instance_id, log_path)
     try:
         async with asyncio.timeout(ready_seconds), httpx.AsyncClient() as http:

@@ -76,9 +76,14 @@ def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: A
 
 async def start_gateway(settings: Settings) -> Gateway:
     app = create_app(settings)
-    server = await start_server(app, ws_max_size=settings.server.max_message_bytes, before_shutdown=lambda: drain(app),
-                                realtime_relay=True, max_header_bytes=settings.server.max_header_bytes,
-                                header_timeout_seconds=settings.server.header_timeout_seconds)  # fmt: skip
+    server = await start_server(
+        app,
+        ws_max_size=settings.server.max_message_bytes,
+        before_shutdown=lambda: drain(app),
+        realtime_relay=True,
+        max_header_bytes=settings.server.max_header_bytes,
+        header_timeout_seconds=settings.server.header_timeout_seconds,
+    )
     return Gateway(server=server, app=app, settings=settings)
 
 

@@ -20,8 +20,11 @@ DOCUMENT_PATH = "/.well-known/jwks.json"
 
 def public_jwk(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, kid: str, alg: str) -> dict[str, Any]:
     """`key` as a signing JWK with its `kid` and `alg`, as an identity provider publishes it."""
-    jwk = RSAAlgorithm.to_jwk(key, as_dict=True) if isinstance(key, rsa.RSAPublicKey) \
-        else ECAlgorithm.to_jwk(key, as_dict=True)  # fmt: skip
+    jwk = (
+        RSAAlgorithm.to_jwk(key, as_dict=True)
+        if isinstance(key, rsa.RSAPublicKey)
+        else ECAlgorithm.to_jwk(key, as_dict=True)
+    )
     return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
 
 

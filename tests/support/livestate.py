@@ -37,8 +37,10 @@ async def ledger_tenant(pool: asyncpg.Pool) -> tuple[str, str]:
     session_id = f"vgs_{secrets.token_hex(6)}"
     await pool.execute(
         "INSERT INTO realtime_sessions (id, tenant_id, transport, started_at) VALUES ($1, $2, 'websocket', $3)",
-        session_id, t.id, datetime.fromtimestamp(T0 - 86400 * 40, UTC),
-    )  # fmt: skip
+        session_id,
+        t.id,
+        datetime.fromtimestamp(T0 - 86400 * 40, UTC),
+    )
     return t.id, session_id
 
 
@@ -49,8 +51,12 @@ async def add_response(pool: asyncpg.Pool, tenant_id: str, session_id: str, when
                cached_text_tokens, cached_audio_tokens, cached_image_tokens, output_text_tokens,
                output_audio_tokens, cost_micro_usd, price_version)
            VALUES ($1, $2, $3, 'gpt-realtime', 'completed', $4, 1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 0, $5, 'test')""",
-        f"resp_{secrets.token_hex(6)}", session_id, tenant_id, datetime.fromtimestamp(when, UTC), cost,
-    )  # fmt: skip
+        f"resp_{secrets.token_hex(6)}",
+        session_id,
+        tenant_id,
+        datetime.fromtimestamp(when, UTC),
+        cost,
+    )
 
 
 async def add_transcription(pool: asyncpg.Pool, tenant_id: str, session_id: str, when: float, cost: int) -> None:
@@ -58,5 +64,9 @@ async def add_transcription(pool: asyncpg.Pool, tenant_id: str, session_id: str,
         """INSERT INTO transcription_usage (session_id, item_id, tenant_id, model, occurred_at, usage_type,
                cost_micro_usd, price_version)
            VALUES ($1, $2, $3, 'gpt-4o-transcribe', $4, 'tokens', $5, 'test')""",
-        session_id, f"item_{secrets.token_hex(6)}", tenant_id, datetime.fromtimestamp(when, UTC), cost,
-    )  # fmt: skip
+        session_id,
+        f"item_{secrets.token_hex(6)}",
+        tenant_id,
+        datetime.fromtimestamp(when, UTC),
+        cost,
+    )

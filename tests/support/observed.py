@@ -72,8 +72,9 @@ class Upstream:
 
     @property
     def cost(self) -> int:
-        return sum(map(price_response, self.done.values())) + sum(map(price_transcription,
-                                                                        self.transcriptions.values()))  # fmt: skip
+        return sum(map(price_response, self.done.values())) + sum(
+            map(price_transcription, self.transcriptions.values())
+        )
 
 
 @dataclass
@@ -86,16 +87,26 @@ class Ledger:
     @classmethod
     async def read(cls, pool: asyncpg.Pool, tenant_ids: Iterable[str]) -> Ledger:
         tenants = list(tenant_ids)
-        rows = await pool.fetch("SELECT response_id, tenant_id, cost_micro_usd FROM usage_ledger"
-                                " WHERE tenant_id = ANY($1::text[])", tenants)  # fmt: skip
-        trows = await pool.fetch("SELECT item_id, tenant_id, cost_micro_usd FROM transcription_usage"
-                                 " WHERE tenant_id = ANY($1::text[])", tenants)  # fmt: skip
-        return cls({r["response_id"]: (r["tenant_id"], r["cost_micro_usd"]) for r in rows}, len(rows),
-                   {r["item_id"]: (r["tenant_id"], r["cost_micro_usd"]) for r in trows}, len(trows))  # fmt: skip
+        rows = await pool.fetch(
+            "SELECT response_id, tenant_id, cost_micro_usd FROM usage_ledger WHERE tenant_id = ANY($1::text[])", tenants
+        )
+        trows = await pool.fetch(
+            "SELECT item_id, tenant_id, cost_micro_usd FROM transcription_usage WHERE tenant_id = ANY($1::text[])",
+            tenants,
+        )
+        return cls(
+            {r["response_id"]: (r["tenant_id"], r["cost_micro_usd"]) for r in rows},
+            len(rows),
+            {r["item_id"]: (r["tenant_id"], r["cost_micro_usd"]) for r in trows},
+            len(trows),
+        )
 
     def cost(self, tenant_id: str | None = None) -> int:
-        return sum(cost for tenant, cost in (*self.responses.values(), *self.transcriptions.values())
-                   if tenant_id is None or tenant == tenant_id)  # fmt: skip
+        return sum(
+            cost
+            for tenant, cost in (*self.responses.values(), *self.transcriptions.values())
+            if tenant_id is None or tenant == tenant_id
+        )
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,11 @@ class Counters:
 
 
 async def session_end_reasons(pool: asyncpg.Pool, tenant_ids: Iterable[str]) -> dict[str, int]:
-    rows = await pool.fetch("SELECT coalesce(end_reason, 'open') AS reason, count(*) AS n FROM realtime_sessions"
-                            " WHERE tenant_id = ANY($1::text[]) GROUP BY 1", list(tenant_ids))  # fmt: skip
+    rows = await pool.fetch(
+        "SELECT coalesce(end_reason, 'open') AS reason, count(*) AS n FROM realtime_sessions"
+        " WHERE tenant_id = ANY($1::text[]) GROUP BY 1",
+        list(tenant_ids),
+    )
     return {r["reason"]: r["n"] for r in rows}
 
 
