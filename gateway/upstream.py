@@ -52,7 +52,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _upstream_error_body(body: bytes | None) -> tuple[str | None, str | None]:
+def _upstream_error_body(body: bytes | bytearray | None) -> tuple[str | None, str | None]:
     try:
         error = orjson.loads(body or b"{}").get("error") or {}
         return str(error.get("message") or "") or None, str(error.get("code") or "") or None
@@ -60,7 +60,7 @@ def _upstream_error_body(body: bytes | None) -> tuple[str | None, str | None]:
         return None, None
 
 
-def refusal_from_status(status: int, headers: Mapping[str, str], body: bytes | None) -> GatewayError:
+def refusal_from_status(status: int, headers: Mapping[str, str], body: bytes | bytearray | None) -> GatewayError:
     """Map an upstream handshake refusal to what the client should see."""
     message, code = _upstream_error_body(body)
     retry_after = _retry_after(headers)

@@ -77,7 +77,7 @@ class Bus:
                     ready.clear()
                 attempt = max(attempt, 1)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self._backoff[1])
 
