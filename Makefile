@@ -22,7 +22,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy policies gateway
+	$(BIN)/mypy policies gateway emulator
 	$(BIN)/lint-imports
 
 # The benchmark suite (docs/benchmarks.md): ~6 minutes; `make bench BENCH_ARGS=--quick` for ~70 s.

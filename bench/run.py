@@ -237,7 +237,7 @@ async def setup_services(tmp: Path) -> Services:
     services = Services(admin, redis_url)
     if not (await _pg_ok(admin) and await _redis_ok(redis_url)):
         log("Postgres/Redis not answering: starting embedded ones")
-        from gateway.embedded import EmbeddedServices
+        from gateway.cli.embedded import EmbeddedServices
 
         services.embedded = await asyncio.to_thread(EmbeddedServices(tmp / "embedded", None, None).start)
         services.admin_dsn = services.embedded.database_url

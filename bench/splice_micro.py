@@ -21,10 +21,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gateway.fastrelay.frames import build_frame
-from gateway.fastrelay.relay import FastRelay
-from gateway.ledger import SessionStarted
-from gateway.live_session import LiveSession
+from gateway.ledger.writer import SessionStarted
+from gateway.realtime.fastrelay.frames import build_frame
+from gateway.realtime.fastrelay.relay import FastRelay
+from gateway.session.live import LiveSession
 from gateway.tiers import parse_tiers_yaml
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.pricing import DEFAULT_PRICE_TABLE

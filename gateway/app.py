@@ -20,24 +20,24 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.exceptions import RedisError
 
 from gateway import __version__
-from gateway.adminapi.router import SECURITY_COMPONENTS, build_admin_router
-from gateway.calls_monitor import CallsMonitor
-from gateway.enforcement import Enforcement
+from gateway.admin.router import SECURITY_COMPONENTS, build_admin_router
 from gateway.errors import GatewayError, outage_refusal
-from gateway.fastrelay.fallback import refuse_realtime
-from gateway.ledger import LedgerWriter
+from gateway.ledger.writer import LedgerWriter
 from gateway.livestate import LiveState
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
 from gateway.pools import database_pool, redis_client
-from gateway.realtime_http import register as register_realtime_http
+from gateway.realtime.fastrelay.fallback import refuse_realtime
 from gateway.services import GatewayServices
+from gateway.session.enforcement import Enforcement
 from gateway.settings import Settings, SettingsError
-from gateway.storage.calls import CallStore
 from gateway.storage.migrations import required_schema_version, schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
 from gateway.tiers import PolicyFileError, check_default_tier, load_tiers
+from gateway.webrtc.calls_store import CallStore
+from gateway.webrtc.routes import register as register_realtime_http
+from gateway.webrtc.sideband import CallsMonitor
 from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
 
 log = logging.getLogger("voxgate.app")
@@ -275,7 +275,7 @@ def create_app(
 ) -> Litestar:
     """Build the gateway app. Nothing connects until the ASGI lifespan starts.
 
-    `plugins` add routes on top of voxgate's own, e.g. `voxgate demo`'s browser page (`gateway.demo_page`).
+    `plugins` add routes on top of voxgate's own, e.g. `voxgate demo`'s browser page (`gateway.cli.demo_page`).
     """
     settings = settings or Settings.from_env()
     # Only with VOXGATE_API_DOCS=true, and only the JSON document: no HTML page, nothing from a CDN.

@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import GatewayError
-from gateway.fastrelay.handshake import head_too_large, refusal
+from gateway.realtime.fastrelay.handshake import head_too_large, refusal
 from gateway.settings import ServerSettings
 
 Lifespan = Literal["auto", "on", "off"]
@@ -176,7 +176,7 @@ def uvicorn_config(
     """
     ws: Any = "websockets-sansio"
     if realtime_relay:
-        from gateway.fastrelay.protocol import realtime_protocol_class
+        from gateway.realtime.fastrelay.protocol import realtime_protocol_class
 
         ws = realtime_protocol_class(app)
     return uvicorn.Config(

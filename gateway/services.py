@@ -12,10 +12,10 @@ from typing import Any, Protocol
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway.enforcement import Enforcement
-from gateway.ledger import LedgerWriter
-from gateway.live_session import LiveSession
+from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import GatewayMetrics
+from gateway.session.enforcement import Enforcement
+from gateway.session.live import LiveSession
 from gateway.settings import Settings
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
@@ -88,4 +88,4 @@ class GatewayServices:
     policy_store: PolicyStore | None = None
     enforcement: Enforcement | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    calls_monitor: Any = None  # gateway.calls_monitor.CallsMonitor (set in the lifespan)
+    calls_monitor: Any = None  # gateway.webrtc.sideband.CallsMonitor (set in the lifespan)

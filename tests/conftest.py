@@ -45,7 +45,7 @@ def _discover_services() -> tuple[str, str, object | None]:
         redis_url = _DEFAULT_REDIS
     embedded = None
     if pg is None or redis_url is None:
-        from gateway.embedded import EmbeddedServices
+        from gateway.cli.embedded import EmbeddedServices
 
         home = Path(tempfile.mkdtemp(prefix="voxgate-test-services-"))
         embedded = EmbeddedServices(home, pg, redis_url).start()
@@ -177,6 +177,6 @@ async def tenant(pg_pool: asyncpg.Pool):
 def _reset_emulator_faults(request: pytest.FixtureRequest):
     yield
     if "emulator" in request.fixturenames:
-        from gateway.emulator import Faults
+        from emulator import Faults
 
         request.getfixturevalue("emulator").faults = Faults()

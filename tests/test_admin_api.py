@@ -20,7 +20,7 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.browser_auth import BrowserAuthStore, BrowserTokenVerifier
+from gateway.auth.browser import BrowserAuthStore, BrowserTokenVerifier
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
 from gateway.storage.policy_store import audit_entries

@@ -21,8 +21,8 @@ import jwt
 import pytest
 
 from gateway.app import create_app, drain
-from gateway.browser_auth import MAX_LIFETIME_SECONDS
-from gateway.demo_page import DEMO_SUBJECT, DemoPagePlugin, enable_demo_browser_tokens
+from gateway.auth.browser import MAX_LIFETIME_SECONDS
+from gateway.cli.demo_page import DEMO_SUBJECT, DemoPagePlugin, enable_demo_browser_tokens
 from gateway.server import start_server
 from tests.conftest import REDIS_URL
 from tests.support import doc_prices

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway import cli
-from gateway.browser_auth import (
+from gateway.auth.browser import (
     MAX_PREVIOUS_VALID_SECONDS,
     NO_KEY_MESSAGE,
     BrowserAuthConfig,

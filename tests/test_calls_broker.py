@@ -23,12 +23,12 @@ import websockets
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from openai import AsyncOpenAI
 
-from gateway.browser_auth import BrowserAuthConfig, BrowserAuthStore
-from gateway.emulator import Faults
-from gateway.emulator.webrtc import use_loopback_ice
+from emulator import Faults
+from emulator.webrtc import use_loopback_ice
+from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
 from gateway.errors import GatewayError
-from gateway.realtime_http import call_id_from_location, parse_multipart, validate_sdp
 from gateway.storage.policy_store import PolicyStore
+from gateway.webrtc.routes import call_id_from_location, parse_multipart, validate_sdp
 from tests.support.harness import UPSTREAM_KEY, TenantKey, make_tenant, start_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("end_emulated_calls")]

@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import admin_cli, cli
+from gateway import cli
+from gateway.cli import admin as admin_cli
 from gateway.storage.tenants import KeyIdentity, TenantDirectory
 
 Voxgate = Callable[..., int]

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.calls_monitor import SECRET_ATTACH_GRACE_SECONDS
-from gateway.realtime_http import call_id_from_location
-from gateway.storage.calls import Call
+from gateway.webrtc.calls_store import Call
+from gateway.webrtc.routes import call_id_from_location
+from gateway.webrtc.sideband import SECRET_ATTACH_GRACE_SECONDS
 from tests.conftest import REDIS_URL
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 from tests.support.webrtc_client import ClientPeer

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.emulator import Faults
+from emulator import Faults
 from gateway.storage.policy_store import PolicyStore
 from tests.support.harness import UPSTREAM_KEY, TenantKey
 

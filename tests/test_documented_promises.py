@@ -22,9 +22,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from gateway.ledger import LedgerWriter, SessionStarted
-from gateway.live_session import LiveSession
+from gateway.ledger.writer import LedgerWriter, SessionStarted
 from gateway.metrics import GatewayMetrics
+from gateway.session.live import LiveSession
 from gateway.settings import AdminSettings, LedgerSettings
 from policies.actions import Forward, ReserveBudget
 from policies.governor import SessionGovernor, SessionIdentity

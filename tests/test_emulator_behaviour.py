@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from gateway.emulator import EmulatorConfig, RateLimits, RealtimeEmulator
-from gateway.emulator.audio import AudioFormat, silence, tone
-from gateway.emulator.client import RealtimeClient
-from gateway.emulator.usage import plan_output, produced, reply_for, text_tokens
+from emulator import EmulatorConfig, RateLimits, RealtimeEmulator
+from emulator.audio import AudioFormat, silence, tone
+from emulator.client import RealtimeClient
+from emulator.usage import plan_output, produced, reply_for, text_tokens
 
 KEY = "sk-emulator"
 # Its reply streams in ~150 audio steps: ample time to interrupt it with 2 ms per event.

@@ -18,10 +18,10 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import Field, TypeAdapter
 
-from gateway.emulator import EmulatorConfig, RealtimeEmulator
-from gateway.emulator.audio import silence, tone
-from gateway.emulator.client import RealtimeClient
-from gateway.emulator.session import SERVER_EVENTS
+from emulator import EmulatorConfig, RealtimeEmulator
+from emulator.audio import silence, tone
+from emulator.client import RealtimeClient
+from emulator.session import SERVER_EVENTS
 
 KEY = "sk-emulator"
 OPENAI_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])

@@ -18,9 +18,9 @@ from openai.types.realtime import ClientSecretCreateResponse, RealtimeServerEven
 from pydantic import Field, TypeAdapter
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.emulator import EmulatorConfig, RealtimeEmulator
-from gateway.emulator.client import RealtimeClient
-from gateway.emulator.webrtc import loopback_candidates
+from emulator import EmulatorConfig, RealtimeEmulator
+from emulator.client import RealtimeClient
+from emulator.webrtc import loopback_candidates
 from tests.support.webrtc_client import ClientPeer
 
 KEY = "sk-emulator"

@@ -16,7 +16,7 @@ import websockets
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.emulator.audio import silence, tone
+from emulator.audio import silence, tone
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway

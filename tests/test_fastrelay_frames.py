@@ -10,8 +10,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from gateway.errors import GatewayError
-from gateway.fastrelay import frames
-from gateway.fastrelay.frames import (
+from gateway.realtime.fastrelay import frames
+from gateway.realtime.fastrelay.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
@@ -25,7 +25,7 @@ from gateway.fastrelay.frames import (
     parse_header,
     payload_of,
 )
-from gateway.fastrelay.handshake import (
+from gateway.realtime.fastrelay.handshake import (
     HandshakeError,
     accept_key,
     check_switching,

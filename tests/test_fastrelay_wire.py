@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from gateway.fastrelay.frames import (
+from gateway.realtime.fastrelay.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
@@ -37,9 +37,9 @@ from gateway.fastrelay.frames import (
     parse_header,
     payload_of,
 )
-from gateway.fastrelay.handshake import HEAD_END, accept_key, parse_response
-from gateway.fastrelay.relay import WRITE_HIGH_WATER, FastRelay
-from gateway.live_session import Verdict
+from gateway.realtime.fastrelay.handshake import HEAD_END, accept_key, parse_response
+from gateway.realtime.fastrelay.relay import WRITE_HIGH_WATER, FastRelay
+from gateway.session.live import Verdict
 from tests.conftest import REDIS_URL
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 

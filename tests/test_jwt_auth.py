@@ -12,14 +12,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.errors import GatewayError
-from gateway.jwt_auth import (
+from gateway.auth.jwt import (
     JWKS_REFETCH_COOLDOWN_SECONDS,
     AdminPrincipal,
     AdminTokenVerifier,
     Permission,
     bearer_token,
 )
+from gateway.errors import GatewayError
 from gateway.settings import AdminSettings, Settings, SettingsError
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, claims, handmade, hs256
 from tests.support.jwks_server import JwksServer, public_jwk
@@ -56,7 +56,7 @@ def key_cache_clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float
     Only these modules' view of the clock moves, never the event loop's."""
     now = [start]
     clock = types.SimpleNamespace(monotonic=lambda: now[0])
-    for module in ("jwt.api_jwk", "jwt.jwk_set_cache", "jwt.jwks_client", "gateway.jwt_auth"):
+    for module in ("jwt.api_jwk", "jwt.jwk_set_cache", "jwt.jwks_client", "gateway.auth.jwt"):
         monkeypatch.setattr(f"{module}.time", clock)
     return now
 

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-import gateway.ledger as ledger_module
-from gateway.ledger import LedgerWriter, SessionEnded, SessionStarted
+import gateway.ledger.writer as ledger_module
+from gateway.ledger.writer import LedgerWriter, SessionEnded, SessionStarted
 from gateway.settings import LedgerSettings
 from gateway.storage.tenants import TenantDirectory
 from policies.actions import RateLimit, RateLimitsRecord, UsageRecord

@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 import websockets
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.enforcement import REBUILD_LEDGER_WAIT_S
 from gateway.livestate import LiveState
 from gateway.livestate.repair import RETRY_INTERVAL_S
 from gateway.pools import database_pool, redis_client
+from gateway.session.enforcement import REBUILD_LEDGER_WAIT_S
 from gateway.settings import DatabaseSettings, EnforcementSettings, RedisSettings, Settings, SettingsError
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL

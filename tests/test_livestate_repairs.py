@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.enforcement import Enforcement
 from gateway.livestate import LeaseResult, LiveState, MemoryLiveState
 from gateway.livestate.repair import LiveStateRepairs
+from gateway.session.enforcement import Enforcement
 from gateway.settings import EnforcementSettings
 from tests.conftest import REDIS_URL
 
@@ -60,7 +60,7 @@ class Started:
 
 @dataclass
 class Live:
-    """What Enforcement reads of a running session (gateway.live_session.LiveSession)."""
+    """What Enforcement reads of a running session (gateway.session.live.LiveSession)."""
 
     started: Started
     session_id: str
@@ -220,7 +220,7 @@ async def test_a_settle_cut_off_when_the_session_stops_goes_to_the_repair_queue(
     # SessionEffects.stop() waits a bounded time, then cancels: the settle running at that moment
     # and the ones queued behind it are all handed to the repair queue (docs/budgets.md: a settle
     # that fails is never dropped), so the holds are released and the counters rebuilt.
-    from gateway.enforcement import SessionEffects
+    from gateway.session.enforcement import SessionEffects
     from policies.actions import SettleBudget
     from policies.policy import TenantPolicy
 

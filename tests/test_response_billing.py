@@ -23,8 +23,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from gateway.emulator import Faults
-from gateway.emulator.audio import silence, tone
+from emulator import Faults
+from emulator.audio import silence, tone
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL
 from tests.support.doc_prices import doc_cost

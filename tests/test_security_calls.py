@@ -22,8 +22,8 @@ import jwt
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.browser_auth import BrowserAuthConfig, BrowserAuthStore
-from gateway.realtime_http import ATTACH_BURST, call_id_from_location
+from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
+from gateway.webrtc.routes import ATTACH_BURST, call_id_from_location
 from tests.support.harness import TenantKey, make_tenant
 from tests.support.webrtc_client import ClientPeer
 
@@ -158,7 +158,7 @@ async def test_the_probe_sends_nothing_even_when_upstream_volunteers_no_session_
 
     import websockets
 
-    import gateway.realtime_http as realtime_http
+    import gateway.webrtc.routes as realtime_http
     from gateway.settings import UpstreamSettings
 
     received: list[str] = []

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import websockets
 
-from gateway.fastrelay.handshake import MAX_HEAD_BYTES
-from gateway.fastrelay.protocol import realtime_protocol_class
+from gateway.realtime.fastrelay.handshake import MAX_HEAD_BYTES
+from gateway.realtime.fastrelay.protocol import realtime_protocol_class
 from tests.conftest import REDIS_URL
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 

@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import cli
-from gateway.browser_auth import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.auth.jwt import JwksUrlRefused, KeySet, check_jwks_url, resolve_jwks_host
 from gateway.errors import GatewayError
-from gateway.jwt_auth import JwksUrlRefused, KeySet, check_jwks_url, resolve_jwks_host
 from gateway.settings import AdminSettings, Settings
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token

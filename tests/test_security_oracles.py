@@ -21,7 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.browser_auth import BrowserAuthConfig, BrowserAuthStore, BrowserTokenVerifier
+from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore, BrowserTokenVerifier
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 from tests.conftest import REDIS_URL

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from gateway.ids import new_id
-from gateway.storage.calls import Call, CallStore
 from gateway.storage.policy_store import PolicyStore
+from gateway.webrtc.calls_store import Call, CallStore
 from tests.support import doc_prices
 from tests.support.harness import UPSTREAM_KEY, TenantKey
 from tests.support.webrtc_client import ClientPeer

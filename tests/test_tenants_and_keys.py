@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import websockets
 
-from gateway.keys import (
+from gateway.auth.apikeys import (
     SECRET_LENGTH,
     generate_api_key,
     hash_api_key,

@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from gateway.emulator import Faults
+from emulator import Faults
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_gateway
 

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import asyncpg
 import pytest
 
+from gateway.ledger.reports import DailyCost, daily_costs, ledger_for_tenant
 from gateway.storage import queries
 from gateway.storage.tenants import TenantDirectory
-from gateway.storage.usage_reports import DailyCost, daily_costs, ledger_for_tenant
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

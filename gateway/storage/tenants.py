@@ -15,8 +15,8 @@ from datetime import datetime
 
 import asyncpg
 
+from gateway.auth.apikeys import generate_api_key, hash_api_key, looks_like_api_key, new_key_id
 from gateway.ids import TENANT_PREFIX, new_id
-from gateway.keys import generate_api_key, hash_api_key, looks_like_api_key, new_key_id
 from gateway.storage import queries
 
 log = logging.getLogger("voxgate.tenants")

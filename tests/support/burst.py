@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.emulator.audio import silence, tone
+from emulator.audio import silence, tone
 from tests.support.gateway_process import MODEL, GatewayProcess
 from tests.support.observed import (
     TRANSCRIBER,

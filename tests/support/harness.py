@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from emulator import EmulatorConfig, RealtimeEmulator
 from gateway.app import create_app, drain
-from gateway.emulator import EmulatorConfig, RealtimeEmulator
 from gateway.server import RunningServer, start_server
 from gateway.services import GatewayServices
 from gateway.settings import (

@@ -9,7 +9,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.emulator.webrtc import ToneTrack, use_loopback_ice
+from emulator.webrtc import ToneTrack, use_loopback_ice
 
 
 class ClientPeer:

@@ -1,0 +1,434 @@
+"""The emulator's WebRTC HTTP surface: client secrets, calls (both forms), hangup, sidebands.
+
+- `POST /v1/realtime/client_secrets` mints an `ek_…` key (standard key required);
+- `POST /v1/realtime/calls` answers an SDP offer with a real aiortc peer: multipart
+  (`sdp` + `session` parts) or raw `application/sdp`, with a standard or an `ek_` key;
+- `POST /v1/realtime/calls/{call_id}/hangup` ends a call (standard key);
+- `GET /v1/realtime?call_id=…` (WebSocket, standard key) attaches a `Sideband`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Response, post
+from litestar.params import FromPath
+
+from emulator.app import REALTIME_PATH, send_json_error
+from emulator.connection import EmulatedSession
+from emulator.errors import ProtocolError, http_error_body
+from emulator.handshake import KEY_SUBPROTOCOL_PREFIX, Refusal, decide, fault_refusal
+from emulator.session import SessionProtocol
+from emulator.sideband import Sideband
+from emulator.webrtc import CallPeer, DataChannelTransport, OfferError, check_offer, use_loopback_ice
+
+if TYPE_CHECKING:
+    from emulator.emulator import RealtimeEmulator
+
+EPHEMERAL_PREFIX = "ek_"
+DEFAULT_SECRET_SECONDS = 600
+MIN_SECRET_SECONDS, MAX_SECRET_SECONDS = 10, 7200
+
+
+@dataclass
+class MintedSecret:
+    """One `client_secrets` answer: the request body as sent and the session it minted."""
+
+    value: str
+    expires_at: int
+    request: dict[str, Any]
+    session: dict[str, Any]
+    headers: dict[str, str]
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(eq=False)
+class EmulatedCall:
+    """One WebRTC call.
+
+    `form` is "multipart" or "sdp" (raw `application/sdp`); `ephemeral_key` is the `ek_` value
+    the offer was posted with, if any; `hung_up` is set by the hangup endpoint, `ended` by any
+    end (hangup, the client closing, session expiry, `emu.stop()`).
+    """
+
+    call_id: str
+    session: EmulatedSession
+    form: str
+    ephemeral_key: str | None
+    headers: dict[str, str]
+    offer: str
+    answer: str = ""
+    peer: CallPeer | None = None
+    hung_up: bool = False
+    ended: bool = False
+    sidebands: list[Sideband] = field(default_factory=list)
+    _ending: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.call_id
+
+    @property
+    def connection_state(self) -> str:
+        return self.peer.connection_state if self.peer is not None else "new"
+
+
+def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
+def bearer_key(headers: dict[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    return next((p[len(KEY_SUBPROTOCOL_PREFIX) :] for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
+
+
+def _json_response(status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Response[bytes]:
+    return Response(
+        json.dumps(body).encode(), status_code=status, media_type="application/json", headers=dict(headers or [])
+    )
+
+
+def _error(status: int, message: str, *, code: str | None, param: str | None = None) -> Response[bytes]:
+    kind = "invalid_request_error"
+    return _json_response(status, http_error_body(message, type=kind, code=code, param=param))
+
+
+def _refusal(refusal: Refusal) -> Response[bytes]:
+    return _json_response(refusal.status, refusal.body, refusal.headers)
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, Message]:
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts: dict[str, Message] = {}
+    if message.is_multipart():
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if isinstance(name, str):
+                parts[name] = part
+    return parts
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    return payload.decode() if isinstance(payload, bytes) else str(payload)
+
+
+class WebRtcEndpoints:
+    """The state and routes of the WebRTC surface of one `RealtimeEmulator`."""
+
+    def __init__(self, emulator: RealtimeEmulator) -> None:
+        self.emu = emulator
+        self.calls: list[EmulatedCall] = []
+        self.client_secrets: list[MintedSecret] = []
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def _standard_key(self, headers: dict[str, str]) -> Response[bytes] | None:
+        """None when the request carries the emulator's standard key, else the 401."""
+        key = bearer_key(headers)
+        if not key:
+            return _error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code=None,
+            )
+        expected = self.emu.config.api_key
+        if key.startswith(EPHEMERAL_PREFIX) or (expected is not None and key != expected):
+            return _error(401, f"Incorrect API key provided: {key[:6]}***.", code="invalid_api_key")
+        return None
+
+    def secret(self, key: str | None) -> MintedSecret | None:
+        """The minted secret `key` names, if it is one and has not expired."""
+        if not key or not key.startswith(EPHEMERAL_PREFIX):
+            return None
+        now = time.time()
+        return next((s for s in self.client_secrets if s.value == key and s.valid(now)), None)
+
+    def websocket_secret(self, headers: dict[str, str]) -> MintedSecret | Refusal | None:
+        """For a WebSocket handshake: the ek it uses, a 401 for a dead ek, or None (not an ek)."""
+        key = bearer_key(headers)
+        if not key or not key.startswith(EPHEMERAL_PREFIX):
+            return None
+        minted = self.secret(key)
+        if minted is None:
+            body = http_error_body(
+                "The ephemeral key is invalid or has expired.", type="invalid_request_error", code="invalid_api_key"
+            )
+            return Refusal(401, body)
+        return minted
+
+    async def _faults(self, path: str, headers: dict[str, str]) -> Response[bytes] | None:
+        faults = self.emu.faults
+        if faults.connect_delay_s > 0:
+            await asyncio.sleep(faults.connect_delay_s)
+        if faults.connect_status is None:
+            return None
+        refusal = fault_refusal(faults.connect_status, faults)
+        self.emu.refused.append({"status": refusal.status, "headers": headers, "query": {}, "path": path})
+        return _refusal(refusal)
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def new_protocol(
+        self, configs: list[dict[str, Any]], *, session_id: str | None = None, webrtc: bool = False
+    ) -> SessionProtocol:
+        """A session built from the defaults and `configs` applied in order (may raise ProtocolError)."""
+        configs = [c for c in configs if c]
+        kind = next((c.get("type") for c in configs if c.get("type")), "realtime")
+        model = next((c["model"] for c in reversed(configs) if isinstance(c.get("model"), str)), None)
+        if kind not in ("realtime", "transcription"):
+            raise ProtocolError.invalid("session.type", f"Invalid value: '{kind}'.")
+        protocol = SessionProtocol(
+            config=self.emu.config,
+            rate_limits=self.emu.rate_limits,
+            now=time.time(),
+            model=model if kind == "realtime" else None,
+            intent=kind,
+            session_id=session_id,
+            webrtc=webrtc,
+        )
+        for config in configs:
+            protocol.configure(config)
+        return protocol
+
+    # --- routes --------------------------------------------------------------------------
+
+    def route_handlers(self) -> list[Any]:
+        @post(f"{REALTIME_PATH}/client_secrets", status_code=200)
+        async def client_secrets(request: Request[Any, Any, Any]) -> Response[bytes]:
+            return await self.mint(request)
+
+        @post(f"{REALTIME_PATH}/calls", status_code=201)
+        async def calls(request: Request[Any, Any, Any]) -> Response[bytes]:
+            return await self.create_call(request)
+
+        @post(f"{REALTIME_PATH}/calls/{{call_id:str}}/hangup", status_code=200)
+        async def hangup(request: Request[Any, Any, Any], call_id: FromPath[str]) -> Response[bytes]:
+            return await self.hangup(request, call_id)
+
+        return [client_secrets, calls, hangup]
+
+    async def mint(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        headers = _headers(request)
+        if (refused := await self._faults(request.url.path, headers)) is not None:
+            return refused
+        if (refused := self._standard_key(headers)) is not None:
+            return refused
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.", code="invalid_json")
+        unknown = next((k for k in body if k not in ("expires_after", "session")), None)
+        if unknown is not None:
+            return _error(400, f"Unknown parameter: '{unknown}'.", code="unknown_parameter", param=unknown)
+        seconds = DEFAULT_SECRET_SECONDS
+        expires_after = body.get("expires_after")
+        if expires_after is not None:
+            if not isinstance(expires_after, dict) or expires_after.get("anchor", "created_at") != "created_at":
+                return _error(400, "Invalid 'expires_after'.", code="invalid_value", param="expires_after")
+            seconds = expires_after.get("seconds", DEFAULT_SECRET_SECONDS)
+            if not isinstance(seconds, int) or not MIN_SECRET_SECONDS <= seconds <= MAX_SECRET_SECONDS:
+                return _error(
+                    400,
+                    f"Invalid 'expires_after.seconds': must be between {MIN_SECRET_SECONDS} and {MAX_SECRET_SECONDS}.",
+                    code="invalid_value",
+                    param="expires_after.seconds",
+                )
+        config = body.get("session")
+        if config is not None and not isinstance(config, dict):
+            return _error(400, "Invalid 'session': expected an object.", code="invalid_value", param="session")
+        try:
+            protocol = self.new_protocol([config] if config else [])
+        except ProtocolError as exc:
+            return _error(400, exc.message, code=exc.code, param=exc.param)
+        minted = MintedSecret(
+            value=EPHEMERAL_PREFIX + secrets.token_hex(16),
+            expires_at=int(time.time()) + seconds,
+            request=body,
+            session=protocol.session,
+            headers=headers,
+        )
+        self.client_secrets.append(minted)
+        return _json_response(200, {"value": minted.value, "expires_at": minted.expires_at, "session": minted.session})
+
+    async def create_call(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        headers = _headers(request)
+        if (refused := await self._faults(request.url.path, headers)) is not None:
+            return refused
+        minted = self.secret(bearer_key(headers))
+        if minted is None and (refused := self._standard_key(headers)) is not None:
+            return refused
+        content_type = headers.get("content-type", "")
+        raw = await request.body()
+        configs: list[dict[str, Any]] = [minted.request["session"]] if minted and minted.request.get("session") else []
+        if content_type.startswith("multipart/form-data"):
+            form = "multipart"
+            parts = _multipart(content_type, raw)
+            if "sdp" not in parts:
+                return _error(400, "Missing required parameter: 'sdp'.", code="missing_required_parameter", param="sdp")
+            offer = _part_text(parts["sdp"])
+            if "session" in parts:
+                try:
+                    config = json.loads(_part_text(parts["session"]))
+                except ValueError:
+                    return _error(400, "Invalid 'session': not valid JSON.", code="invalid_json", param="session")
+                if not isinstance(config, dict):
+                    return _error(400, "Invalid 'session': expected an object.", code="invalid_value", param="session")
+                configs.append(config)
+        elif content_type.split(";")[0].strip() == "application/sdp":
+            form = "sdp"
+            offer = raw.decode(errors="replace")
+        else:
+            return _error(
+                400,
+                "Send the SDP offer as application/sdp, or as multipart/form-data with 'sdp' and 'session' parts.",
+                code="invalid_value",
+                param="content-type",
+            )
+        try:
+            check_offer(offer)
+            protocol = self.new_protocol(configs, session_id=minted.session["id"] if minted else None, webrtc=True)
+        except OfferError as exc:
+            return _error(400, str(exc), code="invalid_offer", param="sdp")
+        except ProtocolError as exc:
+            return _error(400, exc.message, code=exc.code, param=exc.param)
+        return await self._answer(protocol, offer, form, minted, headers)
+
+    async def _answer(
+        self, protocol: SessionProtocol, offer: str, form: str, minted: MintedSecret | None, headers: dict[str, str]
+    ) -> Response[bytes]:
+        use_loopback_ice()
+        holder: list[EmulatedCall] = []
+
+        def end() -> None:
+            if holder:
+                self.schedule_end(holder[0])
+
+        async def on_channel(transport: DataChannelTransport) -> None:
+            self.emu.sessions.append(session)
+            await session.serve(transport)
+            end()
+
+        peer = CallPeer(
+            on_channel=on_channel,
+            on_audio=lambda pcm: session.feed_audio(pcm),
+            input_rate=lambda: protocol.buffer.format.rate,
+            hangup=end,
+        )
+        session = EmulatedSession(
+            protocol,
+            headers=headers,
+            query={},
+            config=self.emu.config,
+            faults=lambda: self.emu.faults,
+            abort=end,
+            audio_output=peer.track,
+        )
+        call = EmulatedCall(
+            call_id="rtc_" + uuid.uuid4().hex,
+            session=session,
+            form=form,
+            ephemeral_key=minted.value if minted else None,
+            headers=headers,
+            offer=offer,
+            peer=peer,
+        )
+        holder.append(call)
+        try:
+            call.answer = await peer.answer(offer)
+        except OfferError as exc:
+            await peer.close()
+            return _error(400, str(exc), code="invalid_offer", param="sdp")
+        self.calls.append(call)
+        return Response(
+            call.answer.encode(),
+            status_code=201,
+            media_type="application/sdp",
+            headers={"Location": f"{REALTIME_PATH}/calls/{call.call_id}"},
+        )
+
+    async def hangup(self, request: Request[Any, Any, Any], call_id: str) -> Response[bytes]:
+        headers = _headers(request)
+        if (refused := self._standard_key(headers)) is not None:
+            return refused
+        call = self.find(call_id)
+        if call is None:
+            return _error(404, f"Call '{call_id}' not found.", code="not_found", param="call_id")
+        call.hung_up = True
+        await self.end(call)
+        return Response(b"", status_code=200, media_type="application/octet-stream")
+
+    # --- ending ----------------------------------------------------------------------------
+
+    def find(self, call_id: str) -> EmulatedCall | None:
+        return next((c for c in self.calls if c.call_id == call_id and not c.ended), None)
+
+    def schedule_end(self, call: EmulatedCall) -> None:
+        if call._ending is None:
+            call._ending = asyncio.ensure_future(self._end(call))
+
+    async def end(self, call: EmulatedCall) -> None:
+        self.schedule_end(call)
+        assert call._ending is not None
+        await asyncio.shield(call._ending)
+
+    async def _end(self, call: EmulatedCall) -> None:
+        call.ended = True
+        if call.peer is not None:
+            await call.peer.close()
+        if call.session.serving:
+            await call.session.wait_closed(5.0)
+        else:
+            call.session.closed = True
+        for sideband in call.sidebands:
+            sideband.close(1000, "call ended")
+        await asyncio.gather(*(s.wait_closed(2.0) for s in call.sidebands))
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.end(c) for c in self.calls if not c.ended))
+
+    # --- sideband --------------------------------------------------------------------------
+
+    async def serve_sideband(self, headers: dict[str, str], query: dict[str, str], receive: Any, send: Any) -> None:
+        """A `?call_id=` handshake: refuse it like any handshake, 404 an unknown call, else attach."""
+        rest = {k: v for k, v in query.items() if k != "call_id"}
+        decision = decide(headers, rest, self.emu.config, self.emu.faults)
+        if isinstance(decision, Refusal):
+            self.emu.refused.append({"status": decision.status, "headers": headers, "query": query})
+            await send_json_error(send, decision.status, decision.body, decision.headers, websocket=True)
+            return
+        call = self.find(query["call_id"])
+        if call is None or (bearer_key(headers) or "").startswith(EPHEMERAL_PREFIX):
+            status = 404 if call is None else 401
+            message = f"Call '{query['call_id']}' not found." if call is None else "A sideband needs a standard key."
+            body = http_error_body(
+                message,
+                type="invalid_request_error",
+                code="not_found" if call is None else "invalid_api_key",
+                param="call_id" if call is None else None,
+            )
+            self.emu.refused.append({"status": status, "headers": headers, "query": query})
+            await send_json_error(send, status, body, [], websocket=True)
+            return
+        sideband = Sideband(call.session, headers=headers, query=query)
+        call.sidebands.append(sideband)
+        await send({"type": "websocket.accept", "subprotocol": decision.subprotocol, "headers": []})
+        await sideband.run(receive, send)

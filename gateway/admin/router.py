@@ -1,0 +1,75 @@
+"""Assemble the admin API router: JWT guard, dependencies, and OpenAI-shaped validation errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Request, Response, Router
+from litestar.di import Provide
+from litestar.exceptions import ClientException
+from litestar.openapi.spec import Components, SecurityScheme
+
+from gateway.admin.browser_auth import BrowserAuthController
+from gateway.admin.policies import PoliciesController, ReportsController, list_tiers
+from gateway.admin.security import admin_guard, provide_principal, provide_services
+from gateway.admin.tenants import KeysController, TenantsController
+from gateway.auth.jwt import AdminTokenVerifier
+from gateway.errors import GatewayError
+from gateway.settings import AdminSettings
+
+ADMIN_PATH = "/admin/v1"
+SECURITY_SCHEME = "AdminJWT"
+_BEARER_JWT = SecurityScheme(type="http", scheme="bearer", bearer_format="JWT", description="An admin JWT")
+SECURITY_COMPONENTS = Components(security_schemes={SECURITY_SCHEME: _BEARER_JWT})
+
+
+def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
+    """Body and parameter validation failures, OpenAI-shaped, naming the offending field."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], dict) else {}
+    detail = f"{exc.detail}: {first['message']}" if first.get("message") else str(exc.detail)
+    code = "invalid_request" if exc.status_code == 400 else None
+    error = GatewayError(exc.status_code, detail, code=code, param=first.get("key") or None)
+    return Response(
+        error.body(), status_code=exc.status_code, headers={**(exc.headers or {}), **error.response_headers()}
+    )
+
+
+# Text Postgres cannot hold (NUL, U+0000), as a text value (22021) or inside a jsonb document (22P05).
+_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
+
+
+def _unstorable_value(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Postgres refused text the caller sent (a NUL in a name, an id or a policy): a 400, not a 500.
+
+    On these routes every text a query binds comes from the request, so it is the caller's input.
+    """
+    error = GatewayError(
+        400,
+        "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
+        code="invalid_request",
+    )
+    return Response(error.body(), status_code=400, headers=error.response_headers())
+
+
+def build_admin_router(settings: AdminSettings, jwks_allowed_hosts: frozenset[str] = frozenset()) -> Router:
+    """`/admin/v1`: every route needs an admin JWT and the permission it names in `opt`."""
+    return Router(
+        path=ADMIN_PATH,
+        route_handlers=[
+            TenantsController,
+            KeysController,
+            BrowserAuthController,
+            PoliciesController,
+            ReportsController,
+            list_tiers,
+        ],
+        guards=[admin_guard(AdminTokenVerifier(settings, jwks_allowed_hosts))],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        exception_handlers={ClientException: _client_error, **dict.fromkeys(_UNSTORABLE_TEXT, _unstorable_value)},
+        security=[{SECURITY_SCHEME: []}],
+    )

@@ -1,0 +1,1 @@
+"""Who is calling: tenant API keys, browser tokens, JWT verification and JWKS fetching."""

@@ -1,0 +1,1 @@
+"""The `/v1/realtime` WebSocket transport: the frame-splicing relay and its upstream."""

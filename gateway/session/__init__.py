@@ -1,0 +1,1 @@
+"""One live session, whatever carries it: admission, the governor's effects, enforcement."""

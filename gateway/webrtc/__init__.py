@@ -1,0 +1,1 @@
+"""WebRTC: client secrets, the SDP broker, call control and the sideband that meters calls."""

@@ -1,0 +1,379 @@
+"""The sideband monitor: meters and polices WebRTC calls through `wss://…/v1/realtime?call_id=`.
+
+For every call voxgate brokers or is asked to attach, one replica opens a sideband
+WebSocket to upstream and drives the call's `LiveSession` with what it sees: each
+`response.done` is priced into the ledger exactly once, `rate_limits.updated` is stored,
+and the governor's caps and budgets act through `session.update` (re-clamping),
+`response.cancel` and, to end a call, `POST /v1/realtime/calls/{call_id}/hangup`.
+
+Ownership is a Redis lease per call (`<prefix>{<tenant>}:monitor:<call_id>`), renewed by
+the owning replica. If that replica dies, the lease expires and another replica's scan
+attaches a new sideband within seconds. Metering continues without double counting: the
+ledger is keyed by `response_id`, and a fresh sideband only sees new events.
+
+The same background loop sweeps client secrets that expired without an attached call and
+ends their session rows (`client_secret_expired`); every replica sweeps, Postgres row locks
+make each row end once (`CallStore.expire_unattached_secrets`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from redis.exceptions import RedisError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway.background import stop_tasks
+from gateway.errors import GatewayError
+from gateway.ledger.writer import SessionEnded, SessionStarted
+from gateway.session.live import LiveSession, Verdict
+from gateway.upstream import USER_AGENT, open_upstream, upstream_headers
+from gateway.webrtc.calls_store import EXPIRED_UNATTACHED, CallStore
+from policies.governor import SessionGovernor, SessionIdentity
+from policies.policy import UNRESTRICTED, TenantPolicy
+
+log = logging.getLogger("voxgate.sideband")
+
+TICK_SECONDS = 1.0
+SECRET_SWEEP_SECONDS = 15.0  # how often each replica looks for expired, never-attached client secrets
+# A browser opens its call before the secret expires, but its backend may attach a little later.
+SECRET_ATTACH_GRACE_SECONDS = 60.0
+EXPIRED_UNATTACHED_DETAIL = "the client secret expired and no call was attached with it"
+
+# KEYS[1] = lease key; ARGV = owner, ttl_ms. Take the lease if free or already ours.
+_ACQUIRE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+# Renew only a lease we still own; release likewise.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoredCall:
+    """What the monitor needs to know about a call (built from the calls store's record)."""
+
+    call_id: str
+    tenant_id: str
+    session_id: str
+    model: str
+    policy: TenantPolicy | None
+    safety_id: str
+    api_key_id: str | None = None
+    leased: bool = False  # the call holds a concurrency lease (taken at admission)
+
+
+class Sideband:
+    """One call's sideband connection: a transport shell around the call's `LiveSession`."""
+
+    def __init__(self, monitor: CallsMonitor, call: MonitoredCall, live: LiveSession, upstream: ClientConnection):
+        self.monitor = monitor
+        self.call = call
+        self.live = live
+        self.upstream = upstream
+        self._stop: asyncio.Future[tuple[int, str, str] | None] = asyncio.get_running_loop().create_future()
+
+    def shutdown(self, code: int, reason: str, end_reason: str) -> None:
+        """Gateway drain: stop watching, but never hang up a customer's call for it.
+
+        The lease is released so another replica picks the call up at once.
+        """
+        if not self._stop.done():
+            self._stop.set_result(None)
+
+    async def deliver(self, verdict: Verdict) -> None:
+        await self._apply(verdict)
+
+    async def _apply(self, verdict: Verdict) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for message in verdict.to_upstream:
+                await self.upstream.send(message)
+        # The client's events travel on its own data channel; a sideband cannot add to it.
+        if verdict.close is not None and not self._stop.done():
+            self._stop.set_result((verdict.close.code, verdict.close.reason, verdict.close.end_reason))
+
+    async def run(self) -> None:
+        pump = asyncio.create_task(self._pump())
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            waiting: list[asyncio.Future[Any]] = [pump, self._stop]
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._stop in done:
+                outcome = self._stop.result()
+                if outcome is None:  # handed over (drain): the call goes on
+                    return
+                _, reason, end_reason = outcome
+                log.info("hanging up call %s: %s", self.call.call_id, reason)
+                await self.monitor.hangup(self.call.call_id)
+                self.live.end(end_reason, reason)
+            else:
+                self.live.end(*await self.monitor.why_it_ended(self.call.call_id, *pump.result()))
+        finally:
+            for task in (pump, ticker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.upstream.close()
+
+    async def _pump(self) -> tuple[str, str | None]:
+        try:
+            async for data in self.upstream:
+                await self._apply(self.live.from_upstream(data, binary=isinstance(data, bytes)))
+        except ConnectionClosed as exc:
+            if exc.rcvd is None:
+                return "upstream_error", "sideband connection lost"
+        return "call_ended", f"sideband closed with {self.upstream.close_code}"
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            await self._apply(self.live.tick())
+
+
+class CallsMonitor:
+    """Attaches sidebands to calls, owns them through Redis leases, resumes orphans."""
+
+    def __init__(
+        self,
+        services: Any,
+        lease_ttl_s: float = 10.0,
+        scan_every_s: float = 2.0,
+        secret_sweep_s: float = SECRET_SWEEP_SECONDS,
+        secret_grace_s: float = SECRET_ATTACH_GRACE_SECONDS,
+    ) -> None:
+        self.services = services
+        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.scan_every_s = scan_every_s
+        self.secret_sweep_s = secret_sweep_s
+        self.secret_grace_s = secret_grace_s
+        self.store = CallStore(services.pool, services.redis, services.settings.redis.key_prefix)
+        self.instance = services.settings.server.instance_id
+        redis = services.redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._calls: dict[str, MonitoredCall] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _key(self, call: MonitoredCall) -> str:
+        return f"{self.services.settings.redis.key_prefix}{{{call.tenant_id}}}:monitor:{call.call_id}"
+
+    async def monitored(self, call: Any) -> MonitoredCall:
+        """A `gateway.webrtc.calls_store.Call` (or a MonitoredCall) with the tenant's current policy."""
+        if isinstance(call, MonitoredCall):
+            return call
+        policy = getattr(call, "policy", None)
+        enforcement = self.services.enforcement
+        if enforcement is not None and (policy is None or policy is UNRESTRICTED):
+            policy, _ = await enforcement.policy_for(call.tenant_id)  # a call loaded from storage
+        return MonitoredCall(
+            call_id=call.call_id,
+            tenant_id=call.tenant_id,
+            session_id=call.session_id,
+            model=getattr(call, "model", None) or "gpt-realtime",
+            policy=policy,
+            safety_id=getattr(call, "safety_id", "") or "",
+            api_key_id=getattr(call, "api_key_id", None),
+            leased=bool(getattr(call, "leased", False)),
+        )
+
+    async def attach(self, call: Any) -> bool:
+        """Start monitoring `call` here if no live replica owns it. True if this replica does now."""
+        call = await self.monitored(call)
+        if call.call_id in self._running:
+            return True
+        try:
+            owned = await self._acquire(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms])
+        except RedisError as exc:
+            log.warning("cannot take the monitor lease of %s: %s", call.call_id, exc)
+            return False
+        if not owned:
+            return False
+        self._calls[call.call_id] = call
+        self._running[call.call_id] = asyncio.create_task(self._watch(call), name=f"voxgate-sideband-{call.call_id}")
+        return True
+
+    async def _watch(self, call: MonitoredCall) -> None:
+        services = self.services
+        try:
+            upstream = await open_upstream(services.settings.upstream, {"call_id": call.call_id}, call.safety_id)
+        except GatewayError as exc:
+            log.warning("sideband for %s refused upstream: %s", call.call_id, exc.message)
+            if exc.status == 404:  # upstream no longer knows the call: it ended while nobody watched
+                await self._ended_unwatched(call)
+                return
+            await self._forget(call)
+            return
+        started = SessionStarted(
+            session_id=call.session_id,
+            tenant_id=call.tenant_id,
+            api_key_id=call.api_key_id,
+            transport="webrtc",
+            intent="realtime",
+            model=call.model,
+            end_user_hash=call.safety_id,
+            gateway_instance=services.settings.server.instance_id,
+            started_at=time.time(),
+        )
+        enforcement = services.enforcement
+        governor = SessionGovernor(
+            SessionIdentity(call.session_id, call.tenant_id, call.model),
+            services.prices,
+            policy=call.policy,
+            started_at=time.time(),
+        )
+        from gateway.session.enforcement import SessionEffects
+
+        effects = (
+            SessionEffects(enforcement, call.tenant_id, call.session_id, call.policy)
+            if enforcement is not None and call.policy is not None
+            else None
+        )
+        live = LiveSession(
+            governor,
+            services.ledger,
+            started,
+            effects=effects,
+            enforcement=enforcement,
+            leased=call.leased,
+            metrics=services.metrics,
+        )
+        sideband = Sideband(self, call, live, upstream)
+        services.live.add(sideband)
+        live.attach(sideband.deliver)
+        try:
+            await sideband.run()
+        finally:
+            services.live.discard(sideband)
+            if live.ended is None:  # handed over: the call and its concurrency lease live on
+                live.leased = False
+            await live.aclose()
+            await self._forget(call, live.ended.end_reason if live.ended is not None else None)
+
+    async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
+        self._running.pop(call.call_id, None)
+        self._calls.pop(call.call_id, None)
+        try:
+            await self._release(keys=[self._key(call)], args=[self.instance])
+        except RedisError as exc:  # no money or session lease: the monitor lease expires on its TTL
+            log.warning("could not release the monitor lease of %s (%s); it expires on its TTL", call.call_id, exc)
+        if end_reason is not None and self.on_call_ended is not None:
+            await self.on_call_ended(call.call_id, end_reason)
+
+    async def why_it_ended(self, call_id: str, end_reason: str, detail: str | None) -> tuple[str, str | None]:
+        """Why the session of a call whose sideband dropped ended: a hangup through voxgate marks the
+        call before it reaches upstream, so its reason wins over what the sideband saw."""
+        try:
+            stored = await self.store.get(call_id)
+        except Exception:
+            log.exception("could not read call %s to learn why it ended", call_id)
+            return end_reason, detail
+        if stored is not None and stored.state == "ended" and stored.end_reason == "hangup":
+            return "client_hangup", f"call {call_id}"
+        return end_reason, detail
+
+    async def _ended_unwatched(self, call: MonitoredCall) -> None:
+        """End the session and the call of a call that ended upstream before a sideband saw it."""
+        self.services.ledger.submit(
+            SessionEnded(
+                call.session_id, time.time(), "call_ended", "the call was gone upstream when its sideband attached"
+            )
+        )
+        self.services.metrics.sessions_ended.labels("call_ended").inc()
+        if call.leased and self.services.enforcement is not None:
+            await self.services.enforcement.release(call.tenant_id, call.session_id)
+        await self._forget(call, "call_ended")
+
+    def watching(self, call_id: str) -> MonitoredCall | None:
+        """The call if this replica is monitoring it now."""
+        return self._calls.get(call_id)
+
+    # Hooks the app wires to the calls store:
+    on_call_ended: Any = None  # async (call_id, end_reason) -> Any: mark the call ended
+    find_active: Any = None  # async () -> list[Call]: calls not ended (attach() skips owned ones)
+
+    async def hangup(self, call_id: str) -> None:
+        settings = self.services.settings.upstream
+        headers = upstream_headers(settings, "", None)
+        headers.pop("OpenAI-Safety-Identifier", None)
+        headers["User-Agent"] = USER_AGENT
+        try:
+            async with httpx.AsyncClient(timeout=settings.connect_timeout_seconds) as http:
+                response = await http.post(f"{settings.url}/realtime/calls/{call_id}/hangup", headers=headers)
+            if response.status_code >= 400:
+                log.warning("upstream refused hangup of %s: %s", call_id, response.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("hangup of %s failed: %s", call_id, type(exc).__name__)
+
+    # -- background: renew owned leases, resume orphaned calls ---------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._maintain(), name="voxgate-calls-monitor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loop_task is not None:
+            await stop_tasks([self._loop_task])
+
+    async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
+        """End the session rows of client secrets that expired unattached (past the grace period).
+
+        Safe on every replica at once: each row is ended by exactly one sweep. Returns the
+        session ids this sweep ended.
+        """
+        now = time.time() if now is None else now
+        ended = await self.store.expire_unattached_secrets(now, self.secret_grace_s, EXPIRED_UNATTACHED_DETAIL)
+        if ended:
+            self.services.metrics.sessions_ended.labels(EXPIRED_UNATTACHED).inc(len(ended))
+            log.info("ended %d client-secret sessions that expired without an attached call", len(ended))
+        return ended
+
+    async def _maintain(self) -> None:
+        renew_every = self.lease_ttl_ms / 3000
+        waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
+        next_scan = next_sweep = 0.0
+        while not self._stopping:
+            await asyncio.sleep(min(waits))
+            for call in list(self._calls.values()):
+                try:
+                    if not await self._renew(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms]):
+                        log.warning("lost the monitor lease of %s", call.call_id)
+                except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
+                    log.warning("could not renew the monitor lease of %s: %s", call.call_id, exc)
+            now = time.monotonic()
+            if self.secret_sweep_s > 0 and now >= next_sweep:
+                next_sweep = now + self.secret_sweep_s
+                try:
+                    await self.sweep_expired_secrets()
+                except Exception:
+                    log.exception("sweeping expired client secrets failed")
+            if self.find_active is None or self.scan_every_s <= 0 or now < next_scan:
+                continue
+            next_scan = now + self.scan_every_s
+            try:
+                for call in await self.find_active():
+                    if call.call_id not in self._running:
+                        await self.attach(call)  # takes over only if no live replica holds the lease
+            except Exception:
+                log.exception("scanning for unmonitored calls failed")
