@@ -15,7 +15,7 @@ import socket
 import asyncpg
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from gateway.server import bind_socket
 from gateway.settings import Settings, redact_url
