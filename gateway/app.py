@@ -21,24 +21,27 @@ from redis.exceptions import RedisError
 
 from gateway import __version__
 from gateway.admin.router import SECURITY_COMPONENTS, build_admin_router
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError, outage_refusal
 from gateway.ledger.writer import LedgerWriter
 from gateway.livestate import LiveState
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
 from gateway.pools import database_pool, redis_client
+from gateway.price_file import PriceFileError, load_prices
 from gateway.realtime.fastrelay.fallback import refuse_realtime
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, attach_services, find_services, services_of
 from gateway.session.enforcement import Enforcement
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import required_schema_version, schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
 from gateway.tiers import PolicyFileError, check_default_tier, load_tiers
+from gateway.webrtc.calls_cache import RedisCallCache
 from gateway.webrtc.calls_store import CallStore
 from gateway.webrtc.routes import register as register_realtime_http
 from gateway.webrtc.sideband import CallsMonitor
-from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
+from policies.prices.table import PriceTable
 
 log = logging.getLogger("voxgate.app")
 
@@ -69,7 +72,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
     Each dependency is named with "ok" or why not, e.g. `"postgres": "down: ConnectionRefusedError"`.
     """
-    services: GatewayServices = request.app.state.services
+    services = services_of(request)
     checks: dict[str, Any] = {"draining": services.live.draining, "live_sessions": len(services.live)}
     ok = not services.live.draining
     try:
@@ -102,7 +105,7 @@ READY_CHECK_TIMEOUT_SECONDS = 2.0
 @get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus metrics for this replica."""
-    services: GatewayServices = request.app.state.services
+    services = services_of(request)
     return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
@@ -147,7 +150,7 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
 def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     error = outage_refusal(exc)  # Postgres or Redis unreachable: a retryable 503, not a bug
     if error is not None:
-        services: GatewayServices | None = getattr(request.app.state, "services", None)
+        services = find_services(request)
         if services is not None:
             services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
     else:
@@ -161,9 +164,13 @@ def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
 class VoxgatePlugin(InitPluginProtocol):
     """Routes, error shapes and the lifespan that owns pools, the ledger and live sessions."""
 
-    def __init__(self, settings: Settings, prices: PriceTable = DEFAULT_PRICE_TABLE) -> None:
+    def __init__(self, settings: Settings, prices: PriceTable | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
-        self.prices = prices
+        try:  # like the tiers file: a bad price file stops the start before anything listens
+            self.prices = prices if prices is not None else load_prices(settings.pricing.price_file)
+        except PriceFileError as exc:
+            raise SettingsError(f"VOXGATE_PRICE_FILE: {exc}") from None
+        self.clock = clock
         try:  # validated before anything listens, so a bad tiers file stops the start
             self.tiers = load_tiers(settings.admin.policy_file)
         except PolicyFileError as exc:
@@ -171,7 +178,7 @@ class VoxgatePlugin(InitPluginProtocol):
         check_default_tier(self.tiers, settings.admin.default_tier, settings.admin.policy_file)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        admin = build_admin_router(self.settings.admin, self.settings.security.jwks_allowed_hosts)
+        admin = build_admin_router(self.settings.admin, self.settings.security.jwks_allowed_hosts, self.clock)
         app_config.route_handlers.extend([realtime, healthz, readyz, metrics, admin])
         register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
         app_config.exception_handlers.update(
@@ -192,6 +199,7 @@ class VoxgatePlugin(InitPluginProtocol):
         redis = redis_client(settings.redis)
         ledger = LedgerWriter(lambda: pool, settings.ledger)
         ledger.start()
+        live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
         services = GatewayServices(
             settings=settings,
             pool=pool,
@@ -199,9 +207,9 @@ class VoxgatePlugin(InitPluginProtocol):
             tenants=TenantDirectory(pool),
             ledger=ledger,
             prices=self.prices,
-            policy_store=PolicyStore(pool, self.tiers, settings.admin.default_tier, redis, settings.redis.key_prefix),
+            policy_store=PolicyStore(pool, self.tiers, settings.admin.default_tier, live_state),
+            clock=self.clock,
         )
-        live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
         try:
             await live_state.load_scripts()
         except RedisError as exc:  # scripts are loaded again on first use (NOSCRIPT fallback)
@@ -218,9 +226,10 @@ class VoxgatePlugin(InitPluginProtocol):
         services.enforcement.start()
         services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
-        calls = CallStore(pool, redis, settings.redis.key_prefix)
+        calls = CallStore(pool, RedisCallCache(redis, settings.redis.key_prefix))
         monitor = CallsMonitor(
             services,
+            live_state,
             lease_ttl_s=settings.enforcement.lease_ttl_seconds,
             scan_every_s=settings.enforcement.calls_scan_seconds,
         )
@@ -228,24 +237,26 @@ class VoxgatePlugin(InitPluginProtocol):
         monitor.find_active = calls.active
         services.calls_monitor = monitor
         monitor.start()
-        app.state.services = services
+        attach_services(app, services)
         try:
             yield
         finally:
-            await services.live.drain(0.0)
+            await services.live.drain(0.0, services.clock)
             await monitor.stop()
             await services.enforcement.stop()
-            # The sessions' grace is theirs; the ledger gets its own floor to flush (a grace of 0
-            # must not mean "drop what is still queued").
-            await ledger.stop(timeout=max(settings.server.shutdown_grace_seconds, LEDGER_FLUSH_SECONDS))
+            # The sessions' grace is theirs; the ledger gets its own bound to flush, apart from it: a
+            # grace of 0 must not mean "drop what is still queued", and a long grace must not keep a
+            # pod whose Postgres is down past its termination grace (what is left is spooled).
+            await ledger.stop(timeout=LEDGER_FLUSH_SECONDS)
             with contextlib.suppress(TimeoutError):  # last_used_at bookkeeping: never worth holding a shutdown
                 await asyncio.wait_for(services.tenants.wait_for_key_uses(), 2.0)
             await redis.aclose()
             await close_pool(pool)
 
 
-# How long a stopping replica lets the ledger writer flush at the least (then it spools the rest).
-LEDGER_FLUSH_SECONDS = 5.0
+# How long a stopping replica lets the ledger writer flush after its sessions ended (then it spools
+# the rest): the Helm chart's termination grace leaves 30 s after the drain for this and the pools.
+LEDGER_FLUSH_SECONDS = 10.0
 
 # asyncpg's `Pool.close()` waits for every acquired connection to come back; a query stuck
 # on a lock or a dead peer would hold the pod in Terminating until Kubernetes kills it.
@@ -265,17 +276,22 @@ async def close_pool(pool: asyncpg.Pool, timeout: float | None = None) -> None:
 
 async def drain(app: Litestar) -> None:
     """Stop admitting sessions; let live ones finish within the grace period; end the rest."""
-    services: GatewayServices | None = getattr(app.state, "services", None)
+    services = find_services(app)
     if services is not None:
-        await services.live.drain(services.settings.server.shutdown_grace_seconds)
+        await services.live.drain(services.settings.server.shutdown_grace_seconds, services.clock)
 
 
 def create_app(
-    settings: Settings | None = None, prices: PriceTable = DEFAULT_PRICE_TABLE, plugins: Sequence[PluginProtocol] = ()
+    settings: Settings | None = None,
+    prices: PriceTable | None = None,
+    plugins: Sequence[PluginProtocol] = (),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Litestar:
     """Build the gateway app. Nothing connects until the ASGI lifespan starts.
 
     `plugins` add routes on top of voxgate's own, e.g. `voxgate demo`'s browser page (`gateway.cli.demo_page`).
+    `clock` is the one every timer of the shell uses (`GatewayServices.clock`); tests pass a fake one.
+    `prices` defaults to the built-in table with `VOXGATE_PRICE_FILE` laid over it.
     """
     settings = settings or Settings.from_env()
     # Only with VOXGATE_API_DOCS=true, and only the JSON document: no HTML page, nothing from a CDN.
@@ -292,4 +308,6 @@ def create_app(
     )
     # logging_config=None: logging belongs to the process (gateway/logs.py); Litestar's default
     # would replace the root handler (and its redaction) and reset the level to INFO.
-    return Litestar(plugins=[VoxgatePlugin(settings, prices), *plugins], openapi_config=openapi, logging_config=None)
+    return Litestar(
+        plugins=[VoxgatePlugin(settings, prices, clock), *plugins], openapi_config=openapi, logging_config=None
+    )

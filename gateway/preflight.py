@@ -14,8 +14,8 @@ import socket
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.server import bind_socket
 from gateway.settings import Settings, redact_url

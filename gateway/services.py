@@ -1,17 +1,25 @@
-"""The long-lived objects a gateway process holds, built once in the app's lifespan."""
+"""The long-lived objects a gateway process holds, built once in the app's lifespan.
+
+Handlers, plugins and the fast relay reach them through `services_of` (typed), never by
+reading the app's state directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
+from litestar import Litestar
+from litestar.connection import ASGIConnection
 
+from gateway.auth.browser import BrowserKeyChanges
+from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.errors import GatewayError
 from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import GatewayMetrics
 from gateway.session.enforcement import Enforcement
@@ -19,9 +27,11 @@ from gateway.session.live import LiveSession
 from gateway.settings import Settings
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
-from policies.pricing import PriceTable
+from policies.prices.table import PriceTable
 
 log = logging.getLogger("voxgate.services")
+
+_STATE_KEY: Final = "services"
 
 
 class Drainable(Protocol):
@@ -52,40 +62,71 @@ class LiveRegistry:
     def __len__(self) -> int:
         return len(self.sessions)
 
-    async def drain(self, grace_seconds: float) -> None:
+    async def drain(self, grace_seconds: float, clock: Clock = SYSTEM_CLOCK) -> None:
         """Refuse new sessions, let live ones finish for `grace_seconds`, then end them (1001)."""
         self.draining = True
         if self.sessions:
             log.info("draining %d live sessions (grace %.1fs)", len(self.sessions), grace_seconds)
-            deadline = time.monotonic() + grace_seconds
-            while self.sessions and time.monotonic() < deadline:
-                self._empty.clear()
-                try:
-                    await asyncio.wait_for(self._empty.wait(), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
+            await self._until_empty(grace_seconds, clock)
         for session in list(self.sessions):
             session.shutdown(1001, "gateway shutting down", "gateway_shutdown")
-        while self.sessions:
+        if not await self._until_empty(SHUTDOWN_WAIT_SECONDS, SYSTEM_CLOCK):
+            log.warning("%d sessions did not end after shutdown", len(self.sessions))
+
+    async def _until_empty(self, seconds: float, clock: Clock) -> bool:
+        """Wait until no session is left or `seconds` of `clock` have passed; True when none is left."""
+        if self.sessions:
             self._empty.clear()
+            waits = {asyncio.ensure_future(self._empty.wait()), asyncio.ensure_future(clock.sleep(seconds))}
             try:
-                await asyncio.wait_for(self._empty.wait(), 5.0)
-            except TimeoutError:
-                log.warning("%d sessions did not end after shutdown", len(self.sessions))
-                break
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return not self.sessions
+
+
+# Sessions told to end at shutdown close their sockets at once; this bounds a stuck one (real time).
+SHUTDOWN_WAIT_SECONDS: Final = 5.0
 
 
 @dataclass
 class GatewayServices:
+    """What a handler, a transport or a session needs of this process: built once in the app's lifespan,
+    reached through `services_of`."""
+
     settings: Settings
     pool: asyncpg.Pool
     redis: aioredis.Redis
     tenants: TenantDirectory
     ledger: LedgerWriter
     prices: PriceTable
+    policy_store: PolicyStore
     live: LiveRegistry = field(default_factory=LiveRegistry)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    policy_store: PolicyStore | None = None
     enforcement: Enforcement | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     calls_monitor: Any = None  # gateway.webrtc.sideband.CallsMonitor (set in the lifespan)
+    clock: Clock = SYSTEM_CLOCK  # every timer of the shell reads and sleeps on this one
+    # Browser-token keys changed through this process (admin API): verifiers drop cached keys.
+    browser_key_changes: BrowserKeyChanges = field(default_factory=BrowserKeyChanges)
+
+
+def attach_services(app: Litestar, services: GatewayServices) -> None:
+    """Make `services` the app's (its lifespan does this once everything is built)."""
+    setattr(app.state, _STATE_KEY, services)
+
+
+def find_services(source: Litestar | ASGIConnection[Any, Any, Any, Any]) -> GatewayServices | None:
+    """The app's services, or None before its lifespan built them (or after a failed start)."""
+    app = source if isinstance(source, Litestar) else source.app
+    services = getattr(app.state, _STATE_KEY, None)
+    return services if isinstance(services, GatewayServices) else None
+
+
+def services_of(source: Litestar | ASGIConnection[Any, Any, Any, Any]) -> GatewayServices:
+    """The app's services, typed; a retryable 503 if a request arrives before the lifespan built them."""
+    services = find_services(source)
+    if services is None:
+        raise GatewayError(503, "The gateway is still starting.", code="gateway_starting", retry_after=1)
+    return services

@@ -202,6 +202,13 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class PricingSettings:
+    """Where prices come from beyond the built-in table (docs/pricing.md)."""
+
+    price_file: Path | None = None  # VOXGATE_PRICE_FILE (YAML; unset = the built-in table only)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -212,6 +219,7 @@ class Settings:
     enforcement: EnforcementSettings = field(default_factory=EnforcementSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -231,6 +239,7 @@ class Settings:
         secret = env.get("VOXGATE_SAFETY_ID_SECRET")
         spool = env.get("VOXGATE_SPOOL_DIR")
         policy_file = env.get("VOXGATE_POLICY_FILE")
+        price_file = env.get("VOXGATE_PRICE_FILE")
         return cls(
             server=server,
             log=LogSettings.from_env(env),
@@ -281,6 +290,7 @@ class Settings:
                 policy_file=Path(policy_file) if policy_file else None,
                 default_tier=_default_tier(env.get("VOXGATE_DEFAULT_TIER")),
             ),
+            pricing=PricingSettings(price_file=Path(price_file) if price_file else None),
         )
 
     def require_services(self) -> None:

@@ -158,6 +158,24 @@ class SettleBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordSpend:
+    """Add spend that had no reservation (an input transcription) to the tenant's shared budget.
+
+    `spend_id` makes it count once, however often it is executed.
+    """
+
+    spend_id: str
+    amount_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoteHeadroom:
+    """Share the org's upstream token headroom (a `rate_limits.updated`) with admission."""
+
+    record: RateLimitsRecord
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """A policy decision worth an audit row (budget cut, cap close, re-clamp)."""
 
@@ -177,8 +195,12 @@ Action = (
     | Persist
     | ReserveBudget
     | SettleBudget
+    | RecordSpend
+    | NoteHeadroom
     | AuditEvent
 )
+# The actions a shell executes against the shared live state, in order, off the frame path.
+SharedAction = ReserveBudget | SettleBudget | RecordSpend | NoteHeadroom
 
 FORWARD: Final = Forward()
 FORWARD_ONLY: Final[tuple[Action, ...]] = (FORWARD,)

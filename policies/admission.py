@@ -7,6 +7,7 @@ Checks run cheapest-and-most-permanent first; the first that fails decides:
 | status | `code` | `type` | retry-after |
 |---|---|---|---|
 | 403 | `model_not_allowed` | `invalid_request_error` | — (retrying cannot help) |
+| 403 | `model_not_priced` | `invalid_request_error` | — (the price table has no price for it) |
 | 429 | `concurrency_limit_exceeded` | `rate_limit_error` | 1 s |
 | 429 | `session_rate_limit_exceeded` | `rate_limit_error` | until a start leaves the window |
 | 429 | `budget_exhausted` | `insufficient_quota` | until the next UTC day/month |
@@ -30,7 +31,8 @@ from policies.budget import (
     worst_case_cost_micro_usd,
 )
 from policies.policy import TenantPolicy
-from policies.pricing import PriceTable, micro_to_usd
+from policies.prices.table import PriceTable
+from policies.pricing import micro_to_usd
 from policies.ratelimit import window_take
 
 START_WINDOW_S: Final = 60.0
@@ -76,14 +78,24 @@ def decide_admission(
 ) -> Admit | Refuse:
     """Admit or refuse a new session for `model` under `policy`.
 
-    With `prices`, the budget must cover one worst-case first response; without, any
-    headroom at all admits.
+    With `prices`, the model must be priced (unless the table prices unknown models at its
+    ceiling) and the budget must cover one worst-case first response; without, any headroom
+    at all admits.
     """
     if not policy.allows_model(model):
         return Refuse(
             403,
             "model_not_allowed",
             f"Model '{model}' is not allowed by this tenant's policy (see the policy's 'models' list).",
+            type="invalid_request_error",
+            param="model",
+        )
+    if prices is not None and not prices.admits(model):
+        return Refuse(
+            403,
+            "model_not_priced",
+            f"Model '{model}' has no price in this gateway's price table, so its usage cannot be metered "
+            "(the operator can add it with VOXGATE_PRICE_FILE).",
             type="invalid_request_error",
             param="model",
         )

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from policies.policy import BudgetPolicy
-from policies.pricing import TOKENS_PER_RATE, ModelPrice
+from policies.prices.rates import ModelPrice
+from policies.pricing import TOKENS_PER_RATE
 
 # Documented maximum output tokens per response (model pages); see realtime-protocol §6.
 MODEL_MAX_OUTPUT_TOKENS: Final[Mapping[str, int]] = {

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.actions import RateLimit, RateLimitsRecord, TranscriptionRecord, UsageRecord
-from policies.pricing import PriceTable, cost_micro_usd, transcription_cost_micro_usd
+from policies.prices.table import PriceTable
+from policies.pricing import cost_micro_usd, transcription_cost_micro_usd
 from policies.usage import ResponseUsage, parse_response_usage, parse_transcription_usage
 
 UNKNOWN_TRANSCRIPTION_MODEL = "unknown-transcription-model"
@@ -37,7 +38,7 @@ def usage_record(
     if not isinstance(response_id, str) or not response_id:
         return None
     usage = parse_response_usage(response.get("usage"))
-    price, _ = prices.price_for(model)
+    price, key = prices.price_for(model)
     status = response.get("status")
     record = UsageRecord(
         response_id=response_id,
@@ -58,7 +59,7 @@ def usage_record(
         output_text_tokens=usage.output_text,
         output_audio_tokens=usage.output_audio,
         cost_micro_usd=cost_micro_usd(usage, price),
-        price_version=prices.version,
+        price_version=prices.version_for(key),  # the ceiling's rows are flagged in it
     )
     return record, usage
 
@@ -134,7 +135,7 @@ def transcription_record(
     if not isinstance(item_id, str) or usage is None:
         return None
     model = model or UNKNOWN_TRANSCRIPTION_MODEL
-    price, _ = prices.transcription_price_for(model)
+    price, key = prices.transcription_price_for(model)
     return TranscriptionRecord(
         session_id=session_id,
         tenant_id=tenant_id,
@@ -148,5 +149,5 @@ def transcription_record(
         output_tokens=usage.output_tokens,
         duration_ms=usage.duration_ms,
         cost_micro_usd=transcription_cost_micro_usd(usage, price),
-        price_version=prices.version,
+        price_version=prices.version_for(key),
     )

@@ -26,6 +26,7 @@ from gateway.auth.browser import (
     BrowserAuthConfig,
     BrowserAuthConfigError,
     BrowserAuthStore,
+    BrowserKeyChanges,
     BrowserTokenVerifier,
     PreviousSecret,
     previous_secret_after,
@@ -36,6 +37,7 @@ from gateway.settings import SecuritySettings
 from gateway.storage.policy_store import audit_entries
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import handmade
+from tests.support.clock import FakeClock
 from tests.support.harness import TenantKey, gateway_settings, make_tenant, start_gateway
 from tests.support.jwks_server import JwksServer, public_jwk
 
@@ -293,6 +295,24 @@ async def test_a_cached_config_never_stretches_the_window(pg_pool: asyncpg.Pool)
         await verifier.verify(old_token, now + 6)
     assert (refused.value.status, refused.value.message) == (401, NO_KEY_MESSAGE)
     assert (await verifier.verify(new_token, now + 6)).subject == "end-user-7"
+
+
+async def test_a_change_published_in_this_process_drops_cached_keys_at_once(pg_pool: asyncpg.Pool) -> None:
+    # The admin API publishes through `BrowserKeyChanges`; the WebRTC side subscribes its verifier.
+    tenant = await make_tenant(pg_pool, "pub")
+    store = BrowserAuthStore(pg_pool)
+    await store.set(BrowserAuthConfig(tenant.tenant_id, hs256_secret=HS_SECRET))
+    verifier = BrowserTokenVerifier(store, cache_seconds=60, clock=FakeClock(start=time.time()))
+    changes = BrowserKeyChanges()
+    changes.subscribe(lambda _tenant_id: verifier.forget())
+    token = hs(claims(tenant.tenant_id))
+    assert (await verifier.verify(token)).subject == "end-user-7"
+    assert await store.clear(tenant.tenant_id)  # removed, but this verifier has not heard of it
+    assert (await verifier.verify(token)).subject == "end-user-7"  # the fake clock stands still: cached
+    changes.publish(tenant.tenant_id)
+    with pytest.raises(GatewayError) as refused:
+        await verifier.verify(token)
+    assert (refused.value.status, refused.value.message) == (401, NO_KEY_MESSAGE)
 
 
 async def test_a_token_refused_by_both_secrets_gets_the_usual_answer(pg_pool: asyncpg.Pool) -> None:

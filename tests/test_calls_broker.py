@@ -28,7 +28,9 @@ from emulator.webrtc import use_loopback_ice
 from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
 from gateway.errors import GatewayError
 from gateway.storage.policy_store import PolicyStore
-from gateway.webrtc.routes import call_id_from_location, parse_multipart, validate_sdp
+from gateway.webrtc.multipart import parse_multipart
+from gateway.webrtc.sdp import validate_sdp
+from gateway.webrtc.upstream_http import call_id_from_location
 from tests.support.harness import UPSTREAM_KEY, TenantKey, make_tenant, start_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("end_emulated_calls")]
@@ -516,6 +518,35 @@ def test_multipart_parts_are_exact() -> None:
     )
     parts = parse_multipart(body, 'multipart/form-data; boundary="b0"')
     assert parts == {"sdp": GOOD_SDP.encode(), "session": b"{}"}
+
+
+def test_multipart_parts_may_be_lf_framed_and_the_first_of_a_name_wins() -> None:
+    body = (
+        b'--b0\nContent-Disposition: form-data; name="sdp"\n\nfirst\n'
+        b'--b0\nContent-Disposition: form-data; name="sdp"\n\nsecond\n'
+        b"--b0\nContent-Type: text/plain\n\nno name: ignored\n--b0--\n"
+    )
+    assert parse_multipart(body, "multipart/form-data; boundary=b0") == {"sdp": b"first"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"--b0\r\n\r\nx\r\n--b0--", "multipart/form-data", "The multipart body has no boundary."),
+        (b"--b0\r\n\r\nx\r\n--b0--", 'multipart/form-data; boundary=""', "The multipart body has no boundary."),
+        (b"no delimiter at all", "multipart/form-data; boundary=b0", "The multipart body has no parts."),
+        (b"--b0--\r\n", "multipart/form-data; boundary=b0", "The multipart body has no parts."),
+        (
+            b'--b0\r\nContent-Disposition: form-data; name="sdp"--b0--',
+            "multipart/form-data; boundary=b0",
+            "A multipart part has no header block.",
+        ),
+    ],
+)
+def test_malformed_multipart_bodies_are_400(body: bytes, content_type: str, message: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        parse_multipart(body, content_type)
+    assert (info.value.status, info.value.code, info.value.message) == (400, "invalid_multipart", message)
 
 
 def sdp_of(size: int) -> bytes:

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from gateway import cli
-from gateway.cli import admin as admin_cli
+from gateway.cli.output import format_usd
+from gateway.cli.usage import parse_timestamp
 from gateway.storage.tenants import KeyIdentity, TenantDirectory
 
 Voxgate = Callable[..., int]
@@ -346,11 +347,11 @@ def test_bad_since_is_a_usage_error(voxgate: Voxgate, capsys: pytest.CaptureFixt
     ],
 )
 def test_usd_formatting_is_exact(micro_usd: int, shown: str) -> None:
-    assert admin_cli.format_usd(micro_usd) == shown
+    assert format_usd(micro_usd) == shown
 
 
 def test_naive_since_means_utc() -> None:
-    assert admin_cli.parse_timestamp("2025-03-01") == datetime(2025, 3, 1, tzinfo=UTC)
+    assert parse_timestamp("2025-03-01") == datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def test_only_a_missing_third_party_module_marks_a_command_dev_only() -> None:

@@ -3,7 +3,7 @@
 Secrets are minted through a real gateway (the `openai` SDK) from the emulator; browsers
 place calls with them straight at the emulator, as they would at OpenAI, with an aiortc peer.
 The sweep is driven with an explicit `now` (a secret lives at least 10 s upstream), except
-in the one test that proves the gateway's own background loop runs it.
+in the one test that proves a replica's own background loop runs it, which moves a fake clock.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.webrtc.calls_store import Call
-from gateway.webrtc.routes import call_id_from_location
-from gateway.webrtc.sideband import SECRET_ATTACH_GRACE_SECONDS
+from gateway.webrtc.sideband import SECRET_ATTACH_GRACE_SECONDS, SECRET_SWEEP_SECONDS
+from gateway.webrtc.upstream_http import call_id_from_location
 from tests.conftest import REDIS_URL
+from tests.support.clock import FakeClock
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 from tests.support.webrtc_client import ClientPeer
 from tests.test_metrics import sample, scrape
@@ -153,22 +154,34 @@ async def test_a_backlog_is_swept_in_batches_in_one_sweep(gateway, emulator, ten
         assert (row["end_reason"], row["end_detail"]) == ("client_secret_expired", "swept")
 
 
-async def test_the_gateway_sweeps_on_its_own(gateway, emulator, tenant, pg_pool) -> None:
-    monitor = gateway.services.calls_monitor
-    grace, every = monitor.secret_grace_s, monitor.secret_sweep_s
-    monitor.secret_grace_s, monitor.secret_sweep_s = 0.0, 0.2
+async def asleep_again(clock: FakeClock, sleepers: int) -> None:
+    """Wait (real time, bounded) until `sleepers` tasks are waiting on `clock` again."""
+    async with asyncio.timeout(10):
+        while clock.sleepers < sleepers:
+            await asyncio.sleep(0.005)
+
+
+async def test_the_gateway_sweeps_on_its_own_every_15_seconds(gateway, emulator, tenant, pg_pool, pg_dsn) -> None:
+    # A second replica on a fake clock: its own background loop sweeps, on its own cadence,
+    # as the test moves time one second at a time instead of waiting for it.
+    clock = FakeClock(start=time.time())
+    sweeper = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url), clock=clock)
     try:
         secret = await mint(gateway, tenant, seconds=10)  # upstream's shortest lifetime
         await gateway.settle()
-
-        async def swept() -> bool:
-            return (await session_row(pg_pool, secret))["end_reason"] == "client_secret_expired"
-
-        assert not await swept()
-        await until(swept, seconds=20)
+        await asleep_again(clock, 1)
+        swept_at = None
+        while swept_at is None and clock.time() < past_grace(secret, extra=2 * SECRET_SWEEP_SECONDS):
+            sleepers = clock.sleepers
+            await clock.advance(1.0)
+            await asleep_again(clock, sleepers)  # every loop woken has finished its round
+            if (await session_row(pg_pool, secret))["end_reason"] == "client_secret_expired":
+                swept_at = clock.time()
     finally:
-        monitor.secret_grace_s, monitor.secret_sweep_s = grace, every
-    assert time.time() >= secret.expires_at  # not a moment before the secret stopped working
+        await sweeper.stop()
+    assert swept_at is not None, "the replica never swept the expired secret"
+    # Not a moment before the grace ended, and within one sweep interval (plus one loop round) after.
+    assert past_grace(secret, extra=0.0) <= swept_at <= past_grace(secret, extra=SECRET_SWEEP_SECONDS + 3.0)
 
 
 # -- attached ---------------------------------------------------------------------------------

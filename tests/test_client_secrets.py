@@ -206,3 +206,30 @@ async def test_budget_exhaustion_refuses_minting(gateway, emulator, tenant, pg_p
             await client.realtime.client_secrets.create(session={"type": "realtime"})
     assert caught.value.code == "budget_exhausted"
     assert len(emulator.client_secrets) == before
+
+
+async def test_a_transcription_secrets_budget_is_checked_at_the_default_models_price(
+    gateway, emulator, tenant, pg_pool
+) -> None:
+    # A transcription session names no realtime model; admission checks its budget against
+    # `default_model`: upstream's default "gpt-realtime" when the allowlist has it, even though
+    # "gpt-4o-realtime-preview" sorts first (the rule `Enforcement.admit` used to apply alone).
+    # By hand, one worst-case response (4096 output tokens, the models' maximum, no policy ceiling):
+    # gpt-realtime 4096 x 64 USD/1M = 262_144 micro-USD fits a 0.30 USD day;
+    # gpt-4o-realtime-preview 4096 x 80 USD/1M = 327_680 micro-USD does not.
+    store = PolicyStore(pg_pool, {}, None)
+    budget = {"daily_usd": "0.30"}
+    await store.set(
+        tenant.tenant_id, {"models": ["gpt-4o-realtime-preview", "gpt-realtime"], "budget": budget}, actor="test"
+    )
+    async with sdk(gateway, tenant) as client:
+        minted = await client.realtime.client_secrets.create(session={"type": "transcription"})
+    assert minted.value == emulator.client_secrets[-1].value
+    assert emulator.client_secrets[-1].request["session"] == {"type": "transcription"}
+    await store.set(tenant.tenant_id, {"models": ["gpt-4o-realtime-preview"], "budget": budget}, actor="test")
+    before = len(emulator.client_secrets)
+    async with sdk(gateway, tenant) as client:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.realtime.client_secrets.create(session={"type": "transcription"})
+    assert caught.value.code == "budget_exhausted"
+    assert len(emulator.client_secrets) == before

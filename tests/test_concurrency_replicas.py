@@ -21,6 +21,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from gateway.livestate import LiveState
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL
 from tests.support import doc_prices
@@ -186,7 +187,7 @@ async def test_a_policy_change_reaches_live_sessions_on_both_replicas_within_a_s
             while not all(clamped_to(500)):
                 await asyncio.sleep(POLL_S)
         # The admin API's and the CLI's path: store a new version, announce it on the shared prefix.
-        store = PolicyStore(pg_pool, {}, None, redis_client, a.settings.redis.key_prefix)
+        store = PolicyStore(pg_pool, {}, None, LiveState(redis_client, a.settings.redis.key_prefix))
         changed = time.monotonic()
         await store.set(tenant.tenant_id, {"max_output_tokens": 50}, actor="test")
         with contextlib.suppress(TimeoutError):

@@ -24,15 +24,15 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.ledger.writer import LedgerWriter, SessionStarted
 from gateway.metrics import GatewayMetrics
-from gateway.session.live import LiveSession
 from gateway.settings import AdminSettings, LedgerSettings
 from policies.actions import Forward, ReserveBudget
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import BudgetPolicy, TenantPolicy
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token
 from tests.support.harness import TenantKey, gateway_settings, make_tenant, start_gateway
+from tests.support.sessions import TickingClock, live_session
 from tests.test_enforcement_e2e import auth, connect, next_of, set_policy, user_text
 
 pytestmark = pytest.mark.e2e
@@ -264,7 +264,7 @@ def held_reservation(gov: SessionGovernor, now: float) -> None:
 async def test_audio_appends_pass_while_a_reservation_is_pending(pg_pool, tenant) -> None:
     gov = budget_governor()
     writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01))
-    live = LiveSession(
+    live = live_session(
         gov,
         writer,
         SessionStarted(
@@ -312,7 +312,7 @@ async def test_a_session_end_is_recorded_once_and_later_calls_are_ignored(pg_poo
     session_id = "vgs_" + secrets.token_hex(8)
     try:
         gov = budget_governor()
-        live = LiveSession(
+        live = live_session(
             gov,
             writer,
             SessionStarted(
@@ -326,7 +326,7 @@ async def test_a_session_end_is_recorded_once_and_later_calls_are_ignored(pg_poo
                 "test",
                 next(clock),
             ),
-            clock=lambda: next(clock),
+            clock=TickingClock(lambda: next(clock)),
             metrics=metrics,
         )
         live.end("client_closed", "first")

@@ -17,6 +17,7 @@ from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emulator.audio import silence, tone
+from gateway.livestate import LiveState
 from gateway.storage.policy_store import PolicyStore
 from tests.conftest import REDIS_URL
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
@@ -227,7 +228,7 @@ async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, p
     await next_of(ws, "session.created")
     await asyncio.sleep(0.2)
     # The same path as the admin API and the CLI: store a new version, announce it to every replica.
-    store = PolicyStore(pg_pool, {}, None, redis_client, gateway.settings.redis.key_prefix)
+    store = PolicyStore(pg_pool, {}, None, LiveState(redis_client, gateway.settings.redis.key_prefix))
     changed = time.monotonic()
     await store.set(tenant.tenant_id, {**BASE_POLICY, "max_output_tokens": 50}, actor="test")
     upstream = emulator.sessions[before]

@@ -39,7 +39,7 @@ from gateway.realtime.fastrelay.frames import (
 )
 from gateway.realtime.fastrelay.handshake import HEAD_END, accept_key, parse_response
 from gateway.realtime.fastrelay.relay import WRITE_HIGH_WATER, FastRelay
-from gateway.session.live import Verdict
+from gateway.session.verdict import Verdict
 from tests.conftest import REDIS_URL
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 
@@ -636,7 +636,7 @@ class RewritingLive:
     """A LiveSession stand-in whose governor replaces every client message with two new ones."""
 
     session_id = "vgs_stub"
-    responses_in_flight = usage_pending = False
+    responses_in_flight = usage_pending = opening = False
 
     def __init__(self) -> None:
         self.ended: list[str] = []
@@ -672,6 +672,9 @@ class RewritingLive:
 
     def next_deadline_in(self) -> float | None:
         return None
+
+    def tick(self) -> Verdict:
+        return Verdict(False)
 
     async def aclose(self) -> None:
         pass

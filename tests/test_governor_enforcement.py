@@ -21,7 +21,7 @@ from policies.actions import (
 )
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import BudgetPolicy, TenantPolicy
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from tests.fixtures import realtime_server_events
 
 SERVER = realtime_server_events()

@@ -17,7 +17,7 @@ from policies.actions import (
     UsageRecord,
 )
 from policies.governor import SessionGovernor, SessionIdentity
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from tests.fixtures import realtime_server_events
 
 SERVER = realtime_server_events()
@@ -35,7 +35,7 @@ GPT_REALTIME_MINI_COST = 2_059
 # The fixture's transcription usage: 17 audio tokens in, 9 out, at gpt-4o-mini-transcribe
 #                    17 x 3_000_000 + 9 x 5_000_000 = 96_000_000 -> 96
 MINI_TRANSCRIBE_COST = 96
-PRICE_VERSION = "2026-11-24"  # docs/pricing.md: the default table's version
+PRICE_VERSION = "2026-12-06"  # docs/pricing.md: the default table's version
 
 
 def governor(model: str = "gpt-realtime") -> SessionGovernor:

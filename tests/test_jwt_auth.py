@@ -12,16 +12,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth.jwt import (
-    JWKS_REFETCH_COOLDOWN_SECONDS,
-    AdminPrincipal,
-    AdminTokenVerifier,
-    Permission,
-    bearer_token,
-)
+from gateway.admin.tokens import AdminPrincipal, AdminTokenVerifier, Permission, bearer_token
+from gateway.auth.jwks import JWKS_REFETCH_COOLDOWN_SECONDS
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings, Settings, SettingsError
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, claims, handmade, hs256
+from tests.support.clock import FakeClock
 from tests.support.jwks_server import JwksServer, public_jwk
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -46,19 +43,18 @@ def jwks() -> Iterator[JwksServer]:
         yield server
 
 
-def verifier(**admin: Any) -> AdminTokenVerifier:
-    return AdminTokenVerifier(AdminSettings(**{"jwt_audience": AUDIENCE, "jwt_issuer": ISSUER, **admin}))
+def verifier(clock: Clock = SYSTEM_CLOCK, **admin: Any) -> AdminTokenVerifier:
+    return AdminTokenVerifier(AdminSettings(**{"jwt_audience": AUDIENCE, "jwt_issuer": ISSUER, **admin}), clock=clock)
 
 
-def key_cache_clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float]:
-    """The monotonic clock PyJWT and voxgate time their key caches with, set by hand through `now[0]`.
+def key_cache_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """One fake clock for voxgate's JWKS cooldown (injected) and PyJWT's key caches.
 
-    Only these modules' view of the clock moves, never the event loop's."""
-    now = [start]
-    clock = types.SimpleNamespace(monotonic=lambda: now[0])
-    for module in ("jwt.api_jwk", "jwt.jwk_set_cache", "jwt.jwks_client", "gateway.auth.jwt"):
-        monkeypatch.setattr(f"{module}.time", clock)
-    return now
+    PyJWT reads `time.monotonic` in its own modules, so only their view of it is replaced."""
+    clock = FakeClock()
+    for module in ("jwt.api_jwk", "jwt.jwk_set_cache", "jwt.jwks_client"):
+        monkeypatch.setattr(f"{module}.time", types.SimpleNamespace(monotonic=clock.monotonic))
+    return clock
 
 
 async def refused(v: AdminTokenVerifier, token: str) -> GatewayError:
@@ -121,15 +117,15 @@ async def test_jwks_keys_are_fetched_again_after_exactly_five_minutes(
     jwks: JwksServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # docs/admin-api.md: "the key set is cached for 5 minutes".
-    now = key_cache_clock(monkeypatch, 1_000.0)
-    v = verifier(jwks_url=jwks.url)
+    clock = key_cache_clock(monkeypatch)
+    v = verifier(jwks_url=jwks.url, clock=clock)
     token = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})
     before = len(jwks.hits)
     await v.verify(token)
-    now[0] += 5 * 60 - 1
+    await clock.advance(5 * 60 - 1)
     await v.verify(token)
     assert len(jwks.hits) - before == 1  # still cached just inside 5 minutes
-    now[0] += 2
+    await clock.advance(2)
     await v.verify(token)
     assert len(jwks.hits) - before == 2  # fetched again just past them
 
@@ -152,15 +148,15 @@ async def test_unknown_kids_do_not_storm_the_jwks(jwks: JwksServer) -> None:
 async def test_a_new_kid_is_fetched_once_the_cooldown_has_passed(
     jwks: JwksServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = key_cache_clock(monkeypatch, 5_000.0)
-    v = verifier(jwks_url=jwks.url)
+    clock = key_cache_clock(monkeypatch)
+    v = verifier(jwks_url=jwks.url, clock=clock)
     before = len(jwks.hits)
     unknown = jwt.encode(claims(roles=["admin"]), RSA_KEY, algorithm="RS256", headers={"kid": "later"})
     await refused(v, unknown)
-    now[0] += JWKS_REFETCH_COOLDOWN_SECONDS - 1
+    await clock.advance(JWKS_REFETCH_COOLDOWN_SECONDS - 1)
     await refused(v, unknown)
     assert len(jwks.hits) - before == 1  # inside the cooldown: no refetch
-    now[0] += 2
+    await clock.advance(2)
     await refused(v, unknown)
     assert len(jwks.hits) - before == 2  # past it: one refetch for the unknown kid
 

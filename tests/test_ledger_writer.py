@@ -9,36 +9,19 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import gateway.ledger.journal as journal_module
 import gateway.ledger.writer as ledger_module
+from gateway.ledger.records import encode_record
 from gateway.ledger.writer import LedgerWriter, SessionEnded, SessionStarted
 from gateway.settings import LedgerSettings
 from gateway.storage.tenants import TenantDirectory
 from policies.actions import RateLimit, RateLimitsRecord, UsageRecord
+from tests.support.records import usage_record
 from tests.support.tcp_proxy import TcpProxy
 
 
 def usage(session_id: str, tenant_id: str, n: int, cost: int = 100) -> UsageRecord:
-    return UsageRecord(
-        response_id=f"resp_{session_id}_{n}",
-        session_id=session_id,
-        tenant_id=tenant_id,
-        model="gpt-realtime",
-        status="completed",
-        occurred_at=time.time(),
-        input_tokens=10,
-        output_tokens=20,
-        total_tokens=30,
-        input_text_tokens=10,
-        input_audio_tokens=0,
-        input_image_tokens=0,
-        cached_text_tokens=0,
-        cached_audio_tokens=0,
-        cached_image_tokens=0,
-        output_text_tokens=5,
-        output_audio_tokens=15,
-        cost_micro_usd=cost,
-        price_version="test",
-    )
+    return usage_record(session_id, tenant_id, f"resp_{session_id}_{n}", time.time(), cost)
 
 
 def started(session_id: str, tenant_id: str) -> SessionStarted:
@@ -304,8 +287,8 @@ async def test_durable_records_postgres_does_not_take_are_fsynced_to_the_spool_t
 ) -> None:
     proxy, pool = blippable_pool
     fsyncs: list[int] = []
-    real_fsync = ledger_module.os.fsync
-    monkeypatch.setattr(ledger_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
     timeout = 0.3
     settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=timeout)
     writer = LedgerWriter(lambda: pool, settings)
@@ -367,7 +350,7 @@ async def test_a_journal_being_replayed_survives_a_crash_until_its_records_commi
     sid = f"vgs_{secrets.token_hex(6)}"
     records = [started(sid, tenant_id), *(usage(sid, tenant_id, n, cost=7) for n in range(3))]
     spool = tmp_path / "ledger-spool.jsonl"
-    spool.write_bytes(b"".join(ledger_module.encode_record(r) + b"\n" for r in records))
+    spool.write_bytes(b"".join(encode_record(r) + b"\n" for r in records))
     proxy.cut()
     crashed = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
     crashed.start()

@@ -227,6 +227,38 @@ async def test_tenant_ids_with_braces_are_refused(state: Backend) -> None:
         await state.acquire_session("a{b}", "s", 1, TTL, T0)
 
 
+# -- call monitor claims --------------------------------------------------------------------
+
+
+async def test_one_replica_monitors_a_call_and_only_it_renews_or_releases(state: Backend, replica_b: Backend) -> None:
+    t, call = tenant(), f"rtc_{secrets.token_hex(4)}"
+    assert await state.claim_monitor(t, call, TTL, T0)
+    assert not await replica_b.claim_monitor(t, call, TTL, T0 + 1)  # pod-a holds it
+    assert await state.claim_monitor(t, call, TTL, T0 + 2)  # claiming what we hold renews it
+    assert not await replica_b.renew_monitor(t, call, TTL, T0 + 3)
+    assert not await replica_b.release_monitor(t, call)
+    assert await state.renew_monitor(t, call, TTL, T0 + 4)
+    assert not await replica_b.claim_monitor(t, call, TTL, T0 + 4 + TTL - 0.5)  # renewed: still pod-a's
+    assert await state.release_monitor(t, call)
+    assert not await state.release_monitor(t, call)  # idempotent
+    assert not await state.renew_monitor(t, call, TTL, T0 + 5)  # released: nothing to renew
+    assert await replica_b.claim_monitor(t, call, TTL, T0 + 5)
+
+
+async def test_a_dead_monitors_claim_lapses_and_another_replica_takes_the_call(
+    state: Backend, replica_b: Backend
+) -> None:
+    t, call, other = tenant(), f"rtc_{secrets.token_hex(4)}", f"rtc_{secrets.token_hex(4)}"
+    assert await state.claim_monitor(t, call, TTL, T0)
+    assert await state.claim_monitor(t, other, TTL, T0)  # claims are per call
+    assert not await replica_b.claim_monitor(t, call, TTL, T0 + TTL - 0.001)
+    assert await replica_b.claim_monitor(t, call, TTL, T0 + TTL)  # pod-a stopped renewing: lapsed
+    assert not await state.renew_monitor(t, call, TTL, T0 + TTL + 1)  # the old owner learns it lost it
+    assert not await state.release_monitor(t, call)  # and cannot drop the new owner's claim
+    assert not await replica_b.claim_monitor(t, other, TTL, T0 + 1)
+    assert not await state.renew_monitor(t, other, TTL, T0 + TTL)  # lapsed, even for its owner
+
+
 # -- session start rate --------------------------------------------------------------------
 
 

@@ -220,7 +220,7 @@ async def test_a_settle_cut_off_when_the_session_stops_goes_to_the_repair_queue(
     # SessionEffects.stop() waits a bounded time, then cancels: the settle running at that moment
     # and the ones queued behind it are all handed to the repair queue (docs/budgets.md: a settle
     # that fails is never dropped), so the holds are released and the counters rebuilt.
-    from gateway.session.enforcement import SessionEffects
+    from gateway.session.effects import SessionEffects
     from policies.actions import SettleBudget
     from policies.policy import TenantPolicy
 

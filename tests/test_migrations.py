@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway.ledger.sql import TRANSCRIPTION_COLUMNS, USAGE_COLUMNS
 from gateway.storage.migrations import (
     MigrationError,
     apply_migrations,
@@ -67,6 +68,23 @@ async def test_fresh_database_gets_every_table(empty_pg_dsn: str) -> None:
     rows = await applied_rows(empty_pg_dsn)
     assert [row["name"] for row in rows] == applied
     assert all(len(row["checksum"]) == 64 for row in rows)
+
+
+async def test_the_billed_tables_have_exactly_the_columns_of_their_records(empty_pg_dsn: str) -> None:
+    # The ledger writes and reports derive their column lists from UsageRecord and
+    # TranscriptionRecord; a migration that adds, drops or renames a billed column must change
+    # the record too (recorded_at is the database's own: it defaults to now()).
+    await apply_migrations(empty_pg_dsn)
+    conn = await asyncpg.connect(empty_pg_dsn)
+    try:
+        for table, columns in (("usage_ledger", USAGE_COLUMNS), ("transcription_usage", TRANSCRIPTION_COLUMNS)):
+            rows = await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1",
+                table,
+            )
+            assert {row["column_name"] for row in rows} == {*columns, "recorded_at"}, table
+    finally:
+        await conn.close()
 
 
 async def test_second_run_is_a_no_op(empty_pg_dsn: str) -> None:

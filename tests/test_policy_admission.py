@@ -6,7 +6,8 @@ from policies.actions import RateLimit, RateLimitsRecord
 from policies.admission import AdmissionSnapshot, Admit, Refuse, decide_admission, upstream_token_threshold
 from policies.budget import BudgetState
 from policies.policy import BudgetPolicy, TenantPolicy
-from policies.pricing import DEFAULT_PRICE_TABLE, PriceTable
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
+from policies.prices.table import PriceTable
 
 NOW = 1_798_761_600.0 - 3600  # 2026-12-31T23:00:00Z
 POLICY = TenantPolicy(

@@ -23,7 +23,7 @@ from policies.budget import (
     worst_case_cost_micro_usd,
 )
 from policies.policy import BudgetPolicy
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.app import create_app
+from gateway.livestate import LiveState, MemoryLiveState
 from gateway.settings import AdminSettings, Settings, SettingsError
 from gateway.storage.policy_store import PolicyStore, UnknownTier, audit, audit_entries
 from gateway.storage.tenants import TenantNotFound
@@ -31,7 +32,7 @@ def tiers() -> dict[str, Any]:
 
 @pytest.fixture
 def store(pg_pool: asyncpg.Pool, tiers: dict[str, Any], redis_client: aioredis.Redis, redis_prefix: str) -> PolicyStore:
-    return PolicyStore(pg_pool, tiers, "standard", redis_client, redis_prefix)
+    return PolicyStore(pg_pool, tiers, "standard", LiveState(redis_client, redis_prefix))
 
 
 async def test_a_new_tenant_gets_the_default_tier(store: PolicyStore, pg_pool: asyncpg.Pool) -> None:
@@ -223,10 +224,29 @@ async def test_a_redis_outage_does_not_fail_a_stored_change(pg_pool: asyncpg.Poo
     tenant = await make_tenant(pg_pool)
     dead = aioredis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2)
     try:
-        store = PolicyStore(pg_pool, load_tiers(None), "standard", dead)
+        store = PolicyStore(pg_pool, load_tiers(None), "standard", LiveState(dead))
         assert await store.set(tenant.tenant_id, {}, "alice") == 1
     finally:
         await dead.aclose()
+
+
+async def test_without_shared_state_changes_reach_this_process(pg_pool: asyncpg.Pool) -> None:
+    # The same code path as with Redis: the in-memory live state carries the broadcast.
+    tenant = await make_tenant(pg_pool)
+    live = MemoryLiveState(instance_id="here")
+    store = PolicyStore(pg_pool, load_tiers(None), "standard", live)
+    ready = asyncio.Event()
+    received = live.subscribe(ready)
+    first = asyncio.ensure_future(anext(received))
+    await ready.wait()
+    await store.set_tier(tenant.tenant_id, "standard", "alice")
+    broadcast = await asyncio.wait_for(first, 5)
+    await received.aclose()
+    assert (broadcast.kind, broadcast.tenant_id, broadcast.origin_instance) == (
+        "policy_changed",
+        tenant.tenant_id,
+        "here",
+    )
 
 
 # --- the tiers file ---------------------------------------------------------------------------------

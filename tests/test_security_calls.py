@@ -23,7 +23,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
-from gateway.webrtc.routes import ATTACH_BURST, call_id_from_location
+from gateway.webrtc.attach_limits import ATTACH_BURST
+from gateway.webrtc.upstream_http import call_id_from_location
 from tests.support.harness import TenantKey, make_tenant
 from tests.support.webrtc_client import ClientPeer
 
@@ -151,15 +152,13 @@ async def test_a_browser_sub_cannot_take_a_keys_identity(gateway, emulator, pg_p
     assert not next(c for c in emulator.calls if c.call_id == call_id).hung_up
 
 
-async def test_the_probe_sends_nothing_even_when_upstream_volunteers_no_session_event(monkeypatch) -> None:
+async def test_the_probe_sends_nothing_even_when_upstream_volunteers_no_session_event() -> None:
     # The probe may be looking at another tenant's call: it must stay read-only however long
     # upstream is silent (an earlier version asked with an empty session.update after 2.5 s).
-    from types import SimpleNamespace
-
     import websockets
 
-    import gateway.webrtc.routes as realtime_http
     from gateway.settings import UpstreamSettings
+    from gateway.webrtc.attach import probe_call_session
 
     received: list[str] = []
 
@@ -167,11 +166,10 @@ async def test_the_probe_sends_nothing_even_when_upstream_volunteers_no_session_
         async for message in ws:
             received.append(str(message))
 
-    monkeypatch.setattr(realtime_http, "PROBE_TIMEOUT_S", 0.5)  # the real wait is 5 s; the rule is the same
     async with websockets.serve(silent, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         upstream = UpstreamSettings(url=f"http://127.0.0.1:{port}/v1", api_key="sk-test-probe")
-        state = SimpleNamespace(services=SimpleNamespace(settings=SimpleNamespace(upstream=upstream)))
-        found = await realtime_http.probe_call_session(state, "rtc_" + secrets.token_hex(8), "vg_safety")  # type: ignore[arg-type]
+        # The real wait is 5 s (PROBE_TIMEOUT_S); the rule is the same.
+        found = await probe_call_session(upstream, "rtc_" + secrets.token_hex(8), "vg_safety", timeout_s=0.5)
     assert found is None
     assert received == []

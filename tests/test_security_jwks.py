@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import cli
 from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
-from gateway.auth.jwt import JwksUrlRefused, KeySet, check_jwks_url, resolve_jwks_host
+from gateway.auth.jwks import JwksUrlRefused, check_jwks_url, resolve_jwks_host
+from gateway.auth.jwt import KeySet
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings, Settings
 from tests.conftest import REDIS_URL

@@ -62,14 +62,14 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
         assert await metered(1) == [first]  # pod-a's sideband metered it
 
         monitor_lease = f"{prefix}{{{tenant.tenant_id}}}:monitor:{call_id}"  # holds the monitoring replica's id
-        assert await redis_client.get(monitor_lease) == b"pod-a"
+        assert await redis_client.hget(monitor_lease, "owner") == b"pod-a"
         proc_a.kill()  # SIGKILL: no drain, no lease release
         killed = time.monotonic()
         await proc_a.wait()
         # pod-b takes the call over once pod-a's monitor lease expires (its ttl is the lease ttl) at its
         # next orphan scan.
         async with asyncio.timeout(LEASE_TTL_S + SCAN_S + SLACK_S):
-            while await redis_client.get(monitor_lease) != b"pod-b":
+            while await redis_client.hget(monitor_lease, "owner") != b"pod-b":
                 await asyncio.sleep(POLL_S)
         assert time.monotonic() - killed <= LEASE_TTL_S + SCAN_S + SLACK_S
 

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.ids import new_id
 from gateway.storage.policy_store import PolicyStore
+from gateway.webrtc.calls_cache import MemoryCallCache
 from gateway.webrtc.calls_store import Call, CallStore
 from tests.support import doc_prices
 from tests.support.harness import UPSTREAM_KEY, TenantKey
@@ -48,7 +49,7 @@ async def place_call(emulator, peer: ClientPeer, pool: asyncpg.Pool, tenant: Ten
         model="gpt-realtime",
         safety_id="vg_test",
     )
-    await CallStore(pool, None).record(call)
+    await CallStore(pool, MemoryCallCache()).record(call)
     return call
 
 

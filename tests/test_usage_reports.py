@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
 
-from gateway.ledger.reports import DailyCost, daily_costs, ledger_for_tenant
-from gateway.storage import queries
+from gateway.ledger import sql
+from gateway.ledger.reports import DailyCost, UsageRow, daily_costs, ledger_for_tenant
 from gateway.storage.tenants import TenantDirectory
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -114,7 +115,7 @@ async def test_daily_costs_can_use_the_tenant_time_index(pg_pool: asyncpg.Pool) 
     async with pg_pool.acquire() as conn, conn.transaction():
         # The test table is tiny; forbid the sequential scan to see which index the query can use.
         await conn.execute("SET LOCAL enable_seqscan = off")
-        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + queries.DAILY_COSTS, "ten_x", T0, T0)
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql.DAILY_COSTS, "ten_x", T0, T0)
 
     assert "usage_ledger_tenant_time" in str(plan)
     assert "Index Only Scan" in str(plan)
@@ -126,3 +127,10 @@ async def test_naive_datetimes_are_refused(pg_pool: asyncpg.Pool) -> None:
         await ledger_for_tenant(pg_pool, "ten_x", naive)
     with pytest.raises(ValueError, match="until"):
         await daily_costs(pg_pool, "ten_x", T0, naive)
+
+
+def test_a_report_row_is_a_ledger_row_without_its_tenant() -> None:
+    # UsageRow is the API's typed read model of a usage_ledger row (its field order is the
+    # API's): the same fields as the record the SELECT is derived from, less the tenant the
+    # report is already about.
+    assert sorted(f.name for f in dataclasses.fields(UsageRow)) == sorted(sql.USAGE_REPORT_COLUMNS)

@@ -10,9 +10,8 @@ the previous secret a rotation keeps valid for its overlap window.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from litestar import Controller, Request, delete, get, put
+from litestar import Controller, delete, get, put
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
@@ -20,10 +19,9 @@ from gateway.admin import changes
 from gateway.admin.schemas import BrowserAuthDeleted, BrowserAuthOut, BrowserAuthSet
 from gateway.admin.security import Principal, Services, TenantId
 from gateway.admin.tenants import existing_tenant
+from gateway.admin.tokens import Permission
 from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
-from gateway.auth.jwt import Permission
 from gateway.errors import GatewayError
-from gateway.webrtc.routes import browser_keys_changed
 
 
 def browser_auth_not_configured(tenant_id: str) -> GatewayError:
@@ -72,7 +70,6 @@ class BrowserAuthController(Controller):
         data: JSONBody[BrowserAuthSet],
         services: Services,
         principal: Principal,
-        request: Request[Any, Any, Any],
     ) -> BrowserAuthOut:
         """Set or rotate the keys (the whole config is replaced). A replaced HS256 secret stays valid for
         `previous_valid_seconds` (default 900; 0: refused at once on this replica, within 10 s on the others)."""
@@ -90,7 +87,7 @@ class BrowserAuthController(Controller):
                 code="invalid_browser_auth",
                 param=_at_fault(config, allowed),
             ) from None
-        browser_keys_changed(request.app.state)
+        services.browser_key_changes.publish(tenant_id)
         return BrowserAuthOut.of(info)
 
     @delete(
@@ -100,11 +97,11 @@ class BrowserAuthController(Controller):
         opt={"permission": Permission.KEYS_WRITE},
     )
     async def delete_browser_auth(
-        self, tenant_id: TenantId, services: Services, principal: Principal, request: Request[Any, Any, Any]
+        self, tenant_id: TenantId, services: Services, principal: Principal
     ) -> BrowserAuthDeleted:
         """Remove the keys: the tenant's browser JWTs are refused from then on; 404 if it had none."""
         await existing_tenant(services, tenant_id)
         if not await changes.clear_browser_auth(services.pool, tenant_id, principal.subject):
             raise browser_auth_not_configured(tenant_id)
-        browser_keys_changed(request.app.state)
+        services.browser_key_changes.publish(tenant_id)
         return BrowserAuthDeleted(tenant_id=tenant_id)

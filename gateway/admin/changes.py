@@ -1,28 +1,23 @@
-"""Audited changes to tenants, keys and browser-token keys, shared by the admin API and the CLI.
+"""Audited changes to tenants, keys, policies and browser-token keys, shared by the admin API and the CLI.
 
 Each function makes one change and writes its audit row (`actor` = the JWT subject, or
-"cli"). Policy and tier changes live on `PolicyStore`, which audits them the same way.
+"cli"); neither front end makes a change any other way. A policy change is `PolicyStore`'s
+(it versions, audits and announces it), reached through `set_policy` here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from gateway.auth.browser import DELETE_CONFIG, BrowserAuthConfig, store_config
+from gateway.auth.browser import DELETE_CONFIG, GET_BROWSER_AUTH, BrowserAuthConfig, store_config
+from gateway.storage import queries
 from gateway.storage.policy_store import PolicyStore, audit
 from gateway.storage.tenants import IssuedKey, Tenant, TenantDirectory
-
-SET_NEW_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
-KEY_TENANT = "SELECT tenant_id FROM api_keys WHERE id = $1"
-GET_BROWSER_AUTH = """
-SELECT hs256_key_id, jwks_url, audience, created_at, updated_at,
-       CASE WHEN hs256_previous_until > now() THEN hs256_previous_key_id END AS previous_key_id,
-       CASE WHEN hs256_previous_until > now() THEN hs256_previous_until END AS previous_valid_until
-FROM tenant_browser_auth WHERE tenant_id = $1
-"""
 
 
 async def create_tenant(pool: asyncpg.Pool, store: PolicyStore, name: str, tier: str | None, actor: str) -> Tenant:
@@ -31,7 +26,7 @@ async def create_tenant(pool: asyncpg.Pool, store: PolicyStore, name: str, tier:
     tenant = await TenantDirectory(pool).create_tenant(name)
     async with pool.acquire() as conn, conn.transaction():
         if tier is not None:
-            await conn.execute(SET_NEW_TENANT_TIER, tenant.id, tier)
+            await conn.execute(queries.SET_TENANT_TIER, tenant.id, tier)
         await audit(conn, actor, tenant.id, "tenant.create", {"name": tenant.name, "tier": tier})
     return tenant
 
@@ -54,7 +49,7 @@ async def create_key(pool: asyncpg.Pool, tenant_id: str, name: str | None, actor
 
 async def key_tenant(pool: asyncpg.Pool, key_id: str) -> str | None:
     """The tenant a key belongs to, or None for an unknown key."""
-    tenant_id: str | None = await pool.fetchval(KEY_TENANT, key_id)
+    tenant_id: str | None = await pool.fetchval(queries.KEY_TENANT, key_id)
     return tenant_id
 
 
@@ -67,6 +62,13 @@ async def revoke_key(pool: asyncpg.Pool, key_id: str, actor: str, tenant_id: str
     if revoked:
         await audit(pool, actor, owner, "key.revoke", {"key_id": key_id})
     return revoked
+
+
+async def set_policy(store: PolicyStore, tenant_id: str, changes: Mapping[str, Any], actor: str) -> int:
+    """Lay `changes` (tier-shaped, partial; None removes a limit) over the tenant's policy in force and
+    store the next version; returns its number. `PolicyStore.set` locks, versions, audits and announces
+    it to live sessions. Raises PolicyError (naming the key) or TenantNotFound."""
+    return await store.set(tenant_id, changes, actor)
 
 
 # -- browser-token keys --------------------------------------------------------------------

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from litestar import Controller, get, put
 from litestar.params import JSONBody, QueryParameter
 
+from gateway.admin import changes
 from gateway.admin.schemas import AuditList, AuditOut, PolicyHistory, PolicyOut, PolicyVersionOut, TierList, UsageOut
 from gateway.admin.security import Principal, Services, TenantId
 from gateway.admin.tenants import existing_tenant, policy_store
-from gateway.auth.jwt import Permission
+from gateway.admin.tokens import Permission
 from gateway.errors import GatewayError
 from gateway.ledger.reports import ledger_for_tenant
 from gateway.services import GatewayServices
@@ -39,7 +40,7 @@ class PoliciesController(Controller):
         """
         await existing_tenant(services, tenant_id)
         try:
-            await policy_store(services).set(tenant_id, data, principal.subject)
+            await changes.set_policy(policy_store(services), tenant_id, data, principal.subject)
         except PolicyError as exc:
             raise GatewayError(400, f"Invalid policy: {exc}", code="invalid_policy", param=exc.key) from None
         return await _policy_out(services, tenant_id)

@@ -14,7 +14,8 @@ from gateway.admin.browser_auth import BrowserAuthController
 from gateway.admin.policies import PoliciesController, ReportsController, list_tiers
 from gateway.admin.security import admin_guard, provide_principal, provide_services
 from gateway.admin.tenants import KeysController, TenantsController
-from gateway.auth.jwt import AdminTokenVerifier
+from gateway.admin.tokens import AdminTokenVerifier
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
 
@@ -53,7 +54,9 @@ def _unstorable_value(_: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return Response(error.body(), status_code=400, headers=error.response_headers())
 
 
-def build_admin_router(settings: AdminSettings, jwks_allowed_hosts: frozenset[str] = frozenset()) -> Router:
+def build_admin_router(
+    settings: AdminSettings, jwks_allowed_hosts: frozenset[str] = frozenset(), clock: Clock = SYSTEM_CLOCK
+) -> Router:
     """`/admin/v1`: every route needs an admin JWT and the permission it names in `opt`."""
     return Router(
         path=ADMIN_PATH,
@@ -65,7 +68,7 @@ def build_admin_router(settings: AdminSettings, jwks_allowed_hosts: frozenset[st
             ReportsController,
             list_tiers,
         ],
-        guards=[admin_guard(AdminTokenVerifier(settings, jwks_allowed_hosts))],
+        guards=[admin_guard(AdminTokenVerifier(settings, jwks_allowed_hosts, clock))],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),

@@ -12,7 +12,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.types import Guard
 
-from gateway.auth.jwt import (
+from gateway.admin.tokens import (
     ROLE_PERMISSIONS,
     AdminPrincipal,
     AdminTokenVerifier,
@@ -21,7 +21,7 @@ from gateway.auth.jwt import (
     insufficient_role,
 )
 from gateway.errors import GatewayError
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, services_of
 
 PRINCIPAL_STATE_KEY = "admin_principal"
 
@@ -65,5 +65,4 @@ def provide_principal(request: Request[Any, Any, Any]) -> AdminPrincipal:
 
 
 def provide_services(request: Request[Any, Any, Any]) -> GatewayServices:
-    services: GatewayServices = request.app.state.services
-    return services
+    return services_of(request)

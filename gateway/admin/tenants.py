@@ -18,7 +18,7 @@ from gateway.admin.schemas import (
     TierAssignment,
 )
 from gateway.admin.security import KeyId, Principal, Services, TenantId, tenant_not_found
-from gateway.auth.jwt import AdminPrincipal, Permission
+from gateway.admin.tokens import AdminPrincipal, Permission
 from gateway.errors import GatewayError
 from gateway.services import GatewayServices
 from gateway.storage.policy_store import PolicyStore, UnknownTier
@@ -26,8 +26,6 @@ from gateway.storage.tenants import Tenant, TenantExists
 
 
 def policy_store(services: GatewayServices) -> PolicyStore:
-    if services.policy_store is None:
-        raise GatewayError(503, "Policy storage is not available.", code="policy_store_unavailable")
     return services.policy_store
 
 

@@ -28,7 +28,7 @@ Only one previous secret is kept. `previous_secret_after` decides it; `store_con
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -36,15 +36,9 @@ from typing import Any, Final
 import asyncpg
 import jwt
 
-from gateway.auth.jwt import (
-    LEEWAY_SECONDS,
-    MIN_SECRET_BYTES,
-    JwksUrlRefused,
-    KeySet,
-    check_jwks_url,
-    invalid_token,
-    resolve_jwks_host,
-)
+from gateway.auth.jwks import JwksUrlRefused, check_jwks_url, resolve_jwks_host
+from gateway.auth.jwt import LEEWAY_SECONDS, MIN_SECRET_BYTES, KeySet, invalid_token
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.ids import new_id
 
@@ -89,6 +83,14 @@ SET hs256_secret = EXCLUDED.hs256_secret, jwks_url = EXCLUDED.jwks_url, audience
     updated_at = now()
 """
 
+# What the admin API and CLI show: key ids and URLs, never a secret.
+GET_BROWSER_AUTH: Final = """
+SELECT hs256_key_id, jwks_url, audience, created_at, updated_at,
+       CASE WHEN hs256_previous_until > now() THEN hs256_previous_key_id END AS previous_key_id,
+       CASE WHEN hs256_previous_until > now() THEN hs256_previous_until END AS previous_valid_until
+FROM tenant_browser_auth WHERE tenant_id = $1
+"""
+
 DELETE_CONFIG: Final = "DELETE FROM tenant_browser_auth WHERE tenant_id = $1 RETURNING tenant_id"
 
 
@@ -106,7 +108,7 @@ class BrowserAuthConfig:
     def validate(self, jwks_allowed_hosts: frozenset[str] = frozenset()) -> None:
         """Refuse what cannot be stored, without network: a short secret, an empty audience, a
         JWKS URL that is not https or names a loopback/private/link-local/... address
-        (`gateway.auth.jwt.check_jwks_url`; hosts in `jwks_allowed_hosts` are exempt)."""
+        (`gateway.auth.jwks.check_jwks_url`; hosts in `jwks_allowed_hosts` are exempt)."""
         if self.hs256_secret is None and self.jwks_url is None:
             raise BrowserAuthConfigError("give an HS256 secret or a JWKS URL")
         if self.hs256_secret is not None and len(self.hs256_secret.encode()) < MIN_SECRET_BYTES:
@@ -287,6 +289,26 @@ def _unverified_tenant(token: str) -> str:
     return tenant_id
 
 
+class BrowserKeyChanges:
+    """Announces, within one process, that a tenant's browser-token keys were changed here.
+
+    The admin API publishes; whoever caches keys (a `BrowserTokenVerifier`'s owner)
+    subscribes and forgets them at once, so neither side imports the other. Other replicas
+    follow within `CONFIG_CACHE_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(tenant_id)` after each change published from now on."""
+        self._listeners.append(listener)
+
+    def publish(self, tenant_id: str) -> None:
+        for listener in list(self._listeners):
+            listener(tenant_id)
+
+
 class BrowserTokenVerifier:
     """Verifies browser JWTs against the keys of the tenant they name (cached briefly)."""
 
@@ -295,15 +317,22 @@ class BrowserTokenVerifier:
         store: BrowserAuthStore,
         cache_seconds: float = CONFIG_CACHE_SECONDS,
         jwks_allowed_hosts: frozenset[str] = frozenset(),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
         self._cache_seconds = cache_seconds
         self._jwks_allowed_hosts = jwks_allowed_hosts
+        self._clock = clock
         self._configs: dict[str, tuple[float, StoredBrowserKeys | None]] = {}
         self._keysets: dict[tuple[str | None, str | None], KeySet] = {}
 
+    def forget(self) -> None:
+        """Drop every cached config and key set (JWKS keys included): the next token reads them afresh."""
+        self._configs.clear()
+        self._keysets.clear()
+
     async def verify(self, token: str, now: float | None = None) -> BrowserPrincipal:
-        now = time.time() if now is None else now
+        now = self._clock.time() if now is None else now
         tenant_id = _unverified_tenant(token)
         fetched_at, stored = await self._config(tenant_id, now)
         if stored is None:

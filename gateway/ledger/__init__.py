@@ -1,1 +1,1 @@
-"""The ledger: the writer that makes every billable record durable, and the queries over it."""
+"""The ledger: its record types and SQL, the journal on local disk, the batching writer, reports."""

@@ -12,12 +12,16 @@ from datetime import date, datetime
 
 import asyncpg
 
-from gateway.storage import queries
+from gateway.ledger import sql
 
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    """One ``usage_ledger`` row: the usage and cost of one upstream response."""
+    """One ``usage_ledger`` row: the usage and cost of one upstream response.
+
+    Its fields are ``sql.USAGE_REPORT_COLUMNS`` (the ``UsageRecord`` fields but the tenant),
+    with the time as a datetime; tests/test_usage_reports.py holds them equal.
+    """
 
     response_id: str
     session_id: str
@@ -93,9 +97,9 @@ async def ledger_for_tenant(pool: asyncpg.Pool, tenant_id: str, since: datetime 
     """
     _require_aware(since, "since")
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        rows = await conn.fetch(queries.LEDGER_ROWS, tenant_id, since)
-        totals = await conn.fetchrow(queries.LEDGER_TOTALS, tenant_id, since)
-        transcription = await conn.fetchrow(queries.TRANSCRIPTION_TOTALS, tenant_id, since)
+        rows = await conn.fetch(sql.LEDGER_ROWS, tenant_id, since)
+        totals = await conn.fetchrow(sql.LEDGER_TOTALS, tenant_id, since)
+        transcription = await conn.fetchrow(sql.TRANSCRIPTION_TOTALS, tenant_id, since)
     assert totals is not None
     assert transcription is not None
     return UsageReport(
@@ -115,7 +119,7 @@ async def daily_costs(pool: asyncpg.Pool, tenant_id: str, since: datetime, until
     """
     _require_aware(since, "since")
     _require_aware(until, "until")
-    rows = await pool.fetch(queries.DAILY_COSTS, tenant_id, since, until)
+    rows = await pool.fetch(sql.DAILY_COSTS, tenant_id, since, until)
     return [DailyCost(**dict(row)) for row in rows]
 
 

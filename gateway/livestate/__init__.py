@@ -1,4 +1,4 @@
-"""Live state shared across replicas in Redis: leases, start rates, budgets, broadcasts, headroom.
+"""Live state shared across replicas in Redis: leases, monitor claims, start rates, budgets, broadcasts, headroom.
 
 `LiveStateBackend` is the interface; `LiveState` keeps it in Redis (across replicas),
 `MemoryLiveState` in one process's memory.

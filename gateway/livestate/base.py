@@ -33,7 +33,7 @@ class TenantView:
 
 
 class LiveStateBackend(abc.ABC):
-    """Leases, start rates, budgets, broadcasts and upstream headroom (docs/live-state.md)."""
+    """Leases, monitor claims, start rates, budgets, broadcasts and upstream headroom (docs/live-state.md)."""
 
     instance_id: str
 
@@ -67,6 +67,21 @@ class LiveStateBackend(abc.ABC):
     @abc.abstractmethod
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         """Reap expired leases and reservations of every tenant; each reaped session is returned once."""
+
+    # -- call monitor claims ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        """Own the call's sideband monitor until `now + ttl_s` if no live claim of another replica
+        holds it (ours is renewed); True if this replica (`instance_id`) holds it now."""
+
+    @abc.abstractmethod
+    async def renew_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        """Extend our live claim to `now + ttl_s`; False if it lapsed or another replica holds it."""
+
+    @abc.abstractmethod
+    async def release_monitor(self, tenant_id: str, call_id: str) -> bool:
+        """Give our claim back (idempotent); False if we did not hold it."""
 
     # -- session start rate ------------------------------------------------------------------
 

@@ -55,6 +55,10 @@ class TenantKeys:
     def since(self) -> str:
         return self.base + "spend:since"
 
+    def monitor(self, call_id: str) -> str:
+        """The claim on a call's sideband monitor (gateway.livestate.monitors)."""
+        return self.base + "monitor:" + call_id
+
     def day(self, day: str) -> str:
         return self.base + "spend:day:" + day
 

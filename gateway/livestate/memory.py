@@ -59,6 +59,8 @@ class MemoryStore:
     tenants: dict[str, _Tenant] = field(default_factory=dict)
     index: dict[str, float] = field(default_factory=dict)  # tenants with leases or holds -> last activity
     headroom: Headroom | None = None
+    # (tenant, call) -> (owner, expiry) of each call's monitor claim
+    monitors: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     subscribers: list[asyncio.Queue[Broadcast]] = field(default_factory=list)
 
     def tenant(self, tenant_id: str) -> _Tenant:
@@ -131,7 +133,35 @@ class MemoryLiveState(LiveStateBackend):
             _reap_holds(t, now)
             if not t.leases and not t.holds and touched < now - INDEX_IDLE_S:
                 del self.store.index[tenant_id]
+        # Claims of monitors that stopped renewing (Redis lets their keys' TTL remove them).
+        for key in [k for k, (_, expiry) in self.store.monitors.items() if expiry <= now - INDEX_IDLE_S]:
+            del self.store.monitors[key]
         return reaped
+
+    # -- call monitor claims ----------------------------------------------------------------
+
+    def _claim(self, tenant_id: str, call_id: str, ttl_s: float, now: float, take: bool) -> bool:
+        key = (check_tenant_id(tenant_id), call_id)
+        held = self.store.monitors.get(key)
+        live = held is not None and held[1] > now
+        if not ((held is not None and held[0] == self.instance_id and live) or (take and not live)):
+            return False
+        self.store.monitors[key] = (self.instance_id, now + ttl_s)
+        return True
+
+    async def claim_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        return self._claim(tenant_id, call_id, ttl_s, now, take=True)
+
+    async def renew_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        return self._claim(tenant_id, call_id, ttl_s, now, take=False)
+
+    async def release_monitor(self, tenant_id: str, call_id: str) -> bool:
+        key = (check_tenant_id(tenant_id), call_id)
+        held = self.store.monitors.get(key)
+        if held is None or held[0] != self.instance_id:
+            return False
+        del self.store.monitors[key]
+        return True
 
     # -- session start rate ------------------------------------------------------------------
 

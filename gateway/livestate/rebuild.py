@@ -9,26 +9,13 @@ are kept (never overwritten).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Protocol
 
 import asyncpg
 
+from gateway.ledger.sql import SPEND_BEFORE_CUTOFF, timestamp
 from gateway.livestate.budgets import SpendState
 from gateway.livestate.keys import BudgetWindows
-
-# Spend of one tenant from both ledgers: the month window and the day window, before a cutoff.
-SPEND_BEFORE_CUTOFF = """
-SELECT coalesce(sum(cost_micro_usd) FILTER (WHERE occurred_at >= $3), 0)::bigint AS day,
-       coalesce(sum(cost_micro_usd), 0)::bigint AS month
-FROM (
-    SELECT cost_micro_usd, occurred_at FROM usage_ledger
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
-    UNION ALL
-    SELECT cost_micro_usd, occurred_at FROM transcription_usage
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
-) AS spend
-"""
 
 _ATTEMPTS = 3
 
@@ -43,14 +30,12 @@ class SpendHistory(Protocol):
     async def spend(self, tenant_id: str, now: float) -> SpendState: ...
 
 
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 async def ledger_spend(pool: asyncpg.Pool, tenant_id: str, now: float, cutoff: float) -> tuple[int, int]:
     """(day, month) micro-USD of the tenant's ledger rows in the windows of `now`, before `cutoff`."""
     w = BudgetWindows.at(now)
-    row = await pool.fetchrow(SPEND_BEFORE_CUTOFF, tenant_id, _ts(w.month_start), _ts(w.day_start), _ts(cutoff))
+    row = await pool.fetchrow(
+        SPEND_BEFORE_CUTOFF, tenant_id, timestamp(w.month_start), timestamp(w.day_start), timestamp(cutoff)
+    )
     assert row is not None
     return int(row["day"]), int(row["month"])
 

@@ -49,6 +49,8 @@ BUDGET_RESERVE = LuaScript.build("budget_reserve", _BUDGET)
 BUDGET_SETTLE = LuaScript.build("budget_settle", _BUDGET)
 BUDGET_REBUILD = LuaScript.build("budget_rebuild")
 HEADROOM_RECORD = LuaScript.build("headroom_record")
+MONITOR_CLAIM = LuaScript.build("monitor_claim")
+MONITOR_RELEASE = LuaScript.build("monitor_release")
 
 ALL_SCRIPTS = (
     LEASE_ACQUIRE,
@@ -64,6 +66,8 @@ ALL_SCRIPTS = (
     BUDGET_SETTLE,
     BUDGET_REBUILD,
     HEADROOM_RECORD,
+    MONITOR_CLAIM,
+    MONITOR_RELEASE,
 )
 
 Arg = str | int | float

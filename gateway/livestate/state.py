@@ -19,6 +19,7 @@ from gateway.livestate.broadcast import Broadcast, Bus
 from gateway.livestate.budgets import Budgets, ReserveResult, SpendState
 from gateway.livestate.keys import KeyLayout
 from gateway.livestate.leases import LeaseResult, Leases
+from gateway.livestate.monitors import MonitorClaims
 from gateway.livestate.ratelimits import Headroom, StartRate, StartResult, UpstreamHeadroom
 from gateway.livestate.scripts import ScriptRunner
 
@@ -32,6 +33,7 @@ class LiveState(LiveStateBackend):
         self.keys = KeyLayout(prefix)
         self._scripts = ScriptRunner(redis)
         self._leases = Leases(self._scripts, self.keys)
+        self._monitors = MonitorClaims(self._scripts, self.keys, instance_id)
         self._starts = StartRate(self._scripts, self.keys, instance_id)
         self._budgets = Budgets(self._scripts, self.keys)
         self._headroom = UpstreamHeadroom(self._scripts, self.keys)
@@ -67,6 +69,20 @@ class LiveState(LiveStateBackend):
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         """Reap expired leases and reservations of every tenant; each reaped session is returned once."""
         return await self._leases.reap_expired(now)
+
+    # -- call monitor claims ----------------------------------------------------------------
+
+    async def claim_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        """Own the call's sideband monitor if no live claim of another replica holds it (ours is renewed)."""
+        return await self._monitors.claim(tenant_id, call_id, ttl_s, now, take=True)
+
+    async def renew_monitor(self, tenant_id: str, call_id: str, ttl_s: float, now: float) -> bool:
+        """Extend our live claim; False if it lapsed or another replica holds it."""
+        return await self._monitors.claim(tenant_id, call_id, ttl_s, now, take=False)
+
+    async def release_monitor(self, tenant_id: str, call_id: str) -> bool:
+        """Give our claim back (idempotent); False if we did not hold it."""
+        return await self._monitors.release(tenant_id, call_id)
 
     # -- session start rate ------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Admission of a `/v1/realtime` WebSocket, shared by every relay shell.
 
-Both the ASGI relay and the fast relay call `admit` before they touch the upstream, then
-`start_live_session` once the upstream is open. A refusal is a `GatewayError`, which the
-shell turns into an HTTP response before the upgrade (docs/close-codes.md).
+The fast relay calls `admit` before it touches the upstream, then `assemble(services,
+session_plan(admission))` (gateway/session/assembly.py) once the upstream is open. A
+refusal is a `GatewayError`, which the shell turns into an HTTP response before the
+upgrade (docs/close-codes.md).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from urllib.parse import parse_qsl
 from gateway.auth.credentials import accepted_subprotocol, key_safety_identifier, read_credentials, safety_identifier
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key, outage_refusal
 from gateway.ids import new_id
-from gateway.ledger.writer import SessionStarted
 from gateway.services import GatewayServices
-from gateway.session.enforcement import SessionEffects
-from gateway.session.live import LiveSession
+from gateway.session.assembly import SessionPlan, release_admission, shared_state
 from gateway.storage.tenants import KeyIdentity
-from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
+from policies.session_config import UPSTREAM_DEFAULT_MODEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ async def admit(
         raise invalid_api_key()
     query = upstream_query(query_string)
     intent = query.get("intent", "realtime")
-    model = query.get("model") or ("" if intent == "transcription" else "gpt-realtime")
+    model = query.get("model") or ("" if intent == "transcription" else UPSTREAM_DEFAULT_MODEL)
     secret = services.settings.security.safety_identifier_secret
     safety_id = (
         safety_identifier(secret, identity.tenant_id, creds.end_user)
@@ -150,12 +149,10 @@ async def admit(
     )
     beta = openai_beta(headers)
     session_id = new_id("vgs")
-    policy, leased = UNRESTRICTED, False
-    if services.enforcement is not None:
-        # Policy, budget, concurrency, start rate and upstream headroom: refused before any upstream cost.
-        with refusing_outages():
-            decided = await services.enforcement.admit(identity.tenant_id, session_id, model or None, time.time())
-        policy, leased = decided.policy, decided.leased
+    # Policy, budget, concurrency, start rate and upstream headroom: refused before any upstream cost.
+    with refusing_outages():
+        decided = await shared_state(services).admit(identity.tenant_id, session_id, model or None, time.time())
+    policy, leased = decided.policy, decided.leased
     return Admission(
         identity,
         query,
@@ -172,38 +169,22 @@ async def admit(
 
 async def abandon(services: GatewayServices, admission: Admission) -> None:
     """Undo an admission whose session never started (upstream refused, client left)."""
-    if admission.leased and services.enforcement is not None:
-        await services.enforcement.release(admission.identity.tenant_id, admission.session_id)
+    if admission.leased:
+        await release_admission(services, admission.identity.tenant_id, admission.session_id)
 
 
-def start_live_session(services: GatewayServices, admission: Admission) -> LiveSession:
-    """Open the session's books (records `SessionStarted`) once the upstream has accepted."""
+def session_plan(admission: Admission) -> SessionPlan:
+    """What `assemble` needs of a WebSocket admission; the relay holds the opening (docs/governor.md)."""
     identity = admission.identity
-    session_id = admission.session_id or new_id("vgs")
-    now = time.time()
-    started = SessionStarted(
-        session_id=session_id,
+    return SessionPlan(
+        session_id=admission.session_id,
         tenant_id=identity.tenant_id,
         api_key_id=identity.key_id,
         transport="websocket",
         intent=admission.intent,
-        model=admission.model or None,
-        end_user_hash=admission.safety_id,
-        gateway_instance=services.settings.server.instance_id,
-        started_at=now,
-    )
-    identity_ = SessionIdentity(session_id, identity.tenant_id, admission.model, admission.intent)
-    enforcement = services.enforcement
-    policy = admission.policy if enforcement is not None else None
-    governor = SessionGovernor(identity_, services.prices, policy=policy, started_at=now)
-    effects = SessionEffects(enforcement, identity.tenant_id, session_id, admission.policy) if enforcement else None
-    services.metrics.sessions_started.labels(started.transport).inc()
-    return LiveSession(
-        governor,
-        services.ledger,
-        started,
-        effects=effects,
-        enforcement=enforcement,
+        model=admission.model,
+        safety_id=admission.safety_id,
+        policy=admission.policy,
         leased=admission.leased,
-        metrics=services.metrics,
+        hold_opening=True,
     )

@@ -1,1 +1,1 @@
-"""Postgres storage for tenants, keys, policies and the schema: plain SQL over asyncpg, no ORM."""
+"""Postgres storage for tenants, keys, policies, the audit log and the schema: plain SQL over asyncpg."""

@@ -10,9 +10,9 @@ The policy in force for a tenant (`PolicyStore.effective`) is, in order:
 A tenant whose assigned tier is no longer in the tiers file falls through to 3 (logged).
 A change (`PolicyStore.set`) names only what it changes: it is laid over the policy in force
 (`merge_policy`), so a limit it does not mention is kept; ``null`` removes a limit.
-Every change is written with its audit row in one transaction, then announced on the Redis
-channel ``{prefix}policy`` with the tenant id as the payload, so live sessions on every
-replica can reload their policy within seconds.
+Every change is written with its audit row in one transaction, then announced as a
+``policy_changed`` broadcast of the live state (Redis pub/sub across replicas, or this process
+only with the in-memory one), so live sessions on every replica reload their policy within seconds.
 """
 
 from __future__ import annotations
@@ -25,56 +25,15 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import asyncpg
-import redis.asyncio as aioredis
 
+from gateway.livestate import LiveStateBackend, MemoryLiveState
+from gateway.storage import queries
 from gateway.storage.tenants import TenantNotFound
 from policies.policy import UNRESTRICTED, TenantPolicy, parse_policy, policy_to_document
 
 log = logging.getLogger("voxgate.policy_store")
 
 PolicySource = Literal["tenant", "tier", "default"]
-
-# --- named queries ----------------------------------------------------------------------------
-
-EFFECTIVE_POLICY = """
-SELECT t.tier, p.version, p.document
-FROM tenants t
-LEFT JOIN LATERAL (
-    SELECT version, document FROM tenant_policies WHERE tenant_id = t.id ORDER BY version DESC LIMIT 1
-) p ON true
-WHERE t.id = $1
-"""
-
-LOCK_TENANT = "SELECT tier FROM tenants WHERE id = $1 FOR UPDATE"
-
-# The caller holds the tenant row lock, so max(version) + 1 cannot race.
-INSERT_POLICY_VERSION = """
-INSERT INTO tenant_policies (tenant_id, version, document, created_by)
-SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3 FROM tenant_policies WHERE tenant_id = $1
-RETURNING version, created_at
-"""
-
-POLICY_HISTORY = """
-SELECT tenant_id, version, document, created_at, created_by
-FROM tenant_policies WHERE tenant_id = $1 ORDER BY version DESC
-"""
-
-SET_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
-
-TENANT_TIERS = "SELECT id, tier FROM tenants"
-
-INSERT_AUDIT = """
-INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1, $2, $3, $4::jsonb)
-RETURNING id
-"""
-
-AUDIT_FOR_TENANT = """
-SELECT id, at, actor, tenant_id, action, detail
-FROM audit_log WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2
-"""
-
-
-# --- types -------------------------------------------------------------------------------------
 
 
 class UnknownTier(ValueError):
@@ -126,14 +85,14 @@ async def audit(
     Pass the connection of an open transaction to make the row commit with the change.
     """
     row_id = await conn_or_pool.fetchval(
-        INSERT_AUDIT, actor, tenant_id, action, json.dumps(dict(detail or {}), default=str)
+        queries.INSERT_AUDIT, actor, tenant_id, action, json.dumps(dict(detail or {}), default=str)
     )
     return int(row_id)
 
 
 async def audit_entries(pool: asyncpg.Pool, tenant_id: str, limit: int = 100) -> list[AuditEntry]:
     """A tenant's most recent audit rows, newest first."""
-    rows = await pool.fetch(AUDIT_FOR_TENANT, tenant_id, limit)
+    rows = await pool.fetch(queries.AUDIT_FOR_TENANT, tenant_id, limit)
     return [AuditEntry(**{**dict(row), "detail": json.loads(row["detail"])}) for row in rows]
 
 
@@ -156,21 +115,20 @@ def merge_policy(current: TenantPolicy, changes: Mapping[str, Any]) -> dict[str,
 
 
 class PolicyStore:
-    """Reads and changes tenant policies; announces every change on Redis."""
+    """Reads and changes tenant policies; announces every change to every replica."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         tiers: Mapping[str, TenantPolicy],
         default_tier: str | None,
-        redis: aioredis.Redis | None = None,
-        prefix: str = "voxgate:",
+        broadcasts: LiveStateBackend | None = None,
     ) -> None:
         self._pool = pool
         self.tiers = dict(tiers)
         self.default_tier = default_tier
-        self._redis = redis
-        self._prefix = prefix
+        # Without a shared live state, a change is announced to this process only.
+        self._broadcasts = broadcasts if broadcasts is not None else MemoryLiveState(instance_id="policy-store")
 
     @property
     def default_policy(self) -> TenantPolicy:
@@ -181,7 +139,7 @@ class PolicyStore:
 
     async def effective(self, tenant_id: str) -> EffectivePolicy:
         """The policy in force for `tenant_id` (see the module docstring for the order)."""
-        return self._effective(tenant_id, await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id))
+        return self._effective(tenant_id, await self._pool.fetchrow(queries.EFFECTIVE_POLICY, tenant_id))
 
     def _effective(self, tenant_id: str, row: asyncpg.Record | None) -> EffectivePolicy:
         if row is None:
@@ -197,7 +155,7 @@ class PolicyStore:
 
     async def tier_of(self, tenant_id: str) -> str | None:
         """The tier assigned to a tenant (None if none). Raises TenantNotFound."""
-        row = await self._pool.fetchrow(EFFECTIVE_POLICY, tenant_id)
+        row = await self._pool.fetchrow(queries.EFFECTIVE_POLICY, tenant_id)
         if row is None:
             raise TenantNotFound(f"no tenant with id {tenant_id!r}")
         tier: str | None = row["tier"]
@@ -205,7 +163,7 @@ class PolicyStore:
 
     async def tenant_tiers(self) -> dict[str, str | None]:
         """Every tenant's assigned tier, by tenant id."""
-        return {row["id"]: row["tier"] for row in await self._pool.fetch(TENANT_TIERS)}
+        return {row["id"]: row["tier"] for row in await self._pool.fetch(queries.TENANT_TIERS)}
 
     async def set(self, tenant_id: str, changes: Mapping[str, Any], actor: str) -> int:
         """Lay a (partial) tier-shaped mapping over the policy in force; store the result as the next version.
@@ -216,12 +174,12 @@ class PolicyStore:
         """
         parse_policy(changes)  # names the offending key before any database work
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchrow(LOCK_TENANT, tenant_id) is None:
+            if await conn.fetchrow(queries.LOCK_TENANT, tenant_id) is None:
                 raise TenantNotFound(f"no tenant with id {tenant_id!r}")
             # Read under the tenant row lock, so two concurrent changes cannot undo each other.
-            current = self._effective(tenant_id, await conn.fetchrow(EFFECTIVE_POLICY, tenant_id))
+            current = self._effective(tenant_id, await conn.fetchrow(queries.EFFECTIVE_POLICY, tenant_id))
             stored = policy_to_document(parse_policy(merge_policy(current.policy, changes)))
-            row = await conn.fetchrow(INSERT_POLICY_VERSION, tenant_id, json.dumps(stored), actor)
+            row = await conn.fetchrow(queries.INSERT_POLICY_VERSION, tenant_id, json.dumps(stored), actor)
             version = int(row["version"])
             await audit(conn, actor, tenant_id, "policy.set", {"version": version, "document": stored})
         await self.notify(tenant_id)
@@ -229,7 +187,7 @@ class PolicyStore:
 
     async def history(self, tenant_id: str) -> list[PolicyVersion]:
         """Every stored version of a tenant's policy, newest first (empty if it never had one)."""
-        rows = await self._pool.fetch(POLICY_HISTORY, tenant_id)
+        rows = await self._pool.fetch(queries.POLICY_HISTORY, tenant_id)
         return [PolicyVersion(**{**dict(row), "document": json.loads(row["document"])}) for row in rows]
 
     def check_tier(self, tier: str | None) -> None:
@@ -241,20 +199,16 @@ class PolicyStore:
         """Assign a tier (None clears it). Raises UnknownTier or TenantNotFound."""
         self.check_tier(tier)
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(LOCK_TENANT, tenant_id)
+            row = await conn.fetchrow(queries.LOCK_TENANT, tenant_id)
             if row is None:
                 raise TenantNotFound(f"no tenant with id {tenant_id!r}")
-            await conn.execute(SET_TENANT_TIER, tenant_id, tier)
+            await conn.execute(queries.SET_TENANT_TIER, tenant_id, tier)
             await audit(conn, actor, tenant_id, "tenant.tier", {"tier": tier, "previous": row["tier"]})
         await self.notify(tenant_id)
 
     async def notify(self, tenant_id: str) -> None:
         """Tell every replica that `tenant_id`'s policy changed. Best effort: the change is stored."""
-        if self._redis is None:
-            return
-        from gateway.livestate import LiveState  # the broadcast bus every replica listens to
-
         try:
-            await LiveState(self._redis, self._prefix, instance_id="policy-store").publish("policy_changed", tenant_id)
+            await self._broadcasts.publish("policy_changed", tenant_id)
         except Exception as exc:  # a Redis outage must not undo or fail a stored change
             log.warning("could not publish the policy change of %s: %s", tenant_id, type(exc).__name__)

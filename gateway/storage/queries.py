@@ -1,7 +1,10 @@
-"""Every SQL statement the storage layer runs, named and kept as plain text.
+"""Every SQL statement of the stores in `gateway.storage`, named and kept as plain text.
 
-Parameters are always ``$n`` placeholders bound by asyncpg; nothing here is ever
-formatted with user input.
+The migration runner, the tenant directory (tenants, API keys), tenant policies and the audit
+log. The other stores keep theirs in one module each: the ledger in `gateway.ledger.sql`, WebRTC
+calls and minted secrets in `gateway.webrtc.calls_sql`, browser-token keys in
+`gateway.auth.browser`. Parameters are always ``$n`` placeholders bound by asyncpg; nothing here
+is ever formatted with user input.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ SELECT id, tenant_id, prefix, name, created_at, revoked_at, last_used_at
 FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id
 """
 
+KEY_TENANT = "SELECT tenant_id FROM api_keys WHERE id = $1"
+
 # Only usable keys of enabled tenants match; the caller re-checks the hash in constant time.
 AUTHENTICATE_API_KEY = """
 SELECT k.id AS key_id, k.key_hash, t.id AS tenant_id, t.name AS tenant_name
@@ -76,51 +81,44 @@ UPDATE api_keys SET last_used_at = now()
 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
 """
 
-# --- usage reports --------------------------------------------------------------------------
+# --- policies (gateway.storage.policy_store) ----------------------------------------------
 
-# $2 is an optional lower bound: NULL means "since the beginning".
-LEDGER_ROWS = """
-SELECT response_id, session_id, occurred_at, model, status,
-       input_tokens, output_tokens, total_tokens,
-       input_text_tokens, input_audio_tokens, input_image_tokens,
-       cached_text_tokens, cached_audio_tokens, cached_image_tokens,
-       output_text_tokens, output_audio_tokens,
-       cost_micro_usd, price_version
-FROM usage_ledger
-WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR occurred_at >= $2)
-ORDER BY occurred_at, response_id
+EFFECTIVE_POLICY = """
+SELECT t.tier, p.version, p.document
+FROM tenants t
+LEFT JOIN LATERAL (
+    SELECT version, document FROM tenant_policies WHERE tenant_id = t.id ORDER BY version DESC LIMIT 1
+) p ON true
+WHERE t.id = $1
 """
 
-# sum(bigint) is numeric in Postgres; cast back so totals stay exact Python ints.
-LEDGER_TOTALS = """
-SELECT count(*)::bigint AS responses,
-       coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
-       coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
-       coalesce(sum(cost_micro_usd), 0)::bigint AS cost_micro_usd
-FROM usage_ledger
-WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR occurred_at >= $2)
+LOCK_TENANT = "SELECT tier FROM tenants WHERE id = $1 FOR UPDATE"
+
+# The caller holds the tenant row lock, so max(version) + 1 cannot race.
+INSERT_POLICY_VERSION = """
+INSERT INTO tenant_policies (tenant_id, version, document, created_by)
+SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, $3 FROM tenant_policies WHERE tenant_id = $1
+RETURNING version, created_at
 """
 
-TRANSCRIPTION_TOTALS = """
-SELECT count(*)::bigint AS items,
-       coalesce(sum(input_audio_tokens), 0)::bigint AS input_audio_tokens,
-       coalesce(sum(input_text_tokens), 0)::bigint AS input_text_tokens,
-       coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
-       coalesce(sum(duration_ms), 0)::bigint AS duration_ms,
-       coalesce(sum(cost_micro_usd), 0)::bigint AS cost_micro_usd
-FROM transcription_usage
-WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR occurred_at >= $2)
+POLICY_HISTORY = """
+SELECT tenant_id, version, document, created_at, created_by
+FROM tenant_policies WHERE tenant_id = $1 ORDER BY version DESC
 """
 
-# Half-open range [$2, $3) on (tenant_id, occurred_at): an index-only scan of
-# usage_ledger_tenant_time, whose INCLUDE columns carry model and cost. Days are UTC.
-DAILY_COSTS = """
-SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day,
-       model,
-       count(*)::bigint AS responses,
-       sum(cost_micro_usd)::bigint AS cost_micro_usd
-FROM usage_ledger
-WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3
-GROUP BY day, model
-ORDER BY day, model
+SET_TENANT_TIER = "UPDATE tenants SET tier = $2 WHERE id = $1"
+
+TENANT_TIERS = "SELECT id, tier FROM tenants"
+
+
+# --- audit log (admin changes; the ledger appends policy decisions: gateway.ledger.sql) -----
+
+INSERT_AUDIT = """
+INSERT INTO audit_log (actor, tenant_id, action, detail) VALUES ($1, $2, $3, $4::jsonb)
+RETURNING id
+"""
+
+AUDIT_FOR_TENANT = """
+SELECT id, at, actor, tenant_id, action, detail
+FROM audit_log WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2
 """

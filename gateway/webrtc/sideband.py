@@ -32,39 +32,23 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.background import stop_tasks
 from gateway.errors import GatewayError
-from gateway.ledger.writer import SessionEnded, SessionStarted
+from gateway.ledger.writer import SessionEnded
+from gateway.livestate import LiveStateBackend
+from gateway.session import close_reasons as ends
+from gateway.session.assembly import SessionPlan, assemble, release_admission, shared_state
+from gateway.session.kit import SessionKit
 from gateway.session.live import LiveSession, Verdict
 from gateway.upstream import USER_AGENT, open_upstream, upstream_headers
+from gateway.webrtc.calls_cache import RedisCallCache
 from gateway.webrtc.calls_store import EXPIRED_UNATTACHED, CallStore
-from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
 
 log = logging.getLogger("voxgate.sideband")
 
-TICK_SECONDS = 1.0
 SECRET_SWEEP_SECONDS = 15.0  # how often each replica looks for expired, never-attached client secrets
 # A browser opens its call before the secret expires, but its backend may attach a little later.
 SECRET_ATTACH_GRACE_SECONDS = 60.0
 EXPIRED_UNATTACHED_DETAIL = "the client secret expired and no call was attached with it"
-
-# KEYS[1] = lease key; ARGV = owner, ttl_ms. Take the lease if free or already ours.
-_ACQUIRE = """
-local owner = redis.call('GET', KEYS[1])
-if owner == false or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-# Renew only a lease we still own; release likewise.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +74,7 @@ class Sideband:
         self.live = live
         self.upstream = upstream
         self._stop: asyncio.Future[tuple[int, str, str] | None] = asyncio.get_running_loop().create_future()
+        self.kit = SessionKit(live, self._apply, monitor.services.clock)
 
     def shutdown(self, code: int, reason: str, end_reason: str) -> None:
         """Gateway drain: stop watching, but never hang up a customer's call for it.
@@ -98,9 +83,6 @@ class Sideband:
         """
         if not self._stop.done():
             self._stop.set_result(None)
-
-    async def deliver(self, verdict: Verdict) -> None:
-        await self._apply(verdict)
 
     async def _apply(self, verdict: Verdict) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -112,7 +94,7 @@ class Sideband:
 
     async def run(self) -> None:
         pump = asyncio.create_task(self._pump())
-        ticker = asyncio.create_task(self._ticker())
+        self.kit.start()
         try:
             waiting: list[asyncio.Future[Any]] = [pump, self._stop]
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -127,10 +109,10 @@ class Sideband:
             else:
                 self.live.end(*await self.monitor.why_it_ended(self.call.call_id, *pump.result()))
         finally:
-            for task in (pump, ticker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            self.kit.stop()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
             with contextlib.suppress(Exception):
                 await self.upstream.close()
 
@@ -140,53 +122,41 @@ class Sideband:
                 await self._apply(self.live.from_upstream(data, binary=isinstance(data, bytes)))
         except ConnectionClosed as exc:
             if exc.rcvd is None:
-                return "upstream_error", "sideband connection lost"
-        return "call_ended", f"sideband closed with {self.upstream.close_code}"
-
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            await self._apply(self.live.tick())
+                return ends.SIDEBAND_LOST.end_reason, ends.SIDEBAND_LOST.reason
+        return ends.CALL_ENDED.end_reason, f"sideband closed with {self.upstream.close_code}"
 
 
 class CallsMonitor:
-    """Attaches sidebands to calls, owns them through Redis leases, resumes orphans."""
+    """Attaches sidebands to calls, owns them through live-state monitor claims, resumes orphans."""
 
     def __init__(
         self,
         services: Any,
+        claims: LiveStateBackend,
         lease_ttl_s: float = 10.0,
         scan_every_s: float = 2.0,
         secret_sweep_s: float = SECRET_SWEEP_SECONDS,
         secret_grace_s: float = SECRET_ATTACH_GRACE_SECONDS,
     ) -> None:
         self.services = services
-        self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.lease_ttl_s = lease_ttl_s
+        self._claims = claims  # one claim per call: which replica monitors it (gateway.livestate.monitors)
         self.scan_every_s = scan_every_s
         self.secret_sweep_s = secret_sweep_s
         self.secret_grace_s = secret_grace_s
-        self.store = CallStore(services.pool, services.redis, services.settings.redis.key_prefix)
-        self.instance = services.settings.server.instance_id
-        redis = services.redis
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self.store = CallStore(services.pool, RedisCallCache(services.redis, services.settings.redis.key_prefix))
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-
-    def _key(self, call: MonitoredCall) -> str:
-        return f"{self.services.settings.redis.key_prefix}{{{call.tenant_id}}}:monitor:{call.call_id}"
 
     async def monitored(self, call: Any) -> MonitoredCall:
         """A `gateway.webrtc.calls_store.Call` (or a MonitoredCall) with the tenant's current policy."""
         if isinstance(call, MonitoredCall):
             return call
         policy = getattr(call, "policy", None)
-        enforcement = self.services.enforcement
-        if enforcement is not None and (policy is None or policy is UNRESTRICTED):
-            policy, _ = await enforcement.policy_for(call.tenant_id)  # a call loaded from storage
+        if policy is None or policy is UNRESTRICTED:  # a call loaded from storage
+            policy, _ = await shared_state(self.services).policy_for(call.tenant_id)
         return MonitoredCall(
             call_id=call.call_id,
             tenant_id=call.tenant_id,
@@ -204,7 +174,9 @@ class CallsMonitor:
         if call.call_id in self._running:
             return True
         try:
-            owned = await self._acquire(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms])
+            owned = await self._claims.claim_monitor(
+                call.tenant_id, call.call_id, self.lease_ttl_s, self.services.clock.time()
+            )
         except RedisError as exc:
             log.warning("cannot take the monitor lease of %s: %s", call.call_id, exc)
             return False
@@ -225,43 +197,22 @@ class CallsMonitor:
                 return
             await self._forget(call)
             return
-        started = SessionStarted(
+        # The browser talks to upstream directly: nothing can be held, so the opening is not.
+        plan = SessionPlan(
             session_id=call.session_id,
             tenant_id=call.tenant_id,
             api_key_id=call.api_key_id,
             transport="webrtc",
             intent="realtime",
             model=call.model,
-            end_user_hash=call.safety_id,
-            gateway_instance=services.settings.server.instance_id,
-            started_at=time.time(),
-        )
-        enforcement = services.enforcement
-        governor = SessionGovernor(
-            SessionIdentity(call.session_id, call.tenant_id, call.model),
-            services.prices,
+            safety_id=call.safety_id,
             policy=call.policy,
-            started_at=time.time(),
-        )
-        from gateway.session.enforcement import SessionEffects
-
-        effects = (
-            SessionEffects(enforcement, call.tenant_id, call.session_id, call.policy)
-            if enforcement is not None and call.policy is not None
-            else None
-        )
-        live = LiveSession(
-            governor,
-            services.ledger,
-            started,
-            effects=effects,
-            enforcement=enforcement,
             leased=call.leased,
-            metrics=services.metrics,
+            new_session=False,
         )
+        live = assemble(services, plan, services.clock)
         sideband = Sideband(self, call, live, upstream)
         services.live.add(sideband)
-        live.attach(sideband.deliver)
         try:
             await sideband.run()
         finally:
@@ -275,7 +226,7 @@ class CallsMonitor:
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
         try:
-            await self._release(keys=[self._key(call)], args=[self.instance])
+            await self._claims.release_monitor(call.tenant_id, call.call_id)
         except RedisError as exc:  # no money or session lease: the monitor lease expires on its TTL
             log.warning("could not release the monitor lease of %s (%s); it expires on its TTL", call.call_id, exc)
         if end_reason is not None and self.on_call_ended is not None:
@@ -290,7 +241,7 @@ class CallsMonitor:
             log.exception("could not read call %s to learn why it ended", call_id)
             return end_reason, detail
         if stored is not None and stored.state == "ended" and stored.end_reason == "hangup":
-            return "client_hangup", f"call {call_id}"
+            return ends.CALL_HUNG_UP.end_reason, f"call {call_id}"
         return end_reason, detail
 
     async def _ended_unwatched(self, call: MonitoredCall) -> None:
@@ -301,8 +252,8 @@ class CallsMonitor:
             )
         )
         self.services.metrics.sessions_ended.labels("call_ended").inc()
-        if call.leased and self.services.enforcement is not None:
-            await self.services.enforcement.release(call.tenant_id, call.session_id)
+        if call.leased:
+            await release_admission(self.services, call.tenant_id, call.session_id)
         await self._forget(call, "call_ended")
 
     def watching(self, call_id: str) -> MonitoredCall | None:
@@ -342,7 +293,7 @@ class CallsMonitor:
         Safe on every replica at once: each row is ended by exactly one sweep. Returns the
         session ids this sweep ended.
         """
-        now = time.time() if now is None else now
+        now = self.services.clock.time() if now is None else now
         ended = await self.store.expire_unattached_secrets(now, self.secret_grace_s, EXPIRED_UNATTACHED_DETAIL)
         if ended:
             self.services.metrics.sessions_ended.labels(EXPIRED_UNATTACHED).inc(len(ended))
@@ -350,18 +301,21 @@ class CallsMonitor:
         return ended
 
     async def _maintain(self) -> None:
-        renew_every = self.lease_ttl_ms / 3000
+        renew_every = self.lease_ttl_s / 3
         waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
         next_scan = next_sweep = 0.0
         while not self._stopping:
-            await asyncio.sleep(min(waits))
+            await self.services.clock.sleep(min(waits))
             for call in list(self._calls.values()):
                 try:
-                    if not await self._renew(keys=[self._key(call)], args=[self.instance, self.lease_ttl_ms]):
+                    renewed = await self._claims.renew_monitor(
+                        call.tenant_id, call.call_id, self.lease_ttl_s, self.services.clock.time()
+                    )
+                    if not renewed:
                         log.warning("lost the monitor lease of %s", call.call_id)
                 except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
                     log.warning("could not renew the monitor lease of %s: %s", call.call_id, exc)
-            now = time.monotonic()
+            now = self.services.clock.monotonic()
             if self.secret_sweep_s > 0 and now >= next_sweep:
                 next_sweep = now + self.secret_sweep_s
                 try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-VERSION = "2026-11-24"
+VERSION = "2026-12-06"
+PREVIOUS_VERSIONS = ("2026-11-24",)  # still shipped: historic rows keep their meaning
 
 # text_in, cached_text_in, text_out, audio_in, cached_audio_in, audio_out, image_in, cached_image_in
 # (the column order of docs/pricing.md's table), micro-USD per 1M tokens.
@@ -46,13 +47,39 @@ MODELS: dict[str, tuple[int, ...]] = {
     "gpt-4o-mini-realtime-preview": (600_000, 300_000, 2_400_000, 10_000_000, 300_000, 20_000_000, 600_000, 300_000),
 }
 
-# text_in, audio_in, text_out per 1M tokens; per_minute; None where the doc leaves the cell empty.
-TRANSCRIPTION: dict[str, tuple[int | None, int | None, int | None, int | None]] = {
-    "gpt-4o-transcribe": (2_500_000, 6_000_000, 10_000_000, None),
-    "gpt-4o-mini-transcribe": (1_250_000, 3_000_000, 5_000_000, None),
-    "gpt-4o-transcribe-diarize": (2_500_000, 6_000_000, 10_000_000, None),
-    "whisper-1": (None, None, None, 6_000),
-    "gpt-realtime-whisper": (None, None, None, 17_000),
+# Transcription priced by the token: text_in, audio_in, text_out, micro-USD per 1M tokens.
+TRANSCRIPTION: dict[str, tuple[int, int, int]] = {
+    "gpt-4o-transcribe": (2_500_000, 6_000_000, 10_000_000),
+    "gpt-4o-mini-transcribe": (1_250_000, 3_000_000, 5_000_000),
+    "gpt-4o-transcribe-diarize": (2_500_000, 6_000_000, 10_000_000),
+}
+
+# Priced by the minute: (active, standby) micro-USD per minute; standby None where the doc leaves it empty.
+PER_MINUTE: dict[str, tuple[int, int | None]] = {
+    "whisper-1": (6_000, None),
+    "gpt-realtime-whisper": (17_000, None),
+    "gpt-live-transcribe": (17_000, None),
+    "gpt-realtime-translate": (34_000, None),
+    "gpt-live-1": (50_000, 20_000),
+    "gpt-live-1.1": (50_000, 20_000),
+}
+# Added by 2026-12-06; the 2026-11-24 table is the rest.
+NEW_IN_2026_12_06 = ("gpt-live-transcribe", "gpt-realtime-translate", "gpt-live-1", "gpt-live-1.1")
+
+
+# The `response.done` usage of docs/pricing.md's worked example (the protocol reference, section 5).
+WORKED_EXAMPLE_USAGE: dict[str, Any] = {
+    "total_tokens": 253,
+    "input_tokens": 132,
+    "output_tokens": 121,
+    "input_token_details": {
+        "text_tokens": 119,
+        "audio_tokens": 13,
+        "image_tokens": 0,
+        "cached_tokens": 64,
+        "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0, "image_tokens": 0},
+    },
+    "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
 }
 
 

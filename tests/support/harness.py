@@ -12,8 +12,9 @@ import asyncpg
 
 from emulator import EmulatorConfig, RealtimeEmulator
 from gateway.app import create_app, drain
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.server import RunningServer, start_server
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, services_of
 from gateway.settings import (
     AdminSettings,
     DatabaseSettings,
@@ -45,8 +46,7 @@ class Gateway:
 
     @property
     def services(self) -> GatewayServices:
-        services: GatewayServices = self.app.state.services
-        return services
+        return services_of(self.app)
 
     async def settle(self) -> None:
         """Wait until every session this gateway ended has been written to Postgres."""
@@ -74,8 +74,8 @@ def gateway_settings(pg_dsn: str, redis_url: str, upstream_url: str, **server: A
     )
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    app = create_app(settings)
+async def start_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Gateway:
+    app = create_app(settings, clock=clock)
     server = await start_server(
         app,
         ws_max_size=settings.server.max_message_bytes,

@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from gateway.ledger import sql
 from gateway.livestate import LiveStateBackend
 from gateway.livestate.keys import BudgetWindows
 from gateway.storage.tenants import TenantDirectory
+from policies.actions import TranscriptionRecord
+from tests.support.records import usage_record
 
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp()  # a Saturday noon, mid-month
 TTL = 30.0
@@ -45,28 +48,25 @@ async def ledger_tenant(pool: asyncpg.Pool) -> tuple[str, str]:
 
 
 async def add_response(pool: asyncpg.Pool, tenant_id: str, session_id: str, when: float, cost: int) -> None:
-    await pool.execute(
-        """INSERT INTO usage_ledger (response_id, session_id, tenant_id, model, status, occurred_at, input_tokens,
-               output_tokens, total_tokens, input_text_tokens, input_audio_tokens, input_image_tokens,
-               cached_text_tokens, cached_audio_tokens, cached_image_tokens, output_text_tokens,
-               output_audio_tokens, cost_micro_usd, price_version)
-           VALUES ($1, $2, $3, 'gpt-realtime', 'completed', $4, 1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 0, $5, 'test')""",
-        f"resp_{secrets.token_hex(6)}",
-        session_id,
-        tenant_id,
-        datetime.fromtimestamp(when, UTC),
-        cost,
-    )
+    record = usage_record(session_id, tenant_id, f"resp_{secrets.token_hex(6)}", when, cost)
+    await pool.execute(sql.INSERT_USAGE, *sql.usage_row(record))
 
 
 async def add_transcription(pool: asyncpg.Pool, tenant_id: str, session_id: str, when: float, cost: int) -> None:
-    await pool.execute(
-        """INSERT INTO transcription_usage (session_id, item_id, tenant_id, model, occurred_at, usage_type,
-               cost_micro_usd, price_version)
-           VALUES ($1, $2, $3, 'gpt-4o-transcribe', $4, 'tokens', $5, 'test')""",
-        session_id,
-        f"item_{secrets.token_hex(6)}",
-        tenant_id,
-        datetime.fromtimestamp(when, UTC),
-        cost,
+    record = TranscriptionRecord(
+        session_id=session_id,
+        tenant_id=tenant_id,
+        item_id=f"item_{secrets.token_hex(6)}",
+        content_index=0,
+        model="gpt-4o-transcribe",
+        occurred_at=when,
+        usage_type="tokens",
+        input_text_tokens=0,
+        input_audio_tokens=0,
+        output_tokens=0,
+        duration_ms=0,
+        cost_micro_usd=cost,
+        price_version="test",
     )
+    [(statement, args)] = sql.statements(record)
+    await pool.execute(statement, *args)

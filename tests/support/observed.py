@@ -36,8 +36,7 @@ def worst_case(max_output_tokens: int, input_tokens: int) -> int:
 
 def price_transcription(usage: dict[str, Any]) -> int:
     """The cost of one token-billed transcription usage, micro-USD (text in, audio in, text out; half up once)."""
-    text_in, audio_in, text_out, _ = TRANSCRIPTION[TRANSCRIBER]
-    assert text_in is not None and audio_in is not None and text_out is not None
+    text_in, audio_in, text_out = TRANSCRIPTION[TRANSCRIBER]
     details = usage["input_token_details"]
     total = details["text_tokens"] * text_in + details["audio_tokens"] * audio_in + usage["output_tokens"] * text_out
     return (total + 500_000) // 1_000_000

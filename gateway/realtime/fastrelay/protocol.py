@@ -31,7 +31,8 @@ from gateway.realtime.fastrelay.handshake import (
 from gateway.realtime.fastrelay.relay import FastRelay
 from gateway.realtime.fastrelay.upstream_client import UpstreamLink, open_upstream_link
 from gateway.services import GatewayServices
-from gateway.session.admission import Admission, abandon, admit, draining_error, start_live_session
+from gateway.session.admission import Admission, abandon, admit, draining_error, session_plan
+from gateway.session.assembly import assemble
 
 log = logging.getLogger("voxgate.fastrelay")
 
@@ -193,7 +194,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             link.abort()
             await self._abandon(services, admission)
             return
-        live = start_live_session(services, admission)
+        live = assemble(services, session_plan(admission), services.clock)
         limit = services.settings.server.max_message_bytes
         relay = FastRelay(
             live,
@@ -202,6 +203,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             max_message_bytes=limit,
             on_done=services.live.discard,
             abandon_wait_seconds=services.settings.server.abandon_wait_seconds,
+            clock=services.clock,
         )
         services.live.add(relay)
         key = request.header(b"sec-websocket-key") or ""
