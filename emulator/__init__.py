@@ -1,4 +1,4 @@
-"""A local, deterministic stand-in for the OpenAI Realtime API (GA protocol).
+"""A local, deterministic stand-in for the OpenAI Realtime API (GA protocol), GPT-Live and translation.
 
 It is the upstream in voxgate's tests and in `voxgate demo`; see docs/emulator.md.
 """

@@ -96,19 +96,19 @@ def bearer_key(headers: dict[str, str]) -> str | None:
     return next((p[len(KEY_SUBPROTOCOL_PREFIX) :] for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
 
 
-def _json_response(status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Response[bytes]:
+def json_response(status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Response[bytes]:
     return Response(
         json.dumps(body).encode(), status_code=status, media_type="application/json", headers=dict(headers or [])
     )
 
 
-def _error(status: int, message: str, *, code: str | None, param: str | None = None) -> Response[bytes]:
+def http_error(status: int, message: str, *, code: str | None, param: str | None = None) -> Response[bytes]:
     kind = "invalid_request_error"
-    return _json_response(status, http_error_body(message, type=kind, code=code, param=param))
+    return json_response(status, http_error_body(message, type=kind, code=code, param=param))
 
 
 def _refusal(refusal: Refusal) -> Response[bytes]:
-    return _json_response(refusal.status, refusal.body, refusal.headers)
+    return json_response(refusal.status, refusal.body, refusal.headers)
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, Message]:
@@ -137,11 +137,11 @@ class WebRtcEndpoints:
 
     # --- keys ----------------------------------------------------------------------------
 
-    def _standard_key(self, headers: dict[str, str]) -> Response[bytes] | None:
+    def standard_key(self, headers: dict[str, str]) -> Response[bytes] | None:
         """None when the request carries the emulator's standard key, else the 401."""
         key = bearer_key(headers)
         if not key:
-            return _error(
+            return http_error(
                 401,
                 "You didn't provide an API key. You need to provide your API key in an Authorization "
                 "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
@@ -149,7 +149,7 @@ class WebRtcEndpoints:
             )
         expected = self.emu.config.api_key
         if key.startswith(EPHEMERAL_PREFIX) or (expected is not None and key != expected):
-            return _error(401, f"Incorrect API key provided: {key[:6]}***.", code="invalid_api_key")
+            return http_error(401, f"Incorrect API key provided: {key[:6]}***.", code="invalid_api_key")
         return None
 
     def secret(self, key: str | None) -> MintedSecret | None:
@@ -172,7 +172,7 @@ class WebRtcEndpoints:
             return Refusal(401, body)
         return minted
 
-    async def _faults(self, path: str, headers: dict[str, str]) -> Response[bytes] | None:
+    async def fault_refusal(self, path: str, headers: dict[str, str]) -> Response[bytes] | None:
         faults = self.emu.faults
         if faults.connect_delay_s > 0:
             await asyncio.sleep(faults.connect_delay_s)
@@ -225,28 +225,28 @@ class WebRtcEndpoints:
 
     async def mint(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         headers = _headers(request)
-        if (refused := await self._faults(request.url.path, headers)) is not None:
+        if (refused := await self.fault_refusal(request.url.path, headers)) is not None:
             return refused
-        if (refused := self._standard_key(headers)) is not None:
+        if (refused := self.standard_key(headers)) is not None:
             return refused
         raw = await request.body()
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+            return http_error(400, "We could not parse the JSON body of your request.", code="invalid_json")
         if not isinstance(body, dict):
-            return _error(400, "The request body must be a JSON object.", code="invalid_json")
+            return http_error(400, "The request body must be a JSON object.", code="invalid_json")
         unknown = next((k for k in body if k not in ("expires_after", "session")), None)
         if unknown is not None:
-            return _error(400, f"Unknown parameter: '{unknown}'.", code="unknown_parameter", param=unknown)
+            return http_error(400, f"Unknown parameter: '{unknown}'.", code="unknown_parameter", param=unknown)
         seconds = DEFAULT_SECRET_SECONDS
         expires_after = body.get("expires_after")
         if expires_after is not None:
             if not isinstance(expires_after, dict) or expires_after.get("anchor", "created_at") != "created_at":
-                return _error(400, "Invalid 'expires_after'.", code="invalid_value", param="expires_after")
+                return http_error(400, "Invalid 'expires_after'.", code="invalid_value", param="expires_after")
             seconds = expires_after.get("seconds", DEFAULT_SECRET_SECONDS)
             if not isinstance(seconds, int) or not MIN_SECRET_SECONDS <= seconds <= MAX_SECRET_SECONDS:
-                return _error(
+                return http_error(
                     400,
                     f"Invalid 'expires_after.seconds': must be between {MIN_SECRET_SECONDS} and {MAX_SECRET_SECONDS}.",
                     code="invalid_value",
@@ -254,11 +254,11 @@ class WebRtcEndpoints:
                 )
         config = body.get("session")
         if config is not None and not isinstance(config, dict):
-            return _error(400, "Invalid 'session': expected an object.", code="invalid_value", param="session")
+            return http_error(400, "Invalid 'session': expected an object.", code="invalid_value", param="session")
         try:
             protocol = self.new_protocol([config] if config else [])
         except ProtocolError as exc:
-            return _error(400, exc.message, code=exc.code, param=exc.param)
+            return http_error(400, exc.message, code=exc.code, param=exc.param)
         minted = MintedSecret(
             value=EPHEMERAL_PREFIX + secrets.token_hex(16),
             expires_at=int(time.time()) + seconds,
@@ -267,14 +267,14 @@ class WebRtcEndpoints:
             headers=headers,
         )
         self.client_secrets.append(minted)
-        return _json_response(200, {"value": minted.value, "expires_at": minted.expires_at, "session": minted.session})
+        return json_response(200, {"value": minted.value, "expires_at": minted.expires_at, "session": minted.session})
 
     async def create_call(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         headers = _headers(request)
-        if (refused := await self._faults(request.url.path, headers)) is not None:
+        if (refused := await self.fault_refusal(request.url.path, headers)) is not None:
             return refused
         minted = self.secret(bearer_key(headers))
-        if minted is None and (refused := self._standard_key(headers)) is not None:
+        if minted is None and (refused := self.standard_key(headers)) is not None:
             return refused
         content_type = headers.get("content-type", "")
         raw = await request.body()
@@ -283,21 +283,25 @@ class WebRtcEndpoints:
             form = "multipart"
             parts = _multipart(content_type, raw)
             if "sdp" not in parts:
-                return _error(400, "Missing required parameter: 'sdp'.", code="missing_required_parameter", param="sdp")
+                return http_error(
+                    400, "Missing required parameter: 'sdp'.", code="missing_required_parameter", param="sdp"
+                )
             offer = _part_text(parts["sdp"])
             if "session" in parts:
                 try:
                     config = json.loads(_part_text(parts["session"]))
                 except ValueError:
-                    return _error(400, "Invalid 'session': not valid JSON.", code="invalid_json", param="session")
+                    return http_error(400, "Invalid 'session': not valid JSON.", code="invalid_json", param="session")
                 if not isinstance(config, dict):
-                    return _error(400, "Invalid 'session': expected an object.", code="invalid_value", param="session")
+                    return http_error(
+                        400, "Invalid 'session': expected an object.", code="invalid_value", param="session"
+                    )
                 configs.append(config)
         elif content_type.split(";")[0].strip() == "application/sdp":
             form = "sdp"
             offer = raw.decode(errors="replace")
         else:
-            return _error(
+            return http_error(
                 400,
                 "Send the SDP offer as application/sdp, or as multipart/form-data with 'sdp' and 'session' parts.",
                 code="invalid_value",
@@ -307,9 +311,9 @@ class WebRtcEndpoints:
             check_offer(offer)
             protocol = self.new_protocol(configs, session_id=minted.session["id"] if minted else None, webrtc=True)
         except OfferError as exc:
-            return _error(400, str(exc), code="invalid_offer", param="sdp")
+            return http_error(400, str(exc), code="invalid_offer", param="sdp")
         except ProtocolError as exc:
-            return _error(400, exc.message, code=exc.code, param=exc.param)
+            return http_error(400, exc.message, code=exc.code, param=exc.param)
         return await self._answer(protocol, offer, form, minted, headers)
 
     async def _answer(
@@ -356,7 +360,7 @@ class WebRtcEndpoints:
             call.answer = await peer.answer(offer)
         except OfferError as exc:
             await peer.close()
-            return _error(400, str(exc), code="invalid_offer", param="sdp")
+            return http_error(400, str(exc), code="invalid_offer", param="sdp")
         self.calls.append(call)
         return Response(
             call.answer.encode(),
@@ -367,11 +371,11 @@ class WebRtcEndpoints:
 
     async def hangup(self, request: Request[Any, Any, Any], call_id: str) -> Response[bytes]:
         headers = _headers(request)
-        if (refused := self._standard_key(headers)) is not None:
+        if (refused := self.standard_key(headers)) is not None:
             return refused
         call = self.find(call_id)
         if call is None:
-            return _error(404, f"Call '{call_id}' not found.", code="not_found", param="call_id")
+            return http_error(404, f"Call '{call_id}' not found.", code="not_found", param="call_id")
         call.hung_up = True
         await self.end(call)
         return Response(b"", status_code=200, media_type="application/octet-stream")

@@ -24,6 +24,14 @@ class EmulatorConfig:
     # Reported in every `rate_limits.updated`; `RealtimeEmulator.rate_limits` is the live copy.
     requests_limit: int = 1000
     tokens_limit: int = 50_000
+    # GPT-Live: seconds between `session.usage.updated` events (the real API: about 15).
+    live_usage_interval_s: float = 15.0
+    # GPT-Live models `session.start` accepts; any other is refused with `model_not_found`.
+    live_models: tuple[str, ...] = ("gpt-live-1", "gpt-live-1.1")
+    # GPT-Live over WebRTC bills this much voice time from the create, credited to the session.
+    live_webrtc_prepaid_s: int = 15
+    # Realtime translation models the `?model=` query accepts.
+    translation_models: tuple[str, ...] = ("gpt-realtime-translate",)
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Faults:
     - `drop_after_server_events`: abort a connection (TCP reset, no close frame) once it
       has been sent this many server events.
     - `event_latency_ms`: wait this long before sending each server event.
+    - `live_response_fails`: GPT-Live delegated responses end `response.failed`.
     """
 
     connect_status: int | None = None
@@ -44,6 +53,7 @@ class Faults:
     connect_delay_s: float = 0.0
     drop_after_server_events: int | None = None
     event_latency_ms: float = 0.0
+    live_response_fails: bool = False
 
 
 class _Bucket:

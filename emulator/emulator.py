@@ -14,8 +14,10 @@ from emulator.calls import EmulatedCall, MintedSecret, WebRtcEndpoints
 from emulator.config import EmulatorConfig, Faults, RateLimits
 from emulator.connection import EmulatedSession
 from emulator.handshake import Refusal, decide, request_headers, request_query
+from emulator.live.endpoints import LiveEndpoints
+from emulator.server import EmulatorServer
 from emulator.session import SessionProtocol
-from gateway.server import RunningServer, start_server
+from emulator.translation.endpoints import TranslationEndpoints
 
 
 class RealtimeEmulator:
@@ -44,8 +46,13 @@ class RealtimeEmulator:
         self.refused: list[dict[str, Any]] = []
         # WebRTC: calls answered on POST /v1/realtime/calls, and client secrets minted.
         self.webrtc = WebRtcEndpoints(self)
-        self.app = create_app(self._serve_websocket, self.webrtc.route_handlers())
-        self._server: RunningServer | None = None
+        # GPT-Live: /v1/live/sessions and its sidebands, forks and controls.
+        self.live = LiveEndpoints(self)
+        # Realtime translation: /v1/realtime/translations and its client secrets and calls.
+        self.translations = TranslationEndpoints(self)
+        routes = [*self.webrtc.route_handlers(), *self.live.route_handlers(), *self.translations.route_handlers()]
+        self.app = create_app(self._serve_websocket, routes)
+        self._server: EmulatorServer | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -53,7 +60,9 @@ class RealtimeEmulator:
         """Serve on `host:port`; returns once connections are accepted."""
         if self._server is not None:
             raise RuntimeError("emulator already started")
-        self._server = await start_server(self.app, host, port, lifespan="off")
+        server = EmulatorServer(self.app)
+        await server.serve_on(host, port)
+        self._server = server
 
     @property
     def calls(self) -> list[EmulatedCall]:
@@ -68,13 +77,15 @@ class RealtimeEmulator:
     async def stop(self) -> None:
         """End every call, close every live session (1001), abort the stragglers, and stop serving."""
         await self.webrtc.close_all()
+        await self.live.close_all()
+        await self.translations.close_all()
         live = [s for s in self.sessions if not s.closed]
         for session in live:
             session.close(1001, "server shutting down")
         await asyncio.gather(*(s.wait_closed(1.0) for s in live))
         await self.drop_all()
         if self._server is not None:
-            await self._server.stop()
+            await self._server.shut_down()
             self._server = None
 
     async def __aenter__(self) -> RealtimeEmulator:
@@ -108,7 +119,10 @@ class RealtimeEmulator:
         live = [s for s in self.sessions if not s.closed]
         for session in live:
             session.drop()
-        await asyncio.gather(*(s.wait_closed(5.0) for s in live))
+        dropped = [s for s in self.live.sessions if not s.done.is_set()]
+        for live_session in dropped:
+            live_session.drop()
+        await asyncio.gather(*(s.wait_closed(5.0) for s in live), *(s.wait_closed(5.0) for s in dropped))
 
     # --- serving --------------------------------------------------------------------------
 
@@ -144,17 +158,18 @@ class RealtimeEmulator:
             query=query,
             config=self.config,
             faults=lambda: self.faults,
-            abort=lambda: self._abort(client),
+            abort=lambda: self.abort_connection(client),
         )
         self.sessions.append(session)
         await send({"type": "websocket.accept", "subprotocol": decision.subprotocol, "headers": []})
         await session.run(receive, send)
 
-    def _abort(self, client: tuple[Any, ...]) -> None:
+    def abort_connection(self, client: tuple[Any, ...]) -> None:
+        """Reset the TCP connection of the peer `client` (host, port): no close frame."""
         # ASGI has no "abort": find uvicorn's protocol for this peer and reset its transport.
         if self._server is None or not client:
             return
-        for connection in list(self._server.server.server_state.connections):
+        for connection in list(self._server.server_state.connections):
             if tuple(getattr(connection, "client", None) or ()) != client:
                 continue
             transport = getattr(connection, "transport", None)

@@ -123,4 +123,12 @@ def decide(
             param="intent",
         )
     model = query.get("model") or None
+    if model in config.live_models:
+        return _refuse(
+            400,
+            f"The model '{model}' is a GPT-Live model: use /v1/live/sessions.",
+            type="invalid_request_error",
+            code="invalid_model",
+            param="model",
+        )
     return Admission(key, "realtime" if "realtime" in offered else None, model, intent)

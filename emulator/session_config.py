@@ -12,6 +12,8 @@ from emulator.errors import ProtocolError
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 DEFAULT_VOICE = "marin"
 DEFAULT_TRANSCRIBER = "gpt-4o-mini-transcribe"
+# Transcribers without server or semantic VAD: turns are committed by the client.
+VADLESS_TRANSCRIBERS = frozenset({"gpt-live-transcribe", "gpt-realtime-whisper"})
 
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
     "type": "server_vad",
@@ -205,6 +207,12 @@ def merge_update(current: dict[str, Any], update: Any, locks: SessionLocks) -> d
             raise ProtocolError.invalid("session.instructions", "Invalid type for 'session.instructions'.")
         else:
             merged[key] = copy.deepcopy(value)
+    model = (merged["audio"]["input"].get("transcription") or {}).get("model")
+    if model in VADLESS_TRANSCRIBERS and merged["audio"]["input"].get("turn_detection") is not None:
+        raise ProtocolError.invalid(
+            "session.audio.input.turn_detection",
+            f"{model} has no voice activity detection: set turn_detection to null.",
+        )
     return merged
 
 

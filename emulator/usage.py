@@ -20,7 +20,7 @@ OUTPUT_AUDIO_MS_PER_CHAR = 50
 CACHE_BLOCK_TOKENS = 64
 GREETING = "Hello! How can I help you today?"
 # Transcription models billed by duration; every other model is billed in tokens.
-DURATION_BILLED_TRANSCRIBERS = frozenset({"whisper-1", "gpt-realtime-whisper"})
+DURATION_BILLED_TRANSCRIBERS = frozenset({"whisper-1", "gpt-realtime-whisper", "gpt-live-transcribe"})
 
 
 def text_tokens(text: str) -> int:

@@ -130,18 +130,7 @@ class CallStore:
 
     async def record(self, call: Call) -> bool:
         """Record a new call; False if the call id is already recorded (nothing changes)."""
-        inserted = await self._pool.fetchval(
-            INSERT_CALL,
-            call.call_id,
-            call.tenant_id,
-            call.session_id,
-            call.upstream_session_id,
-            call.source,
-            call.model,
-            call.safety_id or None,
-            timestamp(call.created_at),
-            call.api_key_id,
-        )
+        inserted = await self._pool.fetchval(INSERT_CALL, *_insert_args(call))
         if inserted is None:
             return False
         await self._cache.put(call)
@@ -156,18 +145,7 @@ class CallStore:
         """
         assert call.upstream_session_id is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                INSERT_CALL,
-                call.call_id,
-                call.tenant_id,
-                call.session_id,
-                call.upstream_session_id,
-                call.source,
-                call.model,
-                call.safety_id or None,
-                timestamp(call.created_at),
-                call.api_key_id,
-            )
+            inserted = await conn.fetchval(INSERT_CALL, *_insert_args(call))
             if inserted is None:
                 return False
             swept_at = await conn.fetchval(LOCK_MINTED, call.upstream_session_id)
@@ -260,3 +238,18 @@ class CallStore:
             ended.extend(row["ended"])
             if row["swept"] < batch:
                 return ended
+
+
+def _insert_args(call: Call) -> tuple[object, ...]:
+    """`INSERT_CALL`'s parameters, in its column order."""
+    return (
+        call.call_id,
+        call.tenant_id,
+        call.session_id,
+        call.upstream_session_id,
+        call.source,
+        call.model,
+        call.safety_id or None,
+        timestamp(call.created_at),
+        call.api_key_id,
+    )

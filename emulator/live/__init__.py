@@ -1,0 +1,1 @@
+"""GPT-Live (`/v1/live/sessions`): sessions billed by the second, delegation, sidebands, forks."""

@@ -1,0 +1,1 @@
+"""Realtime translation (`/v1/realtime/translations`, `gpt-realtime-translate`)."""
