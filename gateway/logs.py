@@ -4,6 +4,9 @@
 logging (the process owns it). Every record that reaches the handler goes through
 `RedactingFilter` first, so a library that logs at DEBUG (the `websockets` client prints its
 request headers, the server its frames) cannot put a credential or conversation text in the log.
+`SessionFilter` then adds the session a line is about (`session_id`, `tenant_id`, and with
+tracing on `trace_id`, `span_id`: gateway.telemetry.context); a line may also carry `fields`
+(the session summary's figures). docs/observability.md lists every field.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import IO
 import orjson
 
 from gateway.settings import LogSettings
+from gateway.telemetry.context import bound_session
 
 REDACTED = "[redacted]"
 
@@ -85,8 +89,35 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# What a line about a session carries, in this order (from the context, or `extra=` where a
+# transport callback logs outside the session's task).
+SESSION_KEYS = ("session_id", "tenant_id", "trace_id", "span_id")
+
+
+class SessionFilter(logging.Filter):
+    """Puts the bound session's ids on the record (the `extra=` a caller gave wins); drops nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        bound = bound_session()
+        if bound is not None:
+            for key, value in bound.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
+def _context(record: logging.LogRecord) -> dict[str, object]:
+    """The record's session ids and its `fields`, strings redacted like the message."""
+    found: dict[str, object] = {key: getattr(record, key) for key in SESSION_KEYS if hasattr(record, key)}
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        found.update(fields)
+    return {key: redact(value) if isinstance(value, str) else value for key, value in found.items()}
+
+
 class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line: `ts`, `level`, `logger`, `message`, and `exc` when there is one."""
+    """One JSON object per line: `ts`, `level`, `logger`, `message`, the session's ids and fields,
+    and `exc` when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -95,6 +126,7 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        line.update(_context(record))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -105,6 +137,20 @@ class JsonLineFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, then the session's ids and fields as `key=value` pairs."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        context = _context(record)
+        return text + "".join(f" {key}={value}" for key, value in context.items()) if context else text
+
+
 # Chatty below WARNING and never about anything an operator needs from voxgate's own log.
 _QUIET = {"pgserver": logging.WARNING, "hpack": logging.INFO}
 
@@ -121,7 +167,8 @@ def configure_logging(settings: LogSettings, stream: IO[str] | None = None) -> l
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.voxgate = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonLineFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(SessionFilter())
+    handler.setFormatter(JsonLineFormatter() if settings.format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level)
     for name, level in _QUIET.items():

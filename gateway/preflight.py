@@ -4,22 +4,33 @@ Each check raises `StartupError` whose message says what failed, where (the vari
 address or redacted URL) and how to fix it. Postgres and Redis are checked at the same time,
 each bounded by `CONNECT_TIMEOUT_SECONDS` (connect and first query together, no retries), so a
 dependency that does not answer stops the start within seconds instead of hanging it.
+A database migrated by a newer voxgate whose migrations all expand is served, with one warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.pools import connect_options, open_redis
 from gateway.server import bind_socket
-from gateway.settings import Settings, redact_url
-from gateway.storage.migrations import MigrationError, apply_migrations, schema_mismatch, schema_version
+from gateway.settings import DatabaseSettings, Settings, redact_url
+from gateway.storage.migrations import (
+    MigrationError,
+    apply_migrations,
+    newer_contracts,
+    newer_schema_warning,
+    schema_mismatch,
+    schema_version,
+)
+
+log = logging.getLogger("voxgate.preflight")
 
 # Longest wait for Postgres or Redis to answer at start (asyncpg's own default is 60 s); with
 # the interpreter's start-up it keeps a refused start under the documented 10 s.
@@ -46,12 +57,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def check_services(settings: Settings, required_schema: int, *, migrate: bool = False) -> None:
-    """Postgres answers with exactly the schema this build needs (after migrating, with `migrate`),
-    and Redis answers."""
+    """Postgres answers with the schema this build needs (after migrating, with `migrate`) or a newer
+    expand-only one, and Redis answers."""
     assert settings.database.url is not None  # require_services() ran
     assert settings.redis.url is not None
     outcomes = await asyncio.gather(
-        check_database(settings.database.url, required_schema, migrate=migrate),
+        check_database(settings.database, required_schema, migrate=migrate),
         check_redis(settings.redis.url),
         return_exceptions=True,
     )
@@ -60,13 +71,30 @@ async def check_services(settings: Settings, required_schema: int, *, migrate: b
             raise outcome
 
 
-async def check_database(url: str, required_schema: int, *, migrate: bool = False) -> None:
-    """Connect (bounded), optionally apply pending migrations, and compare the schema version."""
-    where = f"Postgres at {redact_url(url)} (VOXGATE_DATABASE_URL)"
+async def check_database(settings: DatabaseSettings, required_schema: int, *, migrate: bool = False) -> None:
+    """Connect (bounded), optionally apply pending migrations, and compare the schema version.
+    Migrations run on their own direct connection (`VOXGATE_DATABASE_MIGRATION_URL`, else the main URL)."""
+    assert settings.url is not None
+    if migrate and settings.migration_url:
+        await _connected(
+            settings.migration_url, "VOXGATE_DATABASE_MIGRATION_URL", required_schema, migrate=True, compare=False
+        )
+        migrate = False
+    await _connected(
+        settings.url, "VOXGATE_DATABASE_URL", required_schema, migrate=migrate, **connect_options(settings)
+    )
+
+
+async def _connected(
+    url: str, variable: str, required_schema: int, *, migrate: bool, compare: bool = True, **options: object
+) -> None:
+    """Connect to `url` (named by `variable` in errors), migrate if asked, then (with `compare`) check
+    the schema version against `required_schema`."""
+    where = f"Postgres at {redact_url(url)} ({variable})"
     deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS  # connect and query together
     try:
         async with asyncio.timeout_at(deadline):
-            conn = await asyncpg.connect(url)
+            conn = await asyncpg.connect(url, **options)
     except TimeoutError:
         raise StartupError(
             f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:g} s; "
@@ -85,6 +113,7 @@ async def check_database(url: str, required_schema: int, *, migrate: bool = Fals
             deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS  # migrating may take long
         async with asyncio.timeout_at(deadline):
             found = await schema_version(conn)
+            contracts = await newer_contracts(conn, required_schema) if found > required_schema else []
     except TimeoutError:
         raise StartupError(f"{where} did not answer a query within {CONNECT_TIMEOUT_SECONDS:g} s") from None
     except asyncpg.PostgresError as exc:
@@ -92,18 +121,24 @@ async def check_database(url: str, required_schema: int, *, migrate: bool = Fals
     finally:
         with contextlib.suppress(Exception):  # the verdict is already made; a failed close changes nothing
             await conn.close(timeout=CONNECT_TIMEOUT_SECONDS)
-    problem = schema_mismatch(found, required_schema)
+    if not compare:
+        return
+    problem = schema_mismatch(found, required_schema, contracts)
     if problem is not None:
         raise StartupError(f"{where}: {problem}")
+    warning = newer_schema_warning(found, required_schema)
+    if warning is not None:
+        log.warning("%s: %s", where, warning)
 
 
 async def check_redis(url: str) -> None:
     """PING Redis with connect and reply bounded by CONNECT_TIMEOUT_SECONDS."""
     where = f"Redis at {redact_url(url)} (VOXGATE_REDIS_URL)"
     try:
-        client = aioredis.from_url(
+        client = open_redis(
             url,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            pool_size=2,
+            pool_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=CONNECT_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0),
         )

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 
@@ -23,7 +22,7 @@ from gateway.errors import GatewayError
 from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import GatewayMetrics
 from gateway.session.enforcement import Enforcement
-from gateway.session.live import LiveSession
+from gateway.session.leases import CarriedSession
 from gateway.settings import Settings
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
@@ -37,7 +36,8 @@ _STATE_KEY: Final = "services"
 class Drainable(Protocol):
     """A live connection the gateway can ask to end (on shutdown or policy)."""
 
-    live: LiveSession
+    @property
+    def live(self) -> CarriedSession: ...
 
     def shutdown(self, code: int, reason: str, end_reason: str) -> None: ...
 
@@ -97,19 +97,30 @@ class GatewayServices:
 
     settings: Settings
     pool: asyncpg.Pool
-    redis: aioredis.Redis
+    # A `gateway.pools.RedisClient`: one Redis, a Redis Cluster or a Sentinel-managed master. Typed Any
+    # because Litestar's signature model (msgspec) inspects this dataclass when the admin API injects
+    # it, and msgspec cannot represent a union of two classes.
+    redis: Any
     tenants: TenantDirectory
     ledger: LedgerWriter
     prices: PriceTable
     policy_store: PolicyStore
+    enforcement: Enforcement
     live: LiveRegistry = field(default_factory=LiveRegistry)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    enforcement: Enforcement | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     calls_monitor: Any = None  # gateway.webrtc.sideband.CallsMonitor (set in the lifespan)
     clock: Clock = SYSTEM_CLOCK  # every timer of the shell reads and sleeps on this one
     # Browser-token keys changed through this process (admin API): verifiers drop cached keys.
     browser_key_changes: BrowserKeyChanges = field(default_factory=BrowserKeyChanges)
+    # VOXGATE_DATABASE_READ_URL's pool, a read replica (set in the lifespan); None = none configured.
+    replica_pool: asyncpg.Pool | None = None
+
+    @property
+    def read_pool(self) -> asyncpg.Pool:
+        """Where reports (the costs API) read: the read replica if one is configured, else `pool`.
+        A replica lags its primary, so a row committed a moment ago may not be there yet."""
+        return self.replica_pool if self.replica_pool is not None else self.pool
 
 
 def attach_services(app: Litestar, services: GatewayServices) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway.alerts.signing import WebhookSecretError, secret_key
+
 
 def redact_url(url: str) -> str:
     """A URL fit for logs and banners: any password replaced by ***."""
@@ -61,6 +63,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def _hosts(env: Mapping[str, str], name: str) -> frozenset[str]:
     """A comma-separated list of host names, lower case, without a trailing dot."""
     return frozenset(h.strip().rstrip(".").lower() for h in env.get(name, "").split(",") if h.strip())
@@ -96,15 +107,17 @@ class LogSettings:
     """What the process logs and how; secrets are redacted at every level (gateway/logs.py)."""
 
     level: str = "INFO"  # VOXGATE_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL
-    format: str = "text"  # VOXGATE_LOG_FORMAT: text, or json (one object per line)
+    # VOXGATE_LOG_FORMAT: json (one object per line; `serve`'s default, what log pipelines parse)
+    # or text (`demo`'s default, for a person at a terminal).
+    format: str = "json"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LogSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, default_format: str = "json") -> LogSettings:
         env = os.environ if env is None else env
         level = (env.get("VOXGATE_LOG_LEVEL") or "INFO").strip().upper()
         if level not in LOG_LEVELS:
             raise SettingsError(f"VOXGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-        fmt = (env.get("VOXGATE_LOG_FORMAT") or "text").strip().lower()
+        fmt = (env.get("VOXGATE_LOG_FORMAT") or default_format).strip().lower()
         if fmt not in LOG_FORMATS:
             raise SettingsError(f"VOXGATE_LOG_FORMAT must be text or json, got {fmt!r}")
         return cls(level=level, format=fmt)
@@ -118,11 +131,27 @@ class DatabaseSettings:
     # VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS: longest wait for a free pooled connection; past it the
     # caller gets a TimeoutError (a transient failure: 503 + retry-after), never an unbounded queue.
     pool_timeout_seconds: float = 5.0
+    # VOXGATE_DATABASE_PGBOUNCER: the URL goes through PgBouncer in transaction mode, where a server
+    # connection serves one transaction at a time: no statement cache (named prepared statements),
+    # nothing session-scoped (docs/live-state.md, "Postgres behind PgBouncer").
+    pgbouncer: bool = False
+    # VOXGATE_DATABASE_READ_URL: a read replica for reports (the costs API); unset = the main pool.
+    read_url: str | None = None
+    # VOXGATE_DATABASE_MIGRATION_URL: a direct connection (not through PgBouncer) for `voxgate migrate`
+    # and `serve --migrate`, whose advisory lock is session-scoped; unset = VOXGATE_DATABASE_URL.
+    migration_url: str | None = None
+
+    @property
+    def migrations_url(self) -> str | None:
+        """Where migrations run: the direct URL if one is set, else the main one."""
+        return self.migration_url or self.url
 
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str | None = None  # VOXGATE_REDIS_URL
+    # VOXGATE_REDIS_URL: redis:// or rediss:// (one Redis), redis+cluster://host:port,... (a Redis
+    # Cluster), redis+sentinel://host:port,.../<master name> (Sentinel); docs/live-state.md "Topologies".
+    url: str | None = None
     key_prefix: str = "voxgate:"  # VOXGATE_REDIS_PREFIX
     # VOXGATE_REDIS_POOL_SIZE: connections per replica, a blocking pool (docs/live-state.md, "Pools").
     # Script calls of one event-loop turn share one round trip, so a burst needs few connections (300
@@ -209,6 +238,16 @@ class PricingSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Where budget alerts go (docs/finance.md); a tenant's own webhook (admin API) overrides these."""
+
+    webhook_url: str | None = None  # VOXGATE_ALERT_WEBHOOK_URL (unset: alerts are only logged)
+    webhook_secret: str | None = field(default=None, repr=False)  # VOXGATE_ALERT_WEBHOOK_SECRET (whsec_…)
+    poll_seconds: float = 1.0  # VOXGATE_ALERT_POLL_SECONDS: how often a replica looks for due alerts
+    timeout_seconds: float = 10.0  # VOXGATE_ALERT_WEBHOOK_TIMEOUT_SECONDS: one delivery attempt
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -220,6 +259,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -248,6 +288,9 @@ class Settings:
                 pool_min=_int(env, "VOXGATE_DATABASE_POOL_MIN", 1),
                 pool_max=_int(env, "VOXGATE_DATABASE_POOL_MAX", 10, minimum=1),
                 pool_timeout_seconds=_float(env, "VOXGATE_DATABASE_POOL_TIMEOUT_SECONDS", 5.0),
+                pgbouncer=_flag(env, "VOXGATE_DATABASE_PGBOUNCER"),
+                read_url=env.get("VOXGATE_DATABASE_READ_URL") or None,
+                migration_url=env.get("VOXGATE_DATABASE_MIGRATION_URL") or None,
             ),
             redis=RedisSettings(
                 url=env.get("VOXGATE_REDIS_URL") or None,
@@ -291,6 +334,7 @@ class Settings:
                 default_tier=_default_tier(env.get("VOXGATE_DEFAULT_TIER")),
             ),
             pricing=PricingSettings(price_file=Path(price_file) if price_file else None),
+            alerts=_alert_settings(env),
         )
 
     def require_services(self) -> None:
@@ -306,3 +350,23 @@ class Settings:
         ]
         if missing:
             raise SettingsError(f"missing required settings: {', '.join(missing)}")
+
+
+def _alert_settings(env: Mapping[str, str]) -> AlertSettings:
+    url = env.get("VOXGATE_ALERT_WEBHOOK_URL") or None
+    secret = env.get("VOXGATE_ALERT_WEBHOOK_SECRET") or None
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise SettingsError("VOXGATE_ALERT_WEBHOOK_URL must be an http(s) URL")
+    if url is not None and secret is None:
+        raise SettingsError("VOXGATE_ALERT_WEBHOOK_URL needs VOXGATE_ALERT_WEBHOOK_SECRET (a whsec_… secret)")
+    if secret is not None:
+        try:
+            secret_key(secret)
+        except WebhookSecretError as exc:
+            raise SettingsError(f"VOXGATE_ALERT_WEBHOOK_SECRET {exc}") from None
+    return AlertSettings(
+        webhook_url=url,
+        webhook_secret=secret,
+        poll_seconds=_float(env, "VOXGATE_ALERT_POLL_SECONDS", 1.0),
+        timeout_seconds=_float(env, "VOXGATE_ALERT_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+    )

@@ -1,9 +1,11 @@
 """One contract for every live-state backend: Redis (across replicas) and memory (one process).
 
-Every test runs against both (`backend` is parametrized). The Redis backend uses the gateway's
-own bounded, blocking pool (gateway/pools.py) with only `POOL` connections, so the concurrency
-tests run far past the pool size. Time is always the explicit `now`: nothing sleeps to wait for
-an expiry. Redis-only behaviour (key layout, NOSCRIPT, reconnects) is in tests/test_livestate.py.
+Every test runs against one Redis, a 3-node Redis Cluster started on loopback
+(tests/support/redis_cluster.py: every script's keys must share one slot) and memory (`replicas`
+is parametrized). The Redis backends use the gateway's own pools (gateway/pools.py) with only
+`POOL` connections (per node on the cluster), so the concurrency tests run far past the pool
+size. Time is always the explicit `now`: nothing sleeps to wait for an expiry. Redis-only
+behaviour (key layout, NOSCRIPT, reconnects) is in tests/test_livestate.py.
 """
 
 from __future__ import annotations
@@ -15,34 +17,38 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.livestate import Broadcast, LiveState, LiveStateBackend, MemoryLiveState, MemoryStore
-from gateway.pools import redis_client
+from gateway.pools import RedisClient, redis_client
 from gateway.settings import RedisSettings
 from tests.conftest import REDIS_URL
 from tests.support.livestate import T0, TTL, add_response, at, known_tenant, ledger_tenant, tenant
+from tests.support.redis_cluster import redis_cluster_url  # noqa: F401 - the session's cluster, a fixture
 
 Backend = LiveStateBackend
 POOL = 8  # connections per Redis replica in these tests
 BURST = 300  # concurrent callers, far past POOL
 
 
-def small_pool() -> aioredis.Redis:
-    return redis_client(RedisSettings(url=REDIS_URL, pool_size=POOL, pool_timeout_seconds=10.0))
+def small_pool(url: str = REDIS_URL) -> RedisClient:
+    return redis_client(RedisSettings(url=url, pool_size=POOL, pool_timeout_seconds=10.0))
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "cluster", "memory"])
 async def replicas(
     request: pytest.FixtureRequest, redis_prefix: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[tuple[Backend, ...]]:
-    """Two replicas sharing one state: two Redis clients (each its own pool) or one memory store.
-    (`redis_client` is there so the session's keys are deleted at the end.)"""
+    """Two replicas sharing one state: two Redis clients (each its own pool) of one Redis or of a
+    Redis Cluster, or one memory store. (`redis_client` is there so the session's keys are deleted
+    at the end; the cluster goes away whole.)"""
     if request.param == "memory":
         store = MemoryStore()
         yield MemoryLiveState(store, "pod-a"), MemoryLiveState(store, "pod-b")
         return
+    url = request.getfixturevalue("redis_cluster_url") if request.param == "cluster" else REDIS_URL
     prefix = f"{redis_prefix}{secrets.token_hex(3)}:"
-    clients = [small_pool(), small_pool()]
+    clients = [small_pool(url), small_pool(url)]
     states = [LiveState(c, prefix=prefix, instance_id=n) for c, n in zip(clients, ("pod-a", "pod-b"), strict=True)]
     for s in states:
         await s.load_scripts()
@@ -123,8 +129,11 @@ async def test_300_sessions_acquire_reserve_settle_release_concurrently(state: B
     assert (st.spent_day, st.spent_month) == (2_144_850, 2_144_850)  # 300 x 7,000 + (0 + 1 + ... + 299)
     assert (st.reserved_day, st.reserved_month) == (0, 0)
     assert await replica_b.active_sessions(t, T0 + 2) == 0
-    if isinstance(state, LiveState):  # the burst went through POOL connections per replica, waiting
-        pool = state.redis.connection_pool
+    redis = state.redis if isinstance(state, LiveState) else None
+    if isinstance(redis, RedisCluster):  # at most POOL connections to each node
+        assert all(len(node._connections) <= POOL for node in redis.get_nodes())
+    elif redis is not None:  # the burst went through POOL connections per replica, waiting
+        pool = redis.connection_pool
         assert len(pool._available_connections) + len(pool._in_use_connections) <= POOL
 
 

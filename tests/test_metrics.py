@@ -1,4 +1,8 @@
-"""Every admission refusal, session end and policy decision leaves a metric; no secret ever does."""
+"""Every admission refusal, session end and policy decision leaves a metric; no secret ever does.
+
+Money and tokens are counted per tenant and model (the tenant id is their only identity label);
+latencies are histograms (docs/observability.md).
+"""
 
 from __future__ import annotations
 
@@ -69,8 +73,15 @@ async def test_refusals_session_ends_and_policy_decisions_are_counted(gateway, t
     assert delta("voxgate_sessions_started_total", transport="websocket") == 1
     assert sample(after, "voxgate_ledger_records_total", outcome="written") > 0
     assert "voxgate_live_sessions" in after
-    for secret in (tenant.secret, UPSTREAM_KEY, tenant.tenant_id):
+    for secret in (tenant.secret, UPSTREAM_KEY):
         assert secret not in after
+    # The tenant id is a label of the money and token counters only.
+    tenant_series = {line.split("{", 1)[0] for line in after.splitlines() if tenant.tenant_id in line}
+    assert tenant_series <= {
+        f"voxgate_{name}_{suffix}"
+        for name in ("cost_micro_usd", "input_tokens", "output_tokens")
+        for suffix in ("total", "created")
+    }
 
 
 async def test_the_cost_series_equals_the_ledger(pg_dsn, emulator, tenant, pg_pool) -> None:
@@ -78,6 +89,7 @@ async def test_the_cost_series_equals_the_ledger(pg_dsn, emulator, tenant, pg_po
     gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
     try:
         seen: list[dict[str, object]] = []
+        with_audio: set[int] = set()
         async with websockets.connect(
             f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
         ) as ws:
@@ -99,14 +111,26 @@ async def test_the_cost_series_equals_the_ledger(pg_dsn, emulator, tenant, pg_po
                 async with asyncio.timeout(10):
                     while (event := json.loads(await ws.recv()))["type"] != "response.done":
                         assert event["type"] != "error", event
+                        if event["type"] == "response.output_audio.delta":
+                            with_audio.add(turn)
                 seen.append(event["response"])
         await gateway.settle()
         text = await scrape(gateway)
     finally:
         await gateway.stop()
-    rows = await pg_pool.fetch("SELECT cost_micro_usd FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id)
+    rows = await pg_pool.fetch(
+        "SELECT cost_micro_usd, input_tokens, output_tokens FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id
+    )
     ledger = sum(r["cost_micro_usd"] for r in rows)
     assert len(rows) == 3
     assert ledger == sum(doc_prices.doc_cost(r["usage"]) for r in seen) > 0  # type: ignore[arg-type]
-    assert sample(text, "voxgate_cost_micro_usd_total", model="gpt-realtime") == ledger
+    series = {"tenant": tenant.tenant_id, "model": "gpt-realtime"}
+    assert sample(text, "voxgate_cost_micro_usd_total", **series) == ledger
+    assert sample(text, "voxgate_input_tokens_total", **series) == sum(r["input_tokens"] for r in rows) > 0
+    assert sample(text, "voxgate_output_tokens_total", **series) == sum(r["output_tokens"] for r in rows) > 0
     assert sample(text, "voxgate_responses_total", model="gpt-realtime", status="completed") == 3
+    # One observation per response that had audio (a text-only one has no first audio).
+    assert sample(text, "voxgate_time_to_first_audio_seconds_count", model="gpt-realtime") == len(with_audio)
+    assert sample(text, "voxgate_upstream_connect_seconds_count", transport="websocket") == 1
+    assert sample(text, "voxgate_admission_seconds_count", outcome="admitted") == 1
+    assert sample(text, "voxgate_ledger_write_seconds_count") >= 1  # the three responses, in one batch or more

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -26,6 +27,7 @@ from openai import AsyncOpenAI
 
 from gateway.logs import configure_logging, redact
 from gateway.settings import AdminSettings, LogSettings, Settings, SettingsError
+from gateway.telemetry import bind_session, session_fields
 from gateway.upstream import open_upstream
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token
@@ -154,6 +156,10 @@ async def test_no_secret_or_conversation_text_reaches_the_log_at_debug(
             assert piece not in printed, f"the {what} is in the log"
     assert "DEBUG voxgate.upstream: opening the upstream WebSocket" in printed  # DEBUG survived create_app
     assert "Authorization: [redacted]" in printed  # the client's header line is kept, its value is not
+    # Each session's summary line carries its ids and figures, and nothing of the above.
+    ended = r"voxgate\.session: session vgs_\w+ ended \(client_closed\) .* session_id=vgs_\w+ "
+    summary = ended + rf"tenant_id={tenant.tenant_id} event=session\.summary transport=websocket"
+    assert len(re.findall(summary, printed)) == 2
 
 
 async def test_voxgate_serve_logs_debug_records_as_json_lines_when_asked(pg_dsn: str, emulator) -> None:
@@ -246,4 +252,64 @@ def test_a_bad_log_level_or_format_is_a_settings_error() -> None:
         Settings.from_env({"VOXGATE_LOG_FORMAT": "xml"})
     assert Settings.from_env({"VOXGATE_LOG_LEVEL": "debug", "VOXGATE_LOG_FORMAT": "JSON"}).log == LogSettings(
         level="DEBUG", format="json"
+    )
+
+
+def test_serve_logs_json_lines_by_default_and_demo_text() -> None:
+    assert LogSettings.from_env({}) == LogSettings(level="INFO", format="json")
+    assert LogSettings.from_env({}, default_format="text").format == "text"
+    assert LogSettings.from_env({"VOXGATE_LOG_FORMAT": "text"}).format == "text"
+    assert LogSettings.from_env({"VOXGATE_LOG_FORMAT": "json"}, default_format="text").format == "json"
+
+
+async def test_lines_about_a_session_carry_its_ids_and_fields_stay_redacted() -> None:
+    out = io.StringIO()
+    handler = configure_logging(LogSettings(level="INFO", format="json"), stream=out)
+    log = logging.getLogger("voxgate.test.session")
+    secret = "sk-proj-" + secrets.token_hex(12)
+
+    async def session_task() -> None:
+        bind_session("vgs_abc", "ten_xyz")
+        log.info("inside the session's task")
+
+        async def effect() -> None:  # a task the session starts inherits the binding
+            log.warning("inside a task it started")
+
+        await asyncio.create_task(effect())
+        log.info("summary", extra={"fields": {"responses": 2, "note": f"retried with {secret}"}})
+
+    try:
+        log.info("before any session")
+        await asyncio.create_task(session_task())
+        log.info("after it, in another task", extra=session_fields("vgs_cb", "ten_cb"))
+        log.info("no session here either")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    by_message = {line["message"]: line for line in lines if line["logger"] == "voxgate.test.session"}
+    for message in ("inside the session's task", "inside a task it started", "summary"):
+        assert by_message[message]["session_id"] == "vgs_abc"
+        assert by_message[message]["tenant_id"] == "ten_xyz"
+    assert by_message["summary"]["responses"] == 2
+    assert secret not in out.getvalue()
+    assert "sk-[redacted]" in by_message["summary"]["note"]
+    assert by_message["after it, in another task"]["session_id"] == "vgs_cb"
+    for message in ("before any session", "no session here either"):
+        assert "session_id" not in by_message[message]
+        assert "trace_id" not in by_message[message]
+
+
+def test_text_lines_end_with_the_session_fields() -> None:
+    out = io.StringIO()
+    handler = configure_logging(LogSettings(level="INFO", format="text"), stream=out)
+    try:
+        logging.getLogger("voxgate.test.text").info(
+            "ended", extra={**session_fields("vgs_t", "ten_t"), "fields": {"end_reason": "client_closed"}}
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert (
+        out.getvalue()
+        .rstrip()
+        .endswith("voxgate.test.text: ended session_id=vgs_t tenant_id=ten_t end_reason=client_closed")
     )

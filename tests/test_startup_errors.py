@@ -2,7 +2,9 @@
 
 Every case runs the real `voxgate serve` as a subprocess with one thing wrong: a missing
 variable, a bad tiers file, an unknown default tier, a busy port, a Postgres or Redis that
-refuses or never answers, a database that is not migrated or was migrated by a newer voxgate.
+refuses or never answers, a database that is not migrated or was migrated by a newer voxgate
+whose migrations contract the schema. A database migrated by a newer voxgate whose migrations only
+expand it (a rollout or a `helm rollback`) is served, with one warning naming both versions.
 """
 
 from __future__ import annotations
@@ -92,14 +94,15 @@ async def run_serve(env: dict[str, str], *args: str) -> Outcome:
     return Outcome(proc.returncode or 0, time.monotonic() - started, stderr.decode())
 
 
-async def set_schema_version(dsn: str, version: int) -> None:
+async def set_schema_version(dsn: str, version: int, *, expand_only: bool = True) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            "INSERT INTO schema_migrations (version, name, checksum, expand_only) VALUES ($1, $2, $3, $4)",
             version,
             f"{version:04d}_from_a_newer_release.sql",
             "0" * 64,
+            expand_only,
         )
     finally:
         await conn.close()
@@ -168,6 +171,21 @@ async def test_an_unreachable_redis_is_named(migrated_dsn: str) -> None:
     assert "s3cret-pw" not in line
 
 
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
+async def test_an_unreachable_redis_cluster_or_sentinel_is_named(migrated_dsn: str, scheme: str) -> None:
+    port = free_port()
+    url = f"{scheme}://:s3cret-pw@127.0.0.1:{port}" + ("/mymaster" if scheme == "redis+sentinel" else "")
+    outcome = await run_serve(serve_env(migrated_dsn, VOXGATE_REDIS_URL=url))
+    line = outcome.refused_with("Redis", f"127.0.0.1:{port}", "VOXGATE_REDIS_URL")
+    assert "s3cret-pw" not in line
+
+
+async def test_a_malformed_redis_topology_url_is_named(migrated_dsn: str) -> None:
+    outcome = await run_serve(serve_env(migrated_dsn, VOXGATE_REDIS_URL="redis+sentinel://127.0.0.1:26379"))
+    outcome.refused_with("VOXGATE_REDIS_URL", "not a valid Redis URL", "master's name")
+    assert outcome.returncode == 2
+
+
 async def test_a_postgres_or_redis_that_never_answers_stops_the_start_in_time(migrated_dsn: str) -> None:
     with silent_listener() as pg_port, silent_listener() as redis_port:  # both at once: each waits its timeout
         postgres, redis = await asyncio.gather(
@@ -197,10 +215,31 @@ async def test_a_database_one_migration_behind_is_refused(empty_pg_dsn: str, tmp
     outcome.refused_with(f"version {behind}", f"needs {NEWEST}", "voxgate migrate")
 
 
-async def test_a_database_migrated_by_a_newer_voxgate_is_refused(migrated_dsn: str) -> None:
+async def test_a_database_migrated_by_a_newer_voxgate_with_expand_only_migrations_is_served_with_a_warning(
+    migrated_dsn: str, tmp_path: Path
+) -> None:
+    """A `helm rollback` (or old pods during a rollout) on a schema a newer release expanded."""
     await set_schema_version(migrated_dsn, NEWEST + 1)
+    env = serve_env(migrated_dsn, VOXGATE_SHUTDOWN_GRACE_SECONDS="0")
+    try:
+        async with gateway_process(env, tmp_path, "rollback", int(env["VOXGATE_PORT"]), ready_seconds=20) as gateway:
+            ready = await gateway.readyz()
+            await gateway.stop_cleanly()
+    finally:
+        await delete_keys(REDIS_URL, env["VOXGATE_REDIS_PREFIX"])
+    assert (ready["status"], ready["schema_version"]) == ("ready", NEWEST + 1)
+    warnings = [line for line in gateway.log_path.read_text().splitlines() if "newer than this voxgate" in line]
+    assert len(warnings) == 1, gateway.log_path.read_text()
+    assert "WARNING" in warnings[0]
+    assert f"version {NEWEST + 1}" in warnings[0] and f"knows ({NEWEST})" in warnings[0], warnings[0]
+    assert "expand-only" in warnings[0]
+
+
+async def test_a_database_migrated_by_a_newer_voxgate_with_a_contract_migration_is_refused(migrated_dsn: str) -> None:
+    await set_schema_version(migrated_dsn, NEWEST + 1, expand_only=False)
     outcome = await run_serve(serve_env(migrated_dsn))
-    outcome.refused_with(f"version {NEWEST + 1}", "newer than this voxgate", "upgrade voxgate")
+    line = outcome.refused_with(f"version {NEWEST + 1}", "newer than this voxgate", "upgrade voxgate")
+    assert f"{NEWEST + 1:04d}_from_a_newer_release.sql" in line and "voxgate: contract" in line, line
 
 
 async def test_serve_migrate_starts_on_an_empty_database_and_stops_on_sigterm(

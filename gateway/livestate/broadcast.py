@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.livestate._util import text
+from gateway.pools import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Broadcast:
 
 class Bus:
     def __init__(
-        self, redis: Redis, channel: str, instance_id: str, backoff_s: tuple[float, float] = (0.1, 5.0)
+        self, redis: RedisClient, channel: str, instance_id: str, backoff_s: tuple[float, float] = (0.1, 5.0)
     ) -> None:
         self._redis = redis
         self._channel = channel

@@ -14,7 +14,12 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.pools import RedisClient
 
 
 def _read(name: str) -> str:
@@ -91,14 +96,21 @@ class ScriptRunner:
     nothing is a transaction. A failure of the round trip (Redis unreachable) is every caller's error.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
         self._sending: set[asyncio.Task[None]] = set()
+        # One pooled connection this runner keeps for its round trips (and the loop it is bound to).
+        self._held: tuple[Any, asyncio.AbstractEventLoop] | None = None
+        self._held_busy = False
 
     async def load(self) -> None:
-        """SCRIPT LOAD every script (one round trip)."""
+        """SCRIPT LOAD every script (one round trip; on a cluster, one per script, sent to every primary)."""
+        if isinstance(self.redis, RedisCluster):
+            for script in ALL_SCRIPTS:
+                await self.redis.script_load(script.source)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for script in ALL_SCRIPTS:
                 pipe.script_load(script.source)
@@ -163,6 +175,53 @@ class ScriptRunner:
                     future.set_result(result)
 
     async def _pipeline(self, ops: Sequence[Op]) -> list[Any]:
+        """One round trip on the held connection: redis-py's `Pipeline` costs about as much CPU
+        again per round trip (a pool acquire and release with its observability, the retry
+        wrapper, a reset). A connection failure hands the batch to `_pooled_pipeline`, which
+        resends it under the client's retry policy, as a failed pipeline always was."""
+        redis = self.redis
+        if self._held_busy or isinstance(redis, RedisCluster):
+            return await self._pooled_pipeline(ops)
+        self._held_busy = True
+        commands = [
+            tuple(args) if script is None else ("EVALSHA", script.sha, len(keys), *keys, *args)
+            for script, keys, args in ops
+        ]
+        try:
+            try:
+                conn = await self._connection(redis)
+                await conn.send_packed_command(conn.pack_commands(commands))
+                results: list[Any] = []
+                for command in commands:
+                    try:
+                        results.append(await redis.parse_response(conn, str(command[0])))
+                    except ResponseError as exc:
+                        results.append(exc)
+                return results
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await self._drop_held(redis)
+                return await self._pooled_pipeline(ops)
+            except BaseException:  # cancelled mid-read: its replies may still be on the socket
+                await self._drop_held(redis)
+                raise
+        finally:
+            self._held_busy = False
+
+    async def _connection(self, redis: Redis) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._held is not None and self._held[1] is not loop:  # left by a loop that closed
+            self._held = None
+        if self._held is None:
+            self._held = (await redis.connection_pool.get_connection(), loop)  # type: ignore[no-untyped-call]
+        return self._held[0]
+
+    async def _drop_held(self, redis: Redis) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await held[0].disconnect(nowait=True)
+            await redis.connection_pool.release(held[0])
+
+    async def _pooled_pipeline(self, ops: Sequence[Op]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, keys, args in ops:
                 if script is None:

@@ -12,8 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from gateway.livestate.base import LiveStateBackend, TenantView
 from gateway.livestate.broadcast import Broadcast, Bus
 from gateway.livestate.budgets import Budgets, ReserveResult, SpendState
@@ -22,12 +20,13 @@ from gateway.livestate.leases import LeaseResult, Leases
 from gateway.livestate.monitors import MonitorClaims
 from gateway.livestate.ratelimits import Headroom, StartRate, StartResult, UpstreamHeadroom
 from gateway.livestate.scripts import ScriptRunner
+from gateway.pools import RedisClient
 
 
 class LiveState(LiveStateBackend):
     """Leases, start rates, budgets, broadcasts and upstream headroom shared by all replicas (Redis)."""
 
-    def __init__(self, redis: Redis, prefix: str = "voxgate:", instance_id: str = "") -> None:
+    def __init__(self, redis: RedisClient, prefix: str = "voxgate:", instance_id: str = "") -> None:
         self.redis = redis
         self.instance_id = instance_id
         self.keys = KeyLayout(prefix)

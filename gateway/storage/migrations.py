@@ -19,7 +19,13 @@ The SQL files live in the top-level ``migrations`` package, which the wheel ship
 data, so an installed voxgate migrates with no checkout at hand. ``$VOXGATE_MIGRATIONS_DIR``,
 when set, replaces that directory for ``voxgate migrate``. What the build *needs*
 (``required_schema_version``) always comes from the shipped files: ``voxgate serve`` refuses a
-database below it (run ``voxgate migrate``) or above it (a newer voxgate migrated it).
+database below it (run ``voxgate migrate``). A database above it (a newer voxgate migrated it:
+a rolling upgrade, or a rollback) is served with a warning when every newer migration is
+expand-only, and refused when one of them is marked ``-- voxgate: contract``
+(``gateway/storage/migration_safety.py``); ``schema_migrations.expand_only`` records which.
+
+The advisory lock is session-scoped, so migrations need a direct connection to Postgres, not
+one through PgBouncer in transaction mode: ``VOXGATE_DATABASE_MIGRATION_URL`` when set.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.storage import queries
+from gateway.storage.migration_safety import is_contract
 
 #: Key for ``pg_advisory_lock``: the ASCII bytes of "voxgate" read as one big-endian integer
 #: (0x766F7867617465). Fixed forever, so every version of voxgate serialises on it.
@@ -161,6 +168,7 @@ async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> l
     try:
         # Created under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide.
         await conn.execute(queries.CREATE_SCHEMA_MIGRATIONS)
+        await conn.execute(queries.ADD_EXPAND_ONLY_COLUMN)
         applied = {row["version"]: row for row in await conn.fetch(queries.APPLIED_MIGRATIONS)}
         _check_history(applied, on_disk)
         done: list[str] = []
@@ -170,7 +178,13 @@ async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> l
             try:
                 async with conn.transaction():
                     await conn.execute(migration.sql)
-                    await conn.execute(queries.RECORD_MIGRATION, migration.version, migration.name, migration.checksum)
+                    await conn.execute(
+                        queries.RECORD_MIGRATION,
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                        not is_contract(migration.sql),
+                    )
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {migration.name} failed and was rolled back: {exc}") from exc
             done.append(migration.name)
@@ -210,14 +224,39 @@ def _check_history(applied: dict[int, asyncpg.Record], on_disk: list[Migration])
             )
 
 
-def schema_mismatch(found: int, required: int) -> str | None:
+async def newer_contracts(conn: asyncpg.Connection, required: int) -> list[str] | None:
+    """The migrations above version `required` marked as contracting (an older voxgate cannot run on
+    them), or None when the database does not say (no runner of this kind migrated it)."""
+    if not await conn.fetchval(queries.EXPAND_ONLY_COLUMN_EXISTS):
+        return None
+    return [str(row["name"]) for row in await conn.fetch(queries.CONTRACTS_AFTER, required)]
+
+
+def schema_mismatch(found: int, required: int, contracts: list[str] | None = None) -> str | None:
     """Why a database at schema version ``found`` cannot be served by a build that needs
-    ``required`` (with the command that fixes it), or None when they match."""
+    ``required`` (with the command that fixes it), or None when it can. A newer schema can be
+    served when ``contracts`` (from `newer_contracts`) is known and empty: it only expanded."""
     if found < required:
         return f"the database schema is at version {found}, this voxgate needs {required}: run `voxgate migrate`"
-    if found > required:
+    if found > required and contracts != []:
+        why = (
+            f"migration {contracts[0]} contracts the schema (marked `-- voxgate: contract`)"
+            if contracts
+            else "the database does not record which migrations are expand-only"
+        )
         return (
-            f"the database schema is at version {found}, newer than this voxgate knows ({required}): "
+            f"the database schema is at version {found}, newer than this voxgate knows ({required}), and {why}: "
             "a newer voxgate migrated it and migrations only move forward; upgrade voxgate to that release"
         )
     return None
+
+
+def newer_schema_warning(found: int, required: int) -> str | None:
+    """What `serve` logs when it runs on a newer, expand-only schema (a rollout or a rollback), else None."""
+    if found <= required:
+        return None
+    return (
+        f"the database schema is at version {found}, newer than this voxgate knows ({required}); "
+        "every newer migration is expand-only, so this version runs on it (a rollout in progress or a rollback); "
+        "upgrade voxgate to that release when you can"
+    )

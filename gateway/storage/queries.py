@@ -25,7 +25,21 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 APPLIED_MIGRATIONS = "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
 
-RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum, expand_only) VALUES ($1, $2, $3, $4)"
+
+# Whether each migration only expands the schema (gateway/storage/migration_safety.py); rows an
+# older runner wrote were all expand-only, hence the default.
+ADD_EXPAND_ONLY_COLUMN = (
+    "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS expand_only boolean NOT NULL DEFAULT true"
+)
+
+EXPAND_ONLY_COLUMN_EXISTS = """
+SELECT count(*) > 0 FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'schema_migrations' AND column_name = 'expand_only'
+"""
+
+# The migrations above a version that an older release cannot run on.
+CONTRACTS_AFTER = "SELECT name FROM schema_migrations WHERE version > $1 AND NOT expand_only ORDER BY version"
 
 SCHEMA_MIGRATIONS_EXISTS = "SELECT to_regclass('schema_migrations')"
 
