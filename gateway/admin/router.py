@@ -15,6 +15,7 @@ from gateway.admin.policies import PoliciesController, ReportsController, list_t
 from gateway.admin.security import admin_guard, provide_principal, provide_services
 from gateway.admin.tenants import KeysController, TenantsController
 from gateway.admin.tokens import AdminTokenVerifier
+from gateway.alerts.routes import AlertWebhookController
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
@@ -64,6 +65,7 @@ def build_admin_router(
             TenantsController,
             KeysController,
             BrowserAuthController,
+            AlertWebhookController,
             PoliciesController,
             ReportsController,
             list_tiers,

@@ -1,0 +1,53 @@
+"""Every statement on `budget_alerts` and `tenant_alert_webhooks` (migrations/0009_budget_alerts.sql)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Take up to $2 due alerts for one attempt each, leasing them until $3 so no other replica
+# sends them meanwhile; a sender that dies mid-attempt lets its lease run out, and the alert
+# is tried again (same webhook-id). $1 is now.
+CLAIM_DUE: Final = """
+UPDATE budget_alerts a
+SET claimed_until = to_timestamp($3), attempts = a.attempts + 1
+FROM (
+    SELECT id FROM budget_alerts
+    WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= to_timestamp($1)
+      AND (claimed_until IS NULL OR claimed_until <= to_timestamp($1))
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE a.id = due.id
+RETURNING a.id, a.tenant_id, a.period, a.period_start, a.threshold, a.budget_micro_usd,
+          a.spent_micro_usd, a.attempts
+"""
+
+TENANT_WEBHOOK: Final = "SELECT url, secret FROM tenant_alert_webhooks WHERE tenant_id = $1"
+
+# $2: the attempt's status; $3: delivered (bool); $4: the next attempt (NULL: give up). $5 is now.
+RECORD_ATTEMPT: Final = """
+UPDATE budget_alerts
+SET last_status = $2, last_attempt_at = to_timestamp($5), claimed_until = NULL,
+    delivered_at = CASE WHEN $3 THEN to_timestamp($5) END,
+    given_up_at = CASE WHEN NOT $3 AND $4::float8 IS NULL THEN to_timestamp($5) END,
+    next_attempt_at = COALESCE(to_timestamp($4::float8), next_attempt_at)
+WHERE id = $1
+"""
+
+# The delivery log, newest first; $1 NULL for every tenant.
+LIST_ALERTS: Final = """
+SELECT id, tenant_id, period, period_start, threshold, budget_micro_usd, spent_micro_usd,
+       crossed_at, attempts, last_status, last_attempt_at, delivered_at, given_up_at, next_attempt_at
+FROM budget_alerts
+WHERE ($1::text IS NULL OR tenant_id = $1)
+ORDER BY crossed_at DESC, id
+LIMIT $2
+"""
+
+SET_TENANT_WEBHOOK: Final = """
+INSERT INTO tenant_alert_webhooks (tenant_id, url, secret) VALUES ($1, $2, $3)
+ON CONFLICT (tenant_id) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secret, updated_at = now()
+"""
+
+CLEAR_TENANT_WEBHOOK: Final = "DELETE FROM tenant_alert_webhooks WHERE tenant_id = $1"
