@@ -1,0 +1,1 @@
+"""Realtime translation (`/v1/realtime/translations`): proxied and metered by appended audio (docs/translation.md)."""
