@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider tests/test_import_contracts.py  # policies/ imports only its allowlist
 
-# The benchmark suite (docs/benchmarks.md): ~6 minutes; `make bench BENCH_ARGS=--quick` for ~70 s.
+# The benchmark suite (docs/benchmarks.md): ~10 minutes; `make bench BENCH_ARGS=--quick` for ~90 s.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

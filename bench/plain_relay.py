@@ -3,7 +3,8 @@
 Each client connection opens one upstream connection to the same path (bearer passed
 through) and two tasks copy messages both ways. No inspection, no policy.
 
-Run: python bench/plain_relay.py --port 0 --upstream ws://127.0.0.1:PORT  (prints LISTENING <port>)
+Run: python bench/plain_relay.py --port 0 --upstream ws://127.0.0.1:PORT  (prints LISTENING <port>);
+`--upstream wss://127.0.0.1:PORT --ca-file ca.pem` for a TLS upstream.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -24,11 +26,11 @@ async def pump(source, sink) -> None:  # type: ignore[no-untyped-def]
             await sink.send(message)
 
 
-def handler_for(upstream: str):  # type: ignore[no-untyped-def]
+def handler_for(upstream: str, tls: ssl.SSLContext | None):  # type: ignore[no-untyped-def]
     async def handler(client: ServerConnection) -> None:
         headers = {"Authorization": client.request.headers.get("Authorization", "")}  # type: ignore[union-attr]
         path = client.request.path  # type: ignore[union-attr]
-        async with connect(upstream + path, additional_headers=headers, compression=None, max_size=None) as up:
+        async with connect(upstream + path, additional_headers=headers, compression=None, max_size=None, ssl=tls) as up:
             tasks = [asyncio.create_task(pump(client, up)), asyncio.create_task(pump(up, client))]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -37,12 +39,13 @@ def handler_for(upstream: str):  # type: ignore[no-untyped-def]
     return handler
 
 
-async def main(host: str, port: int, upstream: str) -> None:
+async def main(host: str, port: int, upstream: str, ca_file: str | None) -> None:
+    tls = ssl.create_default_context(cafile=ca_file) if upstream.startswith("wss:") else None
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    async with serve(handler_for(upstream.rstrip("/")), host, port, compression=None, max_size=None) as server:
+    async with serve(handler_for(upstream.rstrip("/"), tls), host, port, compression=None, max_size=None) as server:
         print(f"LISTENING {next(iter(server.sockets)).getsockname()[1]}", flush=True)
         await stop
 
@@ -52,12 +55,13 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--ca-file", help="a wss:// upstream: trust this CA (PEM)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (default: the stdlib loop, as voxgate)")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main(args.host, args.port, args.upstream))
+            runner.run(main(args.host, args.port, args.upstream, args.ca_file))
     else:
-        asyncio.run(main(args.host, args.port, args.upstream))
+        asyncio.run(main(args.host, args.port, args.upstream, args.ca_file))

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets
-from run import setup_services, teardown_services
+from stores import setup_services, teardown_services
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.app import create_app, drain

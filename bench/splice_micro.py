@@ -3,9 +3,10 @@
 `python bench/splice_micro.py` builds a real `FastRelay` around a real `LiveSession` and
 `SessionGovernor` (the bench tier's policy: every check on), with transports that only
 count what is written to them, and feeds it the benchmark's frames: masked
-`input_audio_buffer.append` frames from the client and `response.output_audio.delta`
-frames from upstream, one frame per `data_received` as in a paced run. It prints the
-microseconds of CPU per frame for each direction and, for scale, the cost of the two calls
+`input_audio_buffer.append` frames from the client in each shape the SDKs send
+(`realtime_events.APPEND_SHAPES`) and OpenAI's `response.output_audio.delta` frames from
+upstream, one frame per `data_received` as in a paced run. It prints the microseconds of
+CPU per frame for each shape and direction and, for scale, the cost of the two calls
 every relay makes per frame anyway (`bytes` slicing and a no-op method call), measured in
 the same run. System calls are not in these numbers: `bench/run.py` measures the whole.
 """
@@ -22,17 +23,19 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.ledger.writer import SessionStarted
+from gateway.livestate import MemoryLiveState
 from gateway.realtime.fastrelay.frames import build_frame
 from gateway.realtime.fastrelay.relay import FastRelay
+from gateway.session.effects import SessionEffects
+from gateway.session.enforcement import Enforcement
 from gateway.session.live import LiveSession
 from gateway.tiers import parse_tiers_yaml
 from policies.governor import SessionGovernor, SessionIdentity
-from policies.pricing import DEFAULT_PRICE_TABLE
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BENCH_TIERS  # the tier `make bench` gives voxgate: every check on
-
-AUDIO_B64 = "AAAAAAEAAgADAP//" * 80
+import realtime_events as rt  # the SDKs' append shapes, OpenAI's delta
+from targets import BENCH_TIERS  # the tier `make bench` gives voxgate: every check on
 
 
 class CountingTransport:
@@ -88,7 +91,9 @@ def make_relay() -> tuple[FastRelay, CountingTransport, CountingTransport]:
     identity = SessionIdentity("vgs_bench", "tenant", "gpt-realtime", "realtime")
     governor = SessionGovernor(identity, DEFAULT_PRICE_TABLE, policy=policy, started_at=now)
     started = SessionStarted("vgs_bench", "tenant", None, "websocket", "realtime", "gpt-realtime", None, "bench", now)
-    live = LiveSession(governor, ListLedger(), started)  # type: ignore[arg-type]
+    shared = Enforcement(MemoryLiveState(), None, None, ListLedger(), DEFAULT_PRICE_TABLE, lambda: ())  # type: ignore[arg-type]
+    effects = SessionEffects(shared, "tenant", "vgs_bench", policy)
+    live = LiveSession(governor, effects, started)
     client, upstream = CountingTransport(), CountingTransport()
     relay = FastRelay(live, client, upstream, max_message_bytes=1 << 20, on_done=lambda r: None)  # type: ignore[arg-type]
     relay.start()
@@ -108,13 +113,9 @@ def per_frame(fn: Any, frames: list[bytes]) -> float:
 
 async def main(n: int, repeat: int) -> None:
     relay, client, upstream = make_relay()
-    append = '{"type": "input_audio_buffer.append", "event_id": "%d", "audio": "' + AUDIO_B64 + '"}'
-    delta = (
-        '{"type": "response.output_audio.delta", "event_id": "event_%d", "response_id": "resp_1", '
-        '"item_id": "item_%d", "output_index": 0, "content_index": 0, "delta": "' + AUDIO_B64 + '"}'
-    )
-    appends = [build_frame(1, (append % i).encode(), masked=True) for i in range(n)]
-    deltas = [build_frame(1, (delta % (i, i)).encode(), masked=False) for i in range(n)]
+    shapes = {name: [build_frame(1, make(i), masked=True) for i in range(n)] for name, make in rt.APPEND_SHAPES.items()}
+    appends = [frame for i in range(n) for frame in (shapes[name][i] for name in shapes)][:n]
+    deltas = [build_frame(1, rt.echo_delta(b"%d" % i), masked=False) for i in range(n)]
 
     class Null:
         def data_received(self, data: bytes) -> None:
@@ -135,7 +136,11 @@ async def main(n: int, repeat: int) -> None:
     c, u, call, slc = rows[len(rows) // 2]
     if upstream.writes < n or client.writes < n:
         raise SystemExit("frames were not forwarded: the relay refused the benchmark's frames")
-    print(f"client append -> upstream : {c:6.2f} us/frame")
+    for name, frames in shapes.items():
+        print(
+            f"  append as {name:20}: {min(per_frame(relay.client_data, frames) for _ in range(repeat)):6.2f} us/frame"
+        )
+    print(f"client append -> upstream : {c:6.2f} us/frame (the shapes above, in turn)")
     print(f"upstream delta -> client  : {u:6.2f} us/frame")
     print(f"round trip (both)         : {c + u:6.2f} us")
     print(f"baseline: a no-op method call {call:.2f} us, a bytes slice {slc:.2f} us")

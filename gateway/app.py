@@ -21,22 +21,33 @@ from redis.exceptions import RedisError
 
 from gateway import __version__
 from gateway.admin.router import SECURITY_COMPONENTS, build_admin_router
+from gateway.alerts.outbox import AlertOutbox
+from gateway.alerts.routes import build_alert_log_router
+from gateway.alerts.sender import AlertSender
+from gateway.background import stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError, outage_refusal
+from gateway.finance.dashboard import build_dashboard_router
+from gateway.finance.rates import register_price_rates
+from gateway.finance.routes import build_costs_router
 from gateway.ledger.writer import LedgerWriter
+from gateway.live.route import live_sessions
 from gateway.livestate import LiveState
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
-from gateway.pools import database_pool, redis_client
+from gateway.pools import database_pool, redis_client, replica_pool
 from gateway.price_file import PriceFileError, load_prices
 from gateway.realtime.fastrelay.fallback import refuse_realtime
-from gateway.services import GatewayServices, attach_services, find_services, services_of
+from gateway.services import GatewayServices, LiveRegistry, attach_services, find_services, services_of
 from gateway.session.enforcement import Enforcement
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import required_schema_version, schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
+from gateway.telemetry import flush_tracing
+from gateway.telemetry.relay_probe import sample_relays
 from gateway.tiers import PolicyFileError, check_default_tier, load_tiers
+from gateway.translation.routes import register as register_translation
 from gateway.webrtc.calls_cache import RedisCallCache
 from gateway.webrtc.calls_store import CallStore
 from gateway.webrtc.routes import register as register_realtime_http
@@ -179,8 +190,15 @@ class VoxgatePlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         admin = build_admin_router(self.settings.admin, self.settings.security.jwks_allowed_hosts, self.clock)
-        app_config.route_handlers.extend([realtime, healthz, readyz, metrics, admin])
+        costs = build_costs_router(self.settings.admin, self.settings.security.jwks_allowed_hosts, self.clock)
+        app_config.route_handlers.extend([realtime, healthz, readyz, metrics, admin, costs])
+        alert_log = build_alert_log_router(self.settings.admin, self.settings.security.jwks_allowed_hosts, self.clock)
+        app_config.route_handlers.append(alert_log)  # GET /v1/organization/alerts (docs/finance.md)
+        dashboard = build_dashboard_router(self.settings.admin, self.settings.security.jwks_allowed_hosts, self.clock)
+        app_config.route_handlers.append(dashboard)  # /dashboard and GET /v1/organization/budgets
         register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
+        register_translation(app_config)  # /v1/realtime/translations (docs/translation.md)
+        app_config.route_handlers.append(live_sessions)  # GET /v1/live/sessions, GPT-Live (docs/live.md)
         app_config.exception_handlers.update(
             {
                 GatewayError: _gateway_error_handler,
@@ -196,10 +214,23 @@ class VoxgatePlugin(InitPluginProtocol):
         settings = self.settings
         settings.require_services()
         pool = await database_pool(settings.database)  # bounded, blocking pools (gateway/pools.py)
+        replica = await replica_pool(settings.database)  # the costs API's reads, if a replica is configured
         redis = redis_client(settings.redis)
         ledger = LedgerWriter(lambda: pool, settings.ledger)
         ledger.start()
         live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
+        policy_store = PolicyStore(pool, self.tiers, settings.admin.default_tier, live_state)
+        live = LiveRegistry()
+        enforcement = Enforcement(
+            live_state,
+            policy_store,
+            pool,
+            ledger,
+            self.prices,
+            lambda: list(live.sessions),
+            settings.enforcement,
+            self.clock,
+        )
         services = GatewayServices(
             settings=settings,
             pool=pool,
@@ -207,22 +238,20 @@ class VoxgatePlugin(InitPluginProtocol):
             tenants=TenantDirectory(pool),
             ledger=ledger,
             prices=self.prices,
-            policy_store=PolicyStore(pool, self.tiers, settings.admin.default_tier, live_state),
+            policy_store=policy_store,
+            enforcement=enforcement,
+            live=live,
             clock=self.clock,
+            replica_pool=replica,
         )
+        try:  # the rollups split responses into line items with these (docs/finance.md)
+            await register_price_rates(pool, self.prices)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("could not register the price table's rates for cost line items: %s", exc)
         try:
             await live_state.load_scripts()
         except RedisError as exc:  # scripts are loaded again on first use (NOSCRIPT fallback)
             log.warning("could not load live-state scripts at start: %s", exc)
-        services.enforcement = Enforcement(
-            live_state,
-            services.policy_store,
-            pool,
-            ledger,
-            self.prices,
-            lambda: list(services.live.sessions),
-            settings.enforcement,
-        )
         services.enforcement.start()
         services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
@@ -237,12 +266,18 @@ class VoxgatePlugin(InitPluginProtocol):
         monitor.find_active = calls.active
         services.calls_monitor = monitor
         monitor.start()
+        alerts = AlertSender(AlertOutbox(pool), settings.alerts, self.clock)  # budget alert webhooks
+        alerts.start()
+        ledger.observe_write = services.metrics.ledger_write.observe
+        probe = asyncio.create_task(sample_relays(lambda: live.sessions, self.clock), name="voxgate-relay-probe")
         attach_services(app, services)
         try:
             yield
         finally:
             await services.live.drain(0.0, services.clock)
             await monitor.stop()
+            await alerts.stop()
+            await stop_tasks([probe], clock=self.clock)
             await services.enforcement.stop()
             # The sessions' grace is theirs; the ledger gets its own bound to flush, apart from it: a
             # grace of 0 must not mean "drop what is still queued", and a long grace must not keep a
@@ -251,7 +286,11 @@ class VoxgatePlugin(InitPluginProtocol):
             with contextlib.suppress(TimeoutError):  # last_used_at bookkeeping: never worth holding a shutdown
                 await asyncio.wait_for(services.tenants.wait_for_key_uses(), 2.0)
             await redis.aclose()
+            if replica is not None:
+                await close_pool(replica)
             await close_pool(pool)
+            # uvicorn may end the process by its signal right after the lifespan: export the spans now.
+            await asyncio.to_thread(flush_tracing)
 
 
 # How long a stopping replica lets the ledger writer flush after its sessions ended (then it spools

@@ -19,11 +19,12 @@ log = logging.getLogger("voxgate.upstream")
 UPSTREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def realtime_url(base_url: str, query: Mapping[str, str]) -> str:
-    """`https://host/v1` + query -> `wss://host/v1/realtime?...` (as the SDK builds it)."""
+def realtime_url(base_url: str, query: Mapping[str, str], path: str = "/realtime") -> str:
+    """`https://host/v1` + query -> `wss://host/v1/realtime?...` (as the SDK builds it; `path`
+    for the other sockets: `/live/sessions/{id}/attach`, `/realtime/translations`)."""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/") + "/realtime"
+    path = parts.path.rstrip("/") + path
     return urlunsplit((scheme, parts.netloc, path, urlencode(list(query.items())), ""))
 
 
@@ -86,10 +87,14 @@ def refusal_from_status(status: int, headers: Mapping[str, str], body: bytes | b
 
 
 async def open_upstream(
-    settings: UpstreamSettings, query: Mapping[str, str], safety_id: str, beta: str | None = None
+    settings: UpstreamSettings,
+    query: Mapping[str, str],
+    safety_id: str,
+    beta: str | None = None,
+    path: str = "/realtime",
 ) -> ClientConnection:
-    """Open the upstream WebSocket or raise a GatewayError the client can be given."""
-    url = realtime_url(settings.url, query)
+    """Open the upstream WebSocket (at `path` under the base URL) or raise a GatewayError the client can be given."""
+    url = realtime_url(settings.url, query, path)
     # At DEBUG the `websockets` client also logs its request headers, our key among them: the
     # root handler's filter redacts it (gateway/logs.py).
     log.debug("opening the upstream WebSocket %s", url)

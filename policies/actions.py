@@ -90,6 +90,7 @@ class TranscriptionRecord:
     duration_ms: int
     cost_micro_usd: int
     price_version: str
+    estimated: bool = False  # the backstop: appended audio no completed transcription billed
 
 
 @dataclass(frozen=True, slots=True)

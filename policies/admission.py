@@ -31,7 +31,7 @@ from policies.budget import (
     worst_case_cost_micro_usd,
 )
 from policies.policy import TenantPolicy
-from policies.prices.table import PriceTable
+from policies.prices.table import Basis, PriceTable
 from policies.pricing import micro_to_usd
 from policies.ratelimit import window_take
 
@@ -75,12 +75,14 @@ def decide_admission(
     snapshot: AdmissionSnapshot,
     now: float,
     prices: PriceTable | None = None,
+    basis: Basis = "models",
 ) -> Admit | Refuse:
     """Admit or refuse a new session for `model` under `policy`.
 
     With `prices`, the model must be priced (unless the table prices unknown models at its
     ceiling) and the budget must cover one worst-case first response; without, any headroom
-    at all admits.
+    at all admits. A session billed by time (`basis` "durations": GPT-Live, translation) has
+    no first response: any headroom admits, and its governor reserves time windows after.
     """
     if not policy.allows_model(model):
         return Refuse(
@@ -90,7 +92,7 @@ def decide_admission(
             type="invalid_request_error",
             param="model",
         )
-    if prices is not None and not prices.admits(model):
+    if prices is not None and not prices.admits(model, basis):
         return Refuse(
             403,
             "model_not_priced",
@@ -119,7 +121,7 @@ def decide_admission(
             )
     else:
         starts = (*starts, now)
-    budget = _budget_refusal(policy, model, snapshot.budget, now, prices)
+    budget = _budget_refusal(policy, model, snapshot.budget, now, prices if basis == "models" else None)
     if budget is not None:
         return budget
     upstream = _upstream_refusal(policy, model, snapshot.upstream, now)

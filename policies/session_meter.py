@@ -16,6 +16,11 @@ from policies.actions import RateLimitsRecord, SessionInfoRecord, TranscriptionR
 from policies.budget import B64_CHARS_PER_AUDIO_TOKEN, item_token_estimate
 from policies.metering import rate_limits_record, read_session_config, transcription_record, usage_record
 from policies.prices.table import PriceTable
+from policies.pricing import transcription_cost_micro_usd
+from policies.transcription_backstop import AudioBackstop, duration_ms, input_bytes_per_second
+from policies.usage import TranscriptionUsage
+
+BACKSTOP_ITEM_ID = "backstop"  # the item id of a session's one backstop row
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ class SessionMeter:
         self.transcribing: set[str] = set()  # committed input audio items whose transcription is not done
         self._seen_responses: set[str] = set()
         self._seen_transcriptions: set[tuple[str, int]] = set()
+        # A transcription session's appended audio, until a completed transcription bills it.
+        self.backstop = AudioBackstop() if identity.intent == "transcription" else None
         # The context estimate budget reservations are priced from: the last response's input and
         # output, plus what the client added since (items, audio).
         self.context_tokens = 0
@@ -98,13 +105,18 @@ class SessionMeter:
         """Input audio was committed: with transcription on, upstream bills it when it completes."""
         if self.transcription_model is not None and isinstance(item_id, str):
             self.transcribing.add(item_id)
+        if self.backstop is not None and isinstance(item_id, str):
+            self.backstop.committed(item_id)
 
     def transcription_failed(self, item_id: object) -> None:
         self.transcribing.discard(str(item_id))
 
     def transcription(self, event: Mapping[str, Any], now: float) -> TranscriptionRecord | None:
         """A completed input transcription, priced at its ASR model's rates; None if unusable or seen."""
-        self.transcribing.discard(str(event.get("item_id")))
+        item_id = str(event.get("item_id"))
+        self.transcribing.discard(item_id)
+        if self.backstop is not None and self.backstop.billed(item_id):
+            return None  # the end's backstop billed this item already
         record = transcription_record(
             event,
             session_id=self.identity.session_id,
@@ -116,6 +128,8 @@ class SessionMeter:
         if record is None or (record.item_id, record.content_index) in self._seen_transcriptions:
             return None
         self._seen_transcriptions.add((record.item_id, record.content_index))
+        if self.backstop is not None:
+            self.backstop.transcribed(record.item_id)
         self.totals.transcription_cost_micro_usd += record.cost_micro_usd
         return record
 
@@ -132,9 +146,43 @@ class SessionMeter:
         self.voice = view.voice or self.voice
         if view.transcription_model is not None or view.transcription_cleared:
             self.transcription_model = view.transcription_model
+        rate = input_bytes_per_second(session) if self.backstop is not None else None
+        if self.backstop is not None and rate is not None:
+            self.backstop.bytes_per_second = rate
         return SessionInfoRecord(
             session_id=self.identity.session_id,
             model=self.model,
             voice=self.voice,
             upstream_session_id=self.upstream_session_id,
         )
+
+    def backstop_record(self, now: float) -> TranscriptionRecord | None:
+        """At the end: the audio no completed transcription billed, by its duration at the
+        transcription model's price, marked estimated; None when there is none (or no model)."""
+        backstop = self.backstop
+        if backstop is None:
+            return None
+        unbilled = backstop.close()
+        model = self.transcription_model
+        if unbilled == 0 or model is None:
+            return None
+        usage = TranscriptionUsage(kind="duration", duration_ms=duration_ms(unbilled, backstop.bytes_per_second))
+        price, key = self.prices.transcription_price_for(model)
+        record = TranscriptionRecord(
+            session_id=self.identity.session_id,
+            tenant_id=self.identity.tenant_id,
+            item_id=BACKSTOP_ITEM_ID,
+            content_index=0,
+            model=model,
+            occurred_at=now,
+            usage_type="duration",
+            input_text_tokens=0,
+            input_audio_tokens=0,
+            output_tokens=0,
+            duration_ms=usage.duration_ms,
+            cost_micro_usd=transcription_cost_micro_usd(usage, price),
+            price_version=self.prices.version_for(key),
+            estimated=True,
+        )
+        self.totals.transcription_cost_micro_usd += record.cost_micro_usd
+        return record

@@ -21,6 +21,7 @@ from policies.actions import (
     ReserveBudget,
     SendToClient,
     SendToUpstream,
+    TranscriptionRecord,
 )
 from policies.caps import BUDGET_CAP, TOKEN_CAP
 from policies.clamp import BETA_TOKENS, GA_TOKENS
@@ -171,7 +172,11 @@ class UpstreamEvents(GovernorState):
         record = self.meter.transcription(event, now)
         if record is None:
             return FORWARD_ONLY
+        return (Forward(), *self._book_transcription(record))
+
+    def _book_transcription(self, record: TranscriptionRecord) -> Sequence[Action]:
+        """Persist a transcription's cost and, under a policy, add it to the tenant's spend."""
         if self.policy is None:
-            return (Forward(), Persist(record))
+            return (Persist(record),)
         spend_id = f"tr:{record.session_id}:{record.item_id}:{record.content_index}"
-        return (Forward(), Persist(record), RecordSpend(spend_id, record.cost_micro_usd))
+        return (Persist(record), RecordSpend(spend_id, record.cost_micro_usd))

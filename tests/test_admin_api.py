@@ -272,6 +272,9 @@ async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> No
         "admin_get_browser_auth",
         "admin_set_browser_auth",
         "admin_delete_browser_auth",
+        "admin_get_alert_webhook",
+        "admin_set_alert_webhook",
+        "admin_delete_alert_webhook",
     }
     assert all(op["tags"] and op["security"] == [{"AdminJWT": []}] for op in operations.values())
     assert schema["components"]["securitySchemes"]["AdminJWT"]["scheme"] == "bearer"

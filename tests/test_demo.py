@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+import textwrap
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,7 @@ async def test_demo_serves_a_metered_turn_with_nothing_configured(tmp_path: Path
         assert key is not None, text
         assert f"http://127.0.0.1:{port}/v1" in text
         await _check_browser_page(text, port)
+        _check_live_snippet(text, port)
 
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.group(1))
         try:
@@ -91,3 +93,12 @@ async def _check_browser_page(banner: str, port: int) -> None:
     assert page.status_code == 200 and "/demo/demo.js" in page.text
     assert jwt.decode(token, options={"verify_signature": False})["tenant_id"] == tenant_id.group(1)
     assert lookup.status_code == 404, lookup.text  # the token is good: a bad one would get 401 invalid_token
+
+
+def _check_live_snippet(banner: str, port: int) -> None:
+    """Next to the Realtime snippet, a GPT-Live one: `client.live.connect()` with voxgate as base_url."""
+    start = banner.index("GPT-Live goes through the same base_url")
+    snippet = textwrap.dedent(banner[banner.index("\n", start) : banner.index("asyncio.run(live())")])
+    compile(snippet, "live-snippet", "exec")  # valid Python as printed
+    assert f'AsyncOpenAI(base_url="http://127.0.0.1:{port}/v1"' in snippet
+    assert "client.live.connect()" in snippet and "conn.session.start(" in snippet

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policies.actions import FORWARD
 from policies.frames import (
     CLIENT_EXACT_PREFIXES,
     PASSTHROUGH_CLIENT_TYPES,
@@ -15,7 +16,15 @@ from policies.frames import (
     exact_passthrough,
     passthrough_type,
 )
+from policies.governor import SessionGovernor, SessionIdentity
+from policies.policy import BudgetPolicy, TenantPolicy
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
+from tests.fixtures import realtime_server_events
 
+T0 = 1_800_000_000.0
+POLICY = TenantPolicy(
+    voices=frozenset({"marin"}), max_output_tokens=1000, budget=BudgetPolicy(daily_micro_usd=10_000_000)
+)
 AUDIO = base64.b64encode(bytes(range(256)) * 8).decode()
 
 
@@ -24,13 +33,25 @@ def test_sdk_shaped_audio_append_skips_inspection() -> None:
         json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO}),  # python SDK: ", " and ": "
         json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO, "event_id": "evt_1"}, separators=(",", ":")),
         '  {  "type" :  "input_audio_buffer.append", "audio": "' + AUDIO + '"}',
+        # the Agents SDK (pydantic field order) and the SDK's own models with indent=2
+        '{"audio":"' + AUDIO + '","type":"input_audio_buffer.append"}',
+        '{\n  "audio": "' + AUDIO + '",\n  "type": "input_audio_buffer.append"\n}',
+        '{"event_id": "evt_1", "type": "input_audio_buffer.append", "audio": "' + AUDIO + '"}',
     ):
         assert passthrough_type(text.encode(), PASSTHROUGH_CLIENT_TYPES) == "input_audio_buffer.append"
 
 
 AMBIGUOUS = [
-    # type not first: could hide a nested "type" before the real one
-    '{"audio": "AAAA", "type": "input_audio_buffer.append"}',
+    # type not first behind anything but one plain string: could hide a nested "type"
+    '{"audio": {"type": "response.create"}, "type": "input_audio_buffer.append"}',
+    '{"audio": ["x"], "type": "input_audio_buffer.append"}',
+    '{"audio": 1, "type": "input_audio_buffer.append"}',
+    '{"a": "x", "audio": "AAAA", "type": "input_audio_buffer.append"}',
+    '{"audio": "AAAA" "type": "input_audio_buffer.append"}',
+    '{"audio": "AAAA", "type": "input_audio_buffer.append", "type": "response.create"}',
+    '{"audio": "AA\\"AA", "type": "input_audio_buffer.append"}',
+    '{"type": "response.create", "audio": "AAAA", "type": "input_audio_buffer.append"}',
+    '{"audio": "type", "type": "input_audio_buffer.append"}',
     # a nested object claiming to be audio in front of a real response.create
     '{"type": "input_audio_buffer.append", "type": "response.create", "response": {"max_output_tokens": 99999}}',
     # an escaped duplicate key decodes to "type"
@@ -61,6 +82,20 @@ def test_server_deltas_skip_but_usage_carrying_events_do_not() -> None:
         assert passthrough_type(json.dumps({"type": kind}).encode(), PASSTHROUGH_SERVER_TYPES) is None
 
 
+def test_the_governor_only_forwards_what_skips_inspection() -> None:
+    """An event type may skip the governor only while the governor does nothing but forward it."""
+    governor = SessionGovernor(
+        SessionIdentity("vgs_test000000001", "ten_a", "gpt-realtime"), DEFAULT_PRICE_TABLE, POLICY, T0
+    )
+    samples = realtime_server_events()
+    governor.on_server_event(samples["session.created"], T0)
+    assert samples.keys() >= PASSTHROUGH_SERVER_TYPES
+    for kind in sorted(PASSTHROUGH_SERVER_TYPES):
+        assert tuple(governor.on_server_event(samples[kind], T0 + 1)) == (FORWARD,), kind
+    for kind in ("response.created", "response.done", "rate_limits.updated", "input_audio_buffer.committed"):
+        assert kind not in PASSTHROUGH_SERVER_TYPES
+
+
 def test_non_ascii_type_bytes_are_inspected() -> None:
     assert passthrough_type('{"type": "input_audio_bufférappend"}'.encode(), PASSTHROUGH_CLIENT_TYPES) is None
 
@@ -74,6 +109,10 @@ def test_the_relay_fast_test_takes_what_the_sdks_and_openai_send() -> None:
         json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO}),
         json.dumps({"type": "input_audio_buffer.append", "audio": AUDIO, "event_id": "evt_1"}),
         json.dumps({"type": "input_audio_buffer.append", "event_id": "evt_1", "audio": AUDIO}, separators=(",", ":")),
+        # openai-agents: `model_dump_json(exclude_unset=True)` puts the audio first
+        json.dumps({"audio": AUDIO, "type": "input_audio_buffer.append"}, separators=(",", ":")),
+        json.dumps({"audio": AUDIO, "type": "input_audio_buffer.append", "event_id": "e1"}, separators=(",", ":")),
+        json.dumps({"audio": AUDIO, "type": "input_audio_buffer.append"}),
     ]
     for text in sdk:
         assert exact(text.encode(), CLIENT_EXACT_PREFIXES)
@@ -133,8 +172,23 @@ _PIECES = st.sampled_from(
 )
 
 
+def test_what_the_installed_agents_sdk_sends_skips_inspection() -> None:
+    agents = pytest.importorskip("openai.types.realtime.input_audio_buffer_append_event")
+    event = agents.InputAudioBufferAppendEvent(type="input_audio_buffer.append", audio=AUDIO)
+    data = event.model_dump_json(exclude_unset=True).encode()
+    assert exact(data, CLIENT_EXACT_PREFIXES)
+    assert passthrough_type(data, PASSTHROUGH_CLIENT_TYPES) == "input_audio_buffer.append"
+
+
+_AUDIO_FIRST = [p.replace(b'{"type"', b'{"audio":"AAAA","type"', 1) for p in CLIENT_EXACT_PREFIXES] + [
+    b'{"audio": "' + AUDIO.encode() + b'", "type": "input_audio_buffer.append"',
+    b'{"audio":"',
+    b'{"audio": "AA',
+]
+
+
 @given(
-    prefix=st.sampled_from((*CLIENT_EXACT_PREFIXES, b'{ "type": "input_audio_buffer.append"')),
+    prefix=st.sampled_from((*CLIENT_EXACT_PREFIXES, *_AUDIO_FIRST, b'{ "type": "input_audio_buffer.append"')),
     body=st.lists(_PIECES, max_size=30),
     pad=st.integers(0, 1400),
 )
@@ -145,3 +199,10 @@ def test_whatever_the_fast_test_takes_the_parser_check_takes_too(prefix: bytes, 
         if exact(variant, CLIENT_EXACT_PREFIXES):
             assert passthrough_type(variant, PASSTHROUGH_CLIENT_TYPES) == "input_audio_buffer.append"
             assert variant.count(b'"type"') == 1
+        if passthrough_type(variant, PASSTHROUGH_CLIENT_TYPES) is not None:
+            assert variant.count(b'"type"') == 1 and b"\\" not in variant
+            try:
+                decoded = json.loads(variant)
+            except ValueError:
+                continue  # invalid JSON: upstream refuses it whole, whatever its type
+            assert decoded["type"] == "input_audio_buffer.append"

@@ -19,6 +19,7 @@ from policies.actions import (
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from tests.fixtures import realtime_server_events
+from tests.support.live_conformance import EXAMPLES
 
 SERVER = realtime_server_events()
 SERVER_EVENT = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])
@@ -96,6 +97,26 @@ def test_input_transcription_is_billed_at_the_asr_model_once() -> None:
     assert isinstance(record, TranscriptionRecord)
     assert record.model == "gpt-4o-mini-transcribe" and record.cost_micro_usd == MINI_TRANSCRIBE_COST
     assert persisted(gov.on_server_event(event, NOW)) == []
+
+
+@pytest.mark.parametrize("model", ["gpt-live-transcribe", "gpt-realtime-whisper"])
+def test_a_transcription_session_bills_duration_usage_per_minute(model: str) -> None:
+    gov = SessionGovernor(
+        SessionIdentity("vgs_test000000002", "ten_a", "", intent="transcription"), DEFAULT_PRICE_TABLE
+    )
+    session = {"type": "transcription", "audio": {"input": {"transcription": {"model": model}, "turn_detection": None}}}
+    gov.on_server_event({"type": "session.updated", "event_id": "ev_1", "session": session}, NOW)
+    event = EXAMPLES["transcription"]["conversation.item.input_audio_transcription.completed.duration_usage"]
+    [record] = persisted(gov.on_server_event(event, NOW))
+    # 3.2 s at $0.017 / min: 3_200 ms x 17_000 micro-USD / 60_000 = 906.67 -> 907
+    assert (record.model, record.usage_type, record.duration_ms, record.cost_micro_usd) == (
+        model,
+        "duration",
+        3_200,
+        907,
+    )
+    assert record.estimated is False
+    assert persisted(gov.on_session_end(NOW + 1)) == []  # no audio went through this governor: no backstop
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from gateway.livestate import LiveState
+from gateway.pools import redis_client
 from gateway.settings import Settings, SettingsError
 from gateway.storage.migrations import MigrationError
 from gateway.storage.policy_store import PolicyStore
@@ -99,7 +99,11 @@ def handler(action: Action) -> Handler:
 
 @asynccontextmanager
 async def database_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT_SECONDS)
+    # Behind PgBouncer in transaction mode (VOXGATE_DATABASE_PGBOUNCER) no statement may stay prepared.
+    cache = 0 if os.environ.get("VOXGATE_DATABASE_PGBOUNCER", "").strip().lower() in ("1", "true", "yes", "on") else 100
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT_SECONDS, statement_cache_size=cache
+    )
     try:
         yield pool
     finally:
@@ -115,7 +119,7 @@ async def policy_store(pool: asyncpg.Pool) -> AsyncIterator[PolicyStore]:
         check_default_tier(tiers, settings.admin.default_tier, settings.admin.policy_file)
     except (SettingsError, PolicyFileError) as exc:
         raise CommandError(str(exc), exit_code=2) from None
-    redis = aioredis.from_url(settings.redis.url) if settings.redis.url else None
+    redis = redis_client(settings.redis) if settings.redis.url else None  # one Redis, a Cluster or Sentinel
     try:
         broadcasts = LiveState(redis, settings.redis.key_prefix, "policy-store") if redis is not None else None
         yield PolicyStore(pool, tiers, settings.admin.default_tier, broadcasts)

@@ -1,14 +1,22 @@
-"""``voxgate migrate``: apply the pending database migrations."""
+"""``voxgate migrate``: apply the pending database migrations.
+
+The run holds a session-level advisory lock, so it needs a direct connection to Postgres:
+``$VOXGATE_DATABASE_MIGRATION_URL`` when set (e.g. when ``$VOXGATE_DATABASE_URL`` goes through
+PgBouncer in transaction mode), else the usual database URL. ``--database-url`` wins over both.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import asyncpg
 
 from gateway.cli.command import CONNECT_TIMEOUT_SECONDS, common_options, handler
 from gateway.cli.output import print_json
 from gateway.storage.migrations import apply_migrations, schema_version
+
+MIGRATION_URL_ENV = "VOXGATE_DATABASE_MIGRATION_URL"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,6 +29,8 @@ async def _migrate(args: argparse.Namespace, dsn: str) -> None:
 
     JSON: ``{"applied": ["0002_x.sql", ...], "schema_version": 2}``.
     """
+    if not args.database_url:
+        dsn = os.environ.get(MIGRATION_URL_ENV) or dsn
     conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_SECONDS)
     try:
         applied = await apply_migrations(conn)

@@ -52,12 +52,24 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def _configure_logging() -> None:
+def _configure_logging(default_format: str) -> None:
     """VOXGATE_LOG_LEVEL / VOXGATE_LOG_FORMAT for the whole process, redacted (gateway/logs.py)."""
     from gateway.logs import configure_logging
     from gateway.settings import LogSettings
 
-    configure_logging(LogSettings.from_env())
+    configure_logging(LogSettings.from_env(default_format=default_format))
+
+
+def _configure_tracing() -> None:
+    """Traces from the standard OTEL_* variables, off when none asks (docs/observability.md)."""
+    from gateway.settings import SettingsError
+    from gateway.telemetry import TracingConfigError, configure_tracing
+
+    try:
+        if configure_tracing():
+            log.debug("exporting traces (OTEL_* settings)")
+    except TracingConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _overrides(settings: Any, args: argparse.Namespace) -> Any:
@@ -107,7 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import Settings, SettingsError
 
     try:
-        _configure_logging()
+        _configure_logging("json")
+        _configure_tracing()
         settings = _overrides(Settings.from_env(), args)
     except SettingsError as exc:
         return _refuse(str(exc), 2)
@@ -135,7 +148,16 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         sock.close()
         return _refuse(str(exc), exc.exit_code)
+    finally:
+        _stop_tracing()
     return 0
+
+
+def _stop_tracing() -> None:
+    """Export the spans still buffered before the process exits."""
+    from gateway.telemetry import shutdown_tracing
+
+    shutdown_tracing()
 
 
 def _refuse(message: str, exit_code: int) -> int:
@@ -157,12 +179,16 @@ def _demo(args: argparse.Namespace) -> int:
             print(needs_dev_extra("demo", missing), file=sys.stderr)
             return 2
     try:
-        _configure_logging()
+        _configure_logging("text")
+        _configure_tracing()
     except SettingsError as exc:
         print(f"voxgate demo: {exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        run_loop(_run_demo(args, Path(args.home).resolve()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_loop(_run_demo(args, Path(args.home).resolve()))
+    finally:
+        _stop_tracing()
     return 0
 
 
@@ -245,6 +271,20 @@ Talk to it with the official SDK (pip install 'openai[realtime]'):
                     break
 
     asyncio.run(main())
+
+GPT-Live goes through the same base_url (openai >= 3.57):
+
+    async def live():
+        client = AsyncOpenAI(base_url="{base}", api_key="{secret}")
+        async with client.live.connect() as conn:
+            await conn.session.start(session={{"model": "gpt-live-1", "audio": {{"output": {{"voice": "marin"}}}}}})
+            await conn.session.close()
+            async for event in conn:
+                if event.type == "session.closed":
+                    print("billed seconds:", event.usage.seconds)
+                    break
+
+    asyncio.run(live())
 
 Then: VOXGATE_DATABASE_URL='{database_url}' voxgate usage --tenant {tenant_id}
 Ctrl-C stops the demo.

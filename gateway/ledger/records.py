@@ -35,6 +35,49 @@ class SessionStarted:
     end_user_hash: str | None
     gateway_instance: str
     started_at: float
+    # The client's `X-Voxgate-Tags` (policies.tags), sorted by key: what finance groups costs by.
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DurationRecord:
+    """Time-billed usage: a GPT-Live session's voice seconds or a translation's appended audio.
+
+    One row per (`session_id`, `kind`, `usage_id`); `estimated` marks time bounded by the
+    wall clock because upstream never reported a final figure.
+    """
+
+    session_id: str
+    kind: str
+    usage_id: str
+    tenant_id: str
+    model: str
+    occurred_at: float
+    active_ms: int
+    standby_ms: int
+    estimated: bool
+    cost_micro_usd: int
+    price_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTokenRecord:
+    """A GPT-Live session's delegated Responses response or Decisions decision, priced by its
+    own model and service tier: one `live_token_usage` row per (`session_id`, `kind`, `usage_id`)."""
+
+    session_id: str
+    kind: str
+    usage_id: str
+    tenant_id: str
+    model: str
+    service_tier: str | None
+    status: str
+    occurred_at: float
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_micro_usd: int
+    price_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +96,8 @@ LedgerRecord = (
     | RateLimitsRecord
     | SessionInfoRecord
     | AuditEvent
+    | DurationRecord
+    | LiveTokenRecord
 )
 
 _KINDS: dict[str, type[Any]] = {
@@ -65,6 +110,8 @@ _KINDS: dict[str, type[Any]] = {
         RateLimitsRecord,
         SessionInfoRecord,
         AuditEvent,
+        DurationRecord,
+        LiveTokenRecord,
     )
 }
 
@@ -81,5 +128,7 @@ def decode_record(line: bytes) -> LedgerRecord:
     data = raw["data"]
     if cls is RateLimitsRecord:
         data["limits"] = tuple(RateLimit(**lim) for lim in data["limits"])
+    if cls is SessionStarted:
+        data["tags"] = tuple((key, value) for key, value in data.get("tags", ()))
     record: LedgerRecord = cls(**data)
     return record

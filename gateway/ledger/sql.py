@@ -17,13 +17,17 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.ledger.records import LedgerRecord, SessionEnded, SessionStarted
+from gateway.ledger.records import DurationRecord, LedgerRecord, LiveTokenRecord, SessionEnded, SessionStarted
 from policies.actions import AuditEvent, SessionInfoRecord, TranscriptionRecord, UsageRecord
 
 #: The columns of one `usage_ledger` row, in the order of `UsageRecord`'s fields.
 USAGE_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(UsageRecord))
 #: The columns of one `transcription_usage` row, in the order of `TranscriptionRecord`'s fields.
 TRANSCRIPTION_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(TranscriptionRecord))
+#: The columns of one `duration_usage` row, in the order of `DurationRecord`'s fields.
+DURATION_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(DurationRecord))
+#: The columns of one `live_token_usage` row, in the order of `LiveTokenRecord`'s fields.
+LIVE_TOKEN_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(LiveTokenRecord))
 #: What a usage report shows of each row (`gateway.ledger.reports.UsageRow`): all but the tenant.
 USAGE_REPORT_COLUMNS: Final = tuple(c for c in USAGE_COLUMNS if c != "tenant_id")
 #: Record fields that are Unix seconds in Python and `timestamptz` in Postgres.
@@ -39,8 +43,8 @@ def _insert(table: str, columns: tuple[str, ...], conflict: str) -> str:
 
 INSERT_SESSION: Final = """
 INSERT INTO realtime_sessions
-    (id, tenant_id, api_key_id, transport, intent, model, end_user_hash, gateway_instance, started_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    (id, tenant_id, api_key_id, transport, intent, model, end_user_hash, gateway_instance, started_at, tags)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -57,6 +61,10 @@ INSERT_USAGE: Final = _insert("usage_ledger", USAGE_COLUMNS, "(response_id)")
 INSERT_TRANSCRIPTION: Final = _insert(
     "transcription_usage", TRANSCRIPTION_COLUMNS, "(session_id, item_id, content_index)"
 )
+
+INSERT_DURATION: Final = _insert("duration_usage", DURATION_COLUMNS, "(session_id, kind, usage_id)")
+
+INSERT_LIVE_TOKENS: Final = _insert("live_token_usage", LIVE_TOKEN_COLUMNS, "(session_id, kind, usage_id)")
 
 INSERT_RATE_LIMIT: Final = """
 INSERT INTO rate_limit_snapshots
@@ -79,13 +87,17 @@ SET ended_at = COALESCE(s.ended_at, $2),
     end_reason = CASE WHEN s.ended_at IS NULL THEN $3 ELSE s.end_reason END,
     end_detail = CASE WHEN s.ended_at IS NULL THEN $4 ELSE s.end_detail END,
     responses = u.n, input_tokens = u.input_tokens, output_tokens = u.output_tokens,
-    cost_micro_usd = u.cost + t.cost
+    cost_micro_usd = u.cost + t.cost + d.cost + l.cost
 FROM (SELECT count(*)::int AS n, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
              COALESCE(sum(output_tokens), 0)::bigint AS output_tokens,
              COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
       FROM usage_ledger WHERE session_id = $1) u,
      (SELECT COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
-      FROM transcription_usage WHERE session_id = $1) t
+      FROM transcription_usage WHERE session_id = $1) t,
+     (SELECT COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
+      FROM duration_usage WHERE session_id = $1) d,
+     (SELECT COALESCE(sum(cost_micro_usd), 0)::bigint AS cost
+      FROM live_token_usage WHERE session_id = $1) l
 WHERE s.id = $1
 """
 
@@ -96,6 +108,8 @@ PHASE: Final = {
     UPDATE_SESSION_INFO: 1,
     INSERT_USAGE: 2,
     INSERT_TRANSCRIPTION: 2,
+    INSERT_DURATION: 2,
+    INSERT_LIVE_TOKENS: 2,
     INSERT_RATE_LIMIT: 3,
     INSERT_AUDIT_EVENT: 3,
     END_SESSION: 4,
@@ -138,6 +152,7 @@ def statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
                     s.end_user_hash,
                     s.gateway_instance,
                     timestamp(s.started_at),
+                    orjson.dumps(dict(s.tags)).decode(),
                 ),
             )
         ]
@@ -150,6 +165,10 @@ def statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
         return [(UPDATE_SESSION_INFO, (record.session_id, record.model, record.voice, record.upstream_session_id))]
     if isinstance(record, TranscriptionRecord):
         return [(INSERT_TRANSCRIPTION, _row(record, TRANSCRIPTION_COLUMNS))]
+    if isinstance(record, DurationRecord):
+        return [(INSERT_DURATION, _row(record, DURATION_COLUMNS))]
+    if isinstance(record, LiveTokenRecord):
+        return [(INSERT_LIVE_TOKENS, _row(record, LIVE_TOKEN_COLUMNS))]
     return [
         (
             INSERT_RATE_LIMIT,
@@ -222,6 +241,12 @@ FROM (
     WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
     UNION ALL
     SELECT cost_micro_usd, occurred_at FROM transcription_usage
+    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
+    UNION ALL
+    SELECT cost_micro_usd, occurred_at FROM duration_usage
+    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
+    UNION ALL
+    SELECT cost_micro_usd, occurred_at FROM live_token_usage
     WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
 ) AS spend
 """

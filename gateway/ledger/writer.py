@@ -23,6 +23,11 @@ are idempotent the later commit and the journal's replay write it once. Without 
 directory the future resolves at the timeout with the record still only in memory: that is
 logged at ERROR and counted in `stats.unconfirmed` (docs/relay.md says why it does not hold).
 
+The writer holds one pooled connection while it has work (released after a second idle):
+acquiring per batch costs the pool's reset query on every release, one more round trip
+through a busy event loop while a `response.done` waits for its commit. A connection that
+fails is terminated and the next batch acquires a fresh one; the retry rules stay the same.
+
 One rejection is not final: a record for a session whose row is not in Postgres yet. A
 WebRTC call can be metered by another replica than the one that started its session (a
 sideband taken over, a secret minted here and attached there), and that replica's
@@ -38,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -64,6 +69,10 @@ class SessionRowMissing(Exception):
     """An UPDATE of a session row found no row: the session's start is not written yet."""
 
 
+def _ignore(seconds: float) -> None:
+    pass
+
+
 def _session_not_there(exc: Exception) -> bool:
     """The rejection means only that the session row is missing (not some other bad reference)."""
     if isinstance(exc, SessionRowMissing):
@@ -81,6 +90,24 @@ _CONNECTIVITY_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+
+_Write = Callable[[Any, list[tuple[str, list[tuple[Any, ...]]]]], Awaitable[None]]
+
+
+async def _one_statement(conn: Any, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    await conn.executemany(*ordered[0])
+
+
+async def _in_one_transaction(conn: Any, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    async with conn.transaction():
+        for statement, rows in ordered:
+            if statement in sql.MUST_FIND_SESSION:  # an UPDATE that must find its row
+                for args in rows:
+                    if await conn.execute(statement, *args) == "UPDATE 0":
+                        raise SessionRowMissing(args[0])
+            else:
+                await conn.executemany(statement, rows)
 
 
 class LedgerWriter:
@@ -103,6 +130,9 @@ class LedgerWriter:
         self._next_parked_retry = 0.0
         self._durable = DurableWaiters(self._spool, self.stats, settings.durable_timeout_seconds)
         self._urgent = asyncio.Event()  # a durable record is queued: skip the batching pause
+        self._held: tuple[Any, asyncpg.Pool] | None = None  # (connection, its pool) while busy
+        # Told each committed batch's write time in seconds (the app wires voxgate_ledger_write_seconds).
+        self.observe_write: Callable[[float], None] = _ignore
 
     # -- producer side (hot path) ---------------------------------------------------------
 
@@ -180,6 +210,7 @@ class LedgerWriter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        await self._let_go()
         leftover = [record for _, record in self._parked] + list(self._queue)
         self._parked.clear()
         self.stats.parked = 0
@@ -208,11 +239,14 @@ class LedgerWriter:
             if not self._queue:
                 self._idle.set()
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                except TimeoutError:  # a second without work: give the connection back to the pool
+                    await self._let_go()
                 continue
             self._urgent.clear()  # durable records that arrive from now on get the next batch at once
             batch = [self._queue[i] for i in range(min(len(self._queue), self._settings.batch_records))]
+            started = self._clock.monotonic()
             try:
                 await self._write(batch)
             except _CONNECTIVITY_ERRORS as exc:
@@ -224,6 +258,7 @@ class LedgerWriter:
             except (asyncpg.PostgresError, SessionRowMissing):
                 await self._write_one_by_one(batch)
             else:
+                self.observe_write(self._clock.monotonic() - started)
                 self.stats.written += len(batch)
                 if self._durable:
                     for record in batch:
@@ -243,14 +278,44 @@ class LedgerWriter:
         for record in batch:
             for statement, args in sql.statements(record):
                 groups.setdefault(statement, []).append(args)
-        async with self._pool().acquire() as conn, conn.transaction():
-            for statement, rows in sorted(groups.items(), key=lambda group: sql.PHASE[group[0]]):
-                if statement in sql.MUST_FIND_SESSION:  # an UPDATE that must find its row
-                    for args in rows:
-                        if await conn.execute(statement, *args) == "UPDATE 0":
-                            raise SessionRowMissing(args[0])
-                else:
-                    await conn.executemany(statement, rows)
+        ordered = sorted(groups.items(), key=lambda group: sql.PHASE[group[0]])
+        if len(ordered) == 1 and ordered[0][0] not in sql.MUST_FIND_SESSION:
+            # One statement (a `response.done` waiting alone, typically): `executemany` is
+            # atomic by itself (asyncpg >= 0.22), so no BEGIN and COMMIT round trips.
+            await self._run_on_connection(_one_statement, ordered)
+            return
+        await self._run_on_connection(_in_one_transaction, ordered)
+
+    async def _run_on_connection(self, write: _Write, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        if self._held is None:
+            pool = self._pool()
+            self._held = (await pool.acquire(), pool)
+        conn = self._held[0]
+        try:
+            await write(conn, ordered)
+        except (asyncpg.PostgresError, SessionRowMissing) as exc:
+            if isinstance(exc, _CONNECTIVITY_ERRORS):
+                self._broken()
+            raise  # rolled back; the connection stays good for the next batch
+        except BaseException:  # connectivity, or cancelled mid-statement: never reuse it
+            self._broken()
+            raise
+
+    def _broken(self) -> None:
+        """Drop the held connection without a round trip (terminating it hands it back to its pool)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held[0].terminate()
+
+    async def _let_go(self) -> None:
+        """Give the held connection back to its pool (idle, or stopping)."""
+        held, self._held = self._held, None
+        if held is not None:
+            conn, pool = held
+            try:
+                await pool.release(conn)
+            except Exception:  # its reset failed: the pool has terminated it
+                log.debug("ledger: releasing the writer's connection failed", exc_info=True)
 
     async def _write_one_by_one(self, batch: list[LedgerRecord]) -> None:
         for record in batch:

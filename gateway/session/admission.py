@@ -23,6 +23,7 @@ from gateway.session.assembly import SessionPlan, release_admission, shared_stat
 from gateway.storage.tenants import KeyIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
 from policies.session_config import UPSTREAM_DEFAULT_MODEL
+from policies.tags import Tags, TagsError, parse_tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Admission:
     session_id: str = ""
     policy: TenantPolicy = UNRESTRICTED
     leased: bool = False  # holds a concurrency lease in the shared live state
+    tags: Tags = ()  # the client's X-Voxgate-Tags (docs/finance.md)
 
 
 # The query parameters OpenAI's GA Realtime WebSocket takes for a new session; anything else
@@ -103,6 +105,18 @@ def openai_beta(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return value
 
 
+TAGS_HEADER = b"x-voxgate-tags"
+
+
+def session_tags(headers: Iterable[tuple[bytes, bytes]]) -> Tags:
+    """The `X-Voxgate-Tags` of a request (cost per task), or a 400 naming the rule it breaks."""
+    values = [v.decode("latin-1") for k, v in headers if k.lower() == TAGS_HEADER]
+    try:
+        return parse_tags(values)
+    except TagsError as exc:
+        raise GatewayError(400, str(exc), code="invalid_tags", param="X-Voxgate-Tags") from None
+
+
 def draining_error() -> GatewayError:
     return GatewayError(
         503, "This gateway instance is shutting down; reconnect.", code="gateway_draining", retry_after=1.0
@@ -126,8 +140,12 @@ async def admit(
     headers: Iterable[tuple[bytes, bytes]],
     subprotocols: Sequence[str],
     query_string: bytes,
+    *,
+    live: bool = False,
 ) -> Admission:
-    """Authenticate the tenant key and validate the query; raises `GatewayError` to refuse."""
+    """Authenticate the tenant key and validate the query; raises `GatewayError` to refuse.
+
+    `live`: a GPT-Live WebSocket (no query; its model comes in `session.start`, after the upgrade)."""
     if services.live.draining:
         raise draining_error()
     headers = list(headers)
@@ -138,9 +156,10 @@ async def admit(
         identity = await services.tenants.authenticate(creds.secret)
     if identity is None:
         raise invalid_api_key()
+    tags = session_tags(headers)
     query = upstream_query(query_string)
-    intent = query.get("intent", "realtime")
-    model = query.get("model") or ("" if intent == "transcription" else UPSTREAM_DEFAULT_MODEL)
+    intent = "live" if live else query.get("intent", "realtime")
+    model = query.get("model") or ("" if intent in ("transcription", "live") else UPSTREAM_DEFAULT_MODEL)
     secret = services.settings.security.safety_identifier_secret
     safety_id = (
         safety_identifier(secret, identity.tenant_id, creds.end_user)
@@ -151,7 +170,9 @@ async def admit(
     session_id = new_id("vgs")
     # Policy, budget, concurrency, start rate and upstream headroom: refused before any upstream cost.
     with refusing_outages():
-        decided = await shared_state(services).admit(identity.tenant_id, session_id, model or None, time.time())
+        decided = await shared_state(services).admit(
+            identity.tenant_id, session_id, model or None, time.time(), model_at_start=live
+        )
     policy, leased = decided.policy, decided.leased
     return Admission(
         identity,
@@ -164,6 +185,7 @@ async def admit(
         session_id,
         policy,
         leased,
+        tags,
     )
 
 
@@ -187,4 +209,5 @@ def session_plan(admission: Admission) -> SessionPlan:
         policy=admission.policy,
         leased=admission.leased,
         hold_opening=True,
+        tags=admission.tags,
     )

@@ -17,6 +17,7 @@ from gateway.services import GatewayServices
 from gateway.session.effects import SessionEffects
 from gateway.session.enforcement import Enforcement
 from gateway.session.live import LiveSession
+from gateway.telemetry import NO_TRACE, SessionTrace, bind_session
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
 
@@ -39,18 +40,25 @@ class SessionPlan:
     hold_opening: bool = False
     # False when the call APIs opened the session and a sideband (re)attaches to it: not a new start.
     new_session: bool = True
+    tags: tuple[tuple[str, str], ...] = ()  # X-Voxgate-Tags, kept on the session row (docs/finance.md)
 
 
 def shared_state(services: GatewayServices) -> Enforcement:
     """The process's enforcement (over Redis, or over memory in a single-process deployment)."""
-    if services.enforcement is None:
-        raise RuntimeError("the gateway's live state is not wired (GatewayServices.enforcement)")
     return services.enforcement
 
 
-def assemble(services: GatewayServices, plan: SessionPlan, clock: Clock = SYSTEM_CLOCK) -> LiveSession:
-    """Open the session's books (records `SessionStarted`) and build its governor and effects."""
+def assemble(
+    services: GatewayServices, plan: SessionPlan, clock: Clock = SYSTEM_CLOCK, trace: SessionTrace = NO_TRACE
+) -> LiveSession:
+    """Open the session's books (records `SessionStarted`) and build its governor and effects.
+
+    `trace` is the session's span (started by the transport, which traced its admission and
+    upstream connect); this task, and the tasks the session starts, log with its ids.
+    """
     now = clock.time()
+    trace.admitted(plan.session_id, plan.tenant_id, plan.model, plan.intent)
+    bind_session(plan.session_id, plan.tenant_id, trace)
     started = SessionStarted(
         session_id=plan.session_id,
         tenant_id=plan.tenant_id,
@@ -61,6 +69,7 @@ def assemble(services: GatewayServices, plan: SessionPlan, clock: Clock = SYSTEM
         end_user_hash=plan.safety_id,
         gateway_instance=services.settings.server.instance_id,
         started_at=now,
+        tags=plan.tags,
     )
     identity = SessionIdentity(plan.session_id, plan.tenant_id, plan.model, plan.intent)
     governor = SessionGovernor(
@@ -73,6 +82,7 @@ def assemble(services: GatewayServices, plan: SessionPlan, clock: Clock = SYSTEM
         plan.policy or UNRESTRICTED,
         metrics=services.metrics,
         clock=clock,
+        trace=trace,
     )
     if plan.new_session:
         services.metrics.sessions_started.labels(plan.transport).inc()

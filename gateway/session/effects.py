@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -26,6 +27,7 @@ from gateway.ids import new_id
 from gateway.ledger.writer import LedgerWriter
 from gateway.livestate import LiveStateBackend, ReserveResult, SpendState
 from gateway.session.verdict import HOLD, PASS, Verdict, encode
+from gateway.telemetry import NO_TRACE, SessionTrace
 from policies.actions import (
     Action,
     AuditEvent,
@@ -44,7 +46,7 @@ from policies.actions import (
     TranscriptionRecord,
     UsageRecord,
 )
-from policies.budget import BudgetLimits, BudgetState, crossed_alerts, is_exhausted
+from policies.budget import BudgetAlert, BudgetLimits, BudgetState, crossed_alerts, is_exhausted, window_keys
 from policies.policy import TenantPolicy
 
 if TYPE_CHECKING:
@@ -78,8 +80,35 @@ class ReservationOwner(Protocol):
     async def reservation_answered(self, reservation_id: str, granted: bool) -> None: ...
 
 
+class SessionTotals:
+    """What a session's responses added up to: its summary log line and its span's last attributes."""
+
+    __slots__ = ("cost_micro_usd", "input_tokens", "output_tokens", "responses")
+
+    def __init__(self) -> None:
+        self.responses = self.input_tokens = self.output_tokens = self.cost_micro_usd = 0
+
+    def add(self, record: UsageRecord) -> None:
+        self.responses += 1
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cost_micro_usd += record.cost_micro_usd
+
+
 def budget_state(spend: SpendState) -> BudgetState:
     return BudgetState(spend.spent_day, spend.spent_month, spend.reserved_day, spend.reserved_month)
+
+
+def alert_detail(alert: BudgetAlert, now: float) -> dict[str, Any]:
+    """A `budget.alert` audit row's detail: what the webhook body carries (docs/finance.md)."""
+    day, month = window_keys(now)
+    return {
+        "period": alert.window,
+        "period_start": day if alert.window == "day" else f"{month}-01",
+        "threshold": alert.threshold,
+        "budget_micro_usd": alert.limit,
+        "spent_micro_usd": alert.spent,
+    }
 
 
 class SessionEffects:
@@ -93,6 +122,7 @@ class SessionEffects:
         policy: TenantPolicy,
         metrics: GatewayMetrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        trace: SessionTrace = NO_TRACE,
     ) -> None:
         self.shared = shared
         self.ledger = shared.ledger
@@ -101,6 +131,8 @@ class SessionEffects:
         self.policy = policy
         self.metrics = metrics
         self.clock = clock
+        self.trace = trace
+        self.totals = SessionTotals()
         self._queue: asyncio.Queue[SharedAction] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._owner: ReservationOwner | None = None
@@ -144,13 +176,31 @@ class SessionEffects:
 
     def _persist(self, action: Persist) -> asyncio.Future[None] | None:
         record = action.record
-        if isinstance(record, UsageRecord) and self.metrics is not None:
-            self.metrics.responses.labels(record.model, record.status).inc()
-            self.metrics.cost.labels(record.model).inc(record.cost_micro_usd)
         if isinstance(record, UsageRecord | TranscriptionRecord):
-            return self.ledger.submit_durable(record)
+            durable = self.ledger.submit_durable(record)
+            if isinstance(record, UsageRecord):
+                self._metered(record, durable)
+            return durable
         self.ledger.submit(record)
         return None
+
+    def _metered(self, record: UsageRecord, durable: asyncio.Future[None]) -> None:
+        """A billed response: the session's totals, its span, the money and token counters."""
+        self.totals.add(record)
+        self.trace.response_done(
+            record.response_id,
+            record.status,
+            record.input_tokens,
+            record.output_tokens,
+            record.cost_micro_usd,
+            durable,
+        )
+        if self.metrics is not None:
+            metrics, tenant, model = self.metrics, self.tenant_id, record.model
+            metrics.responses.labels(model, record.status).inc()
+            metrics.cost.labels(tenant, model).inc(record.cost_micro_usd)
+            metrics.input_tokens.labels(tenant, model).inc(record.input_tokens)
+            metrics.output_tokens.labels(tenant, model).inc(record.output_tokens)
 
     # -- the shared state, off the frame path ---------------------------------------------
 
@@ -246,13 +296,17 @@ class SessionEffects:
 
     async def _settle(self, settle_id: str, actual: int, now: float, limits: BudgetLimits) -> None:
         state = self.shared.state
-        if not limits.limited:  # no alert or exhaustion to detect: one round trip
-            await state.settle(self.tenant_id, settle_id, actual, now)
-            return
-        before = budget_state(await state.spend(self.tenant_id, now))
         after = budget_state(await state.settle(self.tenant_id, settle_id, actual, now))
+        if not limits.limited:  # no alert or exhaustion to detect
+            return
+        # `before` comes from the same atomic settle: read apart, concurrent settles would all see
+        # the old total and each report the same crossing. The `budget.alert` row claims its
+        # outbox row once per tenant, period and threshold (migrations/0009_budget_alerts.sql).
+        before = replace(after, spent_day=after.spent_day - actual, spent_month=after.spent_month - actual)
         for alert in crossed_alerts(before, after, limits):
-            self.ledger.submit(AuditEvent("budget.alert", self.session_id, self.tenant_id, now, {"alert": repr(alert)}))
+            self.ledger.submit(
+                AuditEvent("budget.alert", self.session_id, self.tenant_id, now, alert_detail(alert, now))
+            )
         if is_exhausted(after, limits):
             detail = {
                 "spent_day": after.spent_day,

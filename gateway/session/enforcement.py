@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -39,7 +39,7 @@ from policies.actions import RateLimit, RateLimitsRecord
 from policies.admission import AdmissionSnapshot, Refuse, decide_admission
 from policies.budget import BudgetLimits, is_exhausted
 from policies.policy import UNRESTRICTED, TenantPolicy
-from policies.prices.table import PriceTable
+from policies.prices.table import Basis, PriceTable
 from policies.session_config import default_model
 
 if TYPE_CHECKING:
@@ -134,21 +134,33 @@ class Enforcement(LeaseKeeper):
         effective = await self.policies.effective(tenant_id)
         return effective.policy, effective.version
 
-    async def admit(self, tenant_id: str, session_id: str, model: str | None, now: float) -> Admission:
+    async def admit(
+        self,
+        tenant_id: str,
+        session_id: str,
+        model: str | None,
+        now: float,
+        basis: Basis = "models",
+        *,
+        model_at_start: bool = False,
+    ) -> Admission:
         """Admit a new session or raise an OpenAI-shaped GatewayError (before the upgrade).
 
         `model` is None for transcription sessions: no realtime model is used, so the
         allowlist does not apply and budgets are checked against `default_model(policy)`.
+        `basis` is the price list `model` must be in (`durations` for GPT-Live and translation).
+        `model_at_start`: the model arrives after the upgrade (a GPT-Live WebSocket's `session.start`,
+        which its governor polices); admission checks everything else.
         """
         policy, version = await self.policy_for(tenant_id)
         if model is None:
             model = default_model(policy)
-        if not policy.allows_model(model) or not self.prices.admits(model):
-            refused = decide_admission(policy, model, AdmissionSnapshot(), now, self.prices)
+        if not model_at_start and (not policy.allows_model(model) or not self.prices.admits(model, basis)):
+            refused = decide_admission(policy, model, AdmissionSnapshot(), now, self.prices, basis)
             assert isinstance(refused, Refuse)
             raise _refusal(refused)
         try:
-            return await self._admit_shared(policy, version, tenant_id, session_id, model, now)
+            return await self._admit_shared(policy, version, tenant_id, session_id, model, now, basis, model_at_start)
         except RedisError as exc:
             if policy.redis_unavailable == "fail_open":
                 log.warning("live state unreachable (%s); admitting %s without shared checks", exc, session_id)
@@ -161,7 +173,15 @@ class Enforcement(LeaseKeeper):
             ) from None
 
     async def _admit_shared(
-        self, policy: TenantPolicy, version: int | None, tenant_id: str, session_id: str, model: str, now: float
+        self,
+        policy: TenantPolicy,
+        version: int | None,
+        tenant_id: str,
+        session_id: str,
+        model: str,
+        now: float,
+        basis: Basis = "models",
+        model_at_start: bool = False,
     ) -> Admission:
         view = await self.state.tenant_view(tenant_id, now)  # one round trip: each needs a pooled connection
         spend, headroom = view.spend, view.headroom
@@ -174,7 +194,10 @@ class Enforcement(LeaseKeeper):
         snapshot = AdmissionSnapshot(
             active_sessions=view.active_sessions, budget=budget_state(spend), upstream=upstream
         )
-        decision = decide_admission(policy, model, snapshot, now, self.prices)
+        if model_at_start:  # no model yet: no allowlist, and no first response to reserve for
+            decision = decide_admission(replace(policy, models=None), model, snapshot, now)
+        else:
+            decision = decide_admission(policy, model, snapshot, now, self.prices, basis)
         if isinstance(decision, Refuse):
             raise _refusal(decision)
         # The atomic steps decide races between replicas: start rate, then the lease.

@@ -20,7 +20,9 @@ client until it is false (docs/governor.md).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Final
 
 import orjson
 
@@ -29,6 +31,7 @@ from gateway.ledger.writer import SessionEnded, SessionStarted
 from gateway.session.close_reasons import ledger_end_reason
 from gateway.session.effects import SessionEffects
 from gateway.session.verdict import HOLD, PASS, Deliver, Verdict
+from gateway.telemetry import SessionFields, session_fields
 from policies.actions import Action
 from policies.frames import (
     CLIENT_EXACT_PREFIXES,
@@ -43,6 +46,12 @@ from policies.policy import TenantPolicy
 
 Message = str | bytes
 __all__ = ["HOLD", "PASS", "LiveSession", "Verdict"]
+
+log = logging.getLogger("voxgate.session")
+
+# The first audio of a response, as OpenAI and the SDKs spell it (time to first audio).
+AUDIO_DELTA: Final = "response.output_audio.delta"
+AUDIO_DELTA_PREFIXES: Final = tuple(f'{{"type":{gap}"{AUDIO_DELTA}"'.encode() for gap in ("", " "))
 
 
 class LiveSession:
@@ -66,8 +75,13 @@ class LiveSession:
         self.client_messages = 0
         self.upstream_messages = 0
         self._deliver: Deliver | None = None
-        self._note_audio = governor.note_client_activity  # bound once: it runs for every audio frame
+        self._note_audio = governor.note_client_audio  # bound once: it runs for every audio frame
         self._now = clock.time
+        # When the response now awaited was requested (0: none awaits its first audio delta).
+        self._first_audio_since = 0.0
+        metrics = effects.metrics
+        self._first_audio = None if metrics is None else metrics.time_to_first_audio.labels(started.model or "")
+        self.log_fields: SessionFields = session_fields(started.session_id, started.tenant_id, effects.trace)
         effects.ledger.submit(started)
 
     def attach(self, deliver: Deliver) -> None:
@@ -111,7 +125,7 @@ class LiveSession:
         if isinstance(message, str):
             message = message.encode()
         if passthrough_type(message, PASSTHROUGH_CLIENT_TYPES) is not None:
-            self.governor.note_client_activity(now, len(message))
+            self._note_audio(now, message)
             return PASS
         try:
             event = orjson.loads(message)
@@ -119,6 +133,8 @@ class LiveSession:
             return self._apply(self.governor.on_client_garbage(f"Invalid JSON: {exc.msg}.", now))
         if not isinstance(event, dict):
             return self._apply(self.governor.on_client_garbage("An event must be a JSON object.", now))
+        if not self._first_audio_since and event.get("type") == "response.create":
+            self._first_audio_since = now
         return self._apply(self.governor.on_client_event(event, now))
 
     def client_audio(self, message: bytes) -> bool:
@@ -129,7 +145,7 @@ class LiveSession:
         """
         if exact_passthrough(message, 0, len(message), CLIENT_EXACT_PREFIXES):
             self.client_messages += 1
-            self._note_audio(self._now(), len(message))
+            self._note_audio(self._now(), message)
             return True
         return False
 
@@ -141,8 +157,16 @@ class LiveSession:
         """
         if exact_passthrough(frame, start, end, SERVER_EXACT_PREFIXES):
             self.upstream_messages += 1
+            if self._first_audio_since and frame.startswith(AUDIO_DELTA_PREFIXES, start, end):
+                self._first_audio_heard()
             return True
         return False
+
+    def _first_audio_heard(self) -> None:
+        """The awaited response's first audio delta: observe the time since its request, once."""
+        since, self._first_audio_since = self._first_audio_since, 0.0
+        if self._first_audio is not None:
+            self._first_audio.observe(max(0.0, self._now() - since))
 
     def from_upstream(self, message: Message, binary: bool = False) -> Verdict:
         """A whole upstream message; binary ones are passed on untouched."""
@@ -151,7 +175,10 @@ class LiveSession:
             return PASS
         if isinstance(message, str):  # the sideband's `websockets` hands text over decoded
             message = message.encode()
-        if passthrough_type(message, PASSTHROUGH_SERVER_TYPES) is not None:
+        kind = passthrough_type(message, PASSTHROUGH_SERVER_TYPES)
+        if kind is not None:
+            if self._first_audio_since and kind == AUDIO_DELTA:
+                self._first_audio_heard()
             return PASS
         try:
             event = orjson.loads(message)
@@ -159,7 +186,22 @@ class LiveSession:
             return PASS  # not ours to judge; the client's SDK will report it
         if not isinstance(event, dict):
             return PASS
-        return self._apply(self.governor.on_server_event(event, self._now()))
+        now = self._now()
+        kind = event.get("type")
+        if kind == "response.created":
+            self._response_created(event, now)
+        elif kind == "response.done":
+            self._first_audio_since = 0.0  # a response without audio: nothing to observe
+        return self._apply(self.governor.on_server_event(event, now))
+
+    def _response_created(self, event: dict[str, object], now: float) -> None:
+        """A response's span starts; one upstream starts itself (server VAD) is requested now."""
+        response = event.get("response")
+        response_id = response.get("id") if isinstance(response, dict) else None
+        if isinstance(response_id, str):
+            self.effects.trace.response_created(response_id)
+        if not self._first_audio_since:
+            self._first_audio_since = now
 
     def next_deadline_in(self) -> float | None:
         """Seconds until the governor next has something timed to do (None: nothing is timed)."""
@@ -208,10 +250,44 @@ class LiveSession:
         self.effects.ledger.submit(self.ended)
         if self.effects.metrics is not None:
             self.effects.metrics.sessions_ended.labels(reason).inc()
+        self._summarize(self.ended)
+
+    def _summarize(self, ended: SessionEnded) -> None:
+        """The session's summary log line, and the totals that end its span."""
+        totals = self.effects.totals
+        self.effects.trace.end(
+            ended.end_reason, totals.responses, totals.input_tokens, totals.output_tokens, totals.cost_micro_usd
+        )
+        duration = max(0.0, ended.ended_at - self.started.started_at)
+        fields = {
+            "event": "session.summary",
+            "transport": self.started.transport,
+            "model": self.started.model or "",
+            "end_reason": ended.end_reason,
+            "duration_s": round(duration, 3),
+            "responses": totals.responses,
+            "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens,
+            "cost_micro_usd": totals.cost_micro_usd,
+        }
+        log.info(
+            "session %s ended (%s) after %.1f s: %d responses, %d micro-USD",
+            self.session_id,
+            ended.end_reason,
+            duration,
+            totals.responses,
+            totals.cost_micro_usd,
+            extra={**self.log_fields, "fields": fields},
+        )
 
     async def aclose(self) -> None:
         """After `end()`: finish pending shared-state work and give back the concurrency lease."""
         await self.effects.stop()
+        if self.ended is None:  # handed over to another replica (a sideband on drain): its span ends here
+            totals = self.effects.totals
+            self.effects.trace.end(
+                "handed_over", totals.responses, totals.input_tokens, totals.output_tokens, totals.cost_micro_usd
+            )
         if self.leased:
             self.leased = False
             await self.effects.release_lease()

@@ -27,6 +27,7 @@ class Caller:
     via: Literal["api_key", "browser_token"]
     safety_id: str
     browser: BrowserPrincipal | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # X-Voxgate-Tags of a session-creating request
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.pools import RedisClient
 from gateway.webrtc.calls_store import Call
 
 log = logging.getLogger("voxgate.calls")
@@ -46,7 +46,7 @@ class CallCache(abc.ABC):
 class RedisCallCache(CallCache):
     """A Redis hash per call, shared by every replica."""
 
-    def __init__(self, redis: aioredis.Redis, key_prefix: str = "voxgate:") -> None:
+    def __init__(self, redis: RedisClient, key_prefix: str = "voxgate:") -> None:
         self._redis = redis
         self._prefix = key_prefix
 

@@ -7,7 +7,7 @@ the per-tenant attach limiter. Handlers reach it with `context_of(app)`, typed.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from litestar import Litestar
 
@@ -31,6 +31,7 @@ class WebRtcContext:
         self.calls = CallStore(services.pool, RedisCallCache(services.redis, settings.redis.key_prefix))
         self.upstream = UpstreamHttp(settings.upstream)
         self.attach_limiter = AttachLimiter()
+        self.live: Any = None  # gateway.webrtc.live_calls.LiveContext, made on the first GPT-Live request
         self.browser_tokens = BrowserTokenVerifier(
             BrowserAuthStore(services.pool), jwks_allowed_hosts=settings.security.jwks_allowed_hosts, clock=self.clock
         )
@@ -38,6 +39,8 @@ class WebRtcContext:
         services.browser_key_changes.subscribe(lambda _tenant_id: self.browser_tokens.forget())
 
     async def close(self) -> None:
+        if self.live is not None:
+            await self.live.close()  # stops the Live sidebands first: they may still hang up upstream
         await self.upstream.aclose()
 
 

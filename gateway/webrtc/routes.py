@@ -17,6 +17,7 @@ decisions about a session's config, `upstream_http` the one client for upstream.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from litestar import Request, Response, get, post
@@ -24,6 +25,7 @@ from litestar.config.app import AppConfig
 from litestar.params import FromPath
 
 from gateway.auth.credentials import END_USER_HEADER
+from gateway.session.admission import session_tags
 from gateway.webrtc import attach, broker
 from gateway.webrtc.access import Caller, Presented, authenticate, visible_call
 from gateway.webrtc.bodies import offer_media_type, read_json_body, read_offer
@@ -37,7 +39,8 @@ CallId = FromPath[str]
 _END_USER: Final = END_USER_HEADER.encode()
 
 
-async def _caller(request: Request[Any, Any, Any], context: WebRtcContext, *, allow_browser: bool) -> Caller:
+async def caller_of(request: Request[Any, Any, Any], context: WebRtcContext, *, allow_browser: bool) -> Caller:
+    """Who is calling: a tenant key, or a browser JWT where `allow_browser` (else 401/403)."""
     raw_end_user = next((v for k, v in request.scope["headers"] if k.lower() == _END_USER), b"")
     services = context.services
     return await authenticate(
@@ -58,7 +61,9 @@ async def create_client_secret(request: Request[Any, Any, Any]) -> Response[byte
     """
     context = context_of(request.app)
     with counting_refusals(context.services):
-        caller = await _caller(request, context, allow_browser=False)
+        caller = replace(
+            await caller_of(request, context, allow_browser=False), tags=session_tags(request.scope["headers"])
+        )
         body = await read_json_body(request)
     minted = await mint_client_secret(context, caller, body)
     return Response(minted, status_code=200, media_type="application/json")
@@ -71,7 +76,8 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
     context = context_of(request.app)
     with counting_refusals(context.services):
         media = offer_media_type(request)
-        caller = await _caller(request, context, allow_browser=media == SDP_MEDIA_TYPE)
+        caller = await caller_of(request, context, allow_browser=media == SDP_MEDIA_TYPE)
+        caller = replace(caller, tags=session_tags(request.scope["headers"]))
         offer = await read_offer(request, media)
         admitted = await broker.admit_call(context, caller, offer)
     placed = await broker.place_call(context, admitted)
@@ -87,7 +93,7 @@ async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def get_call(request: Request[Any, Any, Any], call_id: CallId) -> Response[dict[str, Any]]:
     """A call's state. Only the owning tenant (or the browser user who placed it) sees it; else 404."""
     context = context_of(request.app)
-    caller = await _caller(request, context, allow_browser=True)
+    caller = await caller_of(request, context, allow_browser=True)
     call = await visible_call(context.calls, caller, call_id)
     return Response(call.public(), status_code=200)
 
@@ -96,7 +102,7 @@ async def get_call(request: Request[Any, Any, Any], call_id: CallId) -> Response
 async def hangup_call(request: Request[Any, Any, Any], call_id: CallId) -> Response[bytes]:
     """End one of the tenant's calls (tenant key, or the browser JWT of the user who placed it)."""
     context = context_of(request.app)
-    caller = await _caller(request, context, allow_browser=True)
+    caller = await caller_of(request, context, allow_browser=True)
     call = await visible_call(context.calls, caller, call_id)
     await broker.hang_up(context, caller, call)
     return Response(b"", status_code=200, media_type="application/json")
@@ -119,7 +125,7 @@ async def attach_call(request: Request[Any, Any, Any], call_id: CallId) -> Respo
     monitor like a brokered call.
     """
     context = context_of(request.app)
-    caller = await _caller(request, context, allow_browser=False)
+    caller = await caller_of(request, context, allow_browser=False)
     call = await attach.attach_call(context, caller, call_id)
     return Response(call.public(), status_code=200)
 
@@ -129,5 +135,7 @@ ROUTES: Final = [create_client_secret, create_call, get_call, hangup_call, attac
 
 def register(app_config: AppConfig) -> None:
     """Add the routes and close the upstream HTTP client at shutdown (called by `VoxgatePlugin`)."""
-    app_config.route_handlers.extend(ROUTES)
+    from gateway.webrtc.live_routes import ROUTES as LIVE_ROUTES  # they reuse `caller_of`
+
+    app_config.route_handlers.extend([*ROUTES, *LIVE_ROUTES])
     app_config.on_shutdown.append(close_context)

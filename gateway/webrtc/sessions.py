@@ -17,7 +17,7 @@ from gateway.ledger.records import SessionStarted
 from gateway.services import GatewayServices
 from gateway.session.admission import draining_error
 from gateway.webrtc.access import Caller
-from policies.policy import UNRESTRICTED, TenantPolicy
+from policies.policy import TenantPolicy
 from policies.session_config import SessionRefused
 
 
@@ -28,8 +28,6 @@ def refusal(refused: SessionRefused) -> GatewayError:
 
 
 async def tenant_policy(services: GatewayServices, tenant_id: str) -> TenantPolicy:
-    if services.enforcement is None:
-        return UNRESTRICTED
     policy, _ = await services.enforcement.policy_for(tenant_id)
     return policy
 
@@ -40,14 +38,12 @@ async def admit(
     """Admit a session (`model` None: transcription); the policy in force and whether a lease is held."""
     if services.live.draining:
         raise draining_error()
-    if services.enforcement is None:
-        return UNRESTRICTED, False
     decided = await services.enforcement.admit(tenant_id, session_id, model, services.clock.time())
     return decided.policy, decided.leased
 
 
 async def release(services: GatewayServices, tenant_id: str, session_id: str, leased: bool) -> None:
-    if leased and services.enforcement is not None:
+    if leased:
         await services.enforcement.release(tenant_id, session_id)
 
 
@@ -83,5 +79,6 @@ def session_started(
             end_user_hash=caller.safety_id,
             gateway_instance=services.settings.server.instance_id,
             started_at=now,
+            tags=caller.tags,
         )
     )

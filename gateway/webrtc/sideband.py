@@ -38,6 +38,8 @@ from gateway.session import close_reasons as ends
 from gateway.session.assembly import SessionPlan, assemble, release_admission, shared_state
 from gateway.session.kit import SessionKit
 from gateway.session.live import LiveSession, Verdict
+from gateway.telemetry import start_session_trace
+from gateway.telemetry.attributes import SPAN_UPSTREAM_CONNECT
 from gateway.upstream import USER_AGENT, open_upstream, upstream_headers
 from gateway.webrtc.calls_cache import RedisCallCache
 from gateway.webrtc.calls_store import EXPIRED_UNATTACHED, CallStore
@@ -188,9 +190,14 @@ class CallsMonitor:
 
     async def _watch(self, call: MonitoredCall) -> None:
         services = self.services
+        trace = start_session_trace("webrtc", services.clock)
+        trace.admitted(call.session_id, call.tenant_id, call.model, "realtime")
+        started = services.clock.monotonic()
         try:
-            upstream = await open_upstream(services.settings.upstream, {"call_id": call.call_id}, call.safety_id)
+            with trace.step(SPAN_UPSTREAM_CONNECT):
+                upstream = await open_upstream(services.settings.upstream, {"call_id": call.call_id}, call.safety_id)
         except GatewayError as exc:
+            trace.refused(exc.code or "none", exc.status)
             log.warning("sideband for %s refused upstream: %s", call.call_id, exc.message)
             if exc.status == 404:  # upstream no longer knows the call: it ended while nobody watched
                 await self._ended_unwatched(call)
@@ -210,7 +217,8 @@ class CallsMonitor:
             leased=call.leased,
             new_session=False,
         )
-        live = assemble(services, plan, services.clock)
+        services.metrics.upstream_connect.labels("webrtc").observe(services.clock.monotonic() - started)
+        live = assemble(services, plan, services.clock, trace)
         sideband = Sideband(self, call, live, upstream)
         services.live.add(sideband)
         try:

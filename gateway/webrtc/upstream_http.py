@@ -115,6 +115,14 @@ class UpstreamHttp:
             return False
         return True
 
+    async def send(
+        self, method: str, path: str, safety_id: str, *, accept: str, body: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        """Any other upstream request (GPT-Live, translation): JSON `body` or none; errors as `_post`'s."""
+        content = orjson.dumps(body) if body is not None else b""
+        headers = {"Content-Type": "application/json"}
+        return await self._post(path, safety_id, accept=accept, headers=headers, content=content, method=method)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -127,11 +135,15 @@ class UpstreamHttp:
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         files: Mapping[str, Any] | None = None,
+        method: str = "POST",
     ) -> httpx.Response:
-        """POST with voxgate's key; non-2xx answers and transport failures become GatewayErrors."""
+        """POST (or `method`) with voxgate's key; non-2xx answers and transport failures become GatewayErrors."""
         sent = {**upstream_headers(self._settings, safety_id, None), "Accept": accept, **(headers or {})}
         try:
-            response = await self._http.post(self._base + path, headers=sent, content=content, files=files)
+            if method == "POST":
+                response = await self._http.post(self._base + path, headers=sent, content=content, files=files)
+            else:
+                response = await self._http.request(method, self._base + path, headers=sent)
         except httpx.TimeoutException:
             raise GatewayError(
                 503, "Timed out waiting for the upstream Realtime API.", code="upstream_timeout", retry_after=1.0

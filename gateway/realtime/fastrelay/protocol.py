@@ -33,13 +33,20 @@ from gateway.realtime.fastrelay.upstream_client import UpstreamLink, open_upstre
 from gateway.services import GatewayServices
 from gateway.session.admission import Admission, abandon, admit, draining_error, session_plan
 from gateway.session.assembly import assemble
+from gateway.telemetry import NO_TRACE, SessionTrace, bind_session, start_session_trace
+from gateway.telemetry.attributes import SPAN_ADMISSION, SPAN_UPSTREAM_CONNECT
+from gateway.telemetry.relay_probe import RelayProbe
 
 log = logging.getLogger("voxgate.fastrelay")
 
 REALTIME_PATH = "/v1/realtime"
+# Translation sockets are an ASGI route of their own (gateway/translation), not a Realtime session.
+TRANSLATIONS_PATH = "/v1/realtime/translations"
 
 
 def is_realtime_path(path: str) -> bool:
+    if path == TRANSLATIONS_PATH or path.startswith(TRANSLATIONS_PATH + "/"):
+        return False
     return path == REALTIME_PATH or path.startswith(REALTIME_PATH + "/")
 
 
@@ -148,7 +155,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         delegate.connection_made(self.transport)
         delegate.data_received(raw)
 
-    def _refuse(self, error: GatewayError) -> None:
+    def _refuse(self, error: GatewayError, trace: SessionTrace = NO_TRACE) -> None:
+        trace.refused(error.code or "none", error.status)
         services: GatewayServices | None = getattr(self.app.state, "services", None)
         if services is not None:
             services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
@@ -162,6 +170,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         services: GatewayServices | None = getattr(self.app.state, "services", None)
         admission: Admission | None = None
         link: UpstreamLink | None = None
+        trace = NO_TRACE if services is None else start_session_trace("websocket", services.clock)
         try:
             error = client_error(request)
             if error is not None:
@@ -170,15 +179,14 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
                 raise GatewayError(
                     503, "The gateway is starting; retry shortly.", code="gateway_starting", retry_after=1.0
                 )
-            admission = await admit(services, request.headers, request.subprotocols, request.query_string)
-            link = await open_upstream_link(
-                services.settings.upstream, admission.query, admission.safety_id, admission.beta
-            )
+            admission = await self._admit(services, request, trace)
+            link = await self._connect(services, admission, trace)
         except GatewayError as exc:
             await self._abandon(services, admission)
-            self._refuse(exc)
+            self._refuse(exc, trace)
             return
         except asyncio.CancelledError:  # the client left, or the server is shutting down
+            trace.refused("client_left", 499)
             if link is not None:
                 link.abort()
             await self._abandon(services, admission)
@@ -188,13 +196,16 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             if outage is None:
                 log.exception("admission failed")
             await self._abandon(services, admission)
-            self._refuse(outage or GatewayError(500, "The gateway had an internal error.", code="internal_error"))
+            self._refuse(
+                outage or GatewayError(500, "The gateway had an internal error.", code="internal_error"), trace
+            )
             return
         if self._lost or link.transport is None:
+            trace.refused("client_left", 499)
             link.abort()
             await self._abandon(services, admission)
             return
-        live = assemble(services, session_plan(admission), services.clock)
+        live = assemble(services, session_plan(admission), services.clock, trace)
         limit = services.settings.server.max_message_bytes
         relay = FastRelay(
             live,
@@ -223,6 +234,41 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         for data in early:
             relay.client_data(data)
         link.attach(relay)
+        relay.probe = self._probe(services, link)
+
+    async def _admit(self, services: GatewayServices, request: UpgradeRequest, trace: SessionTrace) -> Admission:
+        """`admit`, timed (voxgate_admission_seconds) and traced; binds the session to this task's log lines."""
+        clock = services.clock
+        started, outcome = clock.monotonic(), "refused"
+        try:
+            with trace.step(SPAN_ADMISSION):
+                admission = await admit(services, request.headers, request.subprotocols, request.query_string)
+            outcome = "admitted"
+        finally:
+            services.metrics.admission.labels(outcome).observe(clock.monotonic() - started)
+        tenant_id = admission.identity.tenant_id
+        trace.admitted(admission.session_id, tenant_id, admission.model, admission.intent)
+        bind_session(admission.session_id, tenant_id, trace)
+        return admission
+
+    @staticmethod
+    async def _connect(services: GatewayServices, admission: Admission, trace: SessionTrace) -> UpstreamLink:
+        """The upstream WebSocket, timed (voxgate_upstream_connect_seconds, successes) and traced."""
+        started = services.clock.monotonic()
+        with trace.step(SPAN_UPSTREAM_CONNECT):
+            link = await open_upstream_link(
+                services.settings.upstream, admission.query, admission.safety_id, admission.beta
+            )
+        services.metrics.upstream_connect.labels("websocket").observe(services.clock.monotonic() - started)
+        return link
+
+    def _probe(self, services: GatewayServices, link: UpstreamLink) -> RelayProbe:
+        """Both directions' reads, sampled for voxgate_relay_added_latency_seconds (gateway.telemetry.relay_probe)."""
+        latency = services.metrics.relay_latency
+        probe = RelayProbe(services.clock)
+        probe.watch(self, self.transport, latency.labels("client_to_upstream"))
+        probe.watch(link, link.transport, latency.labels("upstream_to_client"))
+        return probe
 
     @staticmethod
     async def _abandon(services: GatewayServices | None, admission: Admission | None) -> None:

@@ -32,6 +32,7 @@ from gateway.session.close_reasons import CLOSE_PROTOCOL_ERROR, Ending
 from gateway.session.kit import SessionKit
 from gateway.session.live import LiveSession, Verdict
 from gateway.session.ticker import call_later
+from gateway.telemetry.relay_probe import RelayProbe
 from policies.actions import CloseSession
 from policies.caps import CLOSE_BAD_GATEWAY, CLOSE_TOO_BIG
 
@@ -81,6 +82,7 @@ class FastRelay(Splice):
         self._close_timer: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()
+        self.probe: RelayProbe | None = None  # sampled relay latency (set by the protocol after the upgrade)
 
     def start(self) -> None:
         for side in (self.client, self.upstream):
@@ -145,7 +147,9 @@ class FastRelay(Splice):
         self._end(close.end_reason, None, to_client, build_close(1000, masked=True), GATEWAY)
 
     def _failed(self, exc: Exception) -> None:
-        log.exception("fast relay failed for session %s", self.live.session_id, exc_info=exc)
+        log.exception(
+            "fast relay failed for session %s", self.live.session_id, exc_info=exc, extra=self.live.log_fields
+        )
         self._end_as(ends.GATEWAY_ERROR, type(exc).__name__, FAILURE, build_close(1000, masked=True))
 
     def _close_frame(self, side: Side, buf: bytes, header: FrameHeader, pos: int) -> None:
@@ -234,6 +238,7 @@ class FastRelay(Splice):
                     "session %s ended (%s) with usage still owed upstream; the ledger may lack it",
                     self.live.session_id,
                     end_reason,
+                    extra=self.live.log_fields,
                 )
                 self.live.responses_unbilled(f"{end_reason}: {detail}" if detail else end_reason)
             self.live.end(end_reason, detail)
@@ -268,6 +273,7 @@ class FastRelay(Splice):
                 self.live.session_id,
                 end_reason,
                 self.abandon_wait_seconds,
+                extra=self.live.log_fields,
             )
 
     def _abandon_expired(self) -> None:
@@ -292,6 +298,7 @@ class FastRelay(Splice):
                 "upstream may bill what the ledger does not have",
                 self.live.session_id,
                 unbilled,
+                extra=self.live.log_fields,
             )
             self.live.responses_unbilled(unbilled)
         assert self._ending_as is not None

@@ -31,7 +31,7 @@ from gateway.realtime.fastrelay.frames import (
     payload_of,
 )
 from gateway.realtime.fastrelay.side import Side
-from gateway.session.live import LiveSession, Verdict
+from gateway.session.live import PASS, LiveSession, Verdict
 from policies.actions import CloseSession
 
 UPSTREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -253,7 +253,9 @@ class Splice:
                     return
                 continue
             verdict = self._inspect(side, payload_of(buf, header), opcode == OP_BINARY)
-            if verdict.forward and not (verdict.to_client or verdict.to_upstream or verdict.close or verdict.durable):
+            if verdict is PASS or (
+                verdict.forward and not (verdict.to_client or verdict.to_upstream or verdict.close or verdict.durable)
+            ):
                 pos = end
                 continue
             other.write(buf[run:pos])

@@ -8,6 +8,7 @@ After the 101 the protocol object stays in place and hands every byte to the rel
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Protocol, cast
@@ -28,6 +29,16 @@ from gateway.settings import UpstreamSettings
 from gateway.upstream import USER_AGENT, realtime_url, refusal_from_status, upstream_headers
 
 MAX_REFUSAL_BODY = 64 * 1024
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One client context per process: building one loads the CA store (milliseconds of CPU).
+
+    The default verify paths honour `SSL_CERT_FILE`/`SSL_CERT_DIR`, read at the first
+    upstream connection (the benchmark's per-run CA comes in that way).
+    """
+    return ssl.create_default_context()
 
 
 class UpstreamSink(Protocol):
@@ -160,7 +171,7 @@ async def open_upstream_link(
                 lambda: UpstreamLink(key),
                 host,
                 port,
-                ssl=ssl.create_default_context() if secure else None,
+                ssl=tls_context() if secure else None,
                 server_hostname=host if secure else None,
             )
             assert link.transport is not None
