@@ -23,7 +23,7 @@ PCM16_24K_BYTES_PER_SECOND: Final = 48_000
 G711_BYTES_PER_SECOND: Final = 8_000
 _G711_FORMATS: Final = frozenset({"audio/pcmu", "audio/pcma", "g711_ulaw", "g711_alaw"})
 
-_AUDIO_KEY: Final = b'"audio"'
+_AUDIO_KEY: Final = b'"audio":'
 
 
 def input_bytes_per_second(session: Mapping[str, Any]) -> int | None:
@@ -41,8 +41,10 @@ def input_bytes_per_second(session: Mapping[str, Any]) -> int | None:
 def appended_audio(message: bytes) -> tuple[int, int]:
     """The base64 characters and decoded bytes of the `audio` string of an undecoded
     `input_audio_buffer.append` (`policies.frames` guarantees it has no backslash, so a
-    string ends at the next quote); (0, 0) when there is none."""
-    key = message.find(_AUDIO_KEY)
+    string ends at the next quote); (0, 0) when there is none. The key is the last `"audio":`
+    (a key, followed by a colon): a string value such as `"event_id":"audio"` is not it, and the
+    shapes the fast path accepts put the audio first or last, never inside another object."""
+    key = message.rfind(_AUDIO_KEY)
     if key < 0:
         return 0, 0
     start = message.find(b'"', key + len(_AUDIO_KEY))

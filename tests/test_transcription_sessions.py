@@ -189,3 +189,13 @@ def test_the_append_reader_counts_base64_characters_and_decoded_bytes() -> None:
         agents = json.dumps({"audio": audio, "type": "input_audio_buffer.append"}, separators=(",", ":")).encode()
         assert appended_audio(sdk) == appended_audio(agents) == (len(audio), size)
     assert appended_audio(b'{"type":"input_audio_buffer.append"}') == (0, 0)
+
+
+def test_the_audio_key_is_found_even_when_another_value_reads_audio() -> None:
+    # 8 base64 characters without padding are 6 bytes; the event_id's value "audio" is not the key.
+    shapes = [
+        b'{"type":"input_audio_buffer.append","event_id":"audio","audio":"AAAAAAAA"}',
+        b'{"audio":"AAAAAAAA","type":"input_audio_buffer.append"}',
+        b'{"type":"input_audio_buffer.append","audio":"AAAAAAAA"}',
+    ]
+    assert [appended_audio(shape) for shape in shapes] == [(8, 6), (8, 6), (8, 6)]

@@ -89,6 +89,12 @@ _CONNECTIVITY_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # Not the record's fault, so retried rather than dead-lettered: a deadlock or serialization
+    # failure between replicas' writers upserting the same rollup rows (migration 0008), too many
+    # connections, a statement cancelled by the server.
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.QueryCanceledError,
 )
 
 

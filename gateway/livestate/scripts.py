@@ -198,7 +198,12 @@ class ScriptRunner:
                     except ResponseError as exc:
                         results.append(exc)
                 return results
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except RedisTimeoutError:
+                # No answer within the socket timeout: the scripts may well have run, and an
+                # unanswering Redis must fail within one timeout, not two (gateway/pools.py).
+                await self._drop_held(redis)
+                raise
+            except (RedisConnectionError, OSError):  # a held connection the server had closed
                 await self._drop_held(redis)
                 return await self._pooled_pipeline(ops)
             except BaseException:  # cancelled mid-read: its replies may still be on the socket

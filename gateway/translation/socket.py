@@ -28,7 +28,7 @@ from gateway.services import GatewayServices
 from gateway.session.admission import draining_error, refusing_outages
 from gateway.session.assembly import shared_state
 from gateway.session.effects import SessionEffects
-from gateway.translation.meter import APPEND_PREFIX, TranslationMeter
+from gateway.translation.meter import TranslationMeter
 from gateway.upstream import open_upstream
 from gateway.websocket_relay import Message, accept_or_refuse, close_client, relay, to_client
 from policies.actions import RecordSpend
@@ -128,12 +128,12 @@ async def _carry(
     meter, write = session.meter, to_client(send)
 
     async def from_client(message: Message) -> None:
-        raw = message.encode() if isinstance(message, str) else message
-        if raw.startswith(APPEND_PREFIX) or b'"session.input_audio_buffer.append"' in raw[:80]:
-            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                event = orjson.loads(raw)
-                if isinstance(event, dict):
-                    meter.on_client(event)
+        # Every client frame is decoded: an append's `type` may come after its audio (the Agents
+        # SDK's key order) or an `event_id`, and translation traffic is light enough to read whole.
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+            event = orjson.loads(message)
+            if isinstance(event, dict):
+                meter.on_client(event)
         await upstream.send(message)
 
     async def from_upstream(message: Message) -> None:

@@ -119,6 +119,10 @@ class LiveSideband:
             if ticks is not None:
                 ticks.cancel()
             await self._close_upstream(1000, "")
+            if call.end_reason is None and reason in ("sideband_lost", "sideband_refused"):
+                # The browser's media goes straight to OpenAI: a call voxgate can neither meter nor
+                # police any more is hung up, not left running unbilled (as in live_calls._record).
+                await self._hang_up(1000, "")
             await self._end(call.end_reason or reason, detail)
 
     async def _end(self, reason: str, detail: str | None) -> None:
