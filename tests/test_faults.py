@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -120,9 +121,26 @@ async def test_a_redis_cut_longer_than_the_lease_ttl_ends_no_session(
     try:
         async with gateway_process(env, tmp_path, instance_id="fault-redis") as gateway:
             # Turns every 0.25 s for ~6 s: before, during and well after a 2.5 s cut (> ttl + reap interval).
-            plans = [Plan(budgeted.tenant_id, budgeted.secret, ("text",) * 24, pause_s=0.25) for _ in range(10)]
+            # The cut waits until every session has had a response, so all of them are live when it
+            # comes (a fixed delay raced the sessions' start on a loaded CI machine).
+            working: set[int] = set()
+            all_working = asyncio.Event()
+
+            def first_response(index: int) -> Callable[[str], None]:
+                def seen(_: str) -> None:
+                    working.add(index)
+                    if len(working) == 10:
+                        all_working.set()
+
+                return seen
+
+            plans = [
+                Plan(budgeted.tenant_id, budgeted.secret, ("text",) * 24, pause_s=0.25, on_done=first_response(i))
+                for i in range(10)
+            ]
             traffic = asyncio.ensure_future(run(gateway, plans))
-            await asyncio.sleep(0.8)
+            async with asyncio.timeout(30):
+                await all_working.wait()
             rd.cut()
             await asyncio.sleep(2.5)
             rd.restore()
