@@ -17,8 +17,8 @@ from litestar import Request, Response, Router, get
 from litestar.di import NamedDependency, Provide
 
 from gateway.admin.security import tenant_not_found
-from gateway.admin.tokens import AdminPrincipal, AdminTokenVerifier, Permission, bearer_token, insufficient_role
-from gateway.auth.apikeys import looks_like_api_key
+from gateway.admin.tokens import AdminPrincipal, AdminTokenVerifier, Permission, insufficient_role
+from gateway.alerts.routes import finance_principal
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.finance.costs import query_costs
@@ -50,7 +50,7 @@ def build_costs_router(
 @get(COSTS_PATH, operation_id="organization_costs_list", tags=["finance"])
 async def list_costs(request: Request[Any, Any, Any], verifier: NamedDependency[AdminTokenVerifier]) -> Response[bytes]:
     """Costs per bucket (`1d`, `1h`, `1mo` in zone `tz`), grouped; `format=json|csv|focus` (docs/finance.md)."""
-    principal = await _principal(request, verifier)
+    principal = await finance_principal(request, verifier)
     try:
         query = parse_cost_query(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
         query = scoped(query, principal)
@@ -85,13 +85,3 @@ def scoped(query: CostQuery, principal: AdminPrincipal) -> CostQuery:
         if other != tenant:
             raise dataclasses.replace(tenant_not_found(other), param="project_ids")
     return dataclasses.replace(query, project_ids=(tenant,))
-
-
-async def _principal(request: Request[Any, Any, Any], verifier: AdminTokenVerifier) -> AdminPrincipal:
-    token = bearer_token(request.headers.get("authorization"))
-    try:
-        return await verifier.verify(token)
-    except GatewayError:
-        if looks_like_api_key(token):  # a tenant's key: known caller, wrong kind of credential
-            raise insufficient_role(Permission.USAGE_READ) from None
-        raise

@@ -24,7 +24,6 @@ BYTES_PER_MS: Final = 48  # PCM16 (2 bytes) at 24,000 samples a second, mono
 FRAME_MS: Final = 200  # upstream's model time advances in 200 ms frames
 TRANSLATION: Final = "translation"  # duration_usage.kind
 APPEND: Final = "session.input_audio_buffer.append"
-APPEND_PREFIX: Final = b'{"type":"session.input_audio_buffer.append"'
 
 
 def decoded_length(audio: object) -> int:
