@@ -5,6 +5,8 @@
   (`sdp` + `session` parts) or raw `application/sdp`, with a standard or an `ek_` key;
 - `POST /v1/realtime/calls/{call_id}/hangup` ends a call (standard key);
 - `GET /v1/realtime?call_id=…` (WebSocket, standard key) attaches a `Sideband`.
+
+What it remembers is `emulator.call_state`; its HTTP plumbing is `emulator.http_replies`.
 """
 
 from __future__ import annotations
@@ -14,117 +16,38 @@ import json
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
 from litestar.params import FromPath
 
 from emulator.app import REALTIME_PATH, send_json_error
+from emulator.call_state import (
+    DEFAULT_SECRET_SECONDS,
+    EPHEMERAL_PREFIX,
+    MAX_SECRET_SECONDS,
+    MIN_SECRET_SECONDS,
+    EmulatedCall,
+    MintedSecret,
+)
 from emulator.connection import EmulatedSession
 from emulator.errors import ProtocolError, http_error_body
-from emulator.handshake import KEY_SUBPROTOCOL_PREFIX, Refusal, decide, fault_refusal
+from emulator.handshake import Refusal, decide, fault_refusal
+from emulator.http_replies import (
+    bearer_key,
+    http_error,
+    json_response,
+    multipart_parts,
+    part_text,
+    refusal_response,
+    request_headers_of,
+)
 from emulator.session import SessionProtocol
 from emulator.sideband import Sideband
 from emulator.webrtc import CallPeer, DataChannelTransport, OfferError, check_offer, use_loopback_ice
 
 if TYPE_CHECKING:
     from emulator.emulator import RealtimeEmulator
-
-EPHEMERAL_PREFIX = "ek_"
-DEFAULT_SECRET_SECONDS = 600
-MIN_SECRET_SECONDS, MAX_SECRET_SECONDS = 10, 7200
-
-
-@dataclass
-class MintedSecret:
-    """One `client_secrets` answer: the request body as sent and the session it minted."""
-
-    value: str
-    expires_at: int
-    request: dict[str, Any]
-    session: dict[str, Any]
-    headers: dict[str, str]
-
-    def valid(self, now: float) -> bool:
-        return now < self.expires_at
-
-
-@dataclass(eq=False)
-class EmulatedCall:
-    """One WebRTC call.
-
-    `form` is "multipart" or "sdp" (raw `application/sdp`); `ephemeral_key` is the `ek_` value
-    the offer was posted with, if any; `hung_up` is set by the hangup endpoint, `ended` by any
-    end (hangup, the client closing, session expiry, `emu.stop()`).
-    """
-
-    call_id: str
-    session: EmulatedSession
-    form: str
-    ephemeral_key: str | None
-    headers: dict[str, str]
-    offer: str
-    answer: str = ""
-    peer: CallPeer | None = None
-    hung_up: bool = False
-    ended: bool = False
-    sidebands: list[Sideband] = field(default_factory=list)
-    _ending: asyncio.Task[None] | None = None
-
-    @property
-    def id(self) -> str:
-        return self.call_id
-
-    @property
-    def connection_state(self) -> str:
-        return self.peer.connection_state if self.peer is not None else "new"
-
-
-def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
-    return {name.lower(): value for name, value in request.headers.items()}
-
-
-def bearer_key(headers: dict[str, str]) -> str | None:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-    return next((p[len(KEY_SUBPROTOCOL_PREFIX) :] for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
-
-
-def json_response(status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Response[bytes]:
-    return Response(
-        json.dumps(body).encode(), status_code=status, media_type="application/json", headers=dict(headers or [])
-    )
-
-
-def http_error(status: int, message: str, *, code: str | None, param: str | None = None) -> Response[bytes]:
-    kind = "invalid_request_error"
-    return json_response(status, http_error_body(message, type=kind, code=code, param=param))
-
-
-def _refusal(refusal: Refusal) -> Response[bytes]:
-    return json_response(refusal.status, refusal.body, refusal.headers)
-
-
-def _multipart(content_type: str, body: bytes) -> dict[str, Message]:
-    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    parts: dict[str, Message] = {}
-    if message.is_multipart():
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if isinstance(name, str):
-                parts[name] = part
-    return parts
-
-
-def _part_text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    return payload.decode() if isinstance(payload, bytes) else str(payload)
 
 
 class WebRtcEndpoints:
@@ -180,7 +103,7 @@ class WebRtcEndpoints:
             return None
         refusal = fault_refusal(faults.connect_status, faults)
         self.emu.refused.append({"status": refusal.status, "headers": headers, "query": {}, "path": path})
-        return _refusal(refusal)
+        return refusal_response(refusal)
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -224,7 +147,7 @@ class WebRtcEndpoints:
         return [client_secrets, calls, hangup]
 
     async def mint(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        headers = _headers(request)
+        headers = request_headers_of(request)
         if (refused := await self.fault_refusal(request.url.path, headers)) is not None:
             return refused
         if (refused := self.standard_key(headers)) is not None:
@@ -270,7 +193,7 @@ class WebRtcEndpoints:
         return json_response(200, {"value": minted.value, "expires_at": minted.expires_at, "session": minted.session})
 
     async def create_call(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        headers = _headers(request)
+        headers = request_headers_of(request)
         if (refused := await self.fault_refusal(request.url.path, headers)) is not None:
             return refused
         minted = self.secret(bearer_key(headers))
@@ -281,15 +204,15 @@ class WebRtcEndpoints:
         configs: list[dict[str, Any]] = [minted.request["session"]] if minted and minted.request.get("session") else []
         if content_type.startswith("multipart/form-data"):
             form = "multipart"
-            parts = _multipart(content_type, raw)
+            parts = multipart_parts(content_type, raw)
             if "sdp" not in parts:
                 return http_error(
                     400, "Missing required parameter: 'sdp'.", code="missing_required_parameter", param="sdp"
                 )
-            offer = _part_text(parts["sdp"])
+            offer = part_text(parts["sdp"])
             if "session" in parts:
                 try:
-                    config = json.loads(_part_text(parts["session"]))
+                    config = json.loads(part_text(parts["session"]))
                 except ValueError:
                     return http_error(400, "Invalid 'session': not valid JSON.", code="invalid_json", param="session")
                 if not isinstance(config, dict):
@@ -370,7 +293,7 @@ class WebRtcEndpoints:
         )
 
     async def hangup(self, request: Request[Any, Any, Any], call_id: str) -> Response[bytes]:
-        headers = _headers(request)
+        headers = request_headers_of(request)
         if (refused := self.standard_key(headers)) is not None:
             return refused
         call = self.find(call_id)

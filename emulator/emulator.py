@@ -10,7 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 from emulator.app import create_app, send_json_error
-from emulator.calls import EmulatedCall, MintedSecret, WebRtcEndpoints
+from emulator.call_state import EmulatedCall, MintedSecret
+from emulator.calls import WebRtcEndpoints
 from emulator.config import EmulatorConfig, Faults, RateLimits
 from emulator.connection import EmulatedSession
 from emulator.handshake import Refusal, decide, request_headers, request_query

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -63,6 +65,26 @@ def error_event(
 
 def event_for(exc: ProtocolError, client_event_id: str | None) -> dict[str, Any]:
     return error_event(exc.message, code=exc.code, param=exc.param, type=exc.type, client_event_id=client_event_id)
+
+
+def answer_client_text(
+    text: str, received: list[dict[str, Any]], dispatch: Callable[[dict[str, Any]], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The server events that answer one client text frame: the event is kept in `received` and
+    dispatched; a frame that is not a JSON object, or a `ProtocolError` the dispatch raises, is
+    answered with an `error` event (echoing the client's `event_id`) and the socket stays open."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return [error_event("The server failed to parse the event: it is not valid JSON.", code="invalid_json")]
+    if not isinstance(event, dict):
+        return [error_event("The event must be a JSON object.", code="invalid_json")]
+    received.append(event)
+    client_event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    try:
+        return dispatch(event)
+    except ProtocolError as exc:
+        return [event_for(exc, client_event_id)]
 
 
 def http_error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:

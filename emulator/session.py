@@ -7,13 +7,13 @@ connection feeds it every text frame (`receive_text`), sends what it returns, dr
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from emulator.audio import AudioFormat
 from emulator.config import EmulatorConfig, RateLimits
 from emulator.conversation import Conversation, Item, client_item, decode_audio, user_audio_item
-from emulator.errors import ProtocolError, error_event, event_for, new_id
+from emulator.errors import ProtocolError, answer_client_text, error_event, new_id
+from emulator.event_types import CLIENT_EVENTS
 from emulator.input_buffer import InputAudioBuffer
 from emulator.responses import ResponseRun
 from emulator.session_config import (
@@ -26,60 +26,6 @@ from emulator.session_config import (
 from emulator.usage import transcript_for, transcription_usage
 
 MIN_COMMIT_MS = 100
-CLIENT_EVENTS = (
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.clear",
-    "conversation.item.create",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "conversation.item.delete",
-    "response.create",
-    "response.cancel",
-    "output_audio_buffer.clear",
-)
-
-# Every server event type the emulator can send (the conformance tests cover each one).
-SERVER_EVENTS = frozenset(
-    {
-        "session.created",
-        "session.updated",
-        "conversation.created",
-        "error",
-        "input_audio_buffer.speech_started",
-        "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed",
-        "input_audio_buffer.cleared",
-        "conversation.item.added",
-        "conversation.item.done",
-        "conversation.item.retrieved",
-        "conversation.item.truncated",
-        "conversation.item.deleted",
-        "conversation.item.input_audio_transcription.delta",
-        "conversation.item.input_audio_transcription.completed",
-        "response.created",
-        "rate_limits.updated",
-        "response.output_item.added",
-        "response.output_item.done",
-        "response.content_part.added",
-        "response.content_part.done",
-        "response.output_audio.delta",
-        "response.output_audio.done",
-        "response.output_audio_transcript.delta",
-        "response.output_audio_transcript.done",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.done",
-    }
-)
-
-# Sent only over WebRTC: the response's audio plays on the media track between these.
-WEBRTC_SERVER_EVENTS = frozenset(
-    {"output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared"}
-)
 
 
 def _event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -147,18 +93,7 @@ class SessionProtocol:
         return events
 
     def receive_text(self, text: str) -> list[dict[str, Any]]:
-        try:
-            event = json.loads(text)
-        except ValueError:
-            return [error_event("The server failed to parse the event: it is not valid JSON.", code="invalid_json")]
-        if not isinstance(event, dict):
-            return [error_event("The event must be a JSON object.", code="invalid_json")]
-        self.client_events.append(event)
-        client_event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        try:
-            return self._dispatch(event)
-        except ProtocolError as exc:
-            return [event_for(exc, client_event_id)]
+        return answer_client_text(text, self.client_events, self._dispatch)
 
     def receive_bytes(self) -> list[dict[str, Any]]:
         return [error_event("Binary frames are not supported; send JSON text frames.", code="invalid_value")]

@@ -7,13 +7,14 @@ unreachable" (a retryable 503) rather than a bug (a 500).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("voxgate.errors")
 
@@ -109,7 +110,7 @@ _NOT_NETWORK: tuple[type[BaseException], ...] = (
     PermissionError,
 )
 
-_last_logged: dict[str, float] = {}
+_last_logged: dict[str, tuple[Clock, float]] = {}  # code -> the clock it was logged on, and when
 
 
 def database_unavailable() -> GatewayError:
@@ -130,8 +131,9 @@ def live_state_unavailable() -> GatewayError:
     )
 
 
-def outage_refusal(exc: BaseException) -> GatewayError | None:
+def outage_refusal(exc: BaseException, clock: Clock = SYSTEM_CLOCK) -> GatewayError | None:
     """The retryable 503 for an exception that means Postgres or Redis is unreachable, else None.
+    Logged at most once every `OUTAGE_LOG_INTERVAL_S` of `clock` (the caller's `GatewayServices.clock`).
 
     Only the shell's own dependencies raise bare `OSError`/`TimeoutError` here: the upstream
     clients turn theirs into `GatewayError`s, and redis-py wraps its own, so a bare one comes
@@ -145,15 +147,17 @@ def outage_refusal(exc: BaseException) -> GatewayError | None:
         error = database_unavailable()
     else:
         return None
-    _log_outage(error, exc)
+    _log_outage(error, exc, clock)
     return error
 
 
-def _log_outage(error: GatewayError, exc: BaseException) -> None:
-    now = time.monotonic()
+def _log_outage(error: GatewayError, exc: BaseException, clock: Clock) -> None:
+    now = clock.monotonic()
     code = error.code or ""
-    if now - _last_logged.get(code, float("-inf")) >= OUTAGE_LOG_INTERVAL_S:
-        _last_logged[code] = now
+    last = _last_logged.get(code)
+    # Times of two clocks do not compare (only tests run another): a first outage on a clock is logged.
+    if last is None or last[0] is not clock or now - last[1] >= OUTAGE_LOG_INTERVAL_S:
+        _last_logged[code] = (clock, now)
         log.warning(
             "refusing with 503 %s: %s: %s (logged at most every %.0f s)",
             code,

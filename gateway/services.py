@@ -16,7 +16,7 @@ import asyncpg
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 
-from gateway.auth.browser import BrowserKeyChanges
+from gateway.auth.browser_keys import BrowserKeyChanges
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.ledger.writer import LedgerWriter
@@ -90,6 +90,22 @@ class LiveRegistry:
 SHUTDOWN_WAIT_SECONDS: Final = 5.0
 
 
+class CallWatcher(Protocol):
+    """The port to the process's monitor of WebRTC calls, `gateway.webrtc.sideband.CallsMonitor` (a port
+    because this module sits below the transports): a call handed to it is metered and policed over
+    a sideband, and its concurrency lease is the monitor's from then on."""
+
+    async def attach(self, call: Any) -> bool:
+        """Watch `call` (a `gateway.webrtc.calls_store.Call`) unless a live replica does; True if this one does."""
+        ...
+
+    def start(self) -> None:
+        """Start renewing its claims, resuming orphaned calls and sweeping expired client secrets."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class GatewayServices:
     """What a handler, a transport or a session needs of this process: built once in the app's lifespan,
@@ -106,15 +122,21 @@ class GatewayServices:
     prices: PriceTable
     policy_store: PolicyStore
     enforcement: Enforcement
+    # Makes `calls_monitor` from these services (the app passes `gateway.webrtc.sideband.CallsMonitor`).
+    # A field, not an InitVar: Litestar's signature model (msgspec) cannot inspect a dataclass with one.
+    make_calls_monitor: Callable[[GatewayServices], CallWatcher] = field(repr=False)
     live: LiveRegistry = field(default_factory=LiveRegistry)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    calls_monitor: Any = None  # gateway.webrtc.sideband.CallsMonitor (set in the lifespan)
     clock: Clock = SYSTEM_CLOCK  # every timer of the shell reads and sleeps on this one
     # Browser-token keys changed through this process (admin API): verifiers drop cached keys.
     browser_key_changes: BrowserKeyChanges = field(default_factory=BrowserKeyChanges)
     # VOXGATE_DATABASE_READ_URL's pool, a read replica (set in the lifespan); None = none configured.
     replica_pool: asyncpg.Pool | None = None
+    calls_monitor: CallWatcher = field(init=False)  # always there: made by `make_calls_monitor`
+
+    def __post_init__(self) -> None:
+        self.calls_monitor = self.make_calls_monitor(self)
 
     @property
     def read_pool(self) -> asyncpg.Pool:

@@ -20,14 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway import cli
-from gateway.auth.browser import (
+from gateway.auth.browser import NO_KEY_MESSAGE, BrowserTokenVerifier
+from gateway.auth.browser_keys import (
     MAX_PREVIOUS_VALID_SECONDS,
-    NO_KEY_MESSAGE,
     BrowserAuthConfig,
     BrowserAuthConfigError,
     BrowserAuthStore,
     BrowserKeyChanges,
-    BrowserTokenVerifier,
     PreviousSecret,
     previous_secret_after,
     validate_previous_valid_seconds,

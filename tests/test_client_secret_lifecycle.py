@@ -257,6 +257,7 @@ async def test_a_call_gone_before_its_sideband_attached_ends_its_session(
         call_id=call_id,
         tenant_id=tenant.tenant_id,
         session_id=session_id,
+        created_at=time.time(),
         source="attached",
         upstream_session_id=secret.session.id,
     )

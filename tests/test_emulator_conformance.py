@@ -21,7 +21,7 @@ from pydantic import Field, TypeAdapter
 from emulator import EmulatorConfig, RealtimeEmulator
 from emulator.audio import silence, tone
 from emulator.client import RealtimeClient
-from emulator.session import SERVER_EVENTS
+from emulator.event_types import SERVER_EVENTS
 
 KEY = "sk-emulator"
 OPENAI_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[RealtimeServerEvent, Field(discriminator="type")])

@@ -16,6 +16,7 @@ from gateway.ledger.writer import LedgerWriter, SessionEnded, SessionStarted
 from gateway.settings import LedgerSettings
 from gateway.storage.tenants import TenantDirectory
 from policies.actions import RateLimit, RateLimitsRecord, UsageRecord
+from tests.support.clock import FakeClock
 from tests.support.records import usage_record
 from tests.support.tcp_proxy import TcpProxy
 
@@ -91,6 +92,32 @@ async def test_same_response_id_twice_is_one_row(pg_pool: asyncpg.Pool, tenant_i
     assert await writer.drain(10)
     await writer.stop()
     assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 1
+
+
+async def test_a_mixed_batch_releases_its_durable_records_and_writes_everything_once(pg_pool, tenant_id) -> None:
+    # One batch: a session already written (a) and one started in the batch (b), whose usage needs
+    # its row first; rate limits (not idempotent) and `b`'s end (which totals `b`'s usage) with them.
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=2.0))
+    writer.start()
+    a, b = f"vgs_{secrets.token_hex(6)}", f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(a, tenant_id))
+    assert await writer.drain(10)
+    writer.submit(started(b, tenant_id))
+    durable = [writer.submit_durable(usage(b, tenant_id, 1, cost=30)), writer.submit_durable(usage(a, tenant_id, 1))]
+    writer.submit(RateLimitsRecord(a, tenant_id, time.time(), (RateLimit("tokens", 100, 50, 1.5),)))
+    durable.append(writer.submit_durable(usage(a, tenant_id, 2)))
+    writer.submit(SessionEnded(b, time.time(), "client_closed", None))
+    await asyncio.wait_for(asyncio.gather(*durable), 5)
+    assert await writer.drain(10)
+    await writer.stop()
+    assert writer.stats.parked == 0 and writer.stats.dead_lettered == 0 and writer.stats.journaled == 0
+    counts = {
+        sid: await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) for sid in (a, b)
+    }
+    assert counts == {a: 2, b: 1}
+    assert await pg_pool.fetchval("SELECT count(*) FROM rate_limit_snapshots WHERE session_id = $1", a) == 1
+    row = await pg_pool.fetchrow("SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1", b)
+    assert (row["end_reason"], row["responses"], row["cost_micro_usd"]) == ("client_closed", 1, 30)
 
 
 def _via(dsn: str, port: int) -> str:
@@ -318,24 +345,37 @@ async def test_durable_records_postgres_does_not_take_are_fsynced_to_the_spool_t
     assert not (tmp_path / "ledger-spool.jsonl").exists()
 
 
+async def drained_on(writer: LedgerWriter, clock: FakeClock) -> bool:
+    """Move `clock` a second at a time (its retry backoffs) until `writer` is idle; bounded in real time."""
+    for _ in range(200):
+        if await writer.drain(0):
+            return True
+        await clock.advance(1.0)
+        await asyncio.sleep(0.02)  # let a retry's real round trip to Postgres finish
+    return False
+
+
 async def test_without_a_spool_a_durable_record_is_released_at_the_timeout_and_counted(
     blippable_pool, pg_pool, tenant_id
 ) -> None:
     proxy, pool = blippable_pool
-    writer = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, durable_timeout_seconds=0.2))
+    clock = FakeClock()
+    settings = LedgerSettings(flush_interval_seconds=0.01, durable_timeout_seconds=30.0)
+    writer = LedgerWriter(lambda: pool, settings, clock)
     writer.start()
     sid = f"vgs_{secrets.token_hex(6)}"
     writer.submit(started(sid, tenant_id))
-    assert await writer.drain(5)
+    assert await drained_on(writer, clock)
     proxy.cut()
     record = usage(sid, tenant_id, 1)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await asyncio.wait_for(writer.submit_durable(record), 1.0)
-    assert 0.18 <= loop.time() - t0 <= 1.0
+    done = writer.submit_durable(record)
+    await clock.advance(29.9)  # the timeout runs on the writer's clock, not the wall
+    assert not done.done() and writer.stats.unconfirmed == 0
+    await clock.advance(0.1)
+    assert done.done()
     assert writer.stats.unconfirmed == 1 and writer.pending == 1  # released, not forgotten
     proxy.restore()
-    assert await writer.drain(20)
+    assert await drained_on(writer, clock)
     await writer.stop()
     assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE response_id = $1", record.response_id) == 1
 

@@ -17,10 +17,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from gateway.livestate import RESYNC, Broadcast, LiveState
+from gateway.livestate.broadcast import Bus
 from gateway.livestate.scripts import MAX_BATCH
 from gateway.pools import redis_client as pooled_client
 from gateway.settings import RedisSettings
 from tests.conftest import REDIS_URL
+from tests.support.clock import FakeClock
 from tests.support.livestate import T0, TTL, add_response, add_transcription, known_tenant, ledger_tenant, tenant
 
 
@@ -108,13 +110,22 @@ async def test_rebuild_spend_from_the_ledger_after_a_flush(
 # -- broadcasts -----------------------------------------------------------------------------
 
 
-async def test_subscribe_is_cancellable_and_resubscribes_after_a_lost_connection(
+async def drop_connection(redis_client: aioredis.Redis, name: str) -> None:
+    """Kill the server side of every connection named `name`."""
+    for c in await redis_client.client_list():
+        if c.get("name") == name:
+            await redis_client.client_kill_filter(_id=c["id"])
+
+
+async def test_subscribe_is_cancellable_and_resubscribes_after_its_backoff_on_the_clock(
     prefix: str, redis_client: aioredis.Redis
 ) -> None:
     name = f"livestate-test-{secrets.token_hex(4)}"
     client = aioredis.from_url(REDIS_URL, client_name=name)
-    sub = LiveState(client, prefix=prefix, instance_id="pod-c")
-    pub = LiveState(redis_client, prefix=prefix, instance_id="pod-a")
+    clock = FakeClock()
+    # The jitter at its least: each wait is half the backoff (0.5 s, then 1 s, ...).
+    sub = Bus(client, f"{prefix}bus", "pod-c", backoff_s=(1.0, 8.0), clock=clock, jitter=lambda: 0.0)
+    pub = Bus(redis_client, f"{prefix}bus", "pod-a")
     ready = asyncio.Event()
     received: list[Broadcast] = []
 
@@ -126,17 +137,52 @@ async def test_subscribe_is_cancellable_and_resubscribes_after_a_lost_connection
     try:
         async with asyncio.timeout(10):
             await ready.wait()
-            ready.clear()
-            for c in await redis_client.client_list():  # drop only this subscriber's connection
-                if c.get("name") == name:
-                    await redis_client.client_kill_filter(_id=c["id"])
-            while not any(e.kind == RESYNC for e in received):
-                await pub.publish("probe", "ten_z")
-                await asyncio.sleep(0.05)
+            await drop_connection(redis_client, name)  # only this subscriber's
+            while clock.sleepers == 0:  # it saw the connection go and waits out its backoff
+                await asyncio.sleep(0.005)
+            assert not ready.is_set()
+            await clock.advance(0.49)
+            assert (clock.sleepers, ready.is_set()) == (1, False)  # not a moment early
+            await clock.advance(0.01)
             await ready.wait()
+            while not any(e.kind == RESYNC for e in received):  # told to re-check what it may have missed
+                await asyncio.sleep(0.005)
             await pub.publish("budget_exhausted", "ten_z")
             while not any(e.kind == "budget_exhausted" for e in received):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.005)
+        assert [e.kind for e in received] == [RESYNC, "budget_exhausted"]
+        assert received[0] == Broadcast(RESYNC, "", {}, "pod-c")
+        assert received[1] == Broadcast("budget_exhausted", "ten_z", {}, "pod-a")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+async def test_a_live_states_broadcasts_reconnect_on_its_clock(prefix: str, redis_client: aioredis.Redis) -> None:
+    name = f"livestate-test-{secrets.token_hex(4)}"
+    client = aioredis.from_url(REDIS_URL, client_name=name)
+    clock = FakeClock()
+    state = LiveState(client, prefix, "pod-d", clock=clock)
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async for _ in state.subscribe(ready):
+            pass
+
+    task = asyncio.create_task(listen())
+    try:
+        async with asyncio.timeout(10):
+            await ready.wait()
+            ready.clear()
+            await drop_connection(redis_client, name)
+            while clock.sleepers == 0:  # the backoff waits on the state's clock, not the wall
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)  # longer than the whole first backoff (at most 0.1 s) in real time
+            assert not ready.is_set()
+            await clock.advance(0.1)
+            await ready.wait()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.livestate import LeaseResult, LiveState, MemoryLiveState
-from gateway.livestate.repair import LiveStateRepairs
+from gateway.livestate.repair import RETRY_INTERVAL_S, LiveStateRepairs
 from gateway.session.enforcement import Enforcement
 from gateway.settings import EnforcementSettings
 from tests.conftest import REDIS_URL
+from tests.support.clock import FakeClock
 
 TTL = 30.0
 
@@ -47,10 +49,17 @@ class HeldCalls(LiveState):
         return await super().heartbeat(sessions, ttl_s, time.time())
 
     async def acquire_session(
-        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        limit: int | None,
+        ttl_s: float,
+        now: float,
+        model: str | None = None,
+        model_limit: int | None = None,
     ) -> LeaseResult:
         await self._held("acquire_session")
-        return await super().acquire_session(tenant_id, session_id, limit, ttl_s, time.time())
+        return await super().acquire_session(tenant_id, session_id, limit, ttl_s, time.time(), model, model_limit)
 
 
 @dataclass
@@ -191,19 +200,70 @@ async def test_a_rebuild_that_may_have_missed_rows_is_done_again() -> None:
 
 async def test_a_failed_release_is_applied_even_after_the_lease_ttl() -> None:
     state = MemoryLiveState()
-    now = [1000.0]
+    clock = FakeClock()
 
     async def recount(tenant: str, forget: bool) -> bool:
         return True
 
-    repairs = LiveStateRepairs(state, recount, lambda: (), clock=lambda: now[0])
-    assert (await state.acquire_session("ten_a", "s1", None, TTL, now[0])).granted
+    repairs = LiveStateRepairs(state, recount, lambda: (), clock)
+    assert (await state.acquire_session("ten_a", "s1", None, TTL, clock.time())).granted
     repairs.release_failed("ten_a", "s1")
-    now[0] += 2 * TTL  # Redis came back late; a heartbeat in flight at the failure may have renewed it
-    assert (await state.heartbeat([("ten_a", "s1")], TTL, now[0])) == []
+    await clock.advance(2 * TTL)  # Redis came back late; a heartbeat in flight at the failure may have renewed it
+    assert (await state.heartbeat([("ten_a", "s1")], TTL, clock.time())) == []
     assert await repairs.apply() is True
-    assert await state.active_sessions("ten_a", now[0]) == 0
+    assert await state.active_sessions("ten_a", clock.time()) == 0
     assert (repairs.stats.releases_retried, repairs.stats.releases_left_to_ttl) == (1, 0)
+
+
+class Unreachable(MemoryLiveState):
+    """A store that refuses every ping while `down` (Redis unreachable), and counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.pings = 0
+
+    async def ping(self) -> None:
+        self.pings += 1
+        if self.down:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+
+async def asleep_on(clock: FakeClock, sleepers: int = 1) -> None:
+    """Wait (real time, bounded) until `sleepers` tasks wait on `clock`."""
+    async with asyncio.timeout(5):
+        while clock.sleepers < sleepers:
+            await asyncio.sleep(0)
+
+
+async def test_the_repair_loop_retries_every_interval_of_its_clock_until_the_store_answers() -> None:
+    state, clock, settled = Unreachable(), FakeClock(), []
+
+    async def recount(tenant: str, forget: bool) -> bool:
+        settled.append(tenant)
+        return True
+
+    repairs = LiveStateRepairs(state, recount, lambda: (), clock)
+    loop = asyncio.create_task(repairs.run(lambda: False))
+    try:
+        repairs.release_failed("ten_a", "s1")
+        repairs.settle_failed("ten_b", "res_1")
+        await asleep_on(clock)  # tried once at the failure, then waits an interval
+        assert state.pings == 1
+        await clock.advance(RETRY_INTERVAL_S / 2)
+        assert state.pings == 1  # not before the interval has passed
+        await clock.advance(RETRY_INTERVAL_S / 2)
+        await asleep_on(clock)
+        assert (state.pings, repairs.pending) == (2, 4)  # two queued repairs, one tenant, the outage
+        state.down = False
+        await clock.advance(RETRY_INTERVAL_S)
+        assert (state.pings, repairs.pending, settled) == (3, 0, ["ten_b"])
+        assert (repairs.stats.releases_retried, repairs.stats.outages) == (1, 1)
+        assert clock.sleepers == 0  # nothing pending: it waits for the next failure, not on the clock
+    finally:
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
 
 
 class SlowSettles(MemoryLiveState):

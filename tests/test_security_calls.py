@@ -22,7 +22,7 @@ import jwt
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthStore
 from gateway.webrtc.attach_limits import ATTACH_BURST
 from gateway.webrtc.upstream_http import call_id_from_location
 from tests.support.harness import TenantKey, make_tenant

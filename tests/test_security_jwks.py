@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import cli
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthConfigError
 from gateway.auth.jwks import JwksUrlRefused, check_jwks_url, resolve_jwks_host
 from gateway.auth.jwt import KeySet
 from gateway.errors import GatewayError

@@ -21,7 +21,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore, BrowserTokenVerifier
+from gateway.auth.browser import BrowserTokenVerifier
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthStore
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 from tests.conftest import REDIS_URL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,7 @@ async def place_call(emulator, peer: ClientPeer, pool: asyncpg.Pool, tenant: Ten
         call_id=response.headers["location"].rsplit("/", 1)[1],
         tenant_id=tenant.tenant_id,
         session_id=new_id("vgs"),
+        created_at=time.time(),
         model="gpt-realtime",
         safety_id="vg_test",
     )

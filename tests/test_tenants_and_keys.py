@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,7 @@ from gateway.auth.apikeys import (
     new_key_id,
 )
 from gateway.storage.tenants import (
+    KEY_USE_WRITE_INTERVAL_S,
     IssuedKey,
     KeyIdentity,
     Tenant,
@@ -30,6 +32,7 @@ from gateway.storage.tenants import (
     TenantExists,
     TenantNotFound,
 )
+from tests.support.clock import FakeClock
 from tests.support.harness import make_tenant
 from tests.support.tcp_proxy import TcpProxy
 
@@ -275,6 +278,26 @@ async def test_a_session_records_its_key_use_at_most_once_a_minute(gateway: Any,
         assert json.loads(await ws.recv())["type"] == "session.created"
     await gateway.services.tenants.wait_for_key_uses()
     assert await last_used(pg_pool, key.key_id) == marked
+
+
+async def test_a_key_use_is_written_again_once_its_minute_has_passed(pg_pool: asyncpg.Pool, tenant: Tenant) -> None:
+    clock = FakeClock()
+    directory = TenantDirectory(pg_pool, clock=clock)
+    issued = await directory.create_key(tenant.id)
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)  # past Postgres's own one-minute throttle: only ours holds back
+
+    async def use() -> Any:
+        """Mark the key used long ago, authenticate with it, and read what was written."""
+        await pg_pool.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", issued.id, long_ago)
+        assert await directory.authenticate(issued.secret) is not None
+        await directory.wait_for_key_uses()
+        return await last_used(pg_pool, issued.id)
+
+    assert await use() > long_ago  # the first use is written
+    await clock.advance(KEY_USE_WRITE_INTERVAL_S - 0.5)
+    assert await use() == long_ago  # within the minute: nothing is written
+    await clock.advance(0.5)
+    assert await use() > long_ago  # a minute on: written again
 
 
 async def test_a_failed_key_use_write_is_logged_never_raised_and_retried(

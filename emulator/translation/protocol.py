@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 from typing import Any
 
 from emulator.audio import AudioFormat, VoiceActivityDetector, assistant_audio
-from emulator.errors import ProtocolError, error_event, event_for, new_id
+from emulator.errors import ProtocolError, answer_client_text, new_id
 from emulator.live.settings import check_keys
 from emulator.usage import transcript_for
 
@@ -104,18 +103,7 @@ class TranslationProtocol:
         return [_event("session.created", session=self.session)]
 
     def receive_text(self, text: str) -> list[dict[str, Any]]:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return [error_event("The server failed to parse the event: it is not valid JSON.", code="invalid_json")]
-        if not isinstance(message, dict):
-            return [error_event("The event must be a JSON object.", code="invalid_json")]
-        self.client_events.append(message)
-        client_event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None
-        try:
-            return self._dispatch(message)
-        except ProtocolError as exc:
-            return [event_for(exc, client_event_id)]
+        return answer_client_text(text, self.client_events, self._dispatch)
 
     def receive_audio(self, pcm16: bytes) -> list[dict[str, Any]]:
         """PCM16 24 kHz input (from an append, or a WebRTC track)."""

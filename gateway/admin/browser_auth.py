@@ -20,7 +20,7 @@ from gateway.admin.schemas import BrowserAuthDeleted, BrowserAuthOut, BrowserAut
 from gateway.admin.security import Principal, Services, TenantId
 from gateway.admin.tenants import existing_tenant
 from gateway.admin.tokens import Permission
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthConfigError
 from gateway.errors import GatewayError
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.auth.browser import DELETE_CONFIG, GET_BROWSER_AUTH, BrowserAuthConfig, store_config
+from gateway.auth.browser_keys import DELETE_CONFIG, GET_BROWSER_AUTH, BrowserAuthConfig, store_config
 from gateway.storage import queries
 from gateway.storage.policy_store import PolicyStore, audit
 from gateway.storage.tenants import IssuedKey, Tenant, TenantDirectory
@@ -130,7 +130,7 @@ async def set_browser_auth(
     """Set (or rotate: replace whole) a tenant's browser-token keys; the audit row holds key ids only.
 
     A replaced HS256 secret stays valid for `previous_valid_seconds` (None: the default 900 s;
-    0: a hard cut-over), as `gateway.auth.browser.previous_secret_after` decides.
+    0: a hard cut-over), as `gateway.auth.browser_keys.previous_secret_after` decides.
     Raises `BrowserAuthConfigError` (short secret, bad URL, bad window) or `asyncpg.ForeignKeyViolationError`.
     """
     config.validate(jwks_allowed_hosts)

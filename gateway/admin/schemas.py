@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.admin.changes import BrowserAuthInfo
-from gateway.auth.browser import MAX_PREVIOUS_VALID_SECONDS
+from gateway.auth.browser_keys import MAX_PREVIOUS_VALID_SECONDS
 from gateway.ledger.reports import TranscriptionTotals, UsageReport, UsageRow, UsageTotals
 from gateway.storage.policy_store import AuditEntry, PolicyVersion
 from gateway.storage.tenants import ApiKeyInfo, IssuedKey, Tenant

@@ -6,9 +6,9 @@ database unreachable) and 2 on a usage error (no or malformed database URL, bad 
 Errors go to stderr as one line, never as a traceback.
 
 Changes (tenant create, key create/revoke, policy set, browser-token keys) go through
-`gateway.admin.changes`, as the admin API's do, and write the same audit rows with actor
-``"cli"``; a policy change is also announced on Redis when ``$VOXGATE_REDIS_URL`` is set, so
-running gateways apply it to live sessions.
+`gateway.admin.changes`, as the admin API's do (SIP routing: `gateway.sip.config`), and write
+the same audit rows with actor ``"cli"``; a policy change is also announced on Redis when
+``$VOXGATE_REDIS_URL`` is set, so running gateways apply it to live sessions.
 
 ``--json`` output is a stable contract for scripts (`gateway.cli.output`).
 """

@@ -5,33 +5,21 @@ from __future__ import annotations
 import argparse
 
 from gateway.admin import changes
-from gateway.cli.command import (
-    CLI_ACTOR,
-    CommandError,
-    common_options,
-    database_option,
-    database_pool,
-    handler,
-    require_tenant,
-)
+from gateway.cli.command import CLI_ACTOR, CommandError, database_pool, require_tenant
 from gateway.cli.output import iso, key_json, key_status, print_json, print_table
+from gateway.cli.parsers import Subparsers, add_action, command_actions
 from gateway.storage.tenants import TenantDirectory
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = common_options()
-    key = subparsers.add_parser("key", help="issue, list and revoke API keys")
-    key_actions = key.add_subparsers(dest="key_action", required=True, metavar="ACTION")
-    key_create = key_actions.add_parser("create", parents=common, help="issue a key (secret shown once)")
-    key_create.add_argument("--tenant", required=True, metavar="TENANT_ID")
-    key_create.add_argument("--name", help="a label for humans, e.g. 'staging'")
-    key_create.set_defaults(handler=handler(_key_create))
-    key_list = key_actions.add_parser("list", parents=common, help="list a tenant's keys")
-    key_list.add_argument("--tenant", required=True, metavar="TENANT_ID")
-    key_list.set_defaults(handler=handler(_key_list))
-    key_revoke = key_actions.add_parser("revoke", parents=[database_option()], help="revoke a key for good")
-    key_revoke.add_argument("key_id", metavar="KEY_ID")
-    key_revoke.set_defaults(handler=handler(_key_revoke))
+def register(subparsers: Subparsers) -> None:
+    actions = command_actions(subparsers, "key", help="issue, list and revoke API keys")
+    create = add_action(actions, "create", _key_create, help="issue a key (secret shown once)")
+    create.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    create.add_argument("--name", help="a label for humans, e.g. 'staging'")
+    listing = add_action(actions, "list", _key_list, help="list a tenant's keys")
+    listing.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    revoke = add_action(actions, "revoke", _key_revoke, json=False, help="revoke a key for good")
+    revoke.add_argument("key_id", metavar="KEY_ID")
 
 
 async def _key_create(args: argparse.Namespace, dsn: str) -> None:

@@ -7,22 +7,21 @@ import argparse
 import yaml
 
 from gateway.admin import changes
-from gateway.cli.command import CLI_ACTOR, CommandError, common_options, database_pool, handler, policy_store
+from gateway.cli.command import CLI_ACTOR, CommandError, database_pool, policy_store
 from gateway.cli.output import print_json
+from gateway.cli.parsers import Subparsers, add_action, command_actions
 from gateway.tiers import PolicyFileError, read_policy_file
 from policies.policy import PolicyError, policy_to_document
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = common_options()
-    policy = subparsers.add_parser("policy", help="show and set a tenant's policy")
-    policy_actions = policy.add_subparsers(dest="policy_action", required=True, metavar="ACTION")
-    policy_show = policy_actions.add_parser("show", parents=common, help="show the policy in force")
-    policy_show.add_argument("tenant", metavar="TENANT_ID")
-    policy_show.set_defaults(handler=handler(_policy_show))
-    policy_set = policy_actions.add_parser(
+def register(subparsers: Subparsers) -> None:
+    actions = command_actions(subparsers, "policy", help="show and set a tenant's policy")
+    show = add_action(actions, "show", _policy_show, help="show the policy in force")
+    show.add_argument("tenant", metavar="TENANT_ID")
+    policy_set = add_action(
+        actions,
         "set",
-        parents=common,
+        _policy_set,
         help="change a tenant's policy (a new version)",
         description="Lay the keys in FILE over the policy in force and store the result as the next version. "
         "Keys FILE does not name keep their value; set a key to null to remove that limit.",
@@ -31,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     policy_set.add_argument(
         "--file", required=True, metavar="FILE", help="a tier-shaped mapping in YAML: only the keys to change"
     )
-    policy_set.set_defaults(handler=handler(_policy_set))
 
 
 async def _policy_show(args: argparse.Namespace, dsn: str) -> None:

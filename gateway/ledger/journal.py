@@ -20,10 +20,12 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import orjson
 
+from gateway.clock import SYSTEM_CLOCK, Clock, Timer
 from gateway.ledger.records import LedgerRecord, decode_record, encode_record
 
 log = logging.getLogger("voxgate.ledger")
@@ -182,11 +184,12 @@ class DurableWaiters:
     entry is logged at ERROR and counted in `stats.unconfirmed`.
     """
 
-    def __init__(self, spool: Spool, stats: LedgerStats, timeout_s: float) -> None:
+    def __init__(self, spool: Spool, stats: LedgerStats, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self._spool = spool
         self._stats = stats
         self._timeout_s = timeout_s
-        self._waiting: dict[int, tuple[asyncio.Future[None], asyncio.TimerHandle | None]] = {}
+        self._clock = clock  # the durable timeout runs on it
+        self._waiting: dict[int, tuple[asyncio.Future[None], Timer | None]] = {}
         # Durable records to fsync to the spool, and whether each must be appended first.
         self._to_journal: list[tuple[LedgerRecord, bool]] = []
         self._journaling: asyncio.Task[None] | None = None
@@ -196,9 +199,8 @@ class DurableWaiters:
 
     def until_commit(self, record: LedgerRecord) -> asyncio.Future[None]:
         """A future for a queued record: its commit, or its journal entry after the timeout."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(self._timeout_s, self._timed_out, record)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        timer = self._clock.call_later(self._timeout_s, partial(self._timed_out, record))
         self._waiting[id(record)] = (done, timer)
         return done
 
@@ -283,7 +285,7 @@ class DurableWaiters:
         self._waiting.clear()
 
 
-def _release(entry: tuple[asyncio.Future[None], asyncio.TimerHandle | None]) -> None:
+def _release(entry: tuple[asyncio.Future[None], Timer | None]) -> None:
     done, timer = entry
     if timer is not None:
         timer.cancel()

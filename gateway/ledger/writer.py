@@ -1,9 +1,10 @@
 """The ledger writer: every record the sessions produce reaches Postgres, off the hot path.
 
 `submit()` is synchronous and O(1): the relay never waits on Postgres. A background task
-writes records in order, in batches, one transaction per batch. Writes are idempotent
-(primary keys + ON CONFLICT DO NOTHING), so a batch retried after an ambiguous failure
-never double-bills.
+writes records in order, in batches, one transaction per batch: one commit (one WAL flush)
+however many records a held `response.done` shares it with. Writes are idempotent (primary
+keys + ON CONFLICT DO NOTHING), so a batch retried after an ambiguous failure never
+double-bills.
 
 When Postgres is unreachable the batch stays at the head of the queue and is retried with
 backoff. The queue is bounded (`VOXGATE_LEDGER_BUFFER`). When it is full and a spool
@@ -43,13 +44,24 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ledger import sql
+from gateway.ledger.batches import (
+    CONNECTIVITY_ERRORS,
+    Flag,
+    SessionRowMissing,
+    Statements,
+    Write,
+    grouped,
+    in_one_transaction,
+    one_statement,
+    session_not_there,
+)
 from gateway.ledger.journal import DurableWaiters, LedgerStats, Spool
 from gateway.ledger.records import LedgerRecord, SessionEnded, SessionStarted
 from gateway.settings import LedgerSettings
@@ -65,55 +77,8 @@ ORPHAN_WAIT_SECONDS = 600.0
 ORPHAN_RETRY_SECONDS = 1.0
 
 
-class SessionRowMissing(Exception):
-    """An UPDATE of a session row found no row: the session's start is not written yet."""
-
-
 def _ignore(seconds: float) -> None:
     pass
-
-
-def _session_not_there(exc: Exception) -> bool:
-    """The rejection means only that the session row is missing (not some other bad reference)."""
-    if isinstance(exc, SessionRowMissing):
-        return True
-    constraint = getattr(exc, "constraint_name", None) or ""
-    return constraint.endswith("session_id_fkey")
-
-
-_CONNECTIVITY_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    # Not the record's fault, so retried rather than dead-lettered: a deadlock or serialization
-    # failure between replicas' writers upserting the same rollup rows (migration 0008), too many
-    # connections, a statement cancelled by the server.
-    asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.QueryCanceledError,
-)
-
-
-_Write = Callable[[Any, list[tuple[str, list[tuple[Any, ...]]]]], Awaitable[None]]
-
-
-async def _one_statement(conn: Any, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    await conn.executemany(*ordered[0])
-
-
-async def _in_one_transaction(conn: Any, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    async with conn.transaction():
-        for statement, rows in ordered:
-            if statement in sql.MUST_FIND_SESSION:  # an UPDATE that must find its row
-                for args in rows:
-                    if await conn.execute(statement, *args) == "UPDATE 0":
-                        raise SessionRowMissing(args[0])
-            else:
-                await conn.executemany(statement, rows)
 
 
 class LedgerWriter:
@@ -124,7 +89,7 @@ class LedgerWriter:
         self._clock = clock  # retry backoff and how long a record waits for its session row
         self._settings = settings
         self._queue: deque[LedgerRecord] = deque()
-        self._wakeup = asyncio.Event()
+        self._wakeup = Flag()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -134,8 +99,8 @@ class LedgerWriter:
         # Records waiting for their session row (module docstring): (first failure, record).
         self._parked: deque[tuple[float, LedgerRecord]] = deque()
         self._next_parked_retry = 0.0
-        self._durable = DurableWaiters(self._spool, self.stats, settings.durable_timeout_seconds)
-        self._urgent = asyncio.Event()  # a durable record is queued: skip the batching pause
+        self._durable = DurableWaiters(self._spool, self.stats, settings.durable_timeout_seconds, clock)
+        self._urgent = Flag()  # a durable record is queued: skip the batching pause
         self._held: tuple[Any, asyncpg.Pool] | None = None  # (connection, its pool) while busy
         # Told each committed batch's write time in seconds (the app wires voxgate_ledger_write_seconds).
         self.observe_write: Callable[[float], None] = _ignore
@@ -198,7 +163,8 @@ class LedgerWriter:
         """Wait until everything submitted so far is in Postgres. True if it got there."""
         self._wakeup.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with self._clock.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -209,7 +175,7 @@ class LedgerWriter:
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
-            try:
+            try:  # real time on purpose: shutdown must not hang on a test's frozen clock
                 await asyncio.wait_for(asyncio.shield(self._task), 1.0)
             except TimeoutError:  # stuck retrying a dead database: stop it, the spool keeps the rest
                 self._task.cancel()
@@ -245,9 +211,7 @@ class LedgerWriter:
             if not self._queue:
                 self._idle.set()
                 self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
-                except TimeoutError:  # a second without work: give the connection back to the pool
+                if not await self._wakeup.wait(1.0):  # a second without work: give the connection back
                     await self._let_go()
                 continue
             self._urgent.clear()  # durable records that arrive from now on get the next batch at once
@@ -255,7 +219,7 @@ class LedgerWriter:
             started = self._clock.monotonic()
             try:
                 await self._write(batch)
-            except _CONNECTIVITY_ERRORS as exc:
+            except CONNECTIVITY_ERRORS as exc:
                 self.stats.retries += 1
                 log.warning("ledger write failed (%s); retrying in %.2fs", type(exc).__name__, backoff)
                 await self._clock.sleep(backoff)
@@ -274,25 +238,18 @@ class LedgerWriter:
                 self._queue.popleft()
             if len(self._queue) < self._settings.batch_records and not self._urgent.is_set():
                 # Let a batch gather, unless a durable record is waiting for its commit.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self._settings.flush_interval_seconds)
+                await self._urgent.wait(self._settings.flush_interval_seconds)
 
     async def _write(self, batch: Iterable[LedgerRecord]) -> None:
-        # One statement per kind, in dependency order (`sql.PHASE`), rows in submission order: a
-        # batch of interleaved sessions costs a handful of round trips, not one per record.
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for record in batch:
-            for statement, args in sql.statements(record):
-                groups.setdefault(statement, []).append(args)
-        ordered = sorted(groups.items(), key=lambda group: sql.PHASE[group[0]])
+        ordered = grouped(batch)
         if len(ordered) == 1 and ordered[0][0] not in sql.MUST_FIND_SESSION:
             # One statement (a `response.done` waiting alone, typically): `executemany` is
             # atomic by itself (asyncpg >= 0.22), so no BEGIN and COMMIT round trips.
-            await self._run_on_connection(_one_statement, ordered)
+            await self._run_on_connection(one_statement, ordered)
             return
-        await self._run_on_connection(_in_one_transaction, ordered)
+        await self._run_on_connection(in_one_transaction, ordered)
 
-    async def _run_on_connection(self, write: _Write, ordered: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    async def _run_on_connection(self, write: Write, ordered: Statements) -> None:
         if self._held is None:
             pool = self._pool()
             self._held = (await pool.acquire(), pool)
@@ -300,7 +257,7 @@ class LedgerWriter:
         try:
             await write(conn, ordered)
         except (asyncpg.PostgresError, SessionRowMissing) as exc:
-            if isinstance(exc, _CONNECTIVITY_ERRORS):
+            if isinstance(exc, CONNECTIVITY_ERRORS):
                 self._broken()
             raise  # rolled back; the connection stays good for the next batch
         except BaseException:  # connectivity, or cancelled mid-statement: never reuse it
@@ -328,12 +285,12 @@ class LedgerWriter:
             while True:
                 try:
                     await self._write([record])
-                except _CONNECTIVITY_ERRORS:
+                except CONNECTIVITY_ERRORS:
                     self.stats.retries += 1
                     await self._clock.sleep(0.5)
                     continue
                 except (asyncpg.ForeignKeyViolationError, SessionRowMissing) as exc:
-                    if _session_not_there(exc):
+                    if session_not_there(exc):
                         self._park(record)
                     else:
                         self._dead_letter(record, exc)
@@ -364,10 +321,10 @@ class LedgerWriter:
             since, record = waiting[0]
             try:
                 await self._write([record])
-            except _CONNECTIVITY_ERRORS:
+            except CONNECTIVITY_ERRORS:
                 break  # Postgres is away: everything keeps waiting
             except (asyncpg.ForeignKeyViolationError, SessionRowMissing) as exc:
-                if not _session_not_there(exc) or self._clock.monotonic() - since >= ORPHAN_WAIT_SECONDS:
+                if not session_not_there(exc) or self._clock.monotonic() - since >= ORPHAN_WAIT_SECONDS:
                     self._dead_letter(record, exc)
                 else:
                     self._park(record, since)

@@ -19,6 +19,7 @@ from litestar import WebSocket, websocket
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.errors import GatewayError, outage_refusal
 from gateway.ledger.records import SessionStarted
 from gateway.services import GatewayServices, find_services
@@ -81,7 +82,7 @@ async def live_sessions(socket: WebSocket[Any, Any, Any]) -> None:
         await _abandon(services, admission)
         raise
     except Exception as exc:
-        outage = outage_refusal(exc)
+        outage = outage_refusal(exc, SYSTEM_CLOCK if services is None else services.clock)
         if outage is None:
             log.exception("live admission failed")
         await _abandon(services, admission)
@@ -161,7 +162,8 @@ async def _relay(
             # Read upstream until its `session.closed` (the final usage) or the wait runs out.
             wait = settings.limits.close_wait_s + 0.5
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(from_upstream), wait)
+                async with call.clock.timeout(wait):
+                    await asyncio.shield(from_upstream)
         else:
             code = upstream.close_code
             reason = "upstream_closed" if code in (None, 1000, 1001) else "upstream_error"

@@ -11,12 +11,13 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.livestate._util import text
 from gateway.pools import RedisClient
 
@@ -35,12 +36,20 @@ class Broadcast:
 
 class Bus:
     def __init__(
-        self, redis: RedisClient, channel: str, instance_id: str, backoff_s: tuple[float, float] = (0.1, 5.0)
+        self,
+        redis: RedisClient,
+        channel: str,
+        instance_id: str,
+        backoff_s: tuple[float, float] = (0.1, 5.0),
+        clock: Clock = SYSTEM_CLOCK,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self._redis = redis
         self._channel = channel
         self._instance_id = instance_id
         self._backoff = backoff_s
+        self._clock = clock  # the reconnect backoff waits on it
+        self._jitter = jitter  # in [0, 1): each wait is between half and all of the backoff
 
     async def publish(self, kind: str, tenant_id: str, detail: dict[str, Any] | None = None) -> int:
         """Send to every subscribed replica (this one included); returns how many received it."""
@@ -78,7 +87,7 @@ class Bus:
                 attempt = max(attempt, 1)
             finally:
                 await pubsub.aclose()
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            await self._clock.sleep(delay * (0.5 + self._jitter() / 2))
             delay = min(delay * 2, self._backoff[1])
 
 

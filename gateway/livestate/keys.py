@@ -32,6 +32,16 @@ class TenantKeys:
         return self.base + "leases:reaped"
 
     @property
+    def lease_models(self) -> str:
+        """Hash: leased session -> the model its per-model cap counts it under."""
+        return self.base + "leases:model"
+
+    @property
+    def model_counts(self) -> str:
+        """Hash: model -> how many entries of `lease_models` name it (kept in step by the lease scripts)."""
+        return self.base + "leases:per_model"
+
+    @property
     def starts(self) -> str:
         return self.base + "starts"
 
@@ -99,16 +109,49 @@ class BudgetWindows:
 
     @classmethod
     def at(cls, now: float) -> BudgetWindows:
-        t = datetime.fromtimestamp(now, UTC)
-        day_start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        index = int(now // _DAY_S)  # the UTC day: POSIX time has exactly 86400 s a day
+        bounds = _last_day[0]
+        if bounds.index != index:  # the calendar work runs once a day, not once a call
+            bounds = _last_day[0] = _DayBounds.of(index)
+        return cls(
+            day=bounds.day,
+            month=bounds.month,
+            day_start=bounds.day_start,
+            month_start=bounds.month_start,
+            day_ttl=math.ceil(bounds.day_end - now) + WINDOW_MARGIN_S,
+            month_ttl=math.ceil(bounds.month_end - now) + WINDOW_MARGIN_S,
+        )
+
+
+_DAY_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class _DayBounds:
+    """One UTC day's names and the edges of its day and month (epoch seconds)."""
+
+    index: int  # days since the epoch
+    day: str
+    month: str
+    day_start: float
+    day_end: float
+    month_start: float
+    month_end: float
+
+    @classmethod
+    def of(cls, index: int) -> _DayBounds:
+        day_start = datetime.fromtimestamp(index * _DAY_S, UTC)
         month_start = day_start.replace(day=1)
         month_end = (month_start + timedelta(days=32)).replace(day=1)
-        day_end = day_start + timedelta(days=1)
         return cls(
+            index=index,
             day=day_start.strftime("%Y-%m-%d"),
             month=month_start.strftime("%Y-%m"),
             day_start=day_start.timestamp(),
+            day_end=(day_start + timedelta(days=1)).timestamp(),
             month_start=month_start.timestamp(),
-            day_ttl=math.ceil(day_end.timestamp() - now) + WINDOW_MARGIN_S,
-            month_ttl=math.ceil(month_end.timestamp() - now) + WINDOW_MARGIN_S,
+            month_end=month_end.timestamp(),
         )
+
+
+_last_day: list[_DayBounds] = [_DayBounds.of(0)]  # the day `BudgetWindows.at` last saw (one slot)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.livestate.base import LiveStateBackend
 from gateway.metrics import counter, gauge
 
@@ -60,7 +60,7 @@ class LiveStateRepairs:
         state: LiveStateBackend,
         recount: Recount,
         live_tenants: Callable[[], Iterable[str]],
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.state = state
         self.stats = RepairStats()
@@ -149,7 +149,7 @@ class LiveStateRepairs:
     async def _apply_settles(self) -> None:
         while self._settles:
             tenant, rid = next(iter(self._settles))
-            await self.state.settle(tenant, rid, 0, self._clock())  # frees the hold; the ledger has the cost
+            await self.state.settle(tenant, rid, 0, self._clock.time())  # frees the hold; the ledger has the cost
             del self._settles[(tenant, rid)]
         for tenant in list(self._dirty):
             await self._recount_now(tenant, forget=True)
@@ -168,15 +168,15 @@ class LiveStateRepairs:
 
     async def _rebuild_unknown(self) -> None:
         for tenant in set(self._live_tenants()):
-            if not (await self.state.spend(tenant, self._clock())).known:
+            if not (await self.state.spend(tenant, self._clock.time())).known:
                 await self._recount_now(tenant, forget=False)
 
     async def run(self, stopping: Callable[[], bool]) -> None:
-        """Apply pending repairs every `RETRY_INTERVAL_S` while there are any; sleep otherwise."""
+        """Apply pending repairs every `RETRY_INTERVAL_S` (of the clock) while there are any; sleep otherwise."""
         while not stopping():
             await self._wakeup.wait()
             self._wakeup.clear()
             while self.pending and not stopping():
                 if await self.apply():
                     break
-                await asyncio.sleep(RETRY_INTERVAL_S)
+                await self._clock.sleep(RETRY_INTERVAL_S)

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.livestate.base import LiveStateBackend, TenantView
 from gateway.livestate.broadcast import Broadcast, Bus
 from gateway.livestate.budgets import Budgets, ReserveResult, SpendState
@@ -26,7 +27,9 @@ from gateway.pools import RedisClient
 class LiveState(LiveStateBackend):
     """Leases, start rates, budgets, broadcasts and upstream headroom shared by all replicas (Redis)."""
 
-    def __init__(self, redis: RedisClient, prefix: str = "voxgate:", instance_id: str = "") -> None:
+    def __init__(
+        self, redis: RedisClient, prefix: str = "voxgate:", instance_id: str = "", clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.redis = redis
         self.instance_id = instance_id
         self.keys = KeyLayout(prefix)
@@ -36,7 +39,7 @@ class LiveState(LiveStateBackend):
         self._starts = StartRate(self._scripts, self.keys, instance_id)
         self._budgets = Budgets(self._scripts, self.keys)
         self._headroom = UpstreamHeadroom(self._scripts, self.keys)
-        self._bus = Bus(redis, self.keys.channel, instance_id)
+        self._bus = Bus(redis, self.keys.channel, instance_id, clock=clock)  # its reconnect backoff
 
     async def load_scripts(self) -> None:
         """Register the Lua scripts once (they are also reloaded on NOSCRIPT)."""
@@ -48,10 +51,18 @@ class LiveState(LiveStateBackend):
     # -- concurrency leases ------------------------------------------------------------------
 
     async def acquire_session(
-        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        limit: int | None,
+        ttl_s: float,
+        now: float,
+        model: str | None = None,
+        model_limit: int | None = None,
     ) -> LeaseResult:
-        """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one."""
-        return await self._leases.acquire(tenant_id, session_id, limit, ttl_s, now)
+        """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one.
+        With `model`, also within `model_limit` leases of that model (see the base class)."""
+        return await self._leases.acquire(tenant_id, session_id, limit, ttl_s, now, model, model_limit)
 
     async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
         """Renew leases in one round trip; returns the (tenant, session) pairs that no longer hold one."""
@@ -64,6 +75,10 @@ class LiveState(LiveStateBackend):
     async def active_sessions(self, tenant_id: str, now: float) -> int:
         """Live leases of the tenant, after reaping expired ones."""
         return await self._leases.active(tenant_id, now)
+
+    async def active_model_sessions(self, tenant_id: str, model: str, now: float) -> int:
+        """Live leases of the tenant counted under `model`, after reaping expired ones."""
+        return await self._leases.active_of_model(tenant_id, model, now)
 
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         """Reap expired leases and reservations of every tenant; each reaped session is returned once."""

@@ -9,13 +9,13 @@ upgrade (docs/close-codes.md).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
 from gateway.auth.credentials import accepted_subprotocol, key_safety_identifier, read_credentials, safety_identifier
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key, outage_refusal
 from gateway.ids import new_id
 from gateway.services import GatewayServices
@@ -124,12 +124,13 @@ def draining_error() -> GatewayError:
 
 
 @contextlib.contextmanager
-def refusing_outages() -> Iterator[None]:
-    """Turn "Postgres or Redis is unreachable" into a retryable 503; let every other error through."""
+def refusing_outages(clock: Clock = SYSTEM_CLOCK) -> Iterator[None]:
+    """Turn "Postgres or Redis is unreachable" into a retryable 503; let every other error through.
+    `clock` (the caller's `GatewayServices.clock`) paces the outage log line."""
     try:
         yield
     except Exception as exc:
-        refusal = outage_refusal(exc)
+        refusal = outage_refusal(exc, clock)
         if refusal is None:
             raise
         raise refusal from exc
@@ -152,7 +153,7 @@ async def admit(
     creds = read_credentials(headers, subprotocols)
     if not creds.secret:
         raise missing_api_key()
-    with refusing_outages():
+    with refusing_outages(services.clock):
         identity = await services.tenants.authenticate(creds.secret)
     if identity is None:
         raise invalid_api_key()
@@ -169,9 +170,9 @@ async def admit(
     beta = openai_beta(headers)
     session_id = new_id("vgs")
     # Policy, budget, concurrency, start rate and upstream headroom: refused before any upstream cost.
-    with refusing_outages():
+    with refusing_outages(services.clock):
         decided = await shared_state(services).admit(
-            identity.tenant_id, session_id, model or None, time.time(), model_at_start=live
+            identity.tenant_id, session_id, model or None, services.clock.time(), model_at_start=live
         )
     policy, leased = decided.policy, decided.leased
     return Admission(

@@ -5,7 +5,9 @@ method, looked up by the transport). Once a second, `sample_relays` arms each li
 `RelayProbe`: for each side, the transport's next read goes to a timing wrapper that restores
 the direct handler, runs it, and observes how long voxgate held the bytes (parsing, policy,
 the write onward). Every other read runs exactly the code it ran before: no counter, no
-branch, no clock read.
+branch, no clock read. The wrapper is built once per side, not per sample, and a round arms
+at most `MAX_ARMED_PER_PERIOD` sessions (rotating through the rest), so the probe's own cost
+stays flat as sessions grow.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 log = logging.getLogger("voxgate.telemetry")
 
 SAMPLE_PERIOD_SECONDS = 1.0
+MAX_ARMED_PER_PERIOD = 64  # sessions armed per round; the others wait their turn
 Handler = Callable[[bytes], None]
 
 
@@ -28,14 +31,30 @@ class Observer(Protocol):
 
 
 class _Side:
-    __slots__ = ("armed", "handler", "observer", "protocol", "transport")
+    __slots__ = ("armed", "handler", "monotonic", "observer", "protocol", "timed", "transport")
 
-    def __init__(self, protocol: Any, transport: Any, handler: Handler, observer: Observer) -> None:
+    def __init__(
+        self, protocol: Any, transport: Any, handler: Handler, observer: Observer, monotonic: Callable[[], float]
+    ) -> None:
         self.protocol = protocol
         self.transport = transport
         self.handler = handler
         self.observer = observer
+        self.monotonic = monotonic
         self.armed = False
+        self.timed: Handler = self._timed  # bound once: arming allocates nothing
+
+    def route(self, handler: Handler) -> None:
+        self.protocol.data_received = handler
+        self.transport.set_protocol(self.protocol)  # uvloop caches the bound handler: look it up again
+
+    def _timed(self, data: bytes) -> None:
+        self.armed = False
+        self.route(self.handler)
+        monotonic = self.monotonic
+        started = monotonic()
+        self.handler(data)
+        self.observer.observe(monotonic() - started)
 
 
 class RelayProbe:
@@ -49,46 +68,37 @@ class RelayProbe:
         """`protocol` reads through its `data_received` instance attribute (the relay's handler)."""
         handler = protocol.__dict__.get("data_received")
         if handler is not None:
-            self._sides.append(_Side(protocol, transport, handler, observer))
+            self._sides.append(_Side(protocol, transport, handler, observer, self._clock.monotonic))
 
     def arm(self) -> None:
         for side in self._sides:
             if not side.armed and not side.transport.is_closing():
                 side.armed = True
-                self._route(side, self._timed(side))
+                side.route(side.timed)
 
     def disarm(self) -> None:
         for side in self._sides:
             if side.armed:
                 side.armed = False
-                self._route(side, side.handler)
-
-    @staticmethod
-    def _route(side: _Side, handler: Handler) -> None:
-        side.protocol.data_received = handler
-        side.transport.set_protocol(side.protocol)  # uvloop caches the bound handler: look it up again
-
-    def _timed(self, side: _Side) -> Handler:
-        monotonic = self._clock.monotonic
-
-        def timed(data: bytes) -> None:
-            side.armed = False
-            self._route(side, side.handler)
-            started = monotonic()
-            side.handler(data)
-            side.observer.observe(monotonic() - started)
-
-        return timed
+                side.route(side.handler)
 
 
 async def sample_relays(
-    sessions: Callable[[], Iterable[Any]], clock: Clock = SYSTEM_CLOCK, period: float = SAMPLE_PERIOD_SECONDS
+    sessions: Callable[[], Iterable[Any]],
+    clock: Clock = SYSTEM_CLOCK,
+    period: float = SAMPLE_PERIOD_SECONDS,
+    limit: int = MAX_ARMED_PER_PERIOD,
 ) -> None:
-    """Arm the probe of every live session that has one, every `period` seconds, until cancelled."""
+    """Every `period` seconds until cancelled, arm the probes of up to `limit` live sessions,
+    taking turns when there are more."""
+    turn = 0
     while True:
         await clock.sleep(period)
-        for session in list(sessions()):
-            probe = getattr(session, "probe", None)
-            if isinstance(probe, RelayProbe):
-                with contextlib.suppress(Exception):  # a closing transport: the next round skips it
-                    probe.arm()
+        probes = [p for p in (getattr(s, "probe", None) for s in sessions()) if isinstance(p, RelayProbe)]
+        if len(probes) > limit:
+            start = turn % len(probes)
+            probes = (probes[start:] + probes[:start])[:limit]
+            turn = start + limit
+        for probe in probes:
+            with contextlib.suppress(Exception):  # a closing transport: the next round skips it
+                probe.arm()

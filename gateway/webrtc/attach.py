@@ -52,6 +52,7 @@ async def attach_call(context: WebRtcContext, caller: Caller, call_id: str) -> C
         call_id=call_id,
         tenant_id=caller.tenant_id,
         session_id=minted.session_id,
+        created_at=context.clock.time(),
         policy=await tenant_policy(context.services, caller.tenant_id),
         safety_id=minted.end_user_hash or caller.safety_id,
         leased=False,

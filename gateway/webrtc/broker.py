@@ -2,9 +2,9 @@
 
 `POST /v1/realtime/calls` polices the offer's session (a multipart offer's own, or the one
 the policy adds to a raw offer), admits it like a WebSocket session and places the call.
-The call is recorded (Postgres and the call cache) and handed to the sideband monitor,
-which then owns the concurrency lease; without a monitor nothing could release the lease,
-so admission was the gate and the lease is given back at once (docs/webrtc.md).
+The call is recorded (Postgres and the call cache) and handed to the process's sideband
+monitor (`GatewayServices.calls_monitor`, always there), which then owns the concurrency lease
+(docs/webrtc.md).
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ async def place_call(context: WebRtcContext, admitted: AdmittedCall) -> PlacedCa
     except BaseException:
         await release(services, caller.tenant_id, admitted.session_id, leased)
         raise
-    if leased and not _has_monitor(services):
-        # Nothing would heartbeat or release the lease; admission was the gate (docs/webrtc.md).
-        await release(services, caller.tenant_id, admitted.session_id, leased)
-        leased = False
     now = context.clock.time()
     call = Call(
         call_id=placed.call_id,
@@ -120,16 +116,9 @@ async def hang_up(context: WebRtcContext, caller: Caller, call: Call) -> None:
 
 
 async def hand_to_monitor(services: GatewayServices, call: Call) -> None:
-    """Give the call to the sideband monitor, which meters and polices it (if this process has one)."""
-    monitor = services.calls_monitor
-    if monitor is None:
-        return
+    """Give the call to the sideband monitor, which meters and polices it."""
     try:
-        await monitor.attach(call)
+        await services.calls_monitor.attach(call)
     except Exception:
         # The call is live either way; losing its metering is logged loudly, not hidden.
         log.exception("the sideband monitor could not attach call %s", call.call_id)
-
-
-def _has_monitor(services: GatewayServices) -> bool:
-    return services.calls_monitor is not None

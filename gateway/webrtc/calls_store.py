@@ -13,12 +13,12 @@ when `expire_unattached_secrets` sweeps it after expiry. Both lock the secret's
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import asyncpg
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ledger.sql import timestamp
 from gateway.webrtc.calls_sql import (
     ACTIVE_CALLS,
@@ -65,6 +65,7 @@ class Call:
     call_id: str
     tenant_id: str
     session_id: str
+    created_at: float  # when voxgate recorded it (the clock's wall time)
     policy: TenantPolicy = UNRESTRICTED
     safety_id: str = ""
     leased: bool = False
@@ -74,7 +75,6 @@ class Call:
     upstream_session_id: str | None = None
     state: CallState = "active"
     end_reason: str | None = None
-    created_at: float = field(default_factory=time.time)
     ended_at: float | None = None
 
     def public(self) -> dict[str, Any]:
@@ -122,9 +122,10 @@ def _call_from_row(row: asyncpg.Record) -> Call:
 class CallStore:
     """Calls and minted secrets in Postgres, with a cache (`gateway.webrtc.calls_cache`) in front."""
 
-    def __init__(self, pool: asyncpg.Pool, cache: CallCache) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: CallCache, clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
         self._cache = cache
+        self._clock = clock  # "now" when a caller does not say
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ class CallStore:
 
     async def end(self, call_id: str, reason: str, now: float | None = None) -> bool:
         """Mark an active call ended; False if it was not active (already ended or unknown)."""
-        now = time.time() if now is None else now
+        now = self._clock.time() if now is None else now
         ended = await self._pool.fetchval(END_CALL, call_id, reason, timestamp(now))
         await self._cache.drop(call_id)  # Postgres decides who ended it first; the cache follows
         return ended is not None
@@ -207,7 +208,7 @@ class CallStore:
 
     async def has_attachable_secret(self, tenant_id: str, now: float | None = None) -> bool:
         """True when `tenant_id` holds a minted secret not yet attached whose call could still be live."""
-        now = time.time() if now is None else now
+        now = self._clock.time() if now is None else now
         return bool(await self._pool.fetchval(HAS_ATTACHABLE_SECRET, tenant_id, timestamp(now - MAX_CALL_SECONDS)))
 
     async def minted(self, upstream_session_id: str) -> MintedSecret | None:

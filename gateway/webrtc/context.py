@@ -11,7 +11,8 @@ from typing import Any, Final
 
 from litestar import Litestar
 
-from gateway.auth.browser import BrowserAuthStore, BrowserTokenVerifier
+from gateway.auth.browser import BrowserTokenVerifier
+from gateway.auth.browser_keys import BrowserAuthStore
 from gateway.services import GatewayServices, services_of
 from gateway.webrtc.attach_limits import AttachLimiter
 from gateway.webrtc.calls_cache import RedisCallCache
@@ -28,7 +29,7 @@ class WebRtcContext:
         self.services = services
         self.clock = services.clock
         settings = services.settings
-        self.calls = CallStore(services.pool, RedisCallCache(services.redis, settings.redis.key_prefix))
+        self.calls = CallStore(services.pool, RedisCallCache(services.redis, settings.redis.key_prefix), self.clock)
         self.upstream = UpstreamHttp(settings.upstream)
         self.attach_limiter = AttachLimiter()
         self.live: Any = None  # gateway.webrtc.live_calls.LiveContext, made on the first GPT-Live request

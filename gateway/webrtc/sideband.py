@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.ledger.writer import SessionEnded
 from gateway.livestate import LiveStateBackend
+from gateway.services import GatewayServices
 from gateway.session import close_reasons as ends
 from gateway.session.assembly import SessionPlan, assemble, release_admission, shared_state
 from gateway.session.kit import SessionKit
@@ -41,8 +41,9 @@ from gateway.session.live import LiveSession, Verdict
 from gateway.telemetry import start_session_trace
 from gateway.telemetry.attributes import SPAN_UPSTREAM_CONNECT
 from gateway.upstream import USER_AGENT, open_upstream, upstream_headers
+from gateway.upstream_tls import http_client
 from gateway.webrtc.calls_cache import RedisCallCache
-from gateway.webrtc.calls_store import EXPIRED_UNATTACHED, CallStore
+from gateway.webrtc.calls_store import EXPIRED_UNATTACHED, Call, CallStore
 from policies.policy import UNRESTRICTED, TenantPolicy
 
 log = logging.getLogger("voxgate.sideband")
@@ -129,11 +130,16 @@ class Sideband:
 
 
 class CallsMonitor:
-    """Attaches sidebands to calls, owns them through live-state monitor claims, resumes orphans."""
+    """Attaches sidebands to calls, owns them through live-state monitor claims, resumes orphans.
+
+    One per process (`GatewayServices.calls_monitor`); the calls it watches are the calls store's
+    (`store`): it marks a call ended there when its sideband sees it end, and its scan resumes
+    the store's active calls that no live replica monitors.
+    """
 
     def __init__(
         self,
-        services: Any,
+        services: GatewayServices,
         claims: LiveStateBackend,
         lease_ttl_s: float = 10.0,
         scan_every_s: float = 2.0,
@@ -146,31 +152,32 @@ class CallsMonitor:
         self.scan_every_s = scan_every_s
         self.secret_sweep_s = secret_sweep_s
         self.secret_grace_s = secret_grace_s
-        self.store = CallStore(services.pool, RedisCallCache(services.redis, services.settings.redis.key_prefix))
+        cache = RedisCallCache(services.redis, services.settings.redis.key_prefix)
+        self.store = CallStore(services.pool, cache, services.clock)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    async def monitored(self, call: Any) -> MonitoredCall:
-        """A `gateway.webrtc.calls_store.Call` (or a MonitoredCall) with the tenant's current policy."""
+    async def monitored(self, call: Call | MonitoredCall) -> MonitoredCall:
+        """A call of the calls store (or a MonitoredCall) with the tenant's current policy."""
         if isinstance(call, MonitoredCall):
             return call
-        policy = getattr(call, "policy", None)
-        if policy is None or policy is UNRESTRICTED:  # a call loaded from storage
+        policy = call.policy
+        if policy is UNRESTRICTED:  # a call loaded from storage
             policy, _ = await shared_state(self.services).policy_for(call.tenant_id)
         return MonitoredCall(
             call_id=call.call_id,
             tenant_id=call.tenant_id,
             session_id=call.session_id,
-            model=getattr(call, "model", None) or "gpt-realtime",
+            model=call.model or "gpt-realtime",
             policy=policy,
-            safety_id=getattr(call, "safety_id", "") or "",
-            api_key_id=getattr(call, "api_key_id", None),
-            leased=bool(getattr(call, "leased", False)),
+            safety_id=call.safety_id,
+            api_key_id=call.api_key_id,
+            leased=call.leased,
         )
 
-    async def attach(self, call: Any) -> bool:
+    async def attach(self, call: Call | MonitoredCall) -> bool:
         """Start monitoring `call` here if no live replica owns it. True if this replica does now."""
         call = await self.monitored(call)
         if call.call_id in self._running:
@@ -237,8 +244,8 @@ class CallsMonitor:
             await self._claims.release_monitor(call.tenant_id, call.call_id)
         except RedisError as exc:  # no money or session lease: the monitor lease expires on its TTL
             log.warning("could not release the monitor lease of %s (%s); it expires on its TTL", call.call_id, exc)
-        if end_reason is not None and self.on_call_ended is not None:
-            await self.on_call_ended(call.call_id, end_reason)
+        if end_reason is not None:
+            await self.store.end(call.call_id, end_reason)
 
     async def why_it_ended(self, call_id: str, end_reason: str, detail: str | None) -> tuple[str, str | None]:
         """Why the session of a call whose sideband dropped ended: a hangup through voxgate marks the
@@ -256,7 +263,10 @@ class CallsMonitor:
         """End the session and the call of a call that ended upstream before a sideband saw it."""
         self.services.ledger.submit(
             SessionEnded(
-                call.session_id, time.time(), "call_ended", "the call was gone upstream when its sideband attached"
+                call.session_id,
+                self.services.clock.time(),
+                "call_ended",
+                "the call was gone upstream when its sideband attached",
             )
         )
         self.services.metrics.sessions_ended.labels("call_ended").inc()
@@ -268,17 +278,13 @@ class CallsMonitor:
         """The call if this replica is monitoring it now."""
         return self._calls.get(call_id)
 
-    # Hooks the app wires to the calls store:
-    on_call_ended: Any = None  # async (call_id, end_reason) -> Any: mark the call ended
-    find_active: Any = None  # async () -> list[Call]: calls not ended (attach() skips owned ones)
-
     async def hangup(self, call_id: str) -> None:
         settings = self.services.settings.upstream
         headers = upstream_headers(settings, "", None)
         headers.pop("OpenAI-Safety-Identifier", None)
         headers["User-Agent"] = USER_AGENT
         try:
-            async with httpx.AsyncClient(timeout=settings.connect_timeout_seconds) as http:
+            async with http_client(settings, timeout=settings.connect_timeout_seconds) as http:
                 response = await http.post(f"{settings.url}/realtime/calls/{call_id}/hangup", headers=headers)
             if response.status_code >= 400:
                 log.warning("upstream refused hangup of %s: %s", call_id, response.status_code)
@@ -293,7 +299,7 @@ class CallsMonitor:
     async def stop(self) -> None:
         self._stopping = True
         if self._loop_task is not None:
-            await stop_tasks([self._loop_task])
+            await stop_tasks([self._loop_task], clock=self.services.clock)
 
     async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
         """End the session rows of client secrets that expired unattached (past the grace period).
@@ -330,12 +336,12 @@ class CallsMonitor:
                     await self.sweep_expired_secrets()
                 except Exception:
                     log.exception("sweeping expired client secrets failed")
-            if self.find_active is None or self.scan_every_s <= 0 or now < next_scan:
+            if self.scan_every_s <= 0 or now < next_scan:
                 continue
             next_scan = now + self.scan_every_s
             try:
-                for call in await self.find_active():
-                    if call.call_id not in self._running:
-                        await self.attach(call)  # takes over only if no live replica holds the lease
+                for stored in await self.store.active():  # calls not ended; attach() skips owned ones
+                    if stored.call_id not in self._running:
+                        await self.attach(stored)  # takes over only if no live replica holds the lease
             except Exception:
                 log.exception("scanning for unmonitored calls failed")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import SYSTEM_CLOCK, Clock, Timer
 from gateway.ledger.writer import LedgerWriter, SessionStarted
 from gateway.livestate import MemoryLiveState
 from gateway.metrics import GatewayMetrics
@@ -30,6 +31,12 @@ class TickingClock:
 
     async def sleep(self, seconds: float) -> None:
         await SYSTEM_CLOCK.sleep(seconds)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return SYSTEM_CLOCK.call_later(delay, callback)
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        return SYSTEM_CLOCK.timeout(seconds)
 
 
 def live_session(

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from gateway.clock import SYSTEM_CLOCK
 from gateway.errors import GatewayError, outage_refusal
 from gateway.realtime.fastrelay.handshake import (
     HEAD_END,
@@ -192,7 +193,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             await self._abandon(services, admission)
             raise
         except Exception as exc:
-            outage = outage_refusal(exc)  # Postgres or Redis unreachable: a retryable 503, not a bug
+            # Postgres or Redis unreachable: a retryable 503, not a bug
+            outage = outage_refusal(exc, SYSTEM_CLOCK if services is None else services.clock)
             if outage is None:
                 log.exception("admission failed")
             await self._abandon(services, admission)
@@ -257,7 +259,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         started = services.clock.monotonic()
         with trace.step(SPAN_UPSTREAM_CONNECT):
             link = await open_upstream_link(
-                services.settings.upstream, admission.query, admission.safety_id, admission.beta
+                services.settings.upstream, admission.query, admission.safety_id, admission.beta, services.clock
             )
         services.metrics.upstream_connect.labels("websocket").observe(services.clock.monotonic() - started)
         return link
