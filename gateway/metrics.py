@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.upstream_tls import failure_families
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Buckets (seconds), each set where its decision lies (docs/observability.md, "Why these buckets").
@@ -104,6 +106,14 @@ class GatewayMetrics:
             buckets=STORE_BUCKETS,
             registry=self.registry,
         )
+        self.translation_offers_unconfirmed = Counter(
+            "voxgate_translation_offers_unconfirmed",
+            "Translation offers whose answer was lost after they were sent, booked at their cap.",
+            ["failure"],
+            registry=self.registry,
+        )
+        # voxgate_upstream_connect_failures_total{cause}: counted where the failure is classified.
+        self.watch(failure_families)
 
     def watch(self, collector: Callable[[], Iterator[Any]]) -> None:
         """Register a scrape-time collector (ledger stats, live sessions)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -13,6 +14,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.settings import UpstreamSettings
+from gateway.upstream_tls import client_context, unreachable
 
 USER_AGENT = f"voxgate/{__version__}"
 log = logging.getLogger("voxgate.upstream")
@@ -98,9 +100,12 @@ async def open_upstream(
     # At DEBUG the `websockets` client also logs its request headers, our key among them: the
     # root handler's filter redacts it (gateway/logs.py).
     log.debug("opening the upstream WebSocket %s", url)
+    # Every upstream WebSocket verifies with the one shared context (gateway/upstream_tls.py).
+    tls: dict[str, Any] = {"ssl": client_context(settings)} if url.startswith("wss:") else {}
     try:
         return await connect(
             url,
+            **tls,
             additional_headers=upstream_headers(settings, safety_id, beta),
             user_agent_header=USER_AGENT,
             compression=None,
@@ -113,9 +118,5 @@ async def open_upstream(
     except InvalidStatus as exc:
         response = exc.response
         raise refusal_from_status(response.status_code, dict(response.headers), response.body) from None
-    except TimeoutError:
-        raise GatewayError(
-            503, "Timed out connecting to the upstream Realtime API.", code="upstream_timeout", retry_after=1.0
-        ) from None
-    except (OSError, InvalidHandshake):
-        raise GatewayError(502, "Could not reach the upstream Realtime API.", code="upstream_unreachable") from None
+    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError: a 503 upstream_timeout
+        raise unreachable(exc) from None

@@ -60,7 +60,16 @@ def migrate_job(manifests: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_every_value_set_is_exercised() -> None:
     names = {p.name.removesuffix("-values.yaml") for p in ALL_VALUE_SETS}
-    assert {"default", "autoscaling", "existing-secret", "monitoring", "ingress", "gateway-route", "gitops"} <= names
+    assert {
+        "default",
+        "autoscaling",
+        "existing-secret",
+        "monitoring",
+        "ingress",
+        "gateway-route",
+        "gitops",
+        "tls",
+    } <= names
 
 
 @pytest.mark.parametrize("values", ALL_VALUE_SETS, ids=lambda p: p.stem)
@@ -169,7 +178,10 @@ def test_migrations_run_in_a_hook_job_before_install_and_upgrade(helm: Helm) -> 
     assert int(hook["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
     assert "hook-succeeded" in hook["helm.sh/hook-delete-policy"]
     assert secret_data(hook_secret) == {"VOXGATE_DATABASE_URL": "postgresql://voxgate:change-me@postgres:5432/voxgate"}
-    assert set(env(job)) == {"VOXGATE_DATABASE_URL", "VOXGATE_LOG_FORMAT"}  # nothing else it needs to see
+    # Nothing else it needs to see (the migration URL is optional: absent, VOXGATE_DATABASE_URL serves).
+    assert set(env(job)) == {"VOXGATE_DATABASE_URL", "VOXGATE_DATABASE_MIGRATION_URL", "VOXGATE_LOG_FORMAT"}
+    migration = env(job)["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"]
+    assert (migration["name"], migration["optional"]) == (ref["name"], True)
 
 
 def test_without_helm_hooks_the_migration_job_is_plain_and_named_per_revision(helm: Helm) -> None:
@@ -226,6 +238,33 @@ def test_a_created_secret_holds_the_credentials_and_they_never_appear_in_plain_e
         assert value not in plain
 
 
+# The whsec_ secrets are optional: absent from the chart's Secret unless given, and read from it when given.
+WEBHOOK_SECRETS = {
+    "VOXGATE_ALERT_WEBHOOK_SECRET": "alertWebhookSecret",
+    "VOXGATE_OPENAI_WEBHOOK_SECRET": "openaiWebhookSecret",
+}
+
+
+def test_webhook_secrets_go_in_the_created_secret_only_when_given(helm: Helm) -> None:
+    def release_secret(manifests: list[dict[str, Any]]) -> dict[str, str]:
+        return secret_data(next(s for s in of_kind(manifests, "Secret") if s["metadata"]["name"] == "vg-voxgate"))
+
+    assert not set(WEBHOOK_SECRETS) & set(release_secret(helm.template([DEFAULT])))
+    given = {name: "whsec_" + "QUJD" * 8 + str(i) for i, name in enumerate(WEBHOOK_SECRETS)}  # distinct values
+    manifests = helm.template(
+        [DEFAULT], {f"secrets.values.{key}": given[name] for name, key in WEBHOOK_SECRETS.items()}
+    )
+    data = release_secret(manifests)
+    variables = env(server(manifests))
+    plain = " ".join(str(v.get("value", "")) for v in variables.values())
+    for name in WEBHOOK_SECRETS:
+        assert data[name] == given[name]
+        ref = variables[name]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"], ref["optional"]) == ("vg-voxgate", name, True)
+        assert given[name] not in plain
+    assert not set(WEBHOOK_SECRETS) & set(env(migrate_job(manifests)))  # the migration Job needs neither
+
+
 def test_an_existing_secret_is_read_by_its_key_names_and_none_is_created(helm: Helm) -> None:
     manifests = helm.template([value_set("existing-secret")])
     assert not of_kind(manifests, "Secret")
@@ -237,11 +276,19 @@ def test_an_existing_secret_is_read_by_its_key_names_and_none_is_created(helm: H
         "VOXGATE_SAFETY_ID_SECRET": ("safety-id-secret", True),
         "VOXGATE_ADMIN_JWT_SECRET": ("admin-jwt-secret", True),
         "VOXGATE_ADMIN_JWT_PUBLIC_KEY": ("admin-jwt-public-key", True),
+        "VOXGATE_ALERT_WEBHOOK_SECRET": ("alert-webhook-secret", True),
+        "VOXGATE_OPENAI_WEBHOOK_SECRET": ("openai-webhook-secret", True),
     }
     for name, (key, optional) in expected.items():
         ref = variables[name]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"], ref.get("optional", False)) == ("voxgate-credentials", key, optional)
     assert env(migrate_job(manifests))["VOXGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
+    migration = env(migrate_job(manifests))["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"]
+    assert (migration["name"], migration["key"], migration["optional"]) == (
+        "voxgate-credentials",
+        "database-migration-url",
+        True,
+    )
     assert container(server(manifests))["image"].endswith("@sha256:" + "0" * 64)
 
 
@@ -332,6 +379,96 @@ def test_a_gateway_api_route_turns_request_timeouts_off(helm: Helm) -> None:
     ]
 
 
+def test_the_migration_job_migrates_through_the_direct_url_when_one_is_given(helm: Helm) -> None:
+    direct = "postgresql://voxgate:change-me@postgres:5432/voxgate"
+    manifests = helm.template([value_set("tls")])
+    job = migrate_job(manifests)
+    ref = env(job)["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"]
+    hook_secret = next(s for s in of_kind(manifests, "Secret") if s["metadata"]["name"] == ref["name"])
+    assert "helm.sh/hook" in hook_secret["metadata"]["annotations"]
+    assert secret_data(hook_secret)[ref["key"]] == direct
+    assert secret_data(hook_secret)["VOXGATE_DATABASE_URL"] == "postgresql://voxgate:change-me@pgbouncer:6432/voxgate"
+    # The server pods never get it: `serve` does not migrate in the chart.
+    assert "VOXGATE_DATABASE_MIGRATION_URL" not in env(server(manifests))
+    # Without Helm hooks, the plain Job reads it from the release's own Secret.
+    plain = helm.template([value_set("tls")], {"migrations.useHelmHooks": "false"})
+    ref = env(migrate_job(plain))["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"]
+    release_secret = next(s for s in of_kind(plain, "Secret") if s["metadata"]["name"] == ref["name"])
+    assert ref["name"] == "vg-voxgate" and secret_data(release_secret)[ref["key"]] == direct
+    # Not given: the created Secrets carry no such key (the Job falls back to VOXGATE_DATABASE_URL).
+    for secret in of_kind(helm.template([DEFAULT]), "Secret"):
+        assert "VOXGATE_DATABASE_MIGRATION_URL" not in secret_data(secret)
+
+
+def test_behind_pgbouncer_the_migration_job_must_bypass_it(helm: Helm, tmp_path: Path) -> None:
+    """VOXGATE_DATABASE_PGBOUNCER (transaction pooling) reaches the server pods, not the Job: `voxgate
+    migrate` never reads it (one plain connection, for a session-scoped advisory lock that transaction
+    pooling cannot hold), so the Job needs a direct URL instead, and the chart insists on one."""
+    migrate_code = [REPO / "gateway" / "cli" / "migrate.py", REPO / "gateway" / "storage" / "migrations.py"]
+    assert not [p.name for p in migrate_code if "VOXGATE_DATABASE_PGBOUNCER" in p.read_text()], (
+        "the migrate path reads VOXGATE_DATABASE_PGBOUNCER now: pass it to the migration Job"
+    )
+    manifests = helm.template([value_set("tls")])  # PgBouncer, with a direct migration URL
+    assert env(server(manifests))["VOXGATE_DATABASE_PGBOUNCER"]["value"] == "true"
+    job_env = env(migrate_job(manifests))
+    assert "VOXGATE_DATABASE_PGBOUNCER" not in job_env
+    assert job_env["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"].get("optional", False) is False
+
+    pgbouncer = tmp_path / "pgbouncer-values.yaml"
+    pgbouncer.write_text('env:\n  VOXGATE_DATABASE_PGBOUNCER: "true"\n')
+    # A created Secret without a direct URL: refused, naming the value to set.
+    error = helm.refusal([DEFAULT, pgbouncer])
+    assert "env.VOXGATE_DATABASE_PGBOUNCER is true" in error and "secrets.values.databaseMigrationUrl" in error
+    # An existing Secret: its migration key becomes required, so a Secret without it stops the Job's
+    # pod before it starts instead of migrating through PgBouncer.
+    ref = env(migrate_job(helm.template([value_set("existing-secret"), pgbouncer])))
+    migration = ref["VOXGATE_DATABASE_MIGRATION_URL"]["valueFrom"]["secretKeyRef"]
+    assert (migration["key"], migration.get("optional", False)) == ("database-migration-url", False)
+    # Migrations left to the operator: nothing to insist on.
+    assert not of_kind(helm.template([DEFAULT, pgbouncer], {"migrations.enabled": "false"}), "Job")
+
+
+def test_tls_termination_serves_a_mounted_secret_and_probes_and_scrapes_use_https(helm: Helm) -> None:
+    manifests = helm.template([value_set("tls")])
+    deployment = server(manifests)
+    c, variables = container(deployment), env(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for name, key in (("VOXGATE_TLS_CERT_FILE", "tls.crt"), ("VOXGATE_TLS_KEY_FILE", "tls.key")):
+        path = Path(variables[name]["value"])
+        mount = mounts[str(path.parent)]
+        assert mount["readOnly"] is True and "subPath" not in mount  # a renewed Secret reaches the pod
+        volume = volumes[mount["name"]]["secret"]
+        assert volume["secretName"] == "voxgate-serving-cert"
+        assert {"key": key, "path": path.name} in volume["items"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    endpoint = only(manifests, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "voxgate.example.internal"
+    # Off by default: no TLS variables, plain probes.
+    default = server(helm.template([DEFAULT]))
+    assert not {"VOXGATE_TLS_CERT_FILE", "VOXGATE_TLS_KEY_FILE", "VOXGATE_UPSTREAM_CA_FILE"} & set(env(default))
+
+
+@pytest.mark.parametrize("source", ["secret", "configMap"])
+def test_the_upstream_ca_bundle_is_mounted_from_a_secret_or_a_config_map(helm: Helm, source: str) -> None:
+    values = {f"tls.upstreamCA.{source}": "egress-ca", "tls.upstreamCA.key": "bundle.pem"}
+    deployment = server(helm.template([DEFAULT], values))
+    path = Path(env(deployment)["VOXGATE_UPSTREAM_CA_FILE"]["value"])
+    assert path.name == "bundle.pem"
+    mount = next(m for m in container(deployment)["volumeMounts"] if m["mountPath"] == str(path.parent))
+    assert mount["readOnly"] is True
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    if source == "secret":
+        assert volume["secret"]["secretName"] == "egress-ca"
+        items = volume["secret"]["items"]
+    else:
+        assert volume["configMap"]["name"] == "egress-ca"
+        items = volume["configMap"]["items"]
+    assert items == [{"key": "bundle.pem", "path": "bundle.pem"}]
+
+
 REFUSED = [
     # (values, what the message must name)
     ({}, ["secrets.values.databaseUrl", "secrets.values.redisUrl", "secrets.values.openaiApiKey"]),
@@ -351,6 +488,15 @@ REFUSED = [
     ({"replicas": "3"}, ["replicas", "not allowed"]),
     ({"autoscaling.enabled": "true", "autoscaling.maxReplicas": "1"}, ["autoscaling.maxReplicas (1) must be >="]),
     ({"spool.type": "persistentVolumeClaim", "spool.existingClaim": "c"}, ["replicaCount: 1", "must not be shared"]),
+    ({"env.VOXGATE_DATABASE_MIGRATION_URL": "postgresql://x"}, ["env.VOXGATE_DATABASE_MIGRATION_URL: a secret never"]),
+    ({"env.VOXGATE_TLS_CERT_FILE": "/c.pem"}, ["env.VOXGATE_TLS_CERT_FILE is set by the chart: set tls.termination"]),
+    ({"env.VOXGATE_UPSTREAM_CA_FILE": "/ca.pem"}, ["env.VOXGATE_UPSTREAM_CA_FILE is set by the chart"]),
+    ({"tls.termination.enabled": "true"}, ["tls.termination", "secretName"]),
+    ({"tls.upstreamCA.secret": "a", "tls.upstreamCA.configMap": "b"}, ["tls.upstreamCA"]),
+    ({"secrets.values.databaseMigrationUrl": "mysql://db/x"}, ["secrets.values.databaseMigrationUrl", "pattern"]),
+    ({"env.VOXGATE_ALERT_WEBHOOK_SECRET": "whsec_x"}, ["env.VOXGATE_ALERT_WEBHOOK_SECRET: a secret never goes in"]),
+    ({"env.VOXGATE_OPENAI_WEBHOOK_SECRET": "whsec_x"}, ["env.VOXGATE_OPENAI_WEBHOOK_SECRET: a secret never goes in"]),
+    ({"secrets.values.openaiWebhookSecret": "not-whsec"}, ["secrets.values.openaiWebhookSecret", "pattern"]),
 ]
 
 

@@ -86,10 +86,15 @@ def _overrides(settings: Any, args: argparse.Namespace) -> Any:
     )
 
 
-async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = (), app: Any = None) -> None:
+async def run_gateway(
+    settings: Any, sock: Any = None, plugins: Sequence[Any] = (), app: Any = None, clock: Any = None
+) -> None:
     """Serve `settings` (or the already built `app`) until SIGINT/SIGTERM, draining live sessions first."""
     from gateway.app import create_app, drain
+    from gateway.clock import SYSTEM_CLOCK
     from gateway.server import VoxgateServer, bind_socket, uvicorn_config
+
+    clock = clock if clock is not None else SYSTEM_CLOCK
 
     app = app if app is not None else create_app(settings, plugins=plugins)
     limits = settings.server
@@ -106,7 +111,32 @@ async def run_gateway(settings: Any, sock: Any = None, plugins: Sequence[Any] = 
         limits.max_header_bytes,
         limits.header_timeout_seconds,
     )
-    await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
+    watcher = _terminate_tls(config, settings, clock)
+    try:
+        await server.serve(sockets=[sock or bind_socket(settings.server.host, settings.server.port)])
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def _terminate_tls(config: Any, settings: Any, clock: Any) -> asyncio.Task[None] | None:
+    """VOXGATE_TLS_CERT_FILE/KEY_FILE: the listener serves TLS (HTTP and the relay's wss://), the
+    pair reloaded when the files change or on SIGHUP (gateway/serving_tls.py). None when unset."""
+    import signal
+
+    from gateway.serving_tls import ServingTls, use_tls
+
+    server_settings = settings.server
+    if server_settings.tls_cert_file is None or server_settings.tls_key_file is None:
+        return None
+    tls = ServingTls(server_settings.tls_cert_file, server_settings.tls_key_file)
+    use_tls(config, tls)
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no SIGHUP off POSIX
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload_now)
+    log.info("terminating TLS with %s (reloaded on change or SIGHUP)", server_settings.tls_cert_file)
+    return asyncio.create_task(tls.watch(clock), name="voxgate-tls-reload")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import orjson
 from gateway.errors import GatewayError
 from gateway.settings import UpstreamSettings
 from gateway.upstream import USER_AGENT, refusal_from_status, upstream_headers
+from gateway.upstream_tls import http_client, unreachable
 from gateway.webrtc.sdp import SDP_MEDIA_TYPE
 
 log = logging.getLogger("voxgate.webrtc")
@@ -70,7 +71,8 @@ class UpstreamHttp:
         timeout = httpx.Timeout(timeout_s, connect=settings.connect_timeout_seconds)
         idle = min(max_connections, MAX_IDLE_CONNECTIONS)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=idle)
-        self._http = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT})
+        # Verifies with the process's upstream context: system trust plus VOXGATE_UPSTREAM_CA_FILE.
+        self._http = http_client(settings, timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT})
 
     async def mint_client_secret(self, body: Mapping[str, Any], safety_id: str) -> bytes:
         """Upstream's client-secret response body, as it came."""
@@ -123,6 +125,11 @@ class UpstreamHttp:
         headers = {"Content-Type": "application/json"}
         return await self._post(path, safety_id, accept=accept, headers=headers, content=content, method=method)
 
+    async def post_sdp(self, path: str, sdp: str, safety_id: str, bearer: str) -> httpx.Response:
+        """Post a raw SDP offer to `path` with `bearer` (an ephemeral key voxgate minted) in place of its own."""
+        headers = {"Content-Type": SDP_MEDIA_TYPE, "Authorization": f"Bearer {bearer}"}
+        return await self._post(path, safety_id, accept=SDP_MEDIA_TYPE, headers=headers, content=sdp.encode("ascii"))
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -148,8 +155,8 @@ class UpstreamHttp:
             raise GatewayError(
                 503, "Timed out waiting for the upstream Realtime API.", code="upstream_timeout", retry_after=1.0
             ) from None
-        except httpx.HTTPError:
-            raise GatewayError(502, "Could not reach the upstream Realtime API.", code="upstream_unreachable") from None
+        except httpx.HTTPError as exc:  # the cause (certificate, name, refused, DNS…) in the message and log
+            raise unreachable(exc) from None
         if response.status_code >= 300:
             error = refusal_from_status(response.status_code, dict(response.headers), response.content)
             if 400 <= error.status < 500 and error.status != 429 and error.param is None:

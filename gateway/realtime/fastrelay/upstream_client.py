@@ -8,12 +8,12 @@ After the 101 the protocol object stays in place and hands every byte to the rel
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 from collections.abc import Mapping
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.realtime.fastrelay.handshake import (
     HEAD_END,
@@ -27,18 +27,9 @@ from gateway.realtime.fastrelay.handshake import (
 )
 from gateway.settings import UpstreamSettings
 from gateway.upstream import USER_AGENT, realtime_url, refusal_from_status, upstream_headers
+from gateway.upstream_tls import client_context, unreachable
 
 MAX_REFUSAL_BODY = 64 * 1024
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One client context per process: building one loads the CA store (milliseconds of CPU).
-
-    The default verify paths honour `SSL_CERT_FILE`/`SSL_CERT_DIR`, read at the first
-    upstream connection (the benchmark's per-run CA comes in that way).
-    """
-    return ssl.create_default_context()
 
 
 class UpstreamSink(Protocol):
@@ -153,9 +144,14 @@ class UpstreamLink(asyncio.Protocol):
 
 
 async def open_upstream_link(
-    settings: UpstreamSettings, query: Mapping[str, str], safety_id: str, beta: str | None = None
+    settings: UpstreamSettings,
+    query: Mapping[str, str],
+    safety_id: str,
+    beta: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> UpstreamLink:
-    """Connect and upgrade, or raise the `GatewayError` the client should be given."""
+    """Connect and upgrade, or raise the `GatewayError` the client should be given.
+    `connect_timeout_seconds` runs on `clock` (the caller's `GatewayServices.clock`)."""
     url = urlsplit(realtime_url(settings.url, query))
     secure = url.scheme == "wss"
     host = url.hostname or "localhost"
@@ -166,12 +162,13 @@ async def open_upstream_link(
     loop = asyncio.get_running_loop()
     link: UpstreamLink | None = None
     try:
-        async with asyncio.timeout(settings.connect_timeout_seconds):
+        async with clock.timeout(settings.connect_timeout_seconds):
             _, link = await loop.create_connection(
                 lambda: UpstreamLink(key),
                 host,
                 port,
-                ssl=tls_context() if secure else None,
+                # One context per process (gateway/upstream_tls.py): system trust plus VOXGATE_UPSTREAM_CA_FILE.
+                ssl=client_context(settings) if secure else None,
                 server_hostname=host if secure else None,
             )
             assert link.transport is not None
@@ -184,14 +181,10 @@ async def open_upstream_link(
         if link is not None:
             link.abort()
         raise
-    except TimeoutError:
+    except (OSError, HandshakeError, ssl.SSLError) as exc:  # TimeoutError is an OSError
+        # A 503 `upstream_timeout` or a 502 `upstream_unreachable` whose message names the
+        # cause (certificate, host name, refused, DNS…), logged and counted by it.
         if link is not None:
             link.abort()
-        raise GatewayError(
-            503, "Timed out connecting to the upstream Realtime API.", code="upstream_timeout", retry_after=1.0
-        ) from None
-    except (OSError, HandshakeError, ssl.SSLError):
-        if link is not None:
-            link.abort()
-        raise GatewayError(502, "Could not reach the upstream Realtime API.", code="upstream_unreachable") from None
+        raise unreachable(exc) from None
     return link

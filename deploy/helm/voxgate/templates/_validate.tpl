@@ -10,8 +10,11 @@ says what to change. Included once, by the Deployment.
   "VOXGATE_SHUTDOWN_GRACE_SECONDS" "set drain.graceSeconds"
   "VOXGATE_ABANDON_WAIT_SECONDS" "set drain.abandonWaitSeconds"
   "VOXGATE_SPOOL_DIR" "set spool.mountPath"
-  "VOXGATE_POLICY_FILE" "put the tiers YAML in tiers" -}}
-{{- $secret := list "VOXGATE_DATABASE_URL" "VOXGATE_REDIS_URL" "VOXGATE_OPENAI_API_KEY" "VOXGATE_SAFETY_ID_SECRET" "VOXGATE_ADMIN_JWT_SECRET" "VOXGATE_ADMIN_JWT_PUBLIC_KEY" -}}
+  "VOXGATE_POLICY_FILE" "put the tiers YAML in tiers"
+  "VOXGATE_TLS_CERT_FILE" "set tls.termination"
+  "VOXGATE_TLS_KEY_FILE" "set tls.termination"
+  "VOXGATE_UPSTREAM_CA_FILE" "set tls.upstreamCA" -}}
+{{- $secret := list "VOXGATE_DATABASE_URL" "VOXGATE_REDIS_URL" "VOXGATE_OPENAI_API_KEY" "VOXGATE_SAFETY_ID_SECRET" "VOXGATE_ADMIN_JWT_SECRET" "VOXGATE_ADMIN_JWT_PUBLIC_KEY" "VOXGATE_DATABASE_MIGRATION_URL" "VOXGATE_ALERT_WEBHOOK_SECRET" "VOXGATE_OPENAI_WEBHOOK_SECRET" -}}
 {{- range $name, $_ := .Values.env -}}
 {{- if has $name $secret -}}
 {{- fail (printf "env.%s: a secret never goes in plain env; put it in secrets.values or in secrets.existingSecret" $name) -}}
