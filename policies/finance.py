@@ -133,6 +133,13 @@ def usd(micro_usd: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def seconds_of_ms(ms: int) -> str:
+    """Milliseconds as exact decimal seconds, three decimals, sign first (`-1500` is `"-1.500"`)."""
+    sign = "-" if ms < 0 else ""
+    whole, frac = divmod(abs(ms), 1000)
+    return f"{sign}{whole}.{frac:03d}"
+
+
 def utc_iso(epoch: int) -> str:
     """Unix seconds as ISO 8601 in UTC with a `Z`, as FOCUS dates are written."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -171,7 +178,7 @@ FOCUS_COLUMNS: Final = (
 )
 
 #: How a rollup's unit is named in FOCUS.
-_FOCUS_UNITS: Final = {"tokens": "Tokens", "milliseconds": "Milliseconds"}
+_FOCUS_UNITS: Final = {"tokens": "Tokens", "milliseconds": "Seconds"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,8 @@ def focus_row(charge: FocusCharge) -> dict[str, str]:
     """The FOCUS 1.2 columns of one charge; costs are exact decimals, list = billed (no discounts)."""
     amount = usd(charge.amount_micro_usd)
     unit = _FOCUS_UNITS.get(charge.unit, charge.unit)
+    # Durations are summed in milliseconds and shown in seconds, exactly (three decimals).
+    quantity = seconds_of_ms(charge.quantity) if charge.unit == "milliseconds" else str(charge.quantity)
     return {
         "BilledCost": amount,
         "EffectiveCost": amount,
@@ -218,9 +227,9 @@ def focus_row(charge: FocusCharge) -> dict[str, str]:
         "PublisherName": "OpenAI",
         "InvoiceIssuerName": "OpenAI",
         "SkuId": charge.line_item,
-        "ConsumedQuantity": str(charge.quantity),
+        "ConsumedQuantity": quantity,
         "ConsumedUnit": unit,
-        "PricingQuantity": str(charge.quantity),
+        "PricingQuantity": quantity,
         "PricingUnit": unit,
         "SubAccountId": charge.tenant_id,
         "SubAccountName": charge.tenant_name,

@@ -159,9 +159,14 @@ async def test_a_tenants_own_webhook_and_the_delivery_log(dsn: str, pool: asyncp
             assert_signed(to_own, own_secret)
             assert_signed(to_global, global_secret)
 
-            log = await http.get("/v1/organization/alerts")
-            assert log.status_code == 200, log.text
-            rows = {row["tenant_id"]: row for row in log.json()["data"]}
+            # The receiver has the POST before the sender records its answer: wait for the log to say so.
+            for _ in range(100):
+                log = await http.get("/v1/organization/alerts")
+                assert log.status_code == 200, log.text
+                rows = {row["tenant_id"]: row for row in log.json()["data"]}
+                if all(r["status"] != "pending" for r in rows.values()) and len(rows) == 2:
+                    break
+                await asyncio.sleep(0.05)
             assert set(rows) == {routed.tenant_id, other.tenant_id}
             row = rows[routed.tenant_id]
             assert (row["threshold"], row["period"], row["attempts"], row["last_status"], row["status"]) == (

@@ -97,7 +97,10 @@ async def test_no_credential_is_401_and_a_tenant_key_is_403(ledger: dict[str, An
     assert_error(forbidden, 403, "insufficient_role")
     assert tenant.secret not in forbidden.text
     tenant_admin = {"authorization": f"Bearer {hs256(claims(roles=['tenant_admin'], tenant_id=tenant.tenant_id))}"}
-    assert_error(await get(ledger, tenant_admin, **params(ledger)), 403, "insufficient_role")
+    denied = await get(ledger, tenant_admin, **params(ledger))
+    assert_error(denied, 403, "insufficient_role")
+    # The same answer as the alert log and the dashboard: the permission it lacks, not one it holds.
+    assert denied.json()["error"]["message"] == "This token's roles do not allow finance:read."
 
 
 async def test_bad_parameters_are_openai_shaped_400s(ledger: dict[str, Any]) -> None:

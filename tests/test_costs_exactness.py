@@ -1,7 +1,9 @@
 """Every view of the Costs API sums to the ledger, to the micro-dollar (issue M, item 1).
 
 A property test over random ledgers (real Postgres, written with the ledger writer's own
-statements), zones (half-hour, 45-minute and DST-shifting ones, around their transition days),
+statements; realtime responses, transcriptions, Live voice time, translation audio and Live
+delegated tokens, so the union of usage_ledger, transcription_usage, duration_usage and
+live_token_usage), zones (half-hour, 45-minute and DST-shifting ones, around their transition days),
 bucket widths, groupings, filters and page sizes. The expected sums are computed here, in
 Python, from the records themselves: which bucket holds a row is decided by containment in the
 bucket's bounds, and the bounds are checked to start at a local hour, day or month.
@@ -29,6 +31,7 @@ from gateway.storage.migrations import apply_migrations
 from gateway.storage.tenants import TenantDirectory
 from policies.finance import CostQuery, decode_cursor
 from policies.prices.builtin import DEFAULT_PRICE_TABLE
+from policies.prices.table import CEILING_KEY
 from tests.conftest import create_database, drop_database
 from tests.support import ledger_fill
 
@@ -43,6 +46,19 @@ WINDOW_SECONDS = 4 * 86400
 TAG_SETS = ((), (("team", "voice"),), (("team", "ops"), ("task", "triage")), (("task", "triage"),))
 GROUPS = ("project_id", "line_item", "model", "api_key_id", "end_user", "tag")
 PRICE_VERSION = DEFAULT_PRICE_TABLE.version_for("gpt-realtime")
+CEILING_VERSION = DEFAULT_PRICE_TABLE.version_for(CEILING_KEY)
+# What a drawn row is: a realtime response (priced, dated, unpriced), a transcription, or Live and
+# translation spend: a Live session's voice time (two cumulative bookings), a translation's audio
+# (duration_usage) and a Live session's delegated tokens (live_token_usage).
+LEDGER_KINDS = (
+    "gpt-realtime",
+    "gpt-realtime-2025-08-28",
+    "unpriced-model",
+    "transcription",
+    "live_voice",
+    "translation",
+    "live_tokens",
+)
 
 
 @dataclass
@@ -97,7 +113,7 @@ rows = st.lists(
         st.sampled_from([None, 0, 1]),  # key
         st.sampled_from([None, "eu_a", "eu_b"]),  # end user
         st.sampled_from(TAG_SETS),
-        st.sampled_from(["gpt-realtime", "gpt-realtime-2025-08-28", "unpriced-model", "transcription"]),
+        st.sampled_from(LEDGER_KINDS),
         offsets,
         st.tuples(st.integers(0, 900), st.integers(0, 200), st.integers(0, 3000), st.integers(0, 3000)),
         st.integers(0, 9_000_000),
@@ -112,7 +128,7 @@ views = st.fixed_dictionaries(
         "tag_key": st.sampled_from(["team", "task"]),
         "limit": st.integers(1, 6),
         "tenants": st.none() | st.sets(st.integers(0, 2), min_size=1),
-        "models": st.none() | st.just(("gpt-realtime",)),
+        "models": st.none() | st.just(("gpt-realtime",)) | st.just(("gpt-live-1", "gpt-5.5")),
     }
 )
 
@@ -176,6 +192,19 @@ def test_every_view_sums_to_the_ledger(ledger: Ledger, window: int, ledger_rows:
     assert +actual == +expected
     assert sum(actual.values()) == sum(expected.values())
 
+    # A Live session's voice quantities sum to its final cumulative time, whichever booking came first.
+    voice_ms = sum(
+        t[0] * 100 + t[2] + 1 + t[1] * 100 + t[3]
+        for (*_, model, _offset, t, _cost) in ledger_rows
+        if model == "live_voice"
+    )
+    rolled = ledger.runner.run(
+        ledger.pool.fetchval(
+            "SELECT coalesce(sum(quantity), 0)::bigint FROM cost_rollup_15m WHERE model = 'gpt-live-1'"
+        )
+    )
+    assert rolled == voice_ms
+
 
 def _dims(row: ledger_fill.Billed, groups: tuple[str, ...], tag_key: str | None) -> list[object]:
     tags = dict(row.tags)
@@ -222,6 +251,44 @@ async def _fill(ledger: Ledger, window: int, ledger_rows: list) -> list[ledger_f
         if model == "transcription":
             records.append(ledger_fill.transcription(session_id, tenant, f"item_{n}", at, tokens[2] * 10, cost))
             model = "whisper-1"
+        elif model == "live_voice":
+            # Two bookings of one session's cumulative time, each at the cost of its increase; the
+            # second may land in another bucket. An unregistered version books one line per row.
+            model, first = "gpt-live-1", cost // 3
+            version = "unregistered" if tokens[1] % 7 == 0 else DEFAULT_PRICE_TABLE.version_for(model)
+            active, standby = tokens[0] * 100, tokens[1] * 100
+            later = at + tokens[3]
+            bookings = [
+                ledger_fill.duration(session_id, tenant, "live_voice", model, at, active, standby, first, version)
+            ]
+            bookings.append(
+                ledger_fill.duration(
+                    session_id,
+                    tenant,
+                    "live_voice",
+                    model,
+                    later,
+                    active + tokens[2] + 1,
+                    standby + tokens[3],
+                    cost - first,
+                    version,
+                )
+            )
+            records.extend(bookings if tokens[0] % 2 == 0 else bookings[::-1])  # odd: the later booking first
+            billed.append(ledger_fill.Billed(tenant, key, end_user, tags, model, at, first))
+            billed.append(ledger_fill.Billed(tenant, key, end_user, tags, model, later, cost - first))
+            continue
+        elif model == "translation":
+            model = "gpt-realtime-translate"
+            version = DEFAULT_PRICE_TABLE.version_for(model)
+            ms = tokens[2] * 10 + 1
+            records.append(ledger_fill.duration(session_id, tenant, "translation", model, at, ms, 0, cost, version))
+        elif model == "live_tokens":
+            model = "gpt-5.5"  # no built-in Responses prices: booked at the ceiling's, as the gateway does
+            usage = (tokens[0] + tokens[2], tokens[1], tokens[3])
+            records.append(
+                ledger_fill.live_tokens(session_id, tenant, f"resp_{n}", model, at, usage, cost, CEILING_VERSION)
+            )
         else:
             version = "unregistered" if model == "unpriced-model" else PRICE_VERSION
             records.append(ledger_fill.response(f"resp_{n}", session_id, tenant, model, at, tokens, cost, version))

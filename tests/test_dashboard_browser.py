@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.ledger.records import DurationRecord, LiveTokenRecord
 from gateway.ledger.writer import LedgerWriter, SessionStarted
 from gateway.settings import AdminSettings, LedgerSettings
 from gateway.storage.policy_store import PolicyStore
@@ -120,6 +121,56 @@ async def seeded(emulator: Any) -> AsyncIterator[Seeded]:
                         )
                     )
                     writer.submit(usage(n, tenant, session, model, at, 1_000 * (j + 1) + n, 500 + 7 * n))
+            # GPT-Live spend this month: 90 s active and 30 s standby, and one delegated response.
+            n += 1
+            live, at = f"vgs_dash{n}", now - 900
+            writer.submit(
+                SessionStarted(
+                    live,
+                    tenant,
+                    keys[0],
+                    "websocket",
+                    "conversation",
+                    "gpt-live-1",
+                    "vg_user0",
+                    "t",
+                    at,
+                    tags=(("task", "triage"),),
+                )
+            )
+            voice_version = DEFAULT_PRICE_TABLE.version_for("gpt-live-1")
+            writer.submit(
+                DurationRecord(
+                    live,
+                    "live_voice",
+                    "90000:30000",
+                    tenant,
+                    "gpt-live-1",
+                    at,
+                    90_000,
+                    30_000,
+                    False,
+                    85_000,
+                    voice_version,
+                )
+            )
+            writer.submit(
+                LiveTokenRecord(
+                    live,
+                    "response",
+                    f"resp_live{n}",
+                    tenant,
+                    "gpt-5.5",
+                    None,
+                    "completed",
+                    at,
+                    900,
+                    0,
+                    300,
+                    11_700,
+                    "x",
+                )
+            )
         assert await writer.drain(10)
         await writer.stop()
         await pool.close()
@@ -152,6 +203,20 @@ async def month_to_date(http: httpx.AsyncClient, zone: str) -> dict[str, str]:
     for r in results:
         totals[r["project_id"]] = totals.get(r["project_id"], 0) + r["amount_micro_usd"]
     return {tenant: exact_usd(micro) for tenant, micro in totals.items()}
+
+
+LEDGER_SINCE = """
+SELECT tenant_id, sum(cost_micro_usd)::bigint AS micro FROM (
+    SELECT tenant_id, cost_micro_usd, occurred_at FROM usage_ledger
+    UNION ALL SELECT tenant_id, cost_micro_usd, occurred_at FROM transcription_usage
+    UNION ALL SELECT tenant_id, cost_micro_usd, occurred_at FROM duration_usage
+    UNION ALL SELECT tenant_id, cost_micro_usd, occurred_at FROM live_token_usage
+) AS spend WHERE occurred_at >= to_timestamp($1) GROUP BY tenant_id
+"""
+
+
+async def ledger_month_to_date(pool: asyncpg.Pool, since: int) -> dict[str, str]:
+    return {row["tenant_id"]: exact_usd(row["micro"]) for row in await pool.fetch(LEDGER_SINCE, since)}
 
 
 async def page_totals(page: Any) -> dict[str, str]:
@@ -198,9 +263,11 @@ async def test_the_dashboard_shows_the_costs_apis_numbers_and_keeps_the_token_ou
             view = await loaded(page, 1)
             assert await page.input_value("#token") == ""  # the field does not keep it
 
-            # Month to date, UTC: the page's table equals the API, and the API equals the ledger.
+            # Month to date, UTC: the page's table equals the API, and the API equals the ledger
+            # (its four tables, Live time and delegated tokens included, summed here).
             expected = await month_to_date(http, "UTC")
             assert len(expected) == 2
+            assert expected == await ledger_month_to_date(seeded.gateway.services.pool, month_start("UTC"))
             assert await page_totals(page) == expected
             assert [t["monthly_budget_micro_usd"] for t in view["tenants"]] == [2_500_000, 40_000_000]
 

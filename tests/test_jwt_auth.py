@@ -314,3 +314,48 @@ def test_role_permissions() -> None:
     assert not scoped.grants(Permission.POLICY_WRITE, "ten_1")
     assert not scoped.grants(Permission.TENANTS_WRITE, "ten_1")
     assert not any(nobody.grants(p, None) for p in Permission)
+
+
+def test_a_finance_token_with_a_tenant_claim_reads_only_that_tenant() -> None:
+    """docs/admin-api.md, "Roles": finance is read-only; its `tenant_id` claim, when present, scopes it."""
+    everywhere = AdminPrincipal("f", frozenset({"finance"}), None)
+    scoped = AdminPrincipal("f", frozenset({"finance"}), "ten_1")
+    writes = {p for p in Permission if p.value.endswith((":write", ":create"))}
+    assert writes == {
+        Permission.TENANTS_CREATE,
+        Permission.TENANTS_WRITE,
+        Permission.KEYS_WRITE,
+        Permission.POLICY_WRITE,
+        Permission.ALERTS_WRITE,
+    }
+    for principal in (everywhere, scoped):
+        assert not any(principal.grants(p, t) for p in writes for t in ("ten_1", "ten_2", None))
+        assert not principal.grants(Permission.KEYS_READ, "ten_1")
+    assert everywhere.unscoped and everywhere.sees_tenant("ten_2")
+    assert everywhere.grants(Permission.ALERTS_READ, "ten_2")
+    assert not scoped.unscoped
+    assert scoped.sees_tenant("ten_1") and not scoped.sees_tenant("ten_2")
+    assert scoped.grants(Permission.USAGE_READ, "ten_1") and not scoped.grants(Permission.USAGE_READ, "ten_2")
+    assert scoped.grants(Permission.TENANTS_READ, None)  # a list: filtered to the tenant by the route
+    # An admin role reaches every tenant whatever the token's tenant_id claim says.
+    assert AdminPrincipal("a", frozenset({"admin", "finance"}), "ten_1").grants(Permission.POLICY_WRITE, "ten_2")
+
+
+@pytest.mark.parametrize(
+    ("roles", "claim"), [(["finance"], ""), (["finance"], 7), (["tenant_admin"], ""), (["admin"], 7)]
+)
+async def test_an_empty_or_non_string_tenant_claim_is_refused(roles: list[str], claim: object) -> None:
+    """Where the claim would scope the token (finance, tenant_admin) an empty one is a 401, as a
+    non-string one is for every role."""
+    verifier = AdminTokenVerifier(AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE))
+    with pytest.raises(GatewayError) as caught:
+        await verifier.verify(hs256(claims(roles=roles, tenant_id=claim)))
+    assert (caught.value.status, caught.value.code) == (401, "invalid_token")
+
+
+async def test_an_empty_tenant_claim_on_an_admin_token_is_ignored() -> None:
+    """An admin reaches every tenant whatever the claim says; an empty one (some IdPs send "") is no claim."""
+    verifier = AdminTokenVerifier(AdminSettings(jwt_secret=SECRET, jwt_audience=AUDIENCE))
+    principal = await verifier.verify(hs256(claims(roles=["admin"], tenant_id="")))
+    assert principal == AdminPrincipal(subject=principal.subject, roles=frozenset({"admin"}), tenant_id=None)
+    assert principal.unscoped and principal.grants(Permission.POLICY_WRITE, "ten_2")

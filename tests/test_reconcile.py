@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -20,6 +24,7 @@ from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from tests.support.budget_crossing import own_database
 from tests.support.gateway_process import VOXGATE
 from tests.support.harness import make_tenant
+from tests.support.tls_ca import TestCa
 
 pytestmark = pytest.mark.e2e
 
@@ -85,10 +90,10 @@ async def ledger() -> AsyncIterator[tuple[str, dict[str, str]]]:
         yield dsn, tenants
 
 
-def reconcile(dsn: str, *args: str) -> tuple[int, dict[str, Any], str]:
+def reconcile(dsn: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
     done = subprocess.run(
         [str(VOXGATE), "costs", "reconcile", "--json", *args],
-        env={**os.environ, "VOXGATE_DATABASE_URL": dsn},
+        env={**os.environ, "VOXGATE_DATABASE_URL": dsn, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -205,3 +210,94 @@ async def test_the_table_shows_both_amounts_the_difference_and_the_ratio(ledger:
     ]
     audio = next(line for line in lines if "gpt-realtime, output audio" in line)
     assert audio.split()[-5:] == ["$0.840000", "$0.800000", "-$0.040000", "0.952381", "MISMATCH"]
+
+
+class CostsServer:
+    """OpenAI's Costs API on loopback over TLS with a certificate from a private CA: serves the
+    pages of `openai-costs-matching.json` (the second for the first's `next_page`) and records requests."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ca = TestCa(tmp_path / "ca")
+        issued = self.ca.issue("127.0.0.1", "localhost")
+        pages = json.loads((FIXTURES / "openai-costs-matching.json").read_text())
+        self.requests: list[tuple[str, dict[str, list[str]], str | None]] = []
+        recorded = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                recorded.append((url.path, query, self.headers.get("authorization")))
+                page = pages[1] if query.get("page") == [pages[0]["next_page"]] else pages[0]
+                body = json.dumps(page).encode() if url.path == "/v1/organization/costs" else b"{}"
+                self.send_response(200 if url.path == "/v1/organization/costs" else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(issued.cert, issued.key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.base_url = f"https://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CostsServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+ADMIN_KEY = "sk-admin-reconcile-test-0123456789"
+
+
+async def test_a_live_fetch_trusts_the_upstream_ca_bundle(ledger: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """`--fetch-days` against a Costs API whose certificate only VOXGATE_UPSTREAM_CA_FILE's CA signs
+    (a private gateway, a TLS-inspecting egress proxy): it verifies with that bundle added to the
+    system store, as every upstream connection does, follows the pages and reconciles them."""
+    dsn, _ = ledger
+    with CostsServer(tmp_path) as costs:
+        env = {
+            "VOXGATE_OPENAI_ADMIN_KEY": ADMIN_KEY,
+            "VOXGATE_UPSTREAM_URL": costs.base_url,  # the base the Costs API is fetched under by default
+        }
+        # Without the CA bundle the handshake fails, and the error says why (never the key).
+        code, report, stderr = reconcile(dsn, "--fetch-days", "2", env=env)
+        assert code == 1 and report == {}
+        assert "cannot reach OpenAI's Costs API: certificate" in stderr, stderr
+        assert ADMIN_KEY not in stderr and costs.requests == []
+
+        code, report, stderr = reconcile(
+            dsn, "--fetch-days", "2", env={**env, "VOXGATE_UPSTREAM_CA_FILE": str(costs.ca.ca_file)}
+        )
+    assert code == 0, stderr
+    assert report["within_tolerance"] is True
+    assert [(r["date"], r["line_item"], r["openai_micro_usd"], r["voxgate_micro_usd"]) for r in report["rows"]] == [
+        ("2026-11-03", "gpt-realtime, input audio", 960_000, 960_000),
+        ("2026-11-03", "gpt-realtime, output audio", 800_000, 800_000),
+        ("2026-11-03", "gpt-realtime-mini, output audio", 1_000_000, 1_000_000),
+        ("2026-11-04", "gpt-realtime, output text", 400_000, 400_000),
+        ("2026-11-04", "gpt-realtime-mini, input text", 60_000, 60_000),
+    ]
+    (first, first_query, auth), (second, second_query, _) = costs.requests
+    assert first == second == "/v1/organization/costs"
+    assert auth == f"Bearer {ADMIN_KEY}"
+    assert first_query["bucket_width"] == ["1d"] and first_query["group_by"] == ["project_id", "line_item"]
+    assert "page" not in first_query and second_query["page"] == ["page_AAAAaxYB5Q0AAAAA"]
+
+
+async def test_openai_url_overrides_the_base(ledger: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    dsn, _ = ledger
+    with CostsServer(tmp_path) as costs:
+        env = {"VOXGATE_OPENAI_ADMIN_KEY": ADMIN_KEY, "VOXGATE_UPSTREAM_CA_FILE": str(costs.ca.ca_file)}
+        code, report, stderr = reconcile(dsn, "--fetch-days", "2", "--openai-url", costs.base_url + "/", env=env)
+    assert code == 0 and report["within_tolerance"] is True, stderr
+    assert [path for path, _, _ in costs.requests] == ["/v1/organization/costs"] * 2

@@ -11,7 +11,8 @@ Keys (``VOXGATE_ADMIN_JWT_*``; each verifies one algorithm family, see `gateway.
 A token must carry ``exp``, ``iat``, ``sub`` and ``aud`` (equal to ``VOXGATE_ADMIN_JWT_AUDIENCE``),
 and ``iss`` when ``VOXGATE_ADMIN_JWT_ISSUER`` is set; ``exp - iat`` at most
 ``VOXGATE_ADMIN_JWT_MAX_LIFETIME_SECONDS`` (default 86400). Roles come from a ``roles`` list
-and/or a ``role`` string; ``tenant_admin`` also needs a ``tenant_id`` claim.
+and/or a ``role`` string; ``tenant_admin`` also needs a ``tenant_id`` claim, and a ``finance``
+token that carries one is scoped to that tenant (docs/admin-api.md, "Roles").
 Any verification failure is a 401 ``invalid_token`` whose message never echoes the token.
 """
 
@@ -40,6 +41,10 @@ class Permission(StrEnum):
     USAGE_READ = "usage:read"
     AUDIT_READ = "audit:read"
     TIERS_READ = "tiers:read"
+    ALERTS_READ = "alerts:read"  # a tenant's alert webhook (never its secret)
+    ALERTS_WRITE = "alerts:write"  # set or remove a tenant's alert webhook
+    # The organization's finance views: the Costs API, the alert delivery log, the dashboard.
+    FINANCE_READ = "finance:read"
 
 
 ROLE_PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
@@ -51,6 +56,8 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
             Permission.USAGE_READ,
             Permission.AUDIT_READ,
             Permission.TIERS_READ,
+            Permission.ALERTS_READ,
+            Permission.FINANCE_READ,
         }
     ),
     # Only ever on the tenant named by the token's tenant_id claim; it cannot change its own
@@ -63,10 +70,14 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
             Permission.POLICY_READ,
             Permission.USAGE_READ,
             Permission.TIERS_READ,
+            Permission.ALERTS_READ,
         }
     ),
 }
+# Always scoped to the token's tenant_id claim (required for them).
 SCOPED_ROLES: Final = frozenset({"tenant_admin"})
+# Scoped to the token's tenant_id claim when it carries one, else every tenant (read-only roles).
+CLAIM_SCOPED_ROLES: Final = frozenset({"finance"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +86,25 @@ class AdminPrincipal:
 
     subject: str
     roles: frozenset[str]
-    tenant_id: str | None  # the tenant a tenant_admin is scoped to
+    tenant_id: str | None  # the tenant a tenant_admin (or a finance token naming one) is scoped to
+
+    def scoped_role(self, role: str) -> bool:
+        """Does `role`, on this token, reach only the tenant of its `tenant_id` claim?"""
+        return role in SCOPED_ROLES or (role in CLAIM_SCOPED_ROLES and self.tenant_id is not None)
 
     def grants(self, permission: Permission, tenant_id: str | None) -> bool:
         """May this principal do `permission`, on `tenant_id` if the route names one?"""
         for role in self.roles:
             if permission not in ROLE_PERMISSIONS.get(role, ()):
                 continue
-            if role not in SCOPED_ROLES or tenant_id is None or tenant_id == self.tenant_id:
+            if not self.scoped_role(role) or tenant_id is None or tenant_id == self.tenant_id:
                 return True
         return False
 
     @property
     def unscoped(self) -> bool:
-        """True when some role reaches every tenant (admin or finance)."""
-        return any(role in ROLE_PERMISSIONS and role not in SCOPED_ROLES for role in self.roles)
+        """True when some role reaches every tenant (admin, or finance without a tenant_id claim)."""
+        return any(role in ROLE_PERMISSIONS and not self.scoped_role(role) for role in self.roles)
 
     def sees_tenant(self, tenant_id: str) -> bool:
         return self.unscoped or tenant_id == self.tenant_id
@@ -153,8 +168,10 @@ def _principal(claims: dict[str, Any]) -> AdminPrincipal:
             raise invalid_token("The token's 'role' claim must be a string.")
         roles.add(role)
     tenant_id = claims.get("tenant_id")
-    if tenant_id is not None and not isinstance(tenant_id, str):
-        raise invalid_token("The token's 'tenant_id' claim must be a string.")
+    if tenant_id == "" and not roles & (SCOPED_ROLES | CLAIM_SCOPED_ROLES):
+        tenant_id = None  # an empty claim scopes nothing on a role that reaches every tenant (admin)
+    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+        raise invalid_token("The token's 'tenant_id' claim must be a non-empty string.")
     if "tenant_admin" in roles and not tenant_id:
         raise invalid_token("A tenant_admin token needs a 'tenant_id' claim.")
     return AdminPrincipal(subject=subject, roles=frozenset(roles), tenant_id=tenant_id)

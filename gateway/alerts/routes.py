@@ -29,8 +29,6 @@ from gateway.services import services_of
 from gateway.settings import AdminSettings
 from gateway.storage.policy_store import audit
 
-FINANCE_ROLES = frozenset({"admin", "finance"})
-
 
 async def finance_principal(request: Request[Any, Any, Any], verifier: AdminTokenVerifier) -> AdminPrincipal:
     """The verified caller of a finance view; a tenant's API key is a 403, as on the Costs API."""
@@ -39,15 +37,18 @@ async def finance_principal(request: Request[Any, Any, Any], verifier: AdminToke
         return await verifier.verify(token)
     except GatewayError:
         if looks_like_api_key(token):  # a known kind of caller with the wrong kind of credential
-            raise insufficient_role(Permission.USAGE_READ) from None
+            raise insufficient_role(Permission.FINANCE_READ) from None
         raise
 
 
 def finance_scope(principal: AdminPrincipal, tenant_id: str | None) -> str | None:
-    """The tenant a finance view may show: the token's own for a scoped finance token, else `tenant_id`."""
-    if not principal.roles & FINANCE_ROLES:
-        raise insufficient_role(Permission.USAGE_READ)
-    if "admin" in principal.roles or principal.tenant_id is None:
+    """The tenant a finance view may show: the token's own for a scoped finance token, else `tenant_id`.
+
+    The view needs `finance:read` (roles `admin` and `finance`); a `tenant_admin` holds
+    `usage:read` and `alerts:read` but not this, and the 403 names what is missing."""
+    if not principal.grants(Permission.FINANCE_READ, None):
+        raise insufficient_role(Permission.FINANCE_READ)
+    if principal.unscoped:  # admin, or finance without a tenant_id claim
         return tenant_id
     if tenant_id is not None and tenant_id != principal.tenant_id:
         raise tenant_not_found(tenant_id)
@@ -99,12 +100,13 @@ def webhook_not_configured(tenant_id: str) -> GatewayError:
 
 
 class AlertWebhookController(Controller):
-    """Platform admins route a tenant's budget alerts to the tenant's own receiver."""
+    """Platform admins route a tenant's budget alerts to the tenant's own receiver (`alerts:write`);
+    finance and the tenant's tenant_admin may read where they go (`alerts:read`), never the secret."""
 
     path = "/tenants/{tenant_id:str}/alert-webhook"
     tags = ["admin: budget alerts"]
 
-    @get("/", operation_id="admin_get_alert_webhook", opt={"permission": Permission.POLICY_READ})
+    @get("/", operation_id="admin_get_alert_webhook", opt={"permission": Permission.ALERTS_READ})
     async def get_alert_webhook(self, tenant_id: TenantId, services: Services) -> AlertWebhookOut:
         """The tenant's webhook URL (the secret is never returned); 404 when it uses the global one."""
         await existing_tenant(services, tenant_id)
@@ -113,7 +115,7 @@ class AlertWebhookController(Controller):
             raise webhook_not_configured(tenant_id)
         return AlertWebhookOut(tenant_id, webhook.url)
 
-    @put("/", operation_id="admin_set_alert_webhook", opt={"permission": Permission.POLICY_WRITE})
+    @put("/", operation_id="admin_set_alert_webhook", opt={"permission": Permission.ALERTS_WRITE})
     async def set_alert_webhook(
         self, tenant_id: TenantId, data: JSONBody[AlertWebhookSet], services: Services, principal: Principal
     ) -> AlertWebhookOut:
@@ -128,7 +130,7 @@ class AlertWebhookController(Controller):
         "/",
         operation_id="admin_delete_alert_webhook",
         status_code=HTTP_200_OK,
-        opt={"permission": Permission.POLICY_WRITE},
+        opt={"permission": Permission.ALERTS_WRITE},
     )
     async def delete_alert_webhook(
         self, tenant_id: TenantId, services: Services, principal: Principal

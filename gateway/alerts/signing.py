@@ -35,6 +35,16 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
+def secret_setting(name: str, value: str | None) -> str | None:
+    """An optional `whsec_…` setting: None when unset; a ValueError naming `name` when malformed."""
+    if value:
+        try:
+            secret_key(value)
+        except WebhookSecretError as exc:
+            raise WebhookSecretError(f"{name} {exc}") from None
+    return value or None
+
+
 def new_secret() -> str:
     """A fresh `whsec_` secret of 32 random bytes."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -51,3 +51,38 @@ ON CONFLICT (tenant_id) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secr
 """
 
 CLEAR_TENANT_WEBHOOK: Final = "DELETE FROM tenant_alert_webhooks WHERE tenant_id = $1"
+
+# --- the ledger sweep (gateway.alerts.recovery) ---------------------------------------------
+
+# Each tenant's (of $1) spend in the UTC month [$2, $3) and on the UTC day starting at $4 within
+# it, from the daily cost rollup (migrations/0008_cost_rollups.sql, 0015): every table of
+# gateway.ledger.sql.COST_TABLES adds each row's exact cost to it in the inserting statement, so
+# these are the ledger's sums (tests/test_alerts_recovery.py checks that every one of those tables
+# feeds it). An index range scan on the rollup's (tenant_id, bucket_start, ...) key: at most a few
+# rows per tenant, model and line item a day, whatever the ledger's size. No row: no spend.
+PERIOD_SPEND: Final = """
+SELECT tenant_id,
+       coalesce(sum(amount_micro_usd) FILTER (WHERE bucket_start = $4), 0)::bigint AS day,
+       coalesce(sum(amount_micro_usd), 0)::bigint AS month
+FROM cost_rollup_1d
+WHERE tenant_id = ANY($1::text[]) AND bucket_start >= $2 AND bucket_start < $3
+GROUP BY tenant_id
+"""
+
+TENANT_IDS: Final = "SELECT id FROM tenants ORDER BY id"
+
+# One sweep at a time across replicas ($1, $2: gateway.alerts.recovery.SWEEP_LOCK); held to commit.
+TRY_SWEEP_LOCK: Final = "SELECT pg_try_advisory_xact_lock($1, $2)"
+
+# The crossings already claimed for periods starting on or after $1.
+CLAIMED_SINCE: Final = """
+SELECT tenant_id, period, period_start, threshold FROM budget_alerts WHERE period_start >= $1
+"""
+
+# A crossing the settle path did not record: the same `budget.alert` audit row it writes, so the
+# same trigger claims its outbox row once (migrations/0009_budget_alerts.sql, 0017), or drops the row
+# when another replica, the settle path or an earlier sweep claimed it first.
+INSERT_SWEPT_ALERT: Final = """
+INSERT INTO audit_log (at, actor, tenant_id, action, detail)
+VALUES (to_timestamp($1), 'voxgate', $2, 'budget.alert', $3::jsonb)
+"""

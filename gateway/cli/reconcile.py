@@ -2,8 +2,11 @@
 
 OpenAI's side is an export of `GET /v1/organization/costs` grouped by `project_id` and
 `line_item` with `bucket_width=1d` (a page, a list of pages, or one page per line), or a live
-fetch with ``$VOXGATE_OPENAI_ADMIN_KEY``. voxgate's side is the same query on its own Costs API
-(`gateway.finance.costs.query_costs`, UTC days). Without ``--project-map`` the two are compared
+fetch with ``$VOXGATE_OPENAI_ADMIN_KEY`` from ``$VOXGATE_UPSTREAM_URL``/organization/costs
+(``--openai-url`` overrides the base), trusting the system store plus
+``$VOXGATE_UPSTREAM_CA_FILE`` as every upstream connection does (`gateway.upstream_tls`).
+voxgate's side is the same query on its own Costs API (`gateway.finance.costs.query_costs`,
+UTC days). Without ``--project-map`` the two are compared
 across every project and every tenant; with one (JSON ``{"proj_…": "tenant id"}``) only the
 mapped projects and tenants, each tenant on its own rows.
 
@@ -30,10 +33,12 @@ import httpx
 from gateway.cli.command import CommandError, common_options, database_pool, handler
 from gateway.cli.output import format_usd, print_json, print_table
 from gateway.finance.costs import query_costs
+from gateway.settings import Settings, SettingsError
+from gateway.upstream_tls import describe_failure, http_client
 from policies.finance import CostQuery, decode_cursor
 
 ADMIN_KEY_ENV: Final = "VOXGATE_OPENAI_ADMIN_KEY"
-OPENAI_COSTS_URL: Final = "https://api.openai.com/v1/organization/costs"
+COSTS_PATH: Final = "/organization/costs"  # under OpenAI's API base (VOXGATE_UPSTREAM_URL's default)
 MISMATCH_EXIT: Final = 3
 ALL_TENANTS: Final = "*"
 DAY: Final = 86_400
@@ -76,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument(
         "--fetch-days", type=int, metavar="N", help=f"fetch the last N UTC days live (${ADMIN_KEY_ENV})"
     )
+    cmd.add_argument(
+        "--openai-url",
+        metavar="URL",
+        help="OpenAI's API base for --fetch-days (default $VOXGATE_UPSTREAM_URL, else https://api.openai.com/v1)",
+    )
     cmd.add_argument("--project-map", type=Path, metavar="FILE", help='JSON {"proj_…": "<tenant id>", …}')
     cmd.add_argument(
         "--tolerance", type=Decimal, default=Decimal("0.01"), help="relative difference allowed (default 0.01 = 1%%)"
@@ -89,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 async def _reconcile(args: argparse.Namespace, dsn: str) -> None:
     """JSON: ``{"rows": [{"date", "tenant_id", "line_item", "openai_micro_usd", "voxgate_micro_usd",
     "difference_micro_usd", "ratio", "within_tolerance"}], "within_tolerance"}``."""
-    pages = _read_pages(args.openai_costs) if args.openai_costs else await _fetch_pages(args.fetch_days)
+    pages = (
+        _read_pages(args.openai_costs) if args.openai_costs else await _fetch_pages(args.fetch_days, args.openai_url)
+    )
     projects = _project_map(args.project_map) if args.project_map else None
     openai = openai_amounts(pages, projects)
     if not openai:
@@ -229,11 +241,16 @@ def _print(rows: list[Row], verdicts: list[bool]) -> None:
     )
 
 
-async def _fetch_pages(days: int) -> list[Mapping[str, Any]]:
+async def _fetch_pages(days: int, base_url: str | None = None) -> list[Mapping[str, Any]]:
     """The last `days` UTC days from OpenAI's Costs API, every page (an admin key is required)."""
     key = os.environ.get(ADMIN_KEY_ENV)
     if not key:
         raise CommandError(f"--fetch-days needs ${ADMIN_KEY_ENV} (an OpenAI admin key)", exit_code=2)
+    try:
+        upstream = Settings.from_env().upstream  # its URL and VOXGATE_UPSTREAM_CA_FILE
+    except SettingsError as exc:
+        raise CommandError(str(exc), exit_code=2) from None
+    url = (base_url or upstream.url).rstrip("/") + COSTS_PATH
     now = int(datetime.now(UTC).timestamp())
     params: dict[str, Any] = {
         "start_time": (now // DAY - max(1, days) + 1) * DAY,
@@ -242,9 +259,12 @@ async def _fetch_pages(days: int) -> list[Mapping[str, Any]]:
         "limit": 31,
     }
     pages: list[Mapping[str, Any]] = []
-    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {key}"}) as http:
+    async with http_client(upstream, timeout=30, headers={"authorization": f"Bearer {key}"}) as http:
         for page in _paged(pages):
-            response = await http.get(OPENAI_COSTS_URL, params={**params, **page})
+            try:
+                response = await http.get(url, params={**params, **page})
+            except httpx.HTTPError as exc:  # DNS, TCP or TLS (before any header is sent), or a timeout
+                raise CommandError(f"cannot reach OpenAI's Costs API: {describe_failure(exc).sentence()}") from None
             if response.status_code != 200:  # the body may echo request details, never the key
                 raise CommandError(f"OpenAI's Costs API answered {response.status_code}")
             pages.append(response.json())

@@ -94,7 +94,7 @@ def coarse_rollup(query: CostQuery, bounds: list[int]) -> tuple[str, list[int]] 
     `query` needs a dimension only the 15-minute rollup has (key, end user, tags).
 
     Whole UTC days read the daily rollup. Otherwise whole hours read the hourly one, and an hour
-    a bound cuts (a zone at :30 or :45 past the hour) is read from the 15-minute rollup.
+    a bound cuts (a zone at :30 or :45 past the hour) is read from the slim 15-minute rollup.
     """
     if not set(query.group_by) <= _COARSE_GROUPS or query.api_key_ids is not None or query.group_tag_sets:
         return None

@@ -17,8 +17,8 @@ from litestar import Request, Response, Router, get
 from litestar.di import NamedDependency, Provide
 
 from gateway.admin.security import tenant_not_found
-from gateway.admin.tokens import AdminPrincipal, AdminTokenVerifier, Permission, insufficient_role
-from gateway.alerts.routes import finance_principal
+from gateway.admin.tokens import AdminPrincipal, AdminTokenVerifier
+from gateway.alerts.routes import finance_principal, finance_scope
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.finance.costs import query_costs
@@ -73,12 +73,9 @@ async def list_costs(request: Request[Any, Any, Any], verifier: NamedDependency[
 
 
 def scoped(query: CostQuery, principal: AdminPrincipal) -> CostQuery:
-    """`query` within what `principal` may read: a tenant-scoped finance token sees its tenant only."""
-    if "admin" in principal.roles:
-        return query
-    if "finance" not in principal.roles:
-        raise insufficient_role(Permission.USAGE_READ)
-    tenant = principal.tenant_id
+    """`query` within what `principal` may read (`finance_scope`, as the alert log and dashboard):
+    a tenant-scoped finance token sees its tenant only; without `finance:read` a 403 naming it."""
+    tenant = finance_scope(principal, None)
     if tenant is None:
         return query
     for other in query.project_ids or ():

@@ -1,4 +1,5 @@
-"""Every statement the Costs API runs, over the rollups of migrations/0008_cost_rollups.sql.
+"""Every statement the Costs API runs, over the rollups of migrations/0008_cost_rollups.sql and
+0018_cost_rollup_15m_slim.sql.
 
 Bucket bounds arrive as one sorted `timestamptz[]` ($1: `n + 1` bounds for `n` buckets) and
 `width_bucket` numbers each rollup row's bucket, so a local day in any zone is a range of UTC
@@ -35,7 +36,8 @@ ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
 
 # The hourly rollup: tenant, model and line item only ($2 tenants, $3 models; $5..$7 group by
 # tenant, line item, model). $4 lists the UTC hours a bucket bound cuts (a zone at :30 or :45):
-# those hours are read from the 15-minute rollup instead, every other hour from this one.
+# those hours are read by the quarter from the slim 15-minute rollup (the same dimensions,
+# migrations/0018), every other hour from this one.
 COSTS_1H: Final = """
 SELECT width_bucket(x.bucket_start, $1::timestamptz[]) AS bucket,
        CASE WHEN $5 THEN x.tenant_id END AS project_id,
@@ -56,7 +58,7 @@ FROM (
     UNION ALL
     SELECT q.bucket_start, q.tenant_id, q.model, q.line_item, q.unit, q.quantity, q.amount_micro_usd
     FROM unnest($4::timestamptz[]) AS cut (hour)
-    JOIN cost_rollup_15m q ON q.bucket_start >= cut.hour AND q.bucket_start < cut.hour + interval '1 hour'
+    JOIN cost_rollup_15m_slim q ON q.bucket_start >= cut.hour AND q.bucket_start < cut.hour + interval '1 hour'
     WHERE ($2::text[] IS NULL OR q.tenant_id = ANY($2::text[]))
       AND ($3::text[] IS NULL OR q.model = ANY($3::text[]))
 ) AS x

@@ -11,6 +11,8 @@ Rules the runner enforces:
   failing file leaves the database exactly as the previous file left it. A consequence:
   statements that refuse to run inside a transaction (``CREATE INDEX CONCURRENTLY``,
   ``VACUUM``) cannot be used in a migration file.
+* Each file waits at most ``$VOXGATE_MIGRATION_LOCK_TIMEOUT`` seconds (default 10) for a table
+  lock (``SET LOCAL lock_timeout``); past it the file is rolled back with a message to run again.
 * The whole run holds a session-level ``pg_advisory_lock(ADVISORY_LOCK_KEY)`` on one
   connection. A second runner (another pod, a Helm hook racing an init container) blocks
   until the first finishes, then finds nothing left to do.
@@ -48,6 +50,10 @@ from gateway.storage.migration_safety import is_contract
 ADVISORY_LOCK_KEY = 0x766F7867617465
 
 MIGRATIONS_DIR_ENV = "VOXGATE_MIGRATIONS_DIR"
+#: How long one migration may wait for a table lock (seconds) before it fails, rolled back, so a
+#: long-running writer never queues the gateway's writes behind a waiting migration for longer.
+LOCK_TIMEOUT_ENV = "VOXGATE_MIGRATION_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 10.0
 MIGRATIONS_PACKAGE = "migrations"  # the top-level package holding the SQL files (package data in the wheel)
 
 # What makes the directory a Python package; not migrations, so never an "unexpected entry".
@@ -177,6 +183,7 @@ async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> l
                 continue
             try:
                 async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{_lock_timeout_ms()}ms'")
                     await conn.execute(migration.sql)
                     await conn.execute(
                         queries.RECORD_MIGRATION,
@@ -185,6 +192,11 @@ async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> l
                         migration.checksum,
                         not is_contract(migration.sql),
                     )
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+                raise MigrationError(
+                    f"migration {migration.name} could not lock a table it changes ({exc}) and was rolled back; "
+                    f"nothing is lost: run `voxgate migrate` again (a quieter moment, or a longer {LOCK_TIMEOUT_ENV})"
+                ) from exc
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {migration.name} failed and was rolled back: {exc}") from exc
             done.append(migration.name)
@@ -193,6 +205,17 @@ async def _apply_locked(conn: asyncpg.Connection, on_disk: list[Migration]) -> l
         # A dead connection already released its session lock; do not mask the real error.
         if not conn.is_closed():
             await conn.execute(queries.ADVISORY_UNLOCK, ADVISORY_LOCK_KEY)
+
+
+def _lock_timeout_ms() -> int:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_LOCK_TIMEOUT_S
+    except ValueError:
+        raise MigrationError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds, not {raw!r}") from None
+    if not seconds > 0:
+        raise MigrationError(f"{LOCK_TIMEOUT_ENV} must be a positive number of seconds, not {raw!r}")
+    return max(1, round(seconds * 1000))
 
 
 def _check_history(applied: dict[int, asyncpg.Record], on_disk: list[Migration]) -> None:

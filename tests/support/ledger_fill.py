@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from gateway.ledger.records import LedgerRecord, SessionStarted
+from gateway.ledger.records import DurationRecord, LedgerRecord, LiveTokenRecord, SessionStarted
 from gateway.ledger.sql import PHASE, statements
 from policies.actions import TranscriptionRecord, UsageRecord
 
@@ -95,6 +95,40 @@ def transcription(
     )
 
 
+def duration(
+    session_id: str,
+    tenant_id: str,
+    kind: str,
+    model: str,
+    at: float,
+    active_ms: int,
+    standby_ms: int,
+    cost: int,
+    version: str,
+) -> DurationRecord:
+    """A `duration_usage` row: a Live session's cumulative voice time (kind `live_voice`, booked at
+    the cost of its increase) or a translation's audio (`translation`)."""
+    return DurationRecord(
+        session_id, kind, f"{active_ms}:{standby_ms}", tenant_id, model, at, active_ms, standby_ms, False, cost, version
+    )
+
+
+def live_tokens(
+    session_id: str,
+    tenant_id: str,
+    usage_id: str,
+    model: str,
+    at: float,
+    tokens: tuple[int, int, int],
+    cost: int,
+    version: str,
+) -> LiveTokenRecord:
+    """A Live session's delegated response, `tokens` = (input incl. cached, cached input, output)."""
+    return LiveTokenRecord(
+        session_id, "response", usage_id, tenant_id, model, None, "completed", at, *tokens, cost, version
+    )
+
+
 async def write(pool: asyncpg.Pool, records: Iterable[LedgerRecord]) -> None:
     """Persist `records` in one transaction, in the writer's phase order (sessions first)."""
     work = [stmt for record in records for stmt in statements(record)]
@@ -107,6 +141,6 @@ async def write(pool: asyncpg.Pool, records: Iterable[LedgerRecord]) -> None:
 async def clear(pool: asyncpg.Pool) -> None:
     """Empty the ledger and its rollups (one test database, many examples)."""
     await pool.execute(
-        "TRUNCATE usage_ledger, transcription_usage, realtime_sessions,"
-        " cost_rollup_15m, cost_rollup_1h, cost_rollup_1d CASCADE"
+        "TRUNCATE usage_ledger, transcription_usage, duration_usage, live_token_usage, realtime_sessions,"
+        " cost_rollup_15m, cost_rollup_15m_slim, cost_rollup_1h, cost_rollup_1d CASCADE"
     )
