@@ -8,7 +8,7 @@ Checks run cheapest-and-most-permanent first; the first that fails decides:
 |---|---|---|---|
 | 403 | `model_not_allowed` | `invalid_request_error` | — (retrying cannot help) |
 | 403 | `model_not_priced` | `invalid_request_error` | — (the price table has no price for it) |
-| 429 | `concurrency_limit_exceeded` | `rate_limit_error` | 1 s |
+| 429 | `concurrency_limit_exceeded` | `rate_limit_error` | 1 s (the tenant's cap, or its cap for this model) |
 | 429 | `session_rate_limit_exceeded` | `rate_limit_error` | until a start leaves the window |
 | 429 | `budget_exhausted` | `insufficient_quota` | until the next UTC day/month |
 | 429 | `upstream_capacity` | `rate_limit_error` | upstream's remaining reset time |
@@ -45,6 +45,9 @@ class AdmissionSnapshot:
     """Shared state for one tenant (and the org's upstream headroom) as of `now`."""
 
     active_sessions: int = 0
+    # No per-model count: a model's cap (`max_concurrent_sessions_per_model`) is enforced only when
+    # the session takes its lease (gateway/session/leases.py, atomically in Redis), which refuses
+    # with `model_concurrency_refusal`; a count read here could only be staler than the lease.
     recent_starts: tuple[float, ...] = ()  # session start times (sliding-window log)
     budget: BudgetState = field(default_factory=BudgetState)
     upstream: RateLimitsRecord | None = None  # the latest `rate_limits.updated` seen org-wide
@@ -103,12 +106,7 @@ def decide_admission(
         )
     cap = policy.max_concurrent_sessions
     if cap is not None and snapshot.active_sessions >= cap:
-        return Refuse(
-            429,
-            "concurrency_limit_exceeded",
-            f"This tenant already has {snapshot.active_sessions} active sessions (limit {cap}).",
-            retry_after=CONCURRENCY_RETRY_S,
-        )
+        return concurrency_refusal(snapshot.active_sessions, cap)
     starts = snapshot.recent_starts
     if policy.session_starts_per_minute is not None:
         allowed, starts, retry = window_take(starts, now, policy.session_starts_per_minute, START_WINDOW_S)
@@ -128,6 +126,28 @@ def decide_admission(
     if upstream is not None:
         return upstream
     return Admit(starts)
+
+
+def concurrency_refusal(active: int, cap: int) -> Refuse:
+    """The refusal when the tenant's live sessions reach `max_concurrent_sessions`."""
+    return Refuse(
+        429,
+        "concurrency_limit_exceeded",
+        f"This tenant already has {active} active sessions (limit {cap}).",
+        retry_after=CONCURRENCY_RETRY_S,
+    )
+
+
+def model_concurrency_refusal(model: str, active: int, cap: int, param: str | None = "model") -> Refuse:
+    """The refusal when the tenant's sessions of `model` reach `max_concurrent_sessions_per_model`:
+    the code the tenant-wide cap uses, and `param` naming the model."""
+    return Refuse(
+        429,
+        "concurrency_limit_exceeded",
+        f"This tenant already has {active} active sessions of model '{model}' (limit {cap} for this model).",
+        retry_after=CONCURRENCY_RETRY_S,
+        param=param,
+    )
 
 
 def _budget_refusal(

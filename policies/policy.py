@@ -46,6 +46,9 @@ class TenantPolicy:
     max_session_seconds: float | None = None
     idle_timeout_seconds: float | None = None
     max_concurrent_sessions: int | None = None
+    # Per-model caps on live sessions, across replicas: sorted (model, cap) pairs; a model not listed
+    # is capped by `max_concurrent_sessions` only.
+    max_concurrent_sessions_per_model: tuple[tuple[str, int], ...] = ()
     session_starts_per_minute: int | None = None
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
     redis_unavailable: Literal["fail_open", "fail_closed"] = "fail_closed"  # for NEW sessions only
@@ -60,6 +63,13 @@ class TenantPolicy:
     def allows_tool(self, name: str) -> bool:
         return name in self.tools
 
+    def model_session_cap(self, model: str) -> int | None:
+        """How many live sessions of `model` the tenant may hold at once (None = no per-model cap)."""
+        for name, cap in self.max_concurrent_sessions_per_model:
+            if name == model:
+                return cap
+        return None
+
 
 UNRESTRICTED: Final = TenantPolicy(tools=frozenset(), budget=BudgetPolicy(alert_at=()))
 
@@ -73,6 +83,7 @@ _KEYS: Final = frozenset(
         "max_session_seconds",
         "idle_timeout_seconds",
         "max_concurrent_sessions",
+        "max_concurrent_sessions_per_model",
         "session_starts_per_minute",
         "budget",
         "redis_unavailable",
@@ -96,6 +107,23 @@ def _optional_int(value: object, key: str, minimum: int = 1) -> int | None:
     if value < minimum:
         raise PolicyError(key, f"must be >= {minimum}")
     return value
+
+
+def _model_caps(value: object, key: str) -> tuple[tuple[str, int], ...]:
+    """`{model: cap}` with non-empty model names and integer caps >= 1 (null or {} = none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise PolicyError(key, "must be a mapping of model name to a maximum number of sessions")
+    caps: list[tuple[str, int]] = []
+    for model, cap in value.items():
+        if not isinstance(model, str) or not model or len(model) > 128:
+            raise PolicyError(key, "model names must be non-empty strings of at most 128 characters")
+        limit = _optional_int(cap, f"{key}.{model}")
+        if limit is None:
+            raise PolicyError(f"{key}.{model}", "must be an integer >= 1")
+        caps.append((model, limit))
+    return tuple(sorted(caps))
 
 
 def _optional_seconds(value: object, key: str) -> float | None:
@@ -165,6 +193,9 @@ def parse_policy(data: Mapping[str, Any], where: str = "policy") -> TenantPolicy
         max_session_seconds=_optional_seconds(data.get("max_session_seconds"), f"{where}.max_session_seconds"),
         idle_timeout_seconds=_optional_seconds(data.get("idle_timeout_seconds"), f"{where}.idle_timeout_seconds"),
         max_concurrent_sessions=_optional_int(data.get("max_concurrent_sessions"), f"{where}.max_concurrent_sessions"),
+        max_concurrent_sessions_per_model=_model_caps(
+            data.get("max_concurrent_sessions_per_model"), f"{where}.max_concurrent_sessions_per_model"
+        ),
         session_starts_per_minute=_optional_int(
             data.get("session_starts_per_minute"), f"{where}.session_starts_per_minute"
         ),
@@ -199,6 +230,7 @@ def policy_to_document(policy: TenantPolicy) -> dict[str, Any]:
         "max_session_seconds": policy.max_session_seconds,
         "idle_timeout_seconds": policy.idle_timeout_seconds,
         "max_concurrent_sessions": policy.max_concurrent_sessions,
+        "max_concurrent_sessions_per_model": dict(policy.max_concurrent_sessions_per_model),
         "session_starts_per_minute": policy.session_starts_per_minute,
         "budget": {
             "daily_usd": usd(b.daily_micro_usd),

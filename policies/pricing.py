@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from policies.prices.rates import DurationPrice, ModelPrice, TokenPrice, TranscriptionPrice
+from policies.prices.rates import STANDARD, DurationPrice, ModelPrice, TierMultiplier, TokenPrice, TranscriptionPrice
 from policies.usage import AUDIO_MS_PER_INPUT_TOKEN, ResponseUsage, TranscriptionUsage
 
 MICRO_PER_USD: Final = 1_000_000
@@ -63,16 +63,25 @@ def transcription_cost_micro_usd(usage: TranscriptionUsage, price: Transcription
     return div_round_half_up(audio_tokens * price.audio_in, TOKENS_PER_RATE)
 
 
-def token_cost_micro_usd(price: TokenPrice, *, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> int:
+def token_cost_micro_usd(
+    price: TokenPrice,
+    *,
+    input_tokens: int,
+    cached_input_tokens: int,
+    output_tokens: int,
+    multiplier: TierMultiplier = STANDARD,
+) -> int:
     """The cost of one Responses call (a Live delegation, a Decision), micro-USD, rounded half up.
 
     `input_tokens` includes the cached ones, as the Responses API reports them; a cached
-    count above the input count is capped at it (the smaller discount).
+    count above the input count is capped at it (the smaller discount). `multiplier` is the
+    call's service tier as a multiple of `price` (a `TieredPrice`'s), applied before the one
+    rounding.
     """
     _require_counts(input_tokens=input_tokens, cached_input_tokens=cached_input_tokens, output_tokens=output_tokens)
     cached = min(cached_input_tokens, input_tokens)
     total = (input_tokens - cached) * price.text_in + cached * price.cached_text_in + output_tokens * price.text_out
-    return div_round_half_up(total, TOKENS_PER_RATE)
+    return div_round_half_up(total * multiplier.numerator, TOKENS_PER_RATE * multiplier.denominator)
 
 
 def duration_cost_micro_usd(price: DurationPrice, *, active_ms: int, standby_ms: int = 0) -> int:

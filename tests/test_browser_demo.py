@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from gateway.app import create_app, drain
-from gateway.auth.browser import MAX_LIFETIME_SECONDS
+from gateway.auth.browser_keys import MAX_LIFETIME_SECONDS
 from gateway.cli.demo_page import DEMO_SUBJECT, DemoPagePlugin, enable_demo_browser_tokens
 from gateway.server import start_server
 from tests.conftest import REDIS_URL
@@ -219,3 +219,63 @@ async def test_the_demo_token_is_short_lived_and_the_page_holds_no_key(
 async def test_voxgate_serve_has_no_demo_routes(pg_dsn: str, emulator) -> None:
     app = create_app(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))  # what `voxgate serve` builds
     assert not [route.path for route in app.routes if route.path.startswith("/demo")]
+
+
+async def test_the_page_shows_a_live_snippet_next_to_the_realtime_one_and_it_runs(
+    browser: Any,
+    demo_gateway: Gateway,
+    demo_tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The page's GPT-Live snippet names this gateway as `base_url` and, with the demo key, meters a session."""
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{demo_gateway.server.http_url}/demo/")
+        realtime = await page.inner_text("#snippet-realtime")
+        live = await page.inner_text("#snippet-live")
+        await page.wait_for_function("() => window.voxgateDemo.status === 'idle'")
+        headings = await page.eval_on_selector_all("h3", "nodes => nodes.map(n => n.textContent)")
+    finally:
+        await page.close()
+    base = f'base_url="{demo_gateway.server.http_url}/v1"'
+    assert base in realtime and "client.realtime.connect(" in realtime
+    assert base in live and "client.live.connect()" in live and "conn.session.start(" in live
+    assert [h.split(" ")[0] for h in headings] == ["Realtime", "GPT-Live"]  # side by side, Realtime first
+    for snippet in (realtime, live):
+        compile(snippet, "snippet", "exec")  # valid Python as shown
+        assert demo_tenant.secret not in snippet and UPSTREAM_KEY not in snippet
+
+    # Run the Live snippet as shown, with the key `voxgate demo` printed in place of the placeholder.
+    assert live.count('api_key="VOXGATE_DEMO_API_KEY"') == 1 and live.rstrip().endswith("asyncio.run(live())")
+    body = live.replace("VOXGATE_DEMO_API_KEY", demo_tenant.secret).rstrip().removesuffix("asyncio.run(live())")
+    before = await pg_pool.fetchval(
+        "SELECT count(*) FROM realtime_sessions WHERE tenant_id = $1 AND intent = 'live'", demo_tenant.tenant_id
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(body, "live-snippet", "exec"), namespace)  # the page's own snippet, as shown
+    async with asyncio.timeout(20):
+        await namespace["live"]()
+
+    assert "billed seconds:" in capsys.readouterr().out  # the snippet saw its session.closed
+
+    async def recorded() -> bool:
+        count = await pg_pool.fetchval(
+            "SELECT count(*) FROM realtime_sessions WHERE tenant_id = $1 AND intent = 'live' "
+            "AND model = 'gpt-live-1' AND end_reason IS NOT NULL",
+            demo_tenant.tenant_id,
+        )
+        return bool(count == before + 1)
+
+    await until(recorded)  # the gateway admitted, recorded and ended the snippet's session
+
+
+def test_the_demo_signer_reads_the_injected_clock() -> None:
+    from gateway.cli.demo_page import DemoBrowserSigner
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock(start=1_800_000_000.0)
+    token, expires = DemoBrowserSigner("ten_x", "s" * 48, clock=clock).mint()
+    times = {"verify_iat": False, "verify_exp": False}  # the fake clock is not the test's wall clock
+    claims = jwt.decode(token, "s" * 48, algorithms=["HS256"], audience="voxgate", options=times)
+    assert (claims["iat"], claims["exp"], expires) == (1_800_000_000, 1_800_000_300, 1_800_000_300)

@@ -25,7 +25,7 @@ from policies.live.meter import LiveIdentity, LiveMeter
 from policies.live.records import BookLiveUsage, LiveUsageRecord
 from policies.policy import BudgetPolicy, TenantPolicy
 from policies.prices.builtin import DEFAULT_PRICE_TABLE
-from policies.prices.rates import DurationPrice, TokenPrice
+from policies.prices.rates import DurationPrice, TierMultiplier, TokenPrice
 from policies.prices.table import PriceTable
 
 PRICES = PriceTable(
@@ -34,6 +34,7 @@ PRICES = PriceTable(
     transcription=DEFAULT_PRICE_TABLE.transcription,
     responses={"gpt-5.5": TokenPrice(text_in=1_250_000, cached_text_in=125_000, text_out=10_000_000)},
     durations={"gpt-live-1": DurationPrice(per_minute=50_000, standby_per_minute=20_000)},
+    service_tiers={"flex": TierMultiplier(1, 2), "priority": TierMultiplier(2, 1)},
 )
 START: dict[str, Any] = {
     "model": "gpt-live-1",

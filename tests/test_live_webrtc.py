@@ -18,7 +18,7 @@ import jwt
 import pytest
 from openai import AsyncOpenAI, NotFoundError, PermissionDeniedError
 
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthStore
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthStore
 from gateway.storage.policy_store import PolicyStore
 from tests.support.harness import TenantKey
 from tests.support.waiting import until

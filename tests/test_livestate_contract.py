@@ -503,3 +503,80 @@ async def test_tenant_view_reads_spend_leases_and_headroom_together(state: Backe
     # The same rules as the single calls: expired leases and holds are not counted, stale headroom is None.
     later = await state.tenant_view(t, T0 + TTL + 0.5)  # s0 (until T0 + TTL) and r2 (same) have expired
     assert (later.active_sessions, later.headroom, later.spend.reserved_day, later.spend.spent_day) == (2, None, 0, 400)
+
+
+# -- per-model concurrency caps (max_concurrent_sessions_per_model) -----------------------------
+
+
+async def test_a_model_cap_holds_exactly_across_replicas_and_other_models_are_unaffected(
+    state: Backend, replica_b: Backend
+) -> None:
+    t = tenant()
+    results = await asyncio.gather(
+        *(
+            (state if i % 2 else replica_b).acquire_session(t, f"l{i}", 100, TTL, T0, model="gpt-live-1", model_limit=7)
+            for i in range(BURST)
+        )
+    )
+    granted = [i for i, r in enumerate(results) if r.granted]
+    assert len(granted) == 7
+    assert max(r.model_active for r in results) == 7
+    assert {r.refused_by for r in results if not r.granted} == {"model"}
+    assert await replica_b.active_model_sessions(t, "gpt-live-1", T0) == 7
+    # another model has its own count; the tenant-wide cap still counts everything
+    other = [
+        await state.acquire_session(t, f"r{i}", 20, TTL, T0, model="gpt-realtime", model_limit=5) for i in range(4)
+    ]
+    assert all(r.granted for r in other) and other[-1].model_active == 4
+    assert await state.active_sessions(t, T0) == 11
+    capped = await state.acquire_session(t, "r-over", 11, TTL, T0, model="gpt-realtime", model_limit=5)
+    assert (capped.granted, capped.refused_by, capped.active) == (False, "tenant", 11)
+    # releasing one of the model's sessions frees exactly one slot of that model, on any replica
+    assert await state.release_session(t, f"l{granted[0]}")
+    assert await state.active_model_sessions(t, "gpt-live-1", T0) == 6
+    late = await replica_b.acquire_session(t, "l-late", None, TTL, T0 + 1, model="gpt-live-1", model_limit=7)
+    assert (late.granted, late.model_active) == (True, 7)
+    assert not (await state.acquire_session(t, "l-more", None, TTL, T0 + 1, model="gpt-live-1", model_limit=7)).granted
+    # all released: no count left behind
+    await asyncio.gather(
+        *(state.release_session(t, f"l{i}") for i in range(BURST)),
+        *(state.release_session(t, f"r{i}") for i in range(4)),
+        replica_b.release_session(t, "l-late"),
+    )
+    assert await state.active_sessions(t, T0 + 1) == 0
+    assert await state.active_model_sessions(t, "gpt-live-1", T0 + 1) == 0
+    assert await state.active_model_sessions(t, "gpt-realtime", T0 + 1) == 0
+
+
+async def test_a_held_lease_is_counted_under_its_model_once_the_model_is_known(state: Backend) -> None:
+    """A GPT-Live WebSocket: the lease is taken at the upgrade, the model arrives in `session.start`."""
+    t = tenant()
+    for i in range(3):
+        assert (await state.acquire_session(t, f"s{i}", 10, TTL, T0)).granted
+    assert await state.active_model_sessions(t, "gpt-live-1", T0) == 0
+    for i in range(2):
+        named = await state.acquire_session(t, f"s{i}", None, TTL, T0, model="gpt-live-1", model_limit=2)
+        assert (named.granted, named.model_active) == (True, i + 1)
+    again = await state.acquire_session(t, "s1", None, TTL, T0, model="gpt-live-1", model_limit=2)
+    assert (again.granted, again.model_active) == (True, 2)  # naming its own model again is a renewal
+    full = await state.acquire_session(t, "s2", None, TTL, T0, model="gpt-live-1", model_limit=2)
+    assert (full.granted, full.refused_by, full.model_active) == (False, "model", 2)
+    assert await state.active_sessions(t, T0) == 3  # the refused one still holds its tenant lease
+    # renewing without a model keeps the model; the uncapped take-back of a lapsed lease may name it
+    assert (await state.acquire_session(t, "s0", None, TTL, T0 + 1)).granted
+    assert await state.active_model_sessions(t, "gpt-live-1", T0 + 1) == 2
+
+
+async def test_expired_leases_leave_their_models_count(state: Backend, replica_b: Backend) -> None:
+    t = tenant()
+    assert (await state.acquire_session(t, "a0", None, TTL, T0, model="gpt-live-1", model_limit=2)).granted
+    assert (await replica_b.acquire_session(t, "b0", None, TTL, T0, model="gpt-live-1", model_limit=2)).granted
+    assert not (await state.acquire_session(t, "a1", None, TTL, T0, model="gpt-live-1", model_limit=2)).granted
+    # A heartbeats; B died: once its lease expires its slot of the model comes back
+    assert await state.heartbeat([(t, "a0")], TTL, T0 + 20) == []
+    assert await state.active_model_sessions(t, "gpt-live-1", T0 + TTL - 1) == 2
+    assert await state.active_model_sessions(t, "gpt-live-1", T0 + TTL) == 1
+    assert (await state.acquire_session(t, "a1", None, TTL, T0 + TTL, model="gpt-live-1", model_limit=2)).granted
+    assert await replica_b.reap_expired(T0 + TTL + 1) == [(t, "b0")]
+    assert await state.active_model_sessions(t, "gpt-live-1", T0 + 2 * TTL + 25) == 0  # A stopped beating too
+    assert sorted(await state.reap_expired(T0 + 2 * TTL + 25)) == [(t, "a0"), (t, "a1")]

@@ -3,7 +3,14 @@
 import pytest
 
 from policies.actions import RateLimit, RateLimitsRecord
-from policies.admission import AdmissionSnapshot, Admit, Refuse, decide_admission, upstream_token_threshold
+from policies.admission import (
+    AdmissionSnapshot,
+    Admit,
+    Refuse,
+    decide_admission,
+    model_concurrency_refusal,
+    upstream_token_threshold,
+)
 from policies.budget import BudgetState
 from policies.policy import BudgetPolicy, TenantPolicy
 from policies.prices.builtin import DEFAULT_PRICE_TABLE
@@ -146,3 +153,47 @@ def test_upstream_headroom_recovers_once_its_reset_time_has_passed() -> None:
 def test_an_unrestricted_policy_admits_everything() -> None:
     snapshot = AdmissionSnapshot(active_sessions=10_000, recent_starts=tuple(NOW - i for i in range(500)))
     assert isinstance(decide_admission(TenantPolicy(), "anything", snapshot, NOW), Admit)
+
+
+# -- per-model concurrency caps ---------------------------------------------------------------
+
+
+def test_a_per_model_cap_parses_round_trips_and_names_a_bad_key() -> None:
+    from policies.policy import PolicyError, parse_policy, policy_to_document
+
+    policy = parse_policy({"max_concurrent_sessions_per_model": {"gpt-realtime": 20, "gpt-live-1": 5}})
+    assert policy.max_concurrent_sessions_per_model == (("gpt-live-1", 5), ("gpt-realtime", 20))
+    assert (policy.model_session_cap("gpt-live-1"), policy.model_session_cap("gpt-live-1.1")) == (5, None)
+    document = policy_to_document(policy)
+    assert document["max_concurrent_sessions_per_model"] == {"gpt-live-1": 5, "gpt-realtime": 20}
+    assert parse_policy(document) == policy
+    assert parse_policy({"max_concurrent_sessions_per_model": None}).max_concurrent_sessions_per_model == ()
+    for bad, key in [
+        ({"gpt-live-1": 0}, "policy.max_concurrent_sessions_per_model.gpt-live-1"),
+        ({"gpt-live-1": "5"}, "policy.max_concurrent_sessions_per_model.gpt-live-1"),
+        ({"gpt-live-1": None}, "policy.max_concurrent_sessions_per_model.gpt-live-1"),
+        ({"gpt-live-1": True}, "policy.max_concurrent_sessions_per_model.gpt-live-1"),
+        ({"": 3}, "policy.max_concurrent_sessions_per_model"),
+        (["gpt-live-1"], "policy.max_concurrent_sessions_per_model"),
+        (5, "policy.max_concurrent_sessions_per_model"),
+    ]:
+        with pytest.raises(PolicyError) as caught:
+            parse_policy({"max_concurrent_sessions_per_model": bad})
+        assert caught.value.key == key
+
+
+def test_a_models_cap_refusal_has_the_concurrency_code() -> None:
+    """The shape of the refusal the lease gives (gateway/session/leases.py enforces a model's cap;
+    admission itself has no per-model count, see `AdmissionSnapshot`)."""
+    policy = TenantPolicy(max_concurrent_sessions=10, max_concurrent_sessions_per_model=(("gpt-live-1", 2),))
+    assert policy.model_session_cap("gpt-live-1") == 2
+    assert policy.model_session_cap("gpt-live-1.1") is None
+    refused = model_concurrency_refusal("gpt-live-1", 2, 2)
+    assert (refused.status, refused.code, refused.type, refused.param, refused.retry_after) == (
+        429,
+        "concurrency_limit_exceeded",
+        "rate_limit_error",
+        "model",
+        1.0,
+    )
+    assert "'gpt-live-1'" in refused.message and "limit 2" in refused.message

@@ -94,6 +94,7 @@ def test_a_partial_policy_file_changes_only_the_keys_it_names(
         "max_session_seconds": 900.0,
         "idle_timeout_seconds": 120.0,
         "max_concurrent_sessions": 40,
+        "max_concurrent_sessions_per_model": {},
         "session_starts_per_minute": 60,
         "budget": {
             "daily_usd": "75.000000",
@@ -125,6 +126,35 @@ def test_an_invalid_policy_file_exits_2_naming_the_key(
     assert str(bad) in err
     assert voxgate("policy", "set", tenant["id"], "--file", str(tmp_path / "missing.yaml")) == 2
     assert run_json(voxgate, capsys, "policy", "show", tenant["id"])["source"] == "default"
+
+
+def test_per_model_concurrency_caps_are_set_shown_replaced_and_validated_by_the_cli(
+    voxgate: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tenant = run_json(voxgate, capsys, "tenant", "create", f"cli-{secrets.token_hex(4)}")
+    caps = tmp_path / "caps.yaml"
+    caps.write_text("max_concurrent_sessions_per_model: {gpt-live-1: 5, gpt-realtime: 20}\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(caps)) == 0
+    capsys.readouterr()
+    shown = run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]
+    assert shown["max_concurrent_sessions_per_model"] == {"gpt-live-1": 5, "gpt-realtime": 20}
+    assert voxgate("policy", "show", tenant["id"]) == 0
+    assert "gpt-live-1: 5" in capsys.readouterr().out
+    # the map is replaced whole; null removes it
+    caps.write_text("max_concurrent_sessions_per_model: {gpt-live-1: 2}\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(caps)) == 0
+    capsys.readouterr()
+    shown = run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]
+    assert shown["max_concurrent_sessions_per_model"] == {"gpt-live-1": 2}
+    caps.write_text("max_concurrent_sessions_per_model: {gpt-live-1: 0}\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(caps)) == 2
+    assert "policy.max_concurrent_sessions_per_model.gpt-live-1" in capsys.readouterr().err
+    caps.write_text("max_concurrent_sessions_per_model: null\n")
+    assert voxgate("policy", "set", tenant["id"], "--file", str(caps)) == 0
+    capsys.readouterr()
+    assert (
+        run_json(voxgate, capsys, "policy", "show", tenant["id"])["policy"]["max_concurrent_sessions_per_model"] == {}
+    )
 
 
 def test_unknown_tier_and_unknown_tenant(voxgate: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

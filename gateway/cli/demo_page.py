@@ -2,7 +2,9 @@
 
 `GET /demo/` serves a static page (HTML + vanilla JS, packaged in `gateway/static/demo/`).
 It asks `POST /demo/token` for a browser JWT, posts its SDP offer to the SDP broker
-(`POST /v1/realtime/calls`, raw `application/sdp`) and plays the answer's audio.
+(`POST /v1/realtime/calls`, raw `application/sdp`) and plays the answer's audio. Below the
+call it shows the `openai` SDK snippets for Realtime and GPT-Live, with this gateway's
+origin as `base_url` (the page never holds an API key, so the snippets carry a placeholder).
 
 The token endpoint signs a short-lived HS256 browser token for the demo tenant with a secret
 made fresh for each `voxgate demo` run. It plays the part of a tenant's own backend, which
@@ -13,7 +15,6 @@ The page never sees the tenant API key or the upstream key.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Final
@@ -26,13 +27,9 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.plugins import InitPluginProtocol
 
-from gateway.auth.browser import (
-    DEFAULT_AUDIENCE,
-    MAX_LIFETIME_SECONDS,
-    TENANT_CLAIM,
-    BrowserAuthConfig,
-    BrowserAuthStore,
-)
+from gateway.auth.browser import TENANT_CLAIM
+from gateway.auth.browser_keys import DEFAULT_AUDIENCE, MAX_LIFETIME_SECONDS, BrowserAuthConfig, BrowserAuthStore
+from gateway.clock import SYSTEM_CLOCK, Clock
 
 PAGE_PATH: Final = "/demo/"
 TOKEN_SECONDS: Final = 5 * 60
@@ -62,10 +59,11 @@ class DemoBrowserSigner:
     tenant_id: str
     secret: str = field(repr=False)
     audience: str = DEFAULT_AUDIENCE
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     def mint(self, now: float | None = None) -> tuple[str, int]:
-        """A token for `DEMO_SUBJECT` and its `exp`."""
-        issued = int(time.time() if now is None else now)
+        """A token for `DEMO_SUBJECT` and its `exp` (issued at `now`, else the signer's clock)."""
+        issued = int(self.clock.time() if now is None else now)
         expires = issued + TOKEN_SECONDS
         claims = {
             TENANT_CLAIM: self.tenant_id,
@@ -77,9 +75,11 @@ class DemoBrowserSigner:
         return jwt.encode(claims, self.secret, algorithm="HS256"), expires
 
 
-async def enable_demo_browser_tokens(pool: asyncpg.Pool, tenant_id: str) -> DemoBrowserSigner:
+async def enable_demo_browser_tokens(
+    pool: asyncpg.Pool, tenant_id: str, clock: Clock = SYSTEM_CLOCK
+) -> DemoBrowserSigner:
     """Register a fresh HS256 browser-token secret for `tenant_id` (replacing any) and return its signer."""
-    signer = DemoBrowserSigner(tenant_id, secrets.token_urlsafe(48))
+    signer = DemoBrowserSigner(tenant_id, secrets.token_urlsafe(48), clock=clock)
     await BrowserAuthStore(pool).set(BrowserAuthConfig(tenant_id, hs256_secret=signer.secret))
     return signer
 

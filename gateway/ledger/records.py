@@ -58,6 +58,9 @@ class DurationRecord:
     estimated: bool
     cost_micro_usd: int
     price_version: str
+    # A GPT-Live voice row: the session's cumulative voice cost; the row is booked as its excess over
+    # what the session's rows hold (gateway.ledger.sql.INSERT_LIVE_VOICE). Not a column.
+    cumulative_micro_usd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

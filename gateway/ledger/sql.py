@@ -25,7 +25,7 @@ USAGE_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(UsageRecord))
 #: The columns of one `transcription_usage` row, in the order of `TranscriptionRecord`'s fields.
 TRANSCRIPTION_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(TranscriptionRecord))
 #: The columns of one `duration_usage` row, in the order of `DurationRecord`'s fields.
-DURATION_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(DurationRecord))
+DURATION_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(DurationRecord) if f.name != "cumulative_micro_usd")
 #: The columns of one `live_token_usage` row, in the order of `LiveTokenRecord`'s fields.
 LIVE_TOKEN_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(LiveTokenRecord))
 #: What a usage report shows of each row (`gateway.ledger.reports.UsageRow`): all but the tenant.
@@ -63,6 +63,23 @@ INSERT_TRANSCRIPTION: Final = _insert(
 )
 
 INSERT_DURATION: Final = _insert("duration_usage", DURATION_COLUMNS, "(session_id, kind, usage_id)")
+
+# A GPT-Live voice row books what the session's cumulative cost ($11) adds to its rows' sum, under a
+# per-session lock (`LOCK_SESSION`, same transaction): two meters of one session (a takeover) or a
+# late journal replay never book the same time twice. A row whose time is covered is not written.
+INSERT_LIVE_VOICE: Final = f"""
+INSERT INTO duration_usage ({", ".join(DURATION_COLUMNS)})
+SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::timestamptz, $7::bigint, $8::bigint, $9::boolean,
+       greatest(0, $11::bigint - b.booked), $10::text
+FROM (SELECT coalesce(sum(cost_micro_usd), 0)::bigint AS booked
+      FROM duration_usage WHERE session_id = $1 AND kind = $2) b
+WHERE NOT EXISTS (SELECT 1 FROM duration_usage e
+                  WHERE e.session_id = $1 AND e.kind = $2 AND e.active_ms >= $7 AND e.standby_ms >= $8)
+ON CONFLICT (session_id, kind, usage_id) DO NOTHING
+"""
+LOCK_SESSION: Final = "SELECT pg_advisory_xact_lock(hashtextextended('voxgate:live_voice:' || $1, 0))"
+#: Statements that run only after `LOCK_SESSION` of each of their sessions, in one transaction.
+SESSION_LOCKED: Final = frozenset({INSERT_LIVE_VOICE})
 
 INSERT_LIVE_TOKENS: Final = _insert("live_token_usage", LIVE_TOKEN_COLUMNS, "(session_id, kind, usage_id)")
 
@@ -109,6 +126,7 @@ PHASE: Final = {
     INSERT_USAGE: 2,
     INSERT_TRANSCRIPTION: 2,
     INSERT_DURATION: 2,
+    INSERT_LIVE_VOICE: 2,
     INSERT_LIVE_TOKENS: 2,
     INSERT_RATE_LIMIT: 3,
     INSERT_AUDIT_EVENT: 3,
@@ -166,6 +184,9 @@ def statements(record: LedgerRecord) -> list[tuple[str, tuple[Any, ...]]]:
     if isinstance(record, TranscriptionRecord):
         return [(INSERT_TRANSCRIPTION, _row(record, TRANSCRIPTION_COLUMNS))]
     if isinstance(record, DurationRecord):
+        if record.cumulative_micro_usd is not None:
+            row = _row(record, DURATION_COLUMNS)
+            return [(INSERT_LIVE_VOICE, (*row[:9], row[10], record.cumulative_micro_usd))]
         return [(INSERT_DURATION, _row(record, DURATION_COLUMNS))]
     if isinstance(record, LiveTokenRecord):
         return [(INSERT_LIVE_TOKENS, _row(record, LIVE_TOKEN_COLUMNS))]
@@ -232,21 +253,25 @@ ORDER BY day, model
 
 # --- reads: budget rebuild (gateway.livestate.rebuild) --------------------------------------
 
-# Spend of one tenant from both ledgers: the month window and the day window, before a cutoff.
-SPEND_BEFORE_CUTOFF: Final = """
+#: Every table a cost is booked in, one per kind of usage: a tenant's spend is their sum.
+COST_TABLES: Final = ("usage_ledger", "transcription_usage", "duration_usage", "live_token_usage")
+
+
+def tenant_costs(since: str, until: str) -> str:
+    """SQL rows (cost_micro_usd, occurred_at) of every cost table for tenant $1 with
+    `since` <= occurred_at < `until` (both placeholders, e.g. "$2"): the FROM of a spend query."""
+    return "\n    UNION ALL\n".join(
+        f"    SELECT cost_micro_usd, occurred_at FROM {table}\n"
+        f"    WHERE tenant_id = $1 AND occurred_at >= {since} AND occurred_at < {until}"
+        for table in COST_TABLES
+    )
+
+
+# Spend of one tenant from every ledger: the month window and the day window, before a cutoff.
+SPEND_BEFORE_CUTOFF: Final = f"""
 SELECT coalesce(sum(cost_micro_usd) FILTER (WHERE occurred_at >= $3), 0)::bigint AS day,
        coalesce(sum(cost_micro_usd), 0)::bigint AS month
 FROM (
-    SELECT cost_micro_usd, occurred_at FROM usage_ledger
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
-    UNION ALL
-    SELECT cost_micro_usd, occurred_at FROM transcription_usage
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
-    UNION ALL
-    SELECT cost_micro_usd, occurred_at FROM duration_usage
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
-    UNION ALL
-    SELECT cost_micro_usd, occurred_at FROM live_token_usage
-    WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $4
+{tenant_costs("$2", "$4")}
 ) AS spend
 """

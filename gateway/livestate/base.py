@@ -48,9 +48,20 @@ class LiveStateBackend(abc.ABC):
 
     @abc.abstractmethod
     async def acquire_session(
-        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        limit: int | None,
+        ttl_s: float,
+        now: float,
+        model: str | None = None,
+        model_limit: int | None = None,
     ) -> LeaseResult:
-        """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one."""
+        """Take a lease if the tenant holds fewer than `limit` (None = no cap); renews a held one.
+
+        With `model`, the lease also counts under that model, granted only if the tenant holds
+        fewer than `model_limit` leases of it (None = no per-model cap); a held lease of another
+        (or no) model moves to it on the same terms. Without, a held lease keeps its model."""
 
     @abc.abstractmethod
     async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
@@ -63,6 +74,10 @@ class LiveStateBackend(abc.ABC):
     @abc.abstractmethod
     async def active_sessions(self, tenant_id: str, now: float) -> int:
         """Live leases of the tenant, after reaping expired ones."""
+
+    @abc.abstractmethod
+    async def active_model_sessions(self, tenant_id: str, model: str, now: float) -> int:
+        """Live leases of the tenant counted under `model`, after reaping expired ones."""
 
     @abc.abstractmethod
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:

@@ -5,6 +5,11 @@ instance renews all its leases in one round trip (`heartbeat`); a replica that d
 and its leases are reaped at most `ttl_s` later by whoever looks next (acquire, count, or the
 periodic `reap_expired`). Reaped sessions are kept in a per-tenant set until `reap_expired`
 reports them, so the caller can end their rows in Postgres.
+
+A lease may also count under a model (`max_concurrent_sessions_per_model`): the tenant's
+`leases:model` hash names each such lease's model and `leases:per_model` counts them per model;
+the lease scripts keep both in step with the `leases` ZSET (release, reaping), so a model's
+count is the tenant's live leases of that model, whichever replica took them.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ _BATCH = 500  # tenants per pipelined round trip in reap_expired
 
 @dataclass(frozen=True, slots=True)
 class LeaseResult:
-    """Outcome of `acquire_session`: `active` counts the tenant's live leases after the call."""
+    """Outcome of `acquire_session`: `active` counts the tenant's live leases after the call,
+    `model_active` those of the model asked for (0 without one); `refused_by` says which cap
+    refused ("tenant" or "model"), None when granted."""
 
     granted: bool
     active: int
+    model_active: int = 0
+    refused_by: str | None = None
 
 
 class Leases:
@@ -37,20 +46,33 @@ class Leases:
         self._keys = keys
 
     async def acquire(
-        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        limit: int | None,
+        ttl_s: float,
+        now: float,
+        model: str | None = None,
+        model_limit: int | None = None,
     ) -> LeaseResult:
         k = self._keys.tenant(tenant_id)
-        _, (granted, active) = await self._run.run_many(
+        args: list[scripts.Arg] = [
+            session_id,
+            -1 if limit is None else limit,
+            now,
+            now + ttl_s,
+            key_ttl(ttl_s),
+            REAPED_TTL_S,
+            model or "",
+            -1 if model_limit is None else model_limit,
+        ]
+        _, (granted, active, model_active, refused) = await self._run.run_many(
             [
                 (scripts.INDEX_TOUCH, [self._keys.tenant_index], [tenant_id, now]),
-                (
-                    scripts.LEASE_ACQUIRE,
-                    [k.leases, k.reaped],
-                    [session_id, -1 if limit is None else limit, now, now + ttl_s, key_ttl(ttl_s), REAPED_TTL_S],
-                ),
+                (scripts.LEASE_ACQUIRE, [k.leases, k.reaped, k.lease_models, k.model_counts], args),
             ]
         )
-        return LeaseResult(bool(granted), int(active))
+        return LeaseResult(bool(granted), int(active), int(model_active), text(refused) or None)
 
     async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
         """Renew leases, one round trip; returns the (tenant, session) pairs whose lease is gone."""
@@ -60,24 +82,35 @@ class Leases:
         tenants = list(by_tenant)
         results = await self._run.run_many(
             [
-                (scripts.LEASE_HEARTBEAT, [self._keys.tenant(t).leases], [now + ttl_s, key_ttl(ttl_s), *by_tenant[t]])
+                (scripts.LEASE_HEARTBEAT, self._heartbeat_keys(t), [now + ttl_s, key_ttl(ttl_s), *by_tenant[t]])
                 for t in tenants
             ]
         )
         return [(t, text(s)) for t, lost in zip(tenants, results, strict=True) for s in lost]
 
-    async def release(self, tenant_id: str, session_id: str) -> bool:
-        """Drop a lease; True if it was held. Idempotent."""
+    def _heartbeat_keys(self, tenant_id: str) -> list[str]:
         k = self._keys.tenant(tenant_id)
-        return bool(await self._run.run(scripts.LEASE_RELEASE, [k.leases, k.reaped], [session_id]))
+        return [k.leases, k.lease_models, k.model_counts]
+
+    async def release(self, tenant_id: str, session_id: str) -> bool:
+        """Drop a lease (and its model's count); True if it was held. Idempotent."""
+        k = self._keys.tenant(tenant_id)
+        keys = [k.leases, k.reaped, k.lease_models, k.model_counts]
+        return bool(await self._run.run(scripts.LEASE_RELEASE, keys, [session_id]))
 
     def count_call(self, tenant_id: str, now: float) -> scripts.Call:
         """The call `active` makes (to pipeline it with others); its reply is the count."""
         k = self._keys.tenant(tenant_id)
-        return scripts.LEASE_COUNT, [k.leases, k.reaped], [now, REAPED_TTL_S]
+        return scripts.LEASE_COUNT, [k.leases, k.reaped, k.lease_models, k.model_counts], [now, REAPED_TTL_S]
 
     async def active(self, tenant_id: str, now: float) -> int:
         return int(await self._run.run(*self.count_call(tenant_id, now)))
+
+    async def active_of_model(self, tenant_id: str, model: str, now: float) -> int:
+        """Live leases of the tenant counted under `model`, after reaping expired ones."""
+        script, keys, args = self.count_call(tenant_id, now)
+        _, of_model = await self._run.run(script, keys, [*args, model])
+        return int(of_model)
 
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         """Reap every tenant's expired leases and reservations; returns each reaped session once."""
@@ -97,5 +130,5 @@ class Leases:
 
     def _reap_call(self, tenant_id: str, now: float) -> scripts.Call:
         k = self._keys.tenant(tenant_id)
-        keys = [k.leases, k.reaped, k.reservations, k.reservation_expiry, k.reserved]
+        keys = [k.leases, k.reaped, k.reservations, k.reservation_expiry, k.reserved, k.lease_models, k.model_counts]
         return scripts.TENANT_REAP, keys, [now, REAPED_TTL_S]

@@ -40,6 +40,7 @@ class _Window:
 @dataclass
 class _Tenant:
     leases: dict[str, float] = field(default_factory=dict)  # session -> expiry
+    lease_models: dict[str, str] = field(default_factory=dict)  # leased session -> its per-model cap's model
     reaped: set[str] = field(default_factory=set)
     starts: list[float] = field(default_factory=list)  # sorted start times
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # reservation -> (amount, expiry)
@@ -71,6 +72,7 @@ def _reap_leases(t: _Tenant, now: float) -> None:
     expired = [s for s, expiry in t.leases.items() if expiry <= now]
     for s in expired:
         del t.leases[s]
+        t.lease_models.pop(s, None)
     t.reaped.update(expired)
 
 
@@ -92,16 +94,30 @@ class MemoryLiveState(LiveStateBackend):
     # -- concurrency leases ------------------------------------------------------------------
 
     async def acquire_session(
-        self, tenant_id: str, session_id: str, limit: int | None, ttl_s: float, now: float
+        self,
+        tenant_id: str,
+        session_id: str,
+        limit: int | None,
+        ttl_s: float,
+        now: float,
+        model: str | None = None,
+        model_limit: int | None = None,
     ) -> LeaseResult:
         t = self.store.tenant(tenant_id)
         self.store.index[tenant_id] = now
         _reap_leases(t, now)
-        if session_id in t.leases or limit is None or len(t.leases) < limit:
-            t.leases[session_id] = now + ttl_s
-            t.reaped.discard(session_id)
-            return LeaseResult(True, len(t.leases))
-        return LeaseResult(False, len(t.leases))
+        moving = bool(model) and t.lease_models.get(session_id) != model
+        of_model = sum(1 for m in t.lease_models.values() if m == model) if model else 0
+        if not (session_id in t.leases or limit is None or len(t.leases) < limit):
+            return LeaseResult(False, len(t.leases), of_model, "tenant")
+        if moving and model_limit is not None and of_model >= model_limit:
+            return LeaseResult(False, len(t.leases), of_model, "model")
+        t.leases[session_id] = now + ttl_s
+        t.reaped.discard(session_id)
+        if moving and model:
+            t.lease_models[session_id] = model
+            of_model += 1
+        return LeaseResult(True, len(t.leases), of_model)
 
     async def heartbeat(self, sessions: Iterable[tuple[str, str]], ttl_s: float, now: float) -> list[tuple[str, str]]:
         lost: list[tuple[str, str]] = []
@@ -116,12 +132,18 @@ class MemoryLiveState(LiveStateBackend):
     async def release_session(self, tenant_id: str, session_id: str) -> bool:
         t = self.store.tenant(tenant_id)
         t.reaped.discard(session_id)
+        t.lease_models.pop(session_id, None)
         return t.leases.pop(session_id, None) is not None
 
     async def active_sessions(self, tenant_id: str, now: float) -> int:
         t = self.store.tenant(tenant_id)
         _reap_leases(t, now)
         return len(t.leases)
+
+    async def active_model_sessions(self, tenant_id: str, model: str, now: float) -> int:
+        t = self.store.tenant(tenant_id)
+        _reap_leases(t, now)
+        return sum(1 for m in t.lease_models.values() if m == model)
 
     async def reap_expired(self, now: float) -> list[tuple[str, str]]:
         reaped: list[tuple[str, str]] = []

@@ -17,6 +17,7 @@ from gateway.services import GatewayServices
 from gateway.session.effects import SessionEffects
 from gateway.session.enforcement import Enforcement
 from gateway.session.live import LiveSession
+from gateway.session.model_gate import ModelGate
 from gateway.telemetry import NO_TRACE, SessionTrace, bind_session
 from policies.governor import SessionGovernor, SessionIdentity
 from policies.policy import UNRESTRICTED, TenantPolicy
@@ -86,7 +87,11 @@ def assemble(
     )
     if plan.new_session:
         services.metrics.sessions_started.labels(plan.transport).inc()
-    return LiveSession(governor, effects, started, clock=clock, leased=plan.leased)
+    # A transcription session's model arrives in a `session.update`: counted under its cap there.
+    gate = (
+        ModelGate(shared_state(services), plan.tenant_id, plan.session_id) if plan.intent == "transcription" else None
+    )
+    return LiveSession(governor, effects, started, clock=clock, leased=plan.leased, model_gate=gate)
 
 
 async def release_admission(services: GatewayServices, tenant_id: str, session_id: str) -> None:

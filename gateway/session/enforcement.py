@@ -50,6 +50,8 @@ log = logging.getLogger("voxgate.enforcement")
 # Before rebuilding counters from the ledger, wait this long at most for this replica's ledger
 # writer to commit what it holds, so the rebuild does not miss those rows (docs/live-state.md).
 REBUILD_LEDGER_WAIT_S = 2.0
+# The shortest gap between two writes of the upstream headroom (`note_headroom`).
+HEADROOM_WRITE_SPACING_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,9 @@ class Enforcement(LeaseKeeper):
         settings: EnforcementSettings | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        repairs = LiveStateRepairs(live_state, self._recount, lambda: {s.live.started.tenant_id for s in sessions()})
+        repairs = LiveStateRepairs(
+            live_state, self._recount, lambda: {s.live.started.tenant_id for s in sessions()}, clock
+        )
         super().__init__(live_state, ledger, sessions, repairs, settings or EnforcementSettings(), clock)
         self.policies = policies
         self.pool = pool
@@ -153,6 +157,7 @@ class Enforcement(LeaseKeeper):
         which its governor polices); admission checks everything else.
         """
         policy, version = await self.policy_for(tenant_id)
+        lease_model = None if model is None or model_at_start else model  # what a per-model cap counts
         if model is None:
             model = default_model(policy)
         if not model_at_start and (not policy.allows_model(model) or not self.prices.admits(model, basis)):
@@ -160,7 +165,9 @@ class Enforcement(LeaseKeeper):
             assert isinstance(refused, Refuse)
             raise _refusal(refused)
         try:
-            return await self._admit_shared(policy, version, tenant_id, session_id, model, now, basis, model_at_start)
+            return await self._admit_shared(
+                policy, version, tenant_id, session_id, model, now, basis, model_at_start, lease_model
+            )
         except RedisError as exc:
             if policy.redis_unavailable == "fail_open":
                 log.warning("live state unreachable (%s); admitting %s without shared checks", exc, session_id)
@@ -182,6 +189,7 @@ class Enforcement(LeaseKeeper):
         now: float,
         basis: Basis = "models",
         model_at_start: bool = False,
+        lease_model: str | None = None,
     ) -> Admission:
         view = await self.state.tenant_view(tenant_id, now)  # one round trip: each needs a pooled connection
         spend, headroom = view.spend, view.headroom
@@ -211,21 +219,13 @@ class Enforcement(LeaseKeeper):
                     type="rate_limit_error",
                     retry_after=start.retry_after_s,
                 )
-        try:
-            lease = await self.state.acquire_session(
-                tenant_id, session_id, policy.max_concurrent_sessions, self.lease_ttl, now
-            )
+        try:  # the tenant's cap and, with a model, its per-model cap (gateway.session.leases)
+            refused = await self.take_lease(tenant_id, session_id, policy, lease_model, now)
         except RedisError:  # the lease may have been taken before the reply was lost: give it back later
             self.repairs.release_failed(tenant_id, session_id)
             raise
-        if not lease.granted:
-            raise GatewayError(
-                429,
-                f"This tenant already has {lease.active} active sessions (limit {policy.max_concurrent_sessions}).",
-                code="concurrency_limit_exceeded",
-                type="rate_limit_error",
-                retry_after=1.0,
-            )
+        if refused is not None:
+            raise _refusal(refused)
         return Admission(policy, version, leased=True)
 
     # -- upstream headroom ----------------------------------------------------------------
@@ -233,7 +233,8 @@ class Enforcement(LeaseKeeper):
     def note_headroom(self, record: RateLimitsRecord) -> None:
         """Store the org's token headroom from a session's `rate_limits.updated`. Only the newest
         snapshot matters (`record_headroom` keeps the newest), so this process writes the latest one
-        it has, one write at a time, instead of one round trip per response."""
+        it has, one write at a time and at most one per `HEADROOM_WRITE_SPACING_S`, instead of one
+        round trip per response (at 200 sessions, 40 a second)."""
         if self._headroom is None or record.observed_at >= self._headroom.observed_at:
             self._headroom = record
         if self._headroom_task is None or self._headroom_task.done():
@@ -251,6 +252,7 @@ class Enforcement(LeaseKeeper):
             except RedisError as exc:  # not money: the next `rate_limits.updated` brings a newer one
                 log.warning("recording upstream headroom failed: %s", exc)
                 self.store_failed()
+            await self.clock.sleep(HEADROOM_WRITE_SPACING_S)  # what arrives meanwhile: one write, the newest
 
     # -- background loops -----------------------------------------------------------------
 

@@ -5,6 +5,10 @@ renews this replica's leases (a heartbeat every third of the TTL), gives them ba
 session ends (retried if the store is down), and reaps the leases of replicas whose
 heartbeat stopped, ending their session rows (`replica_lost`). A replica never reaps its own
 sessions, and after an outage it renews its own leases before reaping anyone's.
+
+A lease may count under its session's model (`max_concurrent_sessions_per_model`): taken with
+the model at admission (`take_lease`), or once the model is known (`lease_model`, a GPT-Live
+WebSocket's `session.start`). A lease taken back after it lapsed keeps its model.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from redis.exceptions import RedisError
 from gateway.clock import Clock
 from gateway.ledger.writer import LedgerWriter, SessionEnded, SessionStarted
 from gateway.livestate import LiveStateBackend
+from gateway.livestate.leases import LeaseResult
 from gateway.livestate.repair import LiveStateRepairs
 from gateway.settings import EnforcementSettings
+from policies.admission import Refuse, concurrency_refusal, model_concurrency_refusal
 from policies.policy import TenantPolicy
 
 log = logging.getLogger("voxgate.enforcement")
@@ -76,6 +82,60 @@ class LeaseKeeper:
         # Leases given back recently -> when: a heartbeat or reap that was in flight meanwhile must
         # not take them back. Kept one lease TTL (no call outlives that), at most MAX_RELEASED.
         self._released: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._models: dict[tuple[str, str], str] = {}  # own leases counted under a model -> that model
+
+    async def take_lease(
+        self, tenant_id: str, session_id: str, policy: TenantPolicy, model: str | None, now: float
+    ) -> Refuse | None:
+        """Take a new session's lease under the tenant's caps, counted under `model` if given (its
+        per-model cap applies); the refusal if a cap is full. Redis errors propagate."""
+        lease = await self._acquire(tenant_id, session_id, policy.max_concurrent_sessions, policy, model, now)
+        return None if lease.granted else self._refusal(policy, lease, model)
+
+    async def lease_model(
+        self, tenant_id: str, session_id: str, policy: TenantPolicy, model: str, now: float, param: str | None = None
+    ) -> Refuse | None:
+        """Count a session that already holds its lease under `model`, now that the model is known;
+        the refusal if the tenant's sessions of that model are at its cap. If the store does not
+        answer, the policy's `redis_unavailable` decides (as for a new session)."""
+        try:
+            lease = await self._acquire(tenant_id, session_id, None, policy, model, now)
+        except RedisError as exc:
+            self.store_failed()
+            if policy.redis_unavailable == "fail_open":
+                log.warning("live state unreachable (%s); %s not counted under %s", exc, session_id, model)
+                return None
+            message = "Shared session state is unavailable; retry shortly."
+            return Refuse(503, "live_state_unavailable", message, type="server_error", retry_after=1.0)
+        return None if lease.granted else self._refusal(policy, lease, model, param)
+
+    def note_model(self, tenant_id: str, session_id: str, model: str) -> None:
+        """A session taken over from another replica: its lease already counts under `model` (a lease
+        taken back after it lapsed is counted under it again)."""
+        self._models[(tenant_id, session_id)] = model
+
+    def forget(self, tenant_id: str, session_id: str) -> None:
+        """A session handed over to another replica: its lease stays (the next holder renews it), but
+        this replica stops tracking it."""
+        self._models.pop((tenant_id, session_id), None)
+
+    async def _acquire(
+        self, tenant_id: str, session_id: str, limit: int | None, policy: TenantPolicy, model: str | None, now: float
+    ) -> LeaseResult:
+        model_limit = policy.model_session_cap(model) if model else None
+        lease = await self.state.acquire_session(
+            tenant_id, session_id, limit, self.lease_ttl, now, model=model, model_limit=model_limit
+        )
+        if lease.granted and model:
+            self._models[(tenant_id, session_id)] = model
+        return lease
+
+    @staticmethod
+    def _refusal(policy: TenantPolicy, lease: LeaseResult, model: str | None, param: str | None = "model") -> Refuse:
+        cap = policy.model_session_cap(model) if model else None
+        if lease.refused_by == "model" and model and cap is not None:
+            return model_concurrency_refusal(model, lease.model_active, cap, param)
+        return concurrency_refusal(lease.active, policy.max_concurrent_sessions or 0)
 
     def store_failed(self) -> None:
         """A live-state call failed: repairs will check what the outage lost once it answers again."""
@@ -87,6 +147,7 @@ class LeaseKeeper:
 
         From this call on, no heartbeat or reap of this replica takes the lease back."""
         self._remember_released((tenant_id, session_id))
+        self._models.pop((tenant_id, session_id), None)
         try:
             await self.state.release_session(tenant_id, session_id)
         except RedisError as exc:
@@ -118,7 +179,14 @@ class LeaseKeeper:
         log.warning("leases of %d own live sessions had lapsed; re-acquired them", len(todo))
         await asyncio.gather(
             *(
-                self.state.acquire_session(tenant_id, session_id, None, self.lease_ttl, self.clock.time())
+                self.state.acquire_session(
+                    tenant_id,
+                    session_id,
+                    None,
+                    self.lease_ttl,
+                    self.clock.time(),
+                    model=self._models.get((tenant_id, session_id)),  # counted under its model again
+                )
                 for tenant_id, session_id in todo
             )
         )

@@ -30,6 +30,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ledger.writer import SessionEnded, SessionStarted
 from gateway.session.close_reasons import ledger_end_reason
 from gateway.session.effects import SessionEffects
+from gateway.session.model_gate import ModelGate
 from gateway.session.verdict import HOLD, PASS, Deliver, Verdict
 from gateway.telemetry import SessionFields, session_fields
 from policies.actions import Action
@@ -65,8 +66,10 @@ class LiveSession:
         *,
         clock: Clock = SYSTEM_CLOCK,
         leased: bool = False,
+        model_gate: ModelGate | None = None,
     ) -> None:
         self.governor = governor
+        self.model_gate = model_gate  # a transcription session: its model counted once named
         self.effects = effects
         self.started = started
         self.clock = clock
@@ -119,6 +122,10 @@ class LiveSession:
     def from_client(self, message: Message, binary: bool = False) -> Verdict:
         """A whole client message. Text may come as `str` or as its UTF-8 bytes."""
         self.client_messages += 1
+        gate = self.model_gate
+        if gate is not None and gate.pending:  # behind an update whose model is being counted
+            gate.queued.append((message, binary))
+            return HOLD
         now = self._now()
         if binary:
             return self._apply(self.governor.on_client_garbage("Binary frames are not supported; send JSON text.", now))
@@ -135,7 +142,12 @@ class LiveSession:
             return self._apply(self.governor.on_client_garbage("An event must be a JSON object.", now))
         if not self._first_audio_since and event.get("type") == "response.create":
             self._first_audio_since = now
-        return self._apply(self.governor.on_client_event(event, now))
+        verdict = self._apply(self.governor.on_client_event(event, now))
+        model = gate.wants(event, verdict) if gate is not None and self.leased else None
+        if gate is None or model is None:
+            return verdict
+        gate.hold(model, verdict, message, event, self.effects.policy, now, self.from_client, self._deliver)
+        return HOLD
 
     def client_audio(self, message: bytes) -> bool:
         """The splicing relay's fast path for one whole client text message (UTF-8 bytes).
@@ -143,6 +155,8 @@ class LiveSession:
         True: it is an audio append, noted as activity, to be forwarded as it is. False:
         nothing happened; the relay must call `from_client`.
         """
+        if self.model_gate is not None and self.model_gate.pending:
+            return False  # held in order behind the update (`from_client`)
         if exact_passthrough(message, 0, len(message), CLIENT_EXACT_PREFIXES):
             self.client_messages += 1
             self._note_audio(self._now(), message)
@@ -288,6 +302,8 @@ class LiveSession:
             self.effects.trace.end(
                 "handed_over", totals.responses, totals.input_tokens, totals.output_tokens, totals.cost_micro_usd
             )
+        if self.model_gate is not None:
+            await self.model_gate.settled()  # a lease counted after its release would be taken again
         if self.leased:
             self.leased = False
             await self.effects.release_lease()

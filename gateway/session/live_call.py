@@ -19,12 +19,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ledger.records import DurationRecord, LiveTokenRecord, SessionEnded, SessionStarted
+from gateway.ledger.writer import LedgerWriter
 from gateway.services import GatewayServices
 from gateway.session.assembly import shared_state
 from gateway.session.effects import SessionEffects
@@ -40,6 +41,7 @@ from policies.actions import (
     SessionInfoRecord,
     SettleBudget,
 )
+from policies.live.config import LiveRefusal
 from policies.live.governor import LiveAction, LiveGovernor
 from policies.live.records import VOICE, BookLiveUsage, LiveUsageRecord
 from policies.policy import UNRESTRICTED, TenantPolicy
@@ -74,6 +76,7 @@ def ledger_record(record: LiveUsageRecord) -> DurationRecord | LiveTokenRecord:
             record.estimated,
             record.cost_micro_usd,
             record.price_version,
+            record.cumulative_micro_usd,
         )
     return LiveTokenRecord(
         record.session_id,
@@ -90,6 +93,13 @@ def ledger_record(record: LiveUsageRecord) -> DurationRecord | LiveTokenRecord:
         record.cost_micro_usd,
         record.price_version,
     )
+
+
+def book_durably(ledger: LedgerWriter, record: DurationRecord | LiveTokenRecord) -> asyncio.Future[None]:
+    """Queue a Live row with `LedgerWriter.submit_durable`: resolved once committed, or journaled and
+    fsynced after the durable timeout. Live rows are idempotent per (session, kind, usage id), so a
+    commit and a journal replay write them once, as for the usage rows the writer's signature names."""
+    return ledger.submit_durable(cast(Any, record))
 
 
 class LiveCall:
@@ -112,8 +122,9 @@ class LiveCall:
         self.sides = sides
         self.clock = clock
         self.ledger = services.ledger
+        self._leases = shared_state(services)
         self.effects = SessionEffects(
-            shared_state(services), started.tenant_id, started.session_id, policy or UNRESTRICTED, clock=clock
+            self._leases, started.tenant_id, started.session_id, policy or UNRESTRICTED, clock=clock
         )
         self.ended: SessionEnded | None = None
         self.closed = asyncio.Event()  # set once a CloseSession was carried out
@@ -165,7 +176,23 @@ class LiveCall:
             if live:
                 await self.sides.send_upstream(_text(message))
             return
-        await self.act(self.governor.on_client_event(event, now), original=message, toward="upstream")
+        starting = self.governor.phase == "awaiting_start"
+        actions = self.governor.on_client_event(event, now)
+        if starting and self.leased and self.governor.phase != "closed":  # the model is known only now
+            actions = await self._lease_model(actions, event, now)
+        await self.act(actions, original=message, toward="upstream")
+
+    async def _lease_model(self, actions: list[LiveAction], event: dict[str, Any], now: float) -> list[LiveAction]:
+        """Count the session under its model (`max_concurrent_sessions_per_model`) before its start
+        goes upstream; at the model's cap the start is refused instead (gateway.session.leases)."""
+        model, started = self.governor.identity.model, self.started
+        refused = await self._leases.lease_model(
+            started.tenant_id, started.session_id, self.effects.policy, model, now, "session.model"
+        )
+        if refused is None:
+            return actions
+        refusal = LiveRefusal(refused.code, refused.message, refused.param or "", refused.type)
+        return self.governor._refuse_start(refusal, event, now)
 
     async def from_upstream(self, message: str | bytes) -> None:
         event = _decode(message)
@@ -224,9 +251,14 @@ class LiveCall:
     # -- carrying out actions ----------------------------------------------------------------------
 
     async def act(self, actions: Sequence[LiveAction], original: str | bytes | None = None, toward: str = "") -> None:
-        """Carry out `actions` in order; `Forward` sends `original` on `toward` its destination."""
-        self._book_and_share(actions)
+        """Carry out `actions` in order; `Forward` sends `original` on `toward` its destination.
+
+        The rows they book are durable before anything is sent: the event that carried the usage
+        (and whatever follows it) is held until then, as a Realtime `response.done` is."""
+        durable = self._book_and_share(actions)
         async with self._lock:
+            if durable:
+                await asyncio.gather(*durable)
             for action in actions:
                 if isinstance(action, Forward) and original is not None:
                     await self._send(toward, _text(original))
@@ -240,14 +272,16 @@ class LiveCall:
                     await self._close(action)
         self._poke.set()
 
-    def _book_and_share(self, actions: Sequence[LiveAction]) -> None:
+    def _book_and_share(self, actions: Sequence[LiveAction]) -> list[asyncio.Future[None]]:
+        durable: list[asyncio.Future[None]] = []
         for action in actions:
             if isinstance(action, BookLiveUsage):
-                self.ledger.submit(ledger_record(action.record))
+                durable.append(book_durably(self.ledger, ledger_record(action.record)))
             elif isinstance(action, ReserveBudget | SettleBudget | RecordSpend):
                 self.effects.submit(action)
             elif isinstance(action, AuditEvent):
                 self.ledger.submit(action)
+        return durable
 
     async def _send(self, toward: str, text: str) -> None:
         await (self.sides.send_upstream if toward == "upstream" else self.sides.send_client)(text)

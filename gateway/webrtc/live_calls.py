@@ -11,7 +11,7 @@ its own, under the same policy (docs/webrtc.md#gpt-live-over-webrtc).
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 from typing import Any, Final
 
@@ -19,19 +19,26 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.ids import new_id
+from gateway.ledger.records import SessionEnded, SessionStarted
 from gateway.services import GatewayServices
 from gateway.session.admission import draining_error
+from gateway.session.live_call import book_durably, ledger_record
 from gateway.webrtc.access import Caller
 from gateway.webrtc.context import WebRtcContext
 from gateway.webrtc.live_config import police_webrtc_session
+from gateway.webrtc.live_failover import LiveFailover
 from gateway.webrtc.live_sideband import LiveSideband
 from gateway.webrtc.live_store import LiveRecord, LiveStore
 from gateway.webrtc.sdp import validate_sdp
 from gateway.webrtc.sessions import tenant_policy
+from policies.live.meter import LiveIdentity, LiveMeter
 
 log = logging.getLogger("voxgate.live")
 
 LIVE_SESSIONS: Final = "/live/sessions"
+# How long recording a session's owner may take before the session is given up (and hung up).
+RECORD_TIMEOUT_S: Final = 5.0
+NOT_RECORDED: Final = "not_recorded"  # the end reason of a session hung up because it could not be recorded
 
 
 class LiveContext:
@@ -41,6 +48,8 @@ class LiveContext:
         self.services = services
         self.store = LiveStore(services.pool)
         self.sidebands: dict[str, LiveSideband] = {}
+        # Claims on the sidebands held here; started with the app, it takes over orphaned ones.
+        self.failover = LiveFailover(services, self.store, self.sidebands, self.hold)
 
     def hold(self, sideband: LiveSideband) -> None:
         live_id = sideband.live.live_session_id
@@ -50,6 +59,7 @@ class LiveContext:
             sideband.task.add_done_callback(lambda _: self.sidebands.pop(live_id, None))
 
     async def close(self) -> None:
+        await self.failover.stop()
         for sideband in list(self.sidebands.values()):
             await sideband.stop()
 
@@ -108,25 +118,79 @@ async def create_live(
         if admitted.leased:
             await services.enforcement.release(caller.tenant_id, session_id)
         raise
-    live.hold(LiveSideband(services, live.store, context.upstream, record, admitted.policy, admitted.leased))
+    live.hold(
+        LiveSideband(
+            services, live.store, context.upstream, record, admitted.policy, admitted.leased, claims=live.failover
+        )
+    )
     return response.content
 
 
 async def _record(context: WebRtcContext, live: LiveContext, record: LiveRecord, caller: Caller) -> None:
-    """Record the session's owner; a session that cannot be recorded is hung up (it could be neither
-    metered nor controlled) and the caller gets a retryable 503."""
+    """Record the session's owner. A session that cannot be recorded (Postgres refused or did not
+    answer in `RECORD_TIMEOUT_S`) could be neither metered nor controlled: it is hung up upstream,
+    what OpenAI bills for it (the initialisation charge) is booked to the tenant, and the caller
+    gets a retryable 503. An id upstream answered with that is already recorded (possibly another
+    tenant's session) is not this caller's to hang up or be billed for: nothing is done upstream,
+    nothing is booked, and the caller gets a 502."""
     try:
-        recorded = await live.store.record(record, context.clock.time())
-    except Exception:
-        log.exception("could not record live session %s; hanging it up", record.live_session_id)
-        path = f"{LIVE_SESSIONS}/{record.live_session_id}/hangup"
-        with contextlib.suppress(GatewayError):
-            await context.upstream.send("POST", path, caller.safety_id, accept="*/*")
+        async with asyncio.timeout(RECORD_TIMEOUT_S):
+            recorded = await live.store.record(record, context.clock.time())
+    except Exception as exc:  # a refusal, a lost connection, the timeout
+        log.error("could not record live session %s (%r); hanging it up", record.live_session_id, exc)
+        await _hang_up_unowned(context, record, caller)
+        await _book_unowned(context.services, record, "the gateway could not record the session's owner")
         raise GatewayError(
             503, "The gateway could not record the session; retry.", code="session_not_recorded", retry_after=1.0
         ) from None
-    if not recorded:
-        raise GatewayError(502, "The upstream reused a Live session id.", code="upstream_bad_response")
+    if recorded:
+        return
+    log.error("upstream answered a create with live session id %s, already recorded", record.live_session_id)
+    raise GatewayError(502, "The upstream reused a Live session id.", code="upstream_bad_response")
+
+
+async def _hang_up_unowned(context: WebRtcContext, record: LiveRecord, caller: Caller) -> None:
+    path = f"{LIVE_SESSIONS}/{record.live_session_id}/hangup"
+    try:
+        await context.upstream.send("POST", path, caller.safety_id, accept="*/*")
+    except GatewayError as exc:
+        if exc.status != 404:  # already gone is what a hangup wants
+            log.error("hanging up unrecorded live session %s failed: %s", record.live_session_id, exc.message)
+
+
+async def _book_unowned(services: GatewayServices, record: LiveRecord, problem: str) -> None:
+    """Book an unrecorded session as started, charged its 15 s initialisation and ended at once.
+
+    The charge is a durable ledger row (it is all the tenant is billed for this session) and
+    is added to the tenant's budget spend; the session's concurrency lease is released by
+    `create_live`."""
+    now = services.clock.time()
+    ledger = services.ledger
+    ledger.submit(
+        SessionStarted(
+            session_id=record.session_id,
+            tenant_id=record.tenant_id,
+            api_key_id=record.api_key_id,
+            transport="webrtc",
+            intent="live",
+            model=record.model,
+            end_user_hash=record.safety_id,
+            gateway_instance=services.settings.server.instance_id,
+            started_at=now,
+        )
+    )
+    identity = LiveIdentity(record.session_id, record.tenant_id, record.model, "webrtc")
+    charges = LiveMeter(identity, services.prices).opening(now)
+    durable = [book_durably(ledger, ledger_record(charge)) for charge in charges]
+    ledger.submit(SessionEnded(record.session_id, now, NOT_RECORDED, problem))
+    for charge in charges:
+        try:
+            await services.enforcement.state.settle(
+                record.tenant_id, f"{record.session_id}:init", charge.cost_micro_usd, now
+            )
+        except Exception as exc:  # the ledger has it; the spend counters are rebuilt from the ledger
+            log.warning("session %s: could not add the initialisation charge to the spend: %r", record.session_id, exc)
+    await asyncio.gather(*durable)
 
 
 def _live_id(content: bytes) -> str:

@@ -41,7 +41,7 @@ def refusal_error(refusal: LiveRefusal) -> GatewayError:
 
 def police_webrtc_session(session: object, policy: TenantPolicy, prices: PriceTable, *, fork: bool = False) -> Policed:
     """The config a WebRTC create (or a fork's overrides) is forwarded with; a refusal raises."""
-    rules = LiveRules.from_policy(policy)
+    rules = LiveRules.from_policy(policy, prices)
     policed = police_overrides(session, rules) if fork else police_start(session, rules, prices)
     if isinstance(policed, LiveRefusal):
         raise refusal_error(policed)

@@ -31,12 +31,13 @@ from gateway.session.live_call import LiveCall, LiveSides
 from gateway.upstream import open_upstream
 from gateway.webrtc.access import Caller, Presented, authenticate
 from gateway.webrtc.context import WebRtcContext, context_of
+from gateway.webrtc.live_attach import relay_policed
 from gateway.webrtc.live_calls import LIVE_SESSIONS, LiveContext, live_context_of
 from gateway.webrtc.live_config import refusal_error
 from gateway.webrtc.live_store import LiveRecord, LiveStore
 from gateway.webrtc.sessions import tenant_policy
 from gateway.webrtc.upstream_http import is_call_id
-from gateway.websocket_relay import Message, accept_or_refuse, close_client, pass_through, relay, to_client
+from gateway.websocket_relay import Message, accept_or_refuse, close_client, relay, to_client
 from policies.live.config import LiveRefusal, LiveRules, police_overrides, police_start
 from policies.live.governor import LiveGovernor, live_error
 from policies.live.meter import LiveIdentity
@@ -73,7 +74,7 @@ async def control(context: WebRtcContext, caller: Caller, record: LiveRecord, ac
     if action == "accept" and sent is not None:
         services = context.services
         policy = await tenant_policy(services, caller.tenant_id)
-        policed = police_start(sent.get("session"), LiveRules.from_policy(policy), services.prices)
+        policed = police_start(sent.get("session"), LiveRules.from_policy(policy, services.prices), services.prices)
         if isinstance(policed, LiveRefusal):
             raise refusal_error(policed)
         sent = {**sent, "session": policed.session}
@@ -102,16 +103,18 @@ async def _socket_caller(context: WebRtcContext, scope: dict[str, Any]) -> Calle
 
 async def _owned(app: Litestar, scope: dict[str, Any], live_id: str) -> tuple[WebRtcContext, Caller, LiveRecord]:
     context = context_of(app)
-    with refusing_outages():  # a socket has no exception handler: an outage is a 503 before the upgrade
+    # A socket has no exception handler: an outage is a 503 before the upgrade.
+    with refusing_outages(context.services.clock):
         caller = await _socket_caller(context, scope)
         record = await visible_live(live_context_of(context).store, caller, live_id)
     return context, caller, record
 
 
 async def serve_attach(app: Litestar, scope: dict[str, Any], receive: Any, send: Any, live_id: str) -> None:
-    """A tenant's sideband on its own session: relayed as is (voxgate meters on its own sideband)."""
+    """A tenant's sideband on its own session: its client events policed (`live_attach`); voxgate
+    meters on its own sideband."""
     try:
-        context, caller, _ = await _owned(app, scope, live_id)
+        context, caller, record = await _owned(app, scope, live_id)
         query = {k: v for k, v in _query(scope) if k == "graceful_close"}  # the only parameter attach takes
         upstream = await open_upstream(
             context.services.settings.upstream, query, caller.safety_id, path=f"{LIVE_SESSIONS}/{live_id}/attach"
@@ -120,7 +123,7 @@ async def serve_attach(app: Litestar, scope: dict[str, Any], receive: Any, send:
         await accept_or_refuse(scope, receive, send, error)
         return
     if await accept_or_refuse(scope, receive, send, None):
-        await pass_through(receive, send, upstream)
+        await relay_policed(context.services, caller.tenant_id, record.session_id, receive, send, upstream)
     else:
         await upstream.close()
 
@@ -130,7 +133,7 @@ async def serve_fork(app: Litestar, scope: dict[str, Any], receive: Any, send: A
     try:
         context, caller, parent = await _owned(app, scope, live_id)
         fork = ForkSocket(context, live_context_of(context), caller, parent)
-        with refusing_outages():
+        with refusing_outages(context.services.clock):
             await fork.admit()
     except GatewayError as error:
         await accept_or_refuse(scope, receive, send, error)
@@ -209,7 +212,7 @@ class ForkSocket:
         call.start()
         services.live.add(call)
         ticks = asyncio.create_task(call.run_ticks())
-        rules = LiveRules.from_policy(self.policy or UNRESTRICTED)
+        rules = LiveRules.from_policy(self.policy or UNRESTRICTED, services.prices)
 
         async def from_client(message: Message) -> None:
             event = _json(message)
@@ -241,7 +244,7 @@ class ForkSocket:
             if ended == "client":
                 await call.client_gone()  # session.close upstream: its session.closed books the final usage
                 with contextlib.suppress(TimeoutError, ConnectionClosed):
-                    async with asyncio.timeout(governor.config.close_wait_s):
+                    async with clock.timeout(governor.config.close_wait_s):
                         while call.awaiting_upstream:
                             await from_upstream(await upstream.recv())
         finally:

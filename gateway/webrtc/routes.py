@@ -135,7 +135,9 @@ ROUTES: Final = [create_client_secret, create_call, get_call, hangup_call, attac
 
 def register(app_config: AppConfig) -> None:
     """Add the routes and close the upstream HTTP client at shutdown (called by `VoxgatePlugin`)."""
+    from gateway.webrtc.live_failover import start_live_failover
     from gateway.webrtc.live_routes import ROUTES as LIVE_ROUTES  # they reuse `caller_of`
 
     app_config.route_handlers.extend([*ROUTES, *LIVE_ROUTES])
     app_config.on_shutdown.append(close_context)
+    app_config.on_startup.append(start_live_failover)  # Live WebRTC sidebands taken over from dead replicas

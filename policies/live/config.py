@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from policies.policy import TenantPolicy
-from policies.prices.table import PriceTable
+from policies.prices.rates import STANDARD
+from policies.prices.table import DEFAULT_TIER, PriceTable
 
 # The order `reasoning.effort` clamps along.
 EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
-# Service tiers billed at most at the standard rate; any other is clamped to "default".
+# Service tiers billed at most at the standard rate; any other is clamped to "default". With a
+# price table, the tiers no Responses model of it prices dearer (`standard_priced_tiers`).
 STANDARD_TIERS: Final = frozenset({"auto", "default", "flex"})
+AUTO_TIER: Final = "auto"
 DEFAULT_VOICE: Final = "marin"
 # Responses tools identified by a name the tenant lists; every other type is hosted, by its type.
 _NAMED_TOOLS: Final = {"function": "name", "custom": "name", "namespace": "name", "mcp": "server_label"}
@@ -40,8 +43,46 @@ class LiveRules:
     max_reasoning_effort: str = "high"
 
     @classmethod
-    def from_policy(cls, policy: TenantPolicy) -> LiveRules:
-        return cls(policy.models, policy.voices, policy.tools, policy.max_output_tokens)
+    def from_policy(cls, policy: TenantPolicy, prices: PriceTable | None = None) -> LiveRules:
+        """The policy's rules; with `prices`, the tiers that pass are those the table bills at most
+        at the standard rates (a price file that makes `flex` dearer clamps it too)."""
+        tiers = STANDARD_TIERS if prices is None else standard_priced_tiers(prices)
+        return cls(policy.models, policy.voices, policy.tools, policy.max_output_tokens, tiers)
+
+
+def standard_priced_tiers(prices: PriceTable) -> frozenset[str]:
+    """The tiers `prices` bills at most at the standard rates for every Responses model: a tier
+    passes only if no model prices it dearer (its own rates or multiple, else the table-wide
+    multiple, which also prices models the table does not name) and every model prices it (an
+    unpriced tier is billed at the table's ceiling).
+    `auto` that the table prices nowhere passes: upstream then serves it at the project's
+    default tier, whose rates are the standard ones."""
+    own = [prices.tier_prices_of(model) for model in prices.responses]
+    names = {*prices.service_tiers, *(tier for tiers in own for tier in tiers), AUTO_TIER}
+    passed = {DEFAULT_TIER}
+    for tier in names - {DEFAULT_TIER}:
+        if tier == AUTO_TIER and not prices.prices_tier(tier) and not any(tier in tiers for tiers in own):
+            passed.add(tier)
+            continue
+        table_wide = prices.service_tiers.get(tier)  # what a model the table does not name pays
+        if (table_wide is None or table_wide <= STANDARD) and all(
+            _at_most_standard(prices, model, tier) for model in prices.responses
+        ):
+            passed.add(tier)
+    return frozenset(passed)
+
+
+def _at_most_standard(prices: PriceTable, model: str, tier: str) -> bool:
+    standard, _ = prices.responses_price_for(model)
+    priced = prices.responses_tier_price_for(model, tier)
+    rates = priced.rates
+    return (
+        not priced.flagged
+        and priced.multiplier <= STANDARD
+        and rates.text_in <= standard.text_in
+        and rates.cached_text_in <= standard.cached_text_in
+        and rates.text_out <= standard.text_out
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -344,7 +344,7 @@ class LiveGovernor:
 
     def _set_policy(self, policy: TenantPolicy | None) -> None:
         self.policy = policy or UNRESTRICTED
-        self.rules = LiveRules.from_policy(self.policy)
+        self.rules = LiveRules.from_policy(self.policy, self.prices)
         self.limits = BudgetLimits.from_policy(self.policy.budget) if policy is not None else BudgetLimits()
 
     def _close_event(self) -> dict[str, Any]:

@@ -5,34 +5,23 @@ each report replaces the last, never adds to it. The meter prices the cumulative
 time and books the difference from what it booked before, so the session's time is rounded
 once. A WebRTC session is billed at least its 15 s initialisation charge from the create on.
 Delegated responses are booked once per response id on their terminal event, priced by the
-response's own `model` and `service_tier`; decisions once per event id.
+response's own `model` and `service_tier` (the price table's tier prices: a tier it does not
+price is billed at its dearest and the row flagged); decisions once per event id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from policies.live.records import DECISION, RESPONSE, VOICE, LiveUsageRecord
-from policies.prices.rates import TokenPrice
 from policies.prices.table import PriceTable
-from policies.pricing import TOKENS_PER_RATE, div_round_half_up, duration_cost_micro_usd
+from policies.pricing import duration_cost_micro_usd, token_cost_micro_usd
 
 # The WebRTC create bills this much session time up front (credited against the session).
 WEBRTC_PREPAID_MS: Final = 15_000
 TERMINAL_RESPONSE_EVENTS: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# Delegated Responses priced by service tier, as a fraction of the model's standard rates:
-# flex at half, priority and the fast tiers at double (the dearer reading for the unknown ones).
-TIER_RATES: Final[Mapping[str, tuple[int, int]]] = {
-    "auto": (1, 1),
-    "default": (1, 1),
-    "flex": (1, 2),
-    "priority": (2, 1),
-    "fast_tier_temp_pilot": (2, 1),
-    "ultrafast": (2, 1),
-}
-UNKNOWN_TIER_RATE: Final = (2, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +59,6 @@ def voice_time(usage: object) -> VoiceTime | None:
     return None
 
 
-def tiered_token_cost(
-    price: TokenPrice, tier: str | None, *, input_tokens: int, cached_input_tokens: int, output_tokens: int
-) -> int:
-    """A Responses call's cost at its service tier's share of the rates, rounded once, half up."""
-    num, den = TIER_RATES.get(tier or "default", UNKNOWN_TIER_RATE)
-    cached = min(cached_input_tokens, input_tokens)
-    total = (input_tokens - cached) * price.text_in + cached * price.cached_text_in + output_tokens * price.text_out
-    return div_round_half_up(total * num, TOKENS_PER_RATE * den)
-
-
 class LiveMeter:
     """One Live session's usage, turned into `LiveUsageRecord`s; pure, never raises on bad input."""
 
@@ -104,6 +83,17 @@ class LiveMeter:
         """At the create: a WebRTC session's initialisation charge (nothing for a WebSocket)."""
         self.reported_at = now
         return self._book_voice(VoiceTime(), now, estimated=False)
+
+    def resume(
+        self, booked: VoiceTime, booked_micro_usd: int, reported_at: float | None, usage_ids: Iterable[str] = ()
+    ) -> None:
+        """Carry on metering a session another meter booked (its sideband was taken over): what
+        the ledger holds for it (`booked` time at `booked_micro_usd`, last booked at `reported_at`;
+        its response and decision ids) is never booked again; later reports book the rest."""
+        self.booked_time, self.booked_voice_micro_usd = booked, booked_micro_usd
+        self.reported, self.reported_at = booked, reported_at
+        self._responses.update(usage_ids)
+        self._decisions.update(usage_ids)
 
     def on_usage(self, usage: object, now: float, *, final: bool = False) -> list[LiveUsageRecord]:
         """A cumulative report (`final` for `session.closed`): replaces the last one."""
@@ -191,6 +181,7 @@ class LiveMeter:
                 cost_micro_usd=delta,
                 price_version=self.prices.version_for(self._price_key),
                 estimated=estimated,
+                cumulative_micro_usd=cost,
             )
         ]
 
@@ -201,9 +192,13 @@ class LiveMeter:
         details = usage.get("input_tokens_details")
         cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
         output_tokens = _count(usage.get("output_tokens"))
-        price, key = self.prices.responses_price_for(model)
-        cost = tiered_token_cost(
-            price, tier, input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output_tokens
+        tiered = self.prices.responses_tier_price_for(model, tier)
+        cost = token_cost_micro_usd(
+            tiered.rates,
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            output_tokens=output_tokens,
+            multiplier=tiered.multiplier,
         )
         ident = self.identity
         return LiveUsageRecord(
@@ -221,7 +216,7 @@ class LiveMeter:
             service_tier=tier,
             status=status,
             cost_micro_usd=cost,
-            price_version=self.prices.version_for(key),
+            price_version=tiered.version,
         )
 
 

@@ -39,6 +39,10 @@ class LiveUsageRecord:
     cost_micro_usd: int
     price_version: str
     estimated: bool = False
+    # Voice rows: the cost of the session's whole cumulative time (`cost_micro_usd` is the part of it
+    # this meter had not booked). The ledger books greatest(0, this - what the session's rows hold),
+    # so whichever meter (or journal replay) writes it, the session's time is booked once.
+    cumulative_micro_usd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

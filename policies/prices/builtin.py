@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from policies.prices.rates import DurationPrice, ModelPrice, TranscriptionPrice
+from policies.prices.rates import STANDARD, DurationPrice, ModelPrice, TierMultiplier, TranscriptionPrice
 from policies.prices.table import PriceTable
 from policies.pricing import usd_to_micro
 
@@ -93,9 +93,23 @@ TABLE_2026_11_24: Final = PriceTable(
     durations=_PER_MINUTE_2026_11_24,
 )
 
+# Responses service tiers (GPT-Live's delegated backend) as multiples of a model's standard
+# rates. A third-party post gives flex x0.5 and priority / the fast tiers x2; OpenAI's pricing
+# page lists per-model tier prices, which a price file can set per model. `auto` is billed as
+# the tier the response reports. Uncertain; the fast tiers assumed priced like priority.
+_SERVICE_TIERS_2026_12_06: Final = {
+    "auto": STANDARD,
+    "default": STANDARD,
+    "flex": TierMultiplier(1, 2),
+    "priority": TierMultiplier(2, 1),
+    "fast_tier_temp_pilot": TierMultiplier(2, 1),
+    "ultrafast": TierMultiplier(2, 1),
+}
+
 # 2026-12-06: GPT-Live, Realtime translation and gpt-live-transcribe; every older price unchanged.
 TABLE_2026_12_06: Final = PriceTable(
     version="2026-12-06",
+    service_tiers=_SERVICE_TIERS_2026_12_06,
     models=_REALTIME_2026_11_24,
     transcription=_TRANSCRIPTION_2026_11_24,
     durations={

@@ -3,12 +3,14 @@
 Each kind of model is billed on its own basis, so each has its own record: a realtime model
 on eight token buckets, a transcription model on tokens or minutes of audio, a Responses
 model (Live delegation, Decisions) on input, cached input and output tokens, and a Live or
-translation session on minutes of session time.
+translation session on minutes of session time. A Responses call's service tier is priced by
+explicit rates or by a `TierMultiplier` of the model's standard ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,27 @@ class DurationPrice:
         return self.per_minute if self.standby_per_minute is None else self.standby_per_minute
 
 
+@dataclass(frozen=True, slots=True)
+class TierMultiplier:
+    """A service tier's price as a multiple of a Responses model's standard rates: `numerator /
+    denominator`, exact (flex at half is 1/2, priority at double 2/1)."""
+
+    numerator: int
+    denominator: int = 1
+
+    def __post_init__(self) -> None:
+        _require_rates(self)
+        if self.denominator == 0:
+            raise ValueError("TierMultiplier.denominator must be positive")
+
+    def __le__(self, other: TierMultiplier) -> bool:
+        return self.numerator * other.denominator <= other.numerator * self.denominator
+
+
+# A tier's price: an explicit set of rates, or a multiple of the model's standard ones.
+TierPrice = TokenPrice | TierMultiplier
+
+
 def _require_rates(record: object) -> None:
     for f in fields(record):  # type: ignore[arg-type]
         value = getattr(record, f.name)
@@ -92,3 +115,6 @@ def _require_rates(record: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             name = f"{type(record).__name__}.{f.name}"
             raise ValueError(f"{name} must be a non-negative int (micro-USD), got {value!r}")
+
+
+STANDARD: Final = TierMultiplier(1, 1)  # the `default` tier: the model's own rates

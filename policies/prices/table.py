@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Final, Literal, TypeVar
 
-from policies.prices.rates import DurationPrice, ModelPrice, TokenPrice, TranscriptionPrice
+from policies.prices.rates import (
+    STANDARD,
+    DurationPrice,
+    ModelPrice,
+    TierMultiplier,
+    TierPrice,
+    TokenPrice,
+    TranscriptionPrice,
+)
 
 # The key reported when an unknown model is priced at the table's ceiling.
 CEILING_KEY: Final = "ceiling"
@@ -25,6 +33,23 @@ UnknownModels = Literal["refuse", "ceiling"]
 Basis = Literal["models", "transcription", "responses", "durations"]
 _SNAPSHOT_SUFFIX = re.compile(r"-[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _P = TypeVar("_P")
+# The service tier a Responses call without one is billed at: the model's own rates, always.
+DEFAULT_TIER: Final = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class TieredPrice:
+    """How a Responses call at a service tier is priced: `rates` times `multiplier`, and the
+    version to stamp on its row (suffixed `CEILING_VERSION_SUFFIX` when the model or the tier
+    is unknown and the call was priced at the table's ceiling)."""
+
+    rates: TokenPrice
+    multiplier: TierMultiplier
+    version: str
+
+    @property
+    def flagged(self) -> bool:
+        return self.version.endswith(CEILING_VERSION_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +62,14 @@ class PriceTable:
     not price ("refuse", the default) or is priced at the ceiling ("ceiling"). Usage that
     arrives for an unknown model anyway (a transcription model chosen mid-session) is always
     priced at the ceiling, the highest rate of every bucket, and its rows are flagged.
+
+    Responses calls are priced per service tier: `tier_prices[model][tier]` (explicit rates,
+    `tier_rates`, or a multiple, `tier_multiples`: two fields, so no field's type is a union of
+    records, which the app's dependency injection cannot inspect; from the model's own source),
+    else the table-wide multiple
+    `service_tiers[tier]` (`tier_versions` names the version of those that came from another
+    table). `default` is always the model's own rates; a tier priced nowhere is billed at the
+    dearest multiple and flagged like an unknown model.
     """
 
     version: str
@@ -46,10 +79,15 @@ class PriceTable:
     durations: Mapping[str, DurationPrice] = field(default_factory=dict)
     model_versions: Mapping[str, str] = field(default_factory=dict)
     unknown_models: UnknownModels = "refuse"
+    service_tiers: Mapping[str, TierMultiplier] = field(default_factory=dict)
+    tier_rates: Mapping[str, Mapping[str, TokenPrice]] = field(default_factory=dict)
+    tier_multiples: Mapping[str, Mapping[str, TierMultiplier]] = field(default_factory=dict)
+    tier_versions: Mapping[str, str] = field(default_factory=dict)
     _ceiling: ModelPrice = field(init=False, repr=False, compare=False)
     _transcription_ceiling: TranscriptionPrice = field(init=False, repr=False, compare=False)
     _responses_ceiling: TokenPrice = field(init=False, repr=False, compare=False)
     _duration_ceiling: DurationPrice = field(init=False, repr=False, compare=False)
+    _tier_ceiling: TierMultiplier = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version:
@@ -69,9 +107,28 @@ class PriceTable:
         for name in self.model_versions:
             if name not in seen:
                 raise ValueError(f"PriceTable.model_versions: {name!r} is not priced by this table")
+        self._check_tiers()
         # Read-only copies: a table is shared by every session and must not change under them.
-        for section in ("models", "transcription", "responses", "durations", "model_versions"):
+        tiers = {DEFAULT_TIER: STANDARD, **self.service_tiers}
+        object.__setattr__(self, "service_tiers", tiers)
+        for section in ("tier_rates", "tier_multiples"):
+            own = {name: MappingProxyType(dict(p)) for name, p in getattr(self, section).items() if p}
+            object.__setattr__(self, section, own)
+        for section in (
+            "models",
+            "transcription",
+            "responses",
+            "durations",
+            "model_versions",
+            "service_tiers",
+            "tier_rates",
+            "tier_multiples",
+            "tier_versions",
+        ):
             object.__setattr__(self, section, MappingProxyType(dict(getattr(self, section))))
+        multiples = [*tiers.values()]
+        multiples += [m for own in self.tier_multiples.values() for m in own.values()]
+        object.__setattr__(self, "_tier_ceiling", _dearest(multiples))
         object.__setattr__(self, "_ceiling", _ceiling(ModelPrice, self.models.values()))
         per_minute = [TranscriptionPrice(per_minute=p.per_minute) for p in self.durations.values()]
         object.__setattr__(
@@ -125,6 +182,42 @@ class PriceTable:
         highest input, cached-input and output rates of the table, realtime text rates included."""
         return _lookup(model, self.responses, self._responses_ceiling)
 
+    def responses_tier_price_for(self, model: str, tier: str | None) -> TieredPrice:
+        """How a Responses call on `model` at service `tier` (None: `default`) is priced.
+
+        The model's own price for the tier, else the table-wide multiple, else (a tier this
+        table does not price) the dearest multiple of the table over the dearest of the model's
+        rates, flagged: an unknown tier is never priced as the default one."""
+        rates, key = self.responses_price_for(model)
+        version = self.version_for(key)
+        name = DEFAULT_TIER if tier is None else tier
+        own = self.tier_prices_of(key)
+        price = own.get(name)
+        if isinstance(price, TokenPrice):
+            return TieredPrice(price, STANDARD, version)
+        if isinstance(price, TierMultiplier):
+            return TieredPrice(rates, price, version)
+        multiplier = self.service_tiers.get(name)
+        if multiplier is None:
+            dearest = _ceiling(TokenPrice, [rates, *(p for p in own.values() if isinstance(p, TokenPrice))])
+            return TieredPrice(dearest, self._tier_ceiling, self.version + CEILING_VERSION_SUFFIX)
+        if multiplier != STANDARD and key != CEILING_KEY and self.tier_versions.get(name, self.version) != version:
+            version = self.version  # rates and multiple from different sources: this table combined them
+        return TieredPrice(rates, multiplier, version)
+
+    @property
+    def tier_prices(self) -> Mapping[str, Mapping[str, TierPrice]]:
+        """Every model's own tier prices, explicit rates and multiples together."""
+        names = dict.fromkeys([*self.tier_rates, *self.tier_multiples])
+        return MappingProxyType({name: self.tier_prices_of(name) for name in names})
+
+    def tier_prices_of(self, model_key: str) -> Mapping[str, TierPrice]:
+        return {**self.tier_multiples.get(model_key, {}), **self.tier_rates.get(model_key, {})}
+
+    def prices_tier(self, tier: str) -> bool:
+        """Whether `tier` has a table-wide price (a model may also price tiers of its own)."""
+        return tier in self.service_tiers
+
     def duration_price_for(self, model: str) -> tuple[DurationPrice, str]:
         """The per-minute price of a Live or translation session on `model`; unknown ones get
         the highest active and standby rates of the table."""
@@ -143,6 +236,34 @@ class PriceTable:
     def ceiling(self) -> ModelPrice:
         """The highest rate of every bucket across all realtime models: never below any of them."""
         return self._ceiling
+
+    def _check_tiers(self) -> None:
+        for tier, multiplier in self.service_tiers.items():
+            if not isinstance(tier, str) or not tier or not isinstance(multiplier, TierMultiplier):
+                raise ValueError(f"PriceTable.service_tiers: {tier!r} must name a TierMultiplier")
+            if tier == DEFAULT_TIER and multiplier != STANDARD:
+                raise ValueError("PriceTable.service_tiers: 'default' is the model's own rates (1/1)")
+        for section, kind in (("tier_rates", TokenPrice), ("tier_multiples", TierMultiplier)):
+            for name, own in getattr(self, section).items():
+                if name not in self.responses:
+                    raise ValueError(f"PriceTable.{section}: {name!r} is not priced as a Responses model")
+                for tier, price in own.items():
+                    if tier == DEFAULT_TIER or not isinstance(price, kind):
+                        raise ValueError(f"PriceTable.{section}[{name!r}]: {tier!r} cannot be priced by {price!r}")
+        for name in set(self.tier_rates) & set(self.tier_multiples):
+            if set(self.tier_rates[name]) & set(self.tier_multiples[name]):
+                raise ValueError(f"PriceTable: a tier of {name!r} has both explicit rates and a multiple")
+        for tier in self.tier_versions:
+            if tier not in self.service_tiers:
+                raise ValueError(f"PriceTable.tier_versions: {tier!r} is not a priced service tier")
+
+
+def _dearest(multiples: Iterable[TierMultiplier]) -> TierMultiplier:
+    dearest = STANDARD
+    for multiple in multiples:
+        if not multiple <= dearest:
+            dearest = multiple
+    return dearest
 
 
 def _lookup(model: str, prices: Mapping[str, _P], ceiling: _P) -> tuple[_P, str]:

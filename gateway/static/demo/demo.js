@@ -245,5 +245,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("start").addEventListener("click", start);
   $("hello").addEventListener("click", sayHello);
   $("hangup").addEventListener("click", hangup);
+  // The snippets name this gateway: its own origin, whatever host and port it is reached on.
+  for (const span of document.querySelectorAll(".base-url")) span.textContent = `${window.location.origin}/v1`;
   publish();
 });

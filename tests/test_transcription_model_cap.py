@@ -1,0 +1,104 @@
+"""A transcription session counts under its transcription model's `max_concurrent_sessions_per_model`.
+
+Its model arrives in the first `session.update` (`/v1/realtime?intent=transcription` has no model),
+so the cap is checked there, before the update reaches upstream: past the cap the client gets a GA
+`error` (`concurrency_limit_exceeded`, `param` naming the model's path) and close 4010, and upstream
+never sees the update. Another model is unaffected, and closing a session frees its model's slot.
+Real `openai` SDK through voxgate to the emulator, leases read back from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed
+
+from emulator.audio import tone
+from tests.support.harness import Gateway, TenantKey
+from tests.support.waiting import until
+from tests.test_model_concurrency import model_count_is, set_policy
+
+pytestmark = pytest.mark.e2e
+
+WHISPER, LIVE_TRANSCRIBE = "gpt-realtime-whisper", "gpt-live-transcribe"
+PARAM = "session.audio.input.transcription.model"
+
+
+def config(model: str) -> Any:
+    return {"type": "transcription", "audio": {"input": {"transcription": {"model": model}, "turn_detection": None}}}
+
+
+@asynccontextmanager
+async def transcription(gateway: Gateway, tenant: TenantKey) -> AsyncIterator[Any]:
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0)
+    try:
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            yield conn
+    finally:
+        await client.close()
+
+
+async def configure(conn: Any, model: str) -> Any:
+    """Send the session.update naming `model` (with audio right behind it); the first answer."""
+    await conn.session.update(session=config(model), event_id=f"ev_{model}")
+    await conn.input_audio_buffer.append(audio=base64.b64encode(tone(200)).decode())
+    async with asyncio.timeout(10):
+        async for event in conn:
+            if event.type in ("session.updated", "error"):
+                return event
+    raise AssertionError("closed before answering the update")
+
+
+async def test_a_transcription_model_past_its_cap_is_refused_and_its_slot_is_freed_on_close(
+    gateway: Gateway, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    await set_policy(pg_pool, tenant, {"max_concurrent_sessions_per_model": {WHISPER: 1}})
+    async with transcription(gateway, tenant) as first:
+        updated = await configure(first, WHISPER)
+        assert updated.type == "session.updated", updated
+        assert updated.session.audio.input.transcription.model == WHISPER
+        await until(lambda: model_count_is(gateway, tenant, WHISPER, 1))
+
+        before = len(emulator.sessions)
+        async with transcription(gateway, tenant) as second:
+            refused = await configure(second, WHISPER)
+            assert refused.type == "error"
+            assert (refused.error.code, refused.error.type, refused.error.param, refused.error.event_id) == (
+                "concurrency_limit_exceeded",
+                "rate_limit_error",
+                PARAM,
+                f"ev_{WHISPER}",
+            )
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(10):
+                    async for _ in second:
+                        pass
+            assert second._connection.close_code == 4010
+        # upstream's socket was opened at the upgrade, but neither the update nor the audio behind it arrived
+        [upstream] = emulator.sessions[before:]
+        assert [e["type"] for e in upstream.client_events if e["type"] != "input_audio_buffer.clear"] == []
+
+        async with transcription(gateway, tenant) as other:  # another model: unaffected
+            updated = await configure(other, LIVE_TRANSCRIBE)
+            assert updated.type == "session.updated", updated
+            await until(lambda: model_count_is(gateway, tenant, LIVE_TRANSCRIBE, 1))
+            assert await model_count_is(gateway, tenant, WHISPER, 1)  # the refused one never counted
+    await until(lambda: model_count_is(gateway, tenant, WHISPER, 0))
+    await until(lambda: model_count_is(gateway, tenant, LIVE_TRANSCRIBE, 0))
+
+    async with transcription(gateway, tenant) as again:  # the slot was given back
+        updated = await configure(again, WHISPER)
+        assert updated.type == "session.updated", updated
+        await until(lambda: model_count_is(gateway, tenant, WHISPER, 1))
+    await until(lambda: model_count_is(gateway, tenant, WHISPER, 0))
+    ended = await pg_pool.fetch(
+        "SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1 AND intent = 'transcription'", tenant.tenant_id
+    )
+    assert sorted(r["end_reason"] for r in ended).count("start_refused") == 1
