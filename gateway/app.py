@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from gateway import __version__
 from gateway.admin.router import SECURITY_COMPONENTS, build_admin_router
 from gateway.alerts.outbox import AlertOutbox
+from gateway.alerts.recovery import AlertSweep
 from gateway.alerts.routes import build_alert_log_router
 from gateway.alerts.sender import AlertSender
 from gateway.background import stop_tasks
@@ -41,6 +42,8 @@ from gateway.realtime.fastrelay.fallback import refuse_realtime
 from gateway.services import GatewayServices, LiveRegistry, attach_services, find_services, services_of
 from gateway.session.enforcement import Enforcement
 from gateway.settings import Settings, SettingsError
+from gateway.sip.delivery import SipDelivery
+from gateway.sip.inbound import openai_webhooks
 from gateway.storage.migrations import required_schema_version, schema_version
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
@@ -48,8 +51,6 @@ from gateway.telemetry import flush_tracing
 from gateway.telemetry.relay_probe import sample_relays
 from gateway.tiers import PolicyFileError, check_default_tier, load_tiers
 from gateway.translation.routes import register as register_translation
-from gateway.webrtc.calls_cache import RedisCallCache
-from gateway.webrtc.calls_store import CallStore
 from gateway.webrtc.routes import register as register_realtime_http
 from gateway.webrtc.sideband import CallsMonitor
 from policies.prices.table import PriceTable
@@ -159,9 +160,9 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
 
 
 def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    error = outage_refusal(exc)  # Postgres or Redis unreachable: a retryable 503, not a bug
+    services = find_services(request)
+    error = outage_refusal(exc, services.clock if services is not None else SYSTEM_CLOCK)  # a retryable 503
     if error is not None:
-        services = find_services(request)
         if services is not None:
             services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
     else:
@@ -199,6 +200,7 @@ class VoxgatePlugin(InitPluginProtocol):
         register_realtime_http(app_config)  # client secrets, the SDP broker, call control (docs/webrtc.md)
         register_translation(app_config)  # /v1/realtime/translations (docs/translation.md)
         app_config.route_handlers.append(live_sessions)  # GET /v1/live/sessions, GPT-Live (docs/live.md)
+        app_config.route_handlers.append(openai_webhooks)  # POST /v1/openai/webhooks: inbound SIP (docs/live.md)
         app_config.exception_handlers.update(
             {
                 GatewayError: _gateway_error_handler,
@@ -216,9 +218,9 @@ class VoxgatePlugin(InitPluginProtocol):
         pool = await database_pool(settings.database)  # bounded, blocking pools (gateway/pools.py)
         replica = await replica_pool(settings.database)  # the costs API's reads, if a replica is configured
         redis = redis_client(settings.redis)
-        ledger = LedgerWriter(lambda: pool, settings.ledger)
+        ledger = LedgerWriter(lambda: pool, settings.ledger, self.clock)
         ledger.start()
-        live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id)
+        live_state = LiveState(redis, settings.redis.key_prefix, settings.server.instance_id, self.clock)
         policy_store = PolicyStore(pool, self.tiers, settings.admin.default_tier, live_state)
         live = LiveRegistry()
         enforcement = Enforcement(
@@ -235,11 +237,17 @@ class VoxgatePlugin(InitPluginProtocol):
             settings=settings,
             pool=pool,
             redis=redis,
-            tenants=TenantDirectory(pool),
+            tenants=TenantDirectory(pool, clock=self.clock),
             ledger=ledger,
             prices=self.prices,
             policy_store=policy_store,
             enforcement=enforcement,
+            make_calls_monitor=lambda services: CallsMonitor(
+                services,
+                live_state,
+                lease_ttl_s=settings.enforcement.lease_ttl_seconds,
+                scan_every_s=settings.enforcement.calls_scan_seconds,
+            ),
             live=live,
             clock=self.clock,
             replica_pool=replica,
@@ -255,19 +263,13 @@ class VoxgatePlugin(InitPluginProtocol):
         services.enforcement.start()
         services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
-        calls = CallStore(pool, RedisCallCache(redis, settings.redis.key_prefix))
-        monitor = CallsMonitor(
-            services,
-            live_state,
-            lease_ttl_s=settings.enforcement.lease_ttl_seconds,
-            scan_every_s=settings.enforcement.calls_scan_seconds,
+        services.calls_monitor.start()
+        alerts = AlertSender(  # budget alert webhooks, and the ledger sweep that recovers missed crossings
+            AlertOutbox(pool), settings.alerts, self.clock, sweep=AlertSweep(pool, policy_store, self.clock)
         )
-        monitor.on_call_ended = calls.end
-        monitor.find_active = calls.active
-        services.calls_monitor = monitor
-        monitor.start()
-        alerts = AlertSender(AlertOutbox(pool), settings.alerts, self.clock)  # budget alert webhooks
         alerts.start()
+        sip = SipDelivery(pool, settings.alerts, self.clock)  # routed inbound SIP calls to tenant webhooks
+        sip.start()
         ledger.observe_write = services.metrics.ledger_write.observe
         probe = asyncio.create_task(sample_relays(lambda: live.sessions, self.clock), name="voxgate-relay-probe")
         attach_services(app, services)
@@ -275,8 +277,9 @@ class VoxgatePlugin(InitPluginProtocol):
             yield
         finally:
             await services.live.drain(0.0, services.clock)
-            await monitor.stop()
+            await services.calls_monitor.stop()
             await alerts.stop()
+            await sip.stop()
             await stop_tasks([probe], clock=self.clock)
             await services.enforcement.stop()
             # The sessions' grace is theirs; the ledger gets its own bound to flush, apart from it: a

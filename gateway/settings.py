@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.alerts.signing import WebhookSecretError, secret_key
+from gateway.alerts.signing import secret_setting
+
+_T = TypeVar("_T")
 
 
 def redact_url(url: str) -> str:
@@ -96,6 +99,10 @@ class ServerSettings:
     # VOXGATE_HEADER_TIMEOUT_SECONDS: how long a client may take to send a whole request head
     # (from connecting, or from the first byte of a keep-alive request); then 408 and close. 0 = no limit.
     header_timeout_seconds: float = 10.0
+    # VOXGATE_TLS_CERT_FILE / VOXGATE_TLS_KEY_FILE: serve HTTPS and wss:// with this PEM chain and
+    # key (both or neither), reloaded when the files change (gateway/serving_tls.py). Unset = plain.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -177,6 +184,10 @@ class UpstreamSettings:
     organization: str | None = None  # VOXGATE_OPENAI_ORGANIZATION
     project: str | None = None  # VOXGATE_OPENAI_PROJECT
     connect_timeout_seconds: float = 10.0  # VOXGATE_UPSTREAM_CONNECT_TIMEOUT
+    # VOXGATE_UPSTREAM_CA_FILE: a PEM bundle of CAs trusted for the upstream in addition to the
+    # system store (a private gateway, a TLS-inspecting egress proxy); gateway/upstream_tls.py.
+    ca_file: Path | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # VOXGATE_OPENAI_WEBHOOK_SECRET: gateway/sip
 
 
 @dataclass(frozen=True)
@@ -245,6 +256,7 @@ class AlertSettings:
     webhook_secret: str | None = field(default=None, repr=False)  # VOXGATE_ALERT_WEBHOOK_SECRET (whsec_…)
     poll_seconds: float = 1.0  # VOXGATE_ALERT_POLL_SECONDS: how often a replica looks for due alerts
     timeout_seconds: float = 10.0  # VOXGATE_ALERT_WEBHOOK_TIMEOUT_SECONDS: one delivery attempt
+    sweep_seconds: float = 60.0  # VOXGATE_ALERT_SWEEP_SECONDS: the ledger sweep's period (0: off)
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every VOXGATE_* variable; raises SettingsError naming a bad one."""
+        from gateway.serving_tls import tls_files
+        from gateway.upstream_tls import upstream_ca_file
+
         env = os.environ if env is None else env
         server = ServerSettings(
             host=env.get("VOXGATE_HOST", "127.0.0.1"),
@@ -274,6 +289,8 @@ class Settings:
             max_header_bytes=_int(env, "VOXGATE_MAX_HEADER_BYTES", 32 * 1024, minimum=1024),
             header_timeout_seconds=_float(env, "VOXGATE_HEADER_TIMEOUT_SECONDS", 10.0),
         )
+        cert, key = _checked(tls_files, env.get("VOXGATE_TLS_CERT_FILE"), env.get("VOXGATE_TLS_KEY_FILE"))
+        server = replace(server, tls_cert_file=cert, tls_key_file=key)
         if env.get("VOXGATE_INSTANCE_ID"):
             server = replace(server, instance_id=env["VOXGATE_INSTANCE_ID"])
         secret = env.get("VOXGATE_SAFETY_ID_SECRET")
@@ -305,6 +322,10 @@ class Settings:
                 organization=env.get("VOXGATE_OPENAI_ORGANIZATION") or None,
                 project=env.get("VOXGATE_OPENAI_PROJECT") or None,
                 connect_timeout_seconds=_float(env, "VOXGATE_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+                ca_file=_checked(upstream_ca_file, env.get("VOXGATE_UPSTREAM_CA_FILE")),
+                webhook_secret=_checked(
+                    secret_setting, "VOXGATE_OPENAI_WEBHOOK_SECRET", env.get("VOXGATE_OPENAI_WEBHOOK_SECRET")
+                ),
             ),
             ledger=LedgerSettings(
                 buffer_records=_int(env, "VOXGATE_LEDGER_BUFFER", 50_000, minimum=1),
@@ -350,23 +371,29 @@ class Settings:
         ]
         if missing:
             raise SettingsError(f"missing required settings: {', '.join(missing)}")
+        if 0 < (scan := self.enforcement.calls_scan_seconds) >= self.enforcement.lease_ttl_seconds / 2:
+            raise SettingsError(f"VOXGATE_CALLS_SCAN_SECONDS ({scan}) must be 0 or < VOXGATE_LEASE_TTL_SECONDS/2")
+
+
+def _checked(parse: Callable[..., _T], *raw: str | None) -> _T:
+    """`parse(*raw)`, its ValueError (a one-line reason naming the variable) as a SettingsError."""
+    try:
+        return parse(*raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _alert_settings(env: Mapping[str, str]) -> AlertSettings:
     url = env.get("VOXGATE_ALERT_WEBHOOK_URL") or None
-    secret = env.get("VOXGATE_ALERT_WEBHOOK_SECRET") or None
+    secret = _checked(secret_setting, "VOXGATE_ALERT_WEBHOOK_SECRET", env.get("VOXGATE_ALERT_WEBHOOK_SECRET"))
     if url is not None and urlsplit(url).scheme not in ("http", "https"):
         raise SettingsError("VOXGATE_ALERT_WEBHOOK_URL must be an http(s) URL")
     if url is not None and secret is None:
         raise SettingsError("VOXGATE_ALERT_WEBHOOK_URL needs VOXGATE_ALERT_WEBHOOK_SECRET (a whsec_… secret)")
-    if secret is not None:
-        try:
-            secret_key(secret)
-        except WebhookSecretError as exc:
-            raise SettingsError(f"VOXGATE_ALERT_WEBHOOK_SECRET {exc}") from None
     return AlertSettings(
         webhook_url=url,
         webhook_secret=secret,
         poll_seconds=_float(env, "VOXGATE_ALERT_POLL_SECONDS", 1.0),
         timeout_seconds=_float(env, "VOXGATE_ALERT_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        sweep_seconds=_float(env, "VOXGATE_ALERT_SWEEP_SECONDS", 60.0),
     )

@@ -20,7 +20,9 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.auth.browser import BrowserAuthStore, BrowserTokenVerifier
+from gateway.alerts.signing import new_secret
+from gateway.auth.browser import BrowserTokenVerifier
+from gateway.auth.browser_keys import BrowserAuthStore
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
 from gateway.storage.policy_store import audit_entries
@@ -275,6 +277,9 @@ async def test_openapi_documents_every_admin_route(admin_gateway: Gateway) -> No
         "admin_get_alert_webhook",
         "admin_set_alert_webhook",
         "admin_delete_alert_webhook",
+        "admin_get_sip_routing",
+        "admin_set_sip_routing",
+        "admin_delete_sip_routing",
     }
     assert all(op["tags"] and op["security"] == [{"AdminJWT": []}] for op in operations.values())
     assert schema["components"]["securitySchemes"]["AdminJWT"]["scheme"] == "bearer"
@@ -655,23 +660,37 @@ ROUTES = [
     ("PUT", "/tenants/{t}/browser-auth"),
     ("GET", "/tenants/{t}/browser-auth"),
     ("DELETE", "/tenants/{t}/browser-auth"),
+    # every tenant of the test has a webhook set beforehand, so that reading finds one
+    ("GET", "/tenants/{t}/alert-webhook"),
+    ("PUT", "/tenants/{t}/alert-webhook"),
+    ("DELETE", "/tenants/{t}/alert-webhook"),
+    # SIP routing (docs/admin-api.md): set first, so that deleting finds something
+    ("PUT", "/tenants/{t}/sip"),
+    ("GET", "/tenants/{t}/sip"),
+    ("DELETE", "/tenants/{t}/sip"),
 ]
 BROWSER_AUTH_ROUTES = {
     "PUT /tenants/{t}/browser-auth",
     "GET /tenants/{t}/browser-auth",
     "DELETE /tenants/{t}/browser-auth",
 }
+# Finance reads what money views need (tenants, budgets in policies, usage, the audit trail with its
+# budget events, tiers, where alerts go) and changes nothing; no keys, no browser-token keys.
+FINANCE_READS = {
+    "GET /tenants",
+    "GET /tenants/{t}",
+    "GET /tenants/{t}/policy",
+    "GET /tenants/{t}/policy/history",
+    "GET /tenants/{t}/usage",
+    "GET /tenants/{t}/audit",
+    "GET /tiers",
+    "GET /tenants/{t}/alert-webhook",
+    "GET /tenants/{t}/sip",
+}
 ALLOWED = {
     "admin": {f"{m} {p}" for m, p in ROUTES},
-    "finance": {
-        "GET /tenants",
-        "GET /tenants/{t}",
-        "GET /tenants/{t}/policy",
-        "GET /tenants/{t}/policy/history",
-        "GET /tenants/{t}/usage",
-        "GET /tenants/{t}/audit",
-        "GET /tiers",
-    },
+    "finance": FINANCE_READS,
+    "finance (tenant_id)": FINANCE_READS,
     # Browser-token keys are the tenant's credentials, like its API keys: its tenant_admin manages them.
     "tenant_admin": {
         "GET /tenants",
@@ -682,23 +701,43 @@ ALLOWED = {
         "GET /tenants/{t}/policy/history",
         "GET /tenants/{t}/usage",
         "GET /tiers",
+        "GET /tenants/{t}/alert-webhook",
+        "GET /tenants/{t}/sip",  # which numbers ring the tenant and where they are announced
         *BROWSER_AUTH_ROUTES,
     },
     "viewer": set(),
 }
+# Which roles reach only the tenant of the token's tenant_id claim.
+SCOPED = {"finance (tenant_id)", "tenant_admin"}
 BODIES = {
     "POST /tenants": {"name": "n"},
     "PUT /tenants/{t}/tier": {"tier": "standard"},
     "PUT /tenants/{t}/policy": {},
     "PUT /tenants/{t}/browser-auth": {"hs256_secret": secrets.token_urlsafe(40)},
+    "PUT /tenants/{t}/alert-webhook": {"url": "https://hooks.example.test/voxgate", "secret": new_secret()},
+    "PUT /tenants/{t}/sip": {
+        "numbers": [f"+1800{secrets.randbelow(10**7):07d}"],
+        "webhook_url": "https://hooks.example.test/sip",
+        "webhook_secret": new_secret(),
+    },
 }
+
+
+def role_token(role: str, tenant_id: str) -> str:
+    """`finance` carries no tenant_id claim; every other role does (ignored by admin, required by tenant_admin)."""
+    name = role.split(" ")[0]
+    extra = {} if role == "finance" else {"tenant_id": tenant_id}
+    return hs256(claims(sub=f"{name}-user", roles=[name], **extra))
 
 
 @pytest.mark.parametrize("role", sorted(ALLOWED))
 async def test_role_matrix(api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: str) -> None:
     own = await make_tenant(pg_pool, prefix="own")
     other = await make_tenant(pg_pool, prefix="other")
-    token = hs256(claims(sub=f"{role}-user", roles=[role], tenant_id=own.tenant_id))
+    for tenant in (own, other):
+        webhook = BODIES["PUT /tenants/{t}/alert-webhook"]
+        assert (await api.put(f"/tenants/{tenant.tenant_id}/alert-webhook", json=webhook)).status_code == 200
+    token = role_token(role, own.tenant_id)
     for method, template in ROUTES:
         route = f"{method} {template}"
         body = {**BODIES[route], "name": f"m-{secrets.token_hex(4)}"} if route == "POST /tenants" else BODIES.get(route)
@@ -707,11 +746,13 @@ async def test_role_matrix(api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: 
             assert response.status_code in (200, 201), (role, route, response.text)
         else:
             assert_openai_error(response, 403, "insufficient_role")
-        if "{t}" in template and role == "tenant_admin":
-            # Another tenant is invisible to a tenant_admin: 404, exactly as if it did not exist.
-            elsewhere = await api.request(method, template.format(t=other.tenant_id), json=body, headers=as_(token))
+        if "{t}" not in template:
+            continue
+        elsewhere = await api.request(method, template.format(t=other.tenant_id), json=body, headers=as_(token))
+        if role in SCOPED:
+            # Another tenant is invisible to a scoped token: 404, exactly as if it did not exist.
             expected = 404 if route in ALLOWED[role] else 403
-            assert elsewhere.status_code == expected, (route, elsewhere.text)
+            assert elsewhere.status_code == expected, (role, route, elsewhere.text)
             missing = await api.request(method, template.format(t="ten_missing"), json=body, headers=as_(token))
             assert missing.status_code == expected
             if expected == 404:
@@ -719,6 +760,51 @@ async def test_role_matrix(api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: 
                     **missing.json(),
                     "error": {**missing.json()["error"], "message": elsewhere.json()["error"]["message"]},
                 }
+            else:
+                assert_openai_error(elsewhere, 403, "insufficient_role")
+        elif route in FINANCE_READS:  # an unscoped role reads every tenant alike
+            expected = 200 if route in ALLOWED[role] else 403
+            assert elsewhere.status_code == expected, (role, route, elsewhere.text)
+        elif route not in ALLOWED[role]:
+            assert_openai_error(elsewhere, 403, "insufficient_role")
+    # Nothing a refused request named was changed: the other tenant's audit trail holds only the admin's setup.
+    if role != "admin":
+        actions = [e.action for e in await audit_entries(pg_pool, other.tenant_id)]
+        assert actions == ["alert_webhook.set"], (role, actions)
+
+
+@pytest.mark.parametrize("role", ["finance", "finance (tenant_id)", "tenant_admin", "admin"])
+async def test_tenant_lists_are_filtered_to_a_scoped_token(
+    api: httpx.AsyncClient, pg_pool: asyncpg.Pool, role: str
+) -> None:
+    own = await make_tenant(pg_pool, prefix="own")
+    other = await make_tenant(pg_pool, prefix="other")
+    listed = {t["id"] for t in (await api.get("/tenants", headers=as_(role_token(role, own.tenant_id)))).json()["data"]}
+    if role in SCOPED:
+        assert listed == {own.tenant_id}
+    else:
+        assert {own.tenant_id, other.tenant_id} <= listed
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        hs256(claims(roles=["finance"]), secret="y" * 48),  # forged
+        hs256(claims(roles=["finance"], tenant_id="ten_x"), secret="y" * 48),  # forged, scoped
+        hs256(claims(roles=["finance"], exp=1_000_000)),  # expired
+        hs256(claims(roles=["finance"], tenant_id="ten_x", iat=int(time.time()) - 400, exp=int(time.time()) - 60)),
+        handmade({"alg": "none"}, claims(roles=["finance"]), None),  # alg none
+    ],
+    ids=["forged", "forged-scoped", "expired", "expired-scoped", "alg-none"],
+)
+@pytest.mark.parametrize(("method", "path"), [("GET", "/tenants"), ("PUT", "/tenants/{t}/policy")])
+async def test_bad_finance_tokens_get_a_401_not_a_403(
+    api: httpx.AsyncClient, pg_pool: asyncpg.Pool, token: str, method: str, path: str
+) -> None:
+    tenant = await make_tenant(pg_pool, prefix="fin")
+    response = await api.request(method, path.format(t=tenant.tenant_id), json={}, headers=as_(token))
+    assert_openai_error(response, 401, "invalid_token")
+    assert token not in response.text
 
 
 async def test_a_tenant_admin_lists_only_its_own_tenant(api: httpx.AsyncClient, pg_pool: asyncpg.Pool) -> None:

@@ -8,6 +8,7 @@ database restarts.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -22,10 +23,11 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.exceptions import InvalidStatus
 
-from gateway.errors import GatewayError, outage_refusal
+from gateway.errors import OUTAGE_LOG_INTERVAL_S, GatewayError, outage_refusal
 from gateway.settings import AdminSettings
 from tests.conftest import REDIS_URL
 from tests.support.admin_tokens import AUDIENCE, ISSUER, SECRET, admin_token
+from tests.support.clock import FakeClock
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
 from tests.support.tcp_proxy import TcpProxy
 
@@ -74,6 +76,25 @@ def test_only_unreachable_dependencies_become_retryable_503s(exc: Exception, cod
             refusal.response_headers()["retry-after"]
             == {"database_unavailable": "2", "live_state_unavailable": "1"}[code]
         )
+
+
+async def test_an_outage_is_logged_at_most_once_per_interval_of_the_clock(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    down = ConnectionRefusedError(111, "Connection refused")
+
+    def logged() -> int:
+        return sum("refusing with 503 database_unavailable" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="voxgate.errors"):
+        for _ in range(3):  # a burst of refusals: one line
+            assert outage_refusal(down, clock) is not None
+        assert logged() == 1
+        await clock.advance(OUTAGE_LOG_INTERVAL_S - 0.5)
+        assert outage_refusal(down, clock) is not None
+        assert logged() == 1
+        await clock.advance(0.5)
+        assert outage_refusal(down, clock) is not None
+        assert logged() == 2
 
 
 def _via(url: str, proxy: TcpProxy) -> str:

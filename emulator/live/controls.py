@@ -15,8 +15,8 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
 from emulator.asgi import parse_json_object
-from emulator.calls import http_error, json_response
 from emulator.errors import ProtocolError
+from emulator.http_replies import http_error, json_response
 from emulator.live import settings
 from emulator.live.connection import LiveSession
 

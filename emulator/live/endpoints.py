@@ -6,28 +6,33 @@
 - `GET …/{id}/attach` (upgrade): a sideband (`?graceful_close=` recorded);
 - `GET …/{id}/fork` (upgrade) and `POST …/{id}/fork` (WebRTC): a new, separately billed
   session from a stored one (`store: true`);
-- `POST …/{id}/hangup|accept|reject|refer`, `GET …/{id}/content`: `emulator.live.controls`.
+- `POST …/{id}/hangup|accept|reject|refer`, `GET …/{id}/content`: `emulator.live.controls`;
+- `POST /_emulator/live/sip/ring` (test-only): an inbound SIP call, announced by a signed webhook.
 Every socket and request needs a standard key (GPT-Live has no ephemeral keys).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from litestar import Request, Response, WebSocket, asgi, post, websocket
 from litestar.params import FromPath
 
 from emulator.app import send_json_error
 from emulator.asgi import parse_json_object, read_body, send_http_error, send_json
-from emulator.calls import EPHEMERAL_PREFIX, bearer_key, json_response
+from emulator.call_state import EPHEMERAL_PREFIX
 from emulator.connection import AsgiWebSocket
 from emulator.errors import ProtocolError, http_error_body
 from emulator.handshake import Refusal, decide, request_headers, request_query
+from emulator.http_replies import bearer_key, json_response
 from emulator.live import settings
 from emulator.live.connection import LiveSession
 from emulator.live.controls import control_handlers, ring
 from emulator.live.protocol import LiveProtocol
+from emulator.live.sip_webhooks import SentWebhook, ring_handler
 from emulator.webrtc import CallPeer, DataChannelTransport, OfferError, check_offer, use_loopback_ice
 
 if TYPE_CHECKING:
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
 LIVE_PATH = "/v1/live/sessions"
 INVALID = "invalid_request_error"
 WEBRTC_RATE = 24_000
+# Test-only: an outbound SIP call to a trunk on this host fails with an error quoting the transport
+# (its password raw, JSON-escaped and URL-encoded), as a careless provider might.
+ECHO_ERROR_HOST = "echo-error.invalid"
 
 
 class LiveEndpoints:
@@ -45,6 +53,7 @@ class LiveEndpoints:
         self.emu = emulator
         self.sessions: list[LiveSession] = []
         self.refused: list[dict[str, Any]] = []
+        self.webhooks: list[SentWebhook] = []  # inbound SIP calls rung over HTTP (emulator.live.sip_webhooks)
         self._peers: dict[str, CallPeer] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -131,7 +140,7 @@ class LiveEndpoints:
         async def attach(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) -> None:
             await self.serve_sideband(socket.scope, socket.receive, socket.send, session_id)
 
-        return [sessions, fork_socket, fork_webrtc, attach, *control_handlers(self)]
+        return [sessions, fork_socket, fork_webrtc, attach, *control_handlers(self), ring_handler(self)]
 
     # --- WebSockets ----------------------------------------------------------------------------
 
@@ -269,6 +278,10 @@ class LiveEndpoints:
         if not isinstance(transport.get("destination"), str) or not transport["destination"].startswith("+"):
             raise ProtocolError.invalid("transport.destination", "destination must be an E.164 number.")
         config = settings.check_start(body.get("session"), settings.SIP_OUTBOUND, self.emu.config.live_models)
+        if str(transport["trunk"].get("provider_url", "")).endswith(ECHO_ERROR_HOST):  # test-only trigger
+            auth = transport["trunk"].get("auth") or {}
+            echoed = f"trunk refused {json.dumps(transport)} (auth {quote(str(auth.get('password', '')), safe='')})"
+            raise ProtocolError.invalid("transport.trunk", echoed)
         session = self.new_session("sip")
         session.headers = headers
         session.protocol.outbound = True

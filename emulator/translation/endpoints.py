@@ -4,7 +4,11 @@
   server speaks first (`session.created`); a standard key or a translation `ek_` key;
 - `POST /v1/realtime/translations/client_secrets`: mints an `ek_` key for a translation session;
 - `POST /v1/realtime/translations/calls` (`application/sdp`, usually with that `ek_` key):
-  answers an SDP offer; events on the `oai-events` data channel, audio both ways on the track.
+  answers an SDP offer (201, `Location: /v1/realtime/translations/calls/{call_id}`); events on
+  the `oai-events` data channel, audio both ways on the track;
+- `POST /v1/realtime/translations/calls/{call_id}/hangup` (standard key): flushes the session
+  (`session.closed` on the data channel) and ends the call. OpenAI documents neither the
+  `Location` nor a hangup for translation calls; the emulator follows Realtime calls' forms.
 """
 
 from __future__ import annotations
@@ -16,22 +20,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, asgi, post
+from litestar.params import FromPath
 
 from emulator.app import send_json_error
 from emulator.asgi import parse_json_object
-from emulator.calls import (
+from emulator.call_state import (
     DEFAULT_SECRET_SECONDS,
     EPHEMERAL_PREFIX,
     MAX_SECRET_SECONDS,
     MIN_SECRET_SECONDS,
     MintedSecret,
-    bearer_key,
-    http_error,
-    json_response,
 )
 from emulator.connection import AsgiWebSocket, Transport
 from emulator.errors import ProtocolError, http_error_body, new_id
 from emulator.handshake import Refusal, decide, request_headers, request_query
+from emulator.http_replies import bearer_key, http_error, json_response
 from emulator.live.connection import SESSION_CLOSED_CODE, Outlet
 from emulator.translation.protocol import TranslationProtocol, translation_session
 from emulator.webrtc import CallPeer, DataChannelTransport, OfferError, check_offer, use_loopback_ice
@@ -54,6 +57,8 @@ class TranslationSession:
     outlet: Outlet | None = None
     peer: CallPeer | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    call_id: str | None = None  # a WebRTC call's id (its `Location`)
+    hung_up: bool = False  # ended by `POST …/calls/{call_id}/hangup`
 
     @property
     def id(self) -> str:
@@ -129,7 +134,11 @@ class TranslationEndpoints:
         async def calls(request: Request[Any, Any, Any]) -> Response[bytes]:
             return await self.call(request)
 
-        return [translations, client_secrets, calls]
+        @post(PATH + "/calls/{call_id:str}/hangup", status_code=200)
+        async def hangup(request: Request[Any, Any, Any], call_id: FromPath[str]) -> Response[bytes]:
+            return await self.hangup(request, call_id)
+
+        return [translations, client_secrets, calls, hangup]
 
     async def serve_websocket(self, scope: Any, receive: Any, send: Any) -> None:
         await receive()
@@ -220,6 +229,7 @@ class TranslationEndpoints:
         model = self.emu.config.translation_models[0]
         resource = secret.session if secret is not None else self._new_session(model, None)
         session = TranslationSession(TranslationProtocol(resource, media_track=True), headers, {}, "webrtc")
+        session.call_id = new_id("rtc")
         use_loopback_ice()
 
         async def on_channel(transport: DataChannelTransport) -> None:
@@ -240,4 +250,26 @@ class TranslationEndpoints:
             await session.peer.close()
             return http_error(400, str(exc), code="invalid_offer", param="sdp")
         self.sessions.append(session)
-        return Response(answer.encode(), status_code=201, media_type="application/sdp")
+        location = f"{PATH}/calls/{session.call_id}"
+        return Response(answer.encode(), status_code=201, media_type="application/sdp", headers={"Location": location})
+
+    def find_call(self, call_id: str) -> TranslationSession | None:
+        return next((s for s in self.sessions if s.call_id == call_id), None)
+
+    async def hangup(self, request: Request[Any, Any, Any], call_id: str) -> Response[bytes]:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if (refused := await self.emu.webrtc.fault_refusal(request.url.path, headers)) is not None:
+            return refused
+        if (refused := self.emu.webrtc.standard_key(headers)) is not None:
+            return refused
+        session = self.find_call(call_id)
+        if session is None or session.hung_up or session.protocol.closed:
+            return http_error(404, f"Call '{call_id}' not found.", code="not_found", param="call_id")
+        session.hung_up = True
+        if session.outlet is not None:
+            session.send(session.protocol.close())  # flushes, then `session.closed`
+            await session.outlet.drain(2.0)
+        session.protocol.closed = True
+        if session.peer is not None:
+            await session.peer.close()
+        return Response(b"", status_code=200, media_type="application/octet-stream")

@@ -19,6 +19,7 @@ from gateway.alerts.routes import AlertWebhookController
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
+from gateway.sip.config import SipRoutingController
 
 ADMIN_PATH = "/admin/v1"
 SECURITY_SCHEME = "AdminJWT"
@@ -66,6 +67,7 @@ def build_admin_router(
             KeysController,
             BrowserAuthController,
             AlertWebhookController,
+            SipRoutingController,
             PoliciesController,
             ReportsController,
             list_tiers,

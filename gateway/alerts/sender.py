@@ -6,6 +6,11 @@ tenant's webhook or the global one, and records the outcome. A 2xx delivers; any
 (another status, a timeout, a refused connection) is retried after `RETRY_DELAYS_S`, with the
 same `webhook-id`, so a receiver that got an attempt whose answer was lost can drop the
 repeat. After the last delay the alert is given up (its log row says so).
+
+With an `AlertSweep` (gateway/alerts/recovery.py), the sender also compares the ledger with the
+thresholds at start and every `sweep_seconds` (VOXGATE_ALERT_SWEEP_SECONDS; 0: never), before
+delivering, so a crossing whose audit row a killed process never wrote is recorded and then sent
+like any other.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import orjson
 
 from gateway import __version__
 from gateway.alerts.outbox import AlertOutbox, DueAlert, Webhook
+from gateway.alerts.recovery import AlertSweep
 from gateway.alerts.signing import sign
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.settings import AlertSettings
@@ -46,8 +52,12 @@ class AlertSender:
         settings: AlertSettings,
         clock: Clock = SYSTEM_CLOCK,
         client: httpx.AsyncClient | None = None,
+        sweep: AlertSweep | None = None,
     ) -> None:
         self._outbox = outbox
+        self._sweep = sweep
+        self._next_sweep = float("-inf")  # the first pass sweeps
+        self._sweep_failing = False
         self._settings = settings
         self._clock = clock
         self._client = client or httpx.AsyncClient(
@@ -71,6 +81,7 @@ class AlertSender:
         while True:
             sent = 0
             try:
+                await self._sweep_when_due()
                 sent = await self.deliver_due()
                 failing = False
             except Exception as exc:  # Postgres away: try again next poll; the outbox keeps everything
@@ -79,6 +90,20 @@ class AlertSender:
                 failing = True
             if sent < BATCH:
                 await self._clock.sleep(self._settings.poll_seconds)
+
+    async def _sweep_when_due(self) -> None:
+        """Run the ledger sweep when it is due; a failed one is retried on the next pass, logged once."""
+        if self._sweep is None or self._settings.sweep_seconds <= 0 or self._clock.monotonic() < self._next_sweep:
+            return
+        try:
+            await self._sweep.run()
+        except Exception as exc:  # Postgres away: the ledger keeps the spend, the next pass sweeps again
+            if not self._sweep_failing:
+                log.warning("budget alerts: cannot sweep the ledger (%s); retrying", type(exc).__name__)
+            self._sweep_failing = True
+            return
+        self._sweep_failing = False
+        self._next_sweep = self._clock.monotonic() + self._settings.sweep_seconds
 
     async def deliver_due(self) -> int:
         """One pass: claim what is due and attempt each once. Returns how many were attempted."""

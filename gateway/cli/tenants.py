@@ -1,4 +1,5 @@
-"""``voxgate tenant``: create and list tenants, and set the keys their browser JWTs are verified with."""
+"""``voxgate tenant``: create and list tenants, set the keys their browser JWTs are verified with, and
+route SIP numbers to them (``tenant sip``, `gateway.cli.sip`)."""
 
 from __future__ import annotations
 
@@ -7,34 +8,27 @@ import os
 from pathlib import Path
 
 from gateway.admin import changes
-from gateway.auth.browser import BrowserAuthConfig, BrowserAuthConfigError
+from gateway.auth.browser_keys import BrowserAuthConfig, BrowserAuthConfigError
 from gateway.auth.jwks import parse_allowed_hosts
-from gateway.cli.command import (
-    CLI_ACTOR,
-    CommandError,
-    common_options,
-    database_pool,
-    handler,
-    policy_store,
-    require_tenant,
-)
+from gateway.cli import sip
+from gateway.cli.command import CLI_ACTOR, CommandError, database_pool, policy_store, require_tenant
 from gateway.cli.output import iso, print_json, print_table, tenant_json
+from gateway.cli.parsers import Subparsers, add_action, command_actions
 from gateway.storage.policy_store import UnknownTier
 from gateway.storage.tenants import TenantDirectory
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = common_options()
-    tenant = subparsers.add_parser("tenant", help="create and list tenants")
-    tenant_actions = tenant.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
-    tenant_create = tenant_actions.add_parser("create", parents=common, help="create a tenant")
-    tenant_create.add_argument("name", help="unique tenant name")
-    tenant_create.add_argument("--tier", help="a tier from the tiers file ($VOXGATE_POLICY_FILE)")
-    tenant_create.set_defaults(handler=handler(_tenant_create))
-    tenant_list = tenant_actions.add_parser("list", parents=common, help="list tenants")
-    tenant_list.set_defaults(handler=handler(_tenant_list))
-    tenant_jwt = tenant_actions.add_parser(
-        "jwt", parents=common, help="set the keys the tenant's browser JWTs are verified with (docs/webrtc.md)"
+def register(subparsers: Subparsers) -> None:
+    actions = command_actions(subparsers, "tenant", help="create and list tenants")
+    create = add_action(actions, "create", _tenant_create, help="create a tenant")
+    create.add_argument("name", help="unique tenant name")
+    create.add_argument("--tier", help="a tier from the tiers file ($VOXGATE_POLICY_FILE)")
+    add_action(actions, "list", _tenant_list, help="list tenants")
+    tenant_jwt = add_action(
+        actions,
+        "jwt",
+        _tenant_jwt,
+        help="set the keys the tenant's browser JWTs are verified with (docs/webrtc.md)",
     )
     tenant_jwt.add_argument("tenant", metavar="TENANT_ID")
     tenant_jwt.add_argument("--hs256-secret-file", metavar="FILE", help="a file holding the HS256 secret (>= 32 bytes)")
@@ -47,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how long a replaced HS256 secret stays valid, 0..3600 (default: 900; 0: a hard cut-over)",
     )
     tenant_jwt.add_argument("--clear", action="store_true", help="remove the tenant's browser-token keys")
-    tenant_jwt.set_defaults(handler=handler(_tenant_jwt))
+    sip.register(actions)
 
 
 async def _tenant_create(args: argparse.Namespace, dsn: str) -> None:

@@ -3,7 +3,7 @@
 The migration runner, the tenant directory (tenants, API keys), tenant policies and the audit
 log. The other stores keep theirs in one module each: the ledger in `gateway.ledger.sql`, WebRTC
 calls and minted secrets in `gateway.webrtc.calls_sql`, browser-token keys in
-`gateway.auth.browser`. Parameters are always ``$n`` placeholders bound by asyncpg; nothing here
+`gateway.auth.browser_keys`. Parameters are always ``$n`` placeholders bound by asyncpg; nothing here
 is ever formatted with user input.
 """
 

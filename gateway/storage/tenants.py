@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
 from gateway.auth.apikeys import generate_api_key, hash_api_key, looks_like_api_key, new_key_id
+from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ids import TENANT_PREFIX, new_id
 from gateway.storage import queries
 
@@ -96,9 +96,12 @@ class KeyIdentity:
 class TenantDirectory:
     """Tenants and API keys in Postgres, over an ``asyncpg.Pool``."""
 
-    def __init__(self, pool: asyncpg.Pool, key_use_interval_s: float = KEY_USE_WRITE_INTERVAL_S) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, key_use_interval_s: float = KEY_USE_WRITE_INTERVAL_S, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._pool = pool
         self._key_use_interval_s = key_use_interval_s
+        self._clock = clock  # times the `last_used_at` throttle
         self._key_used: dict[str, float] = {}  # key id -> when its use was last written (monotonic)
         self._key_use_writes: set[asyncio.Task[None]] = set()
 
@@ -184,7 +187,7 @@ class TenantDirectory:
 
     def _note_key_use(self, key_id: str) -> None:
         """Start a background ``last_used_at`` write unless this key's was written recently."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         last = self._key_used.get(key_id)
         if last is not None and now - last < self._key_use_interval_s:
             return

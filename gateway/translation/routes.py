@@ -6,6 +6,8 @@
   tenant key only, the model checked against the policy and the price table and
   `expires_after` capped at the policy's longest lifetime. Like a Realtime client secret,
   what the browser then does with it at OpenAI is not metered by voxgate.
+* ``POST /v1/realtime/translations/calls`` and ``…/{call_id}/hangup``: WebRTC calls brokered
+  by voxgate and metered by wall-clock time (`call_routes.py`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from gateway.auth.credentials import key_safety_identifier
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key
 from gateway.services import services_of
 from gateway.session.admission import refusing_outages
+from gateway.translation.call_routes import CALL_ROUTES, start_sweeper, stop_sweeper
 from gateway.translation.socket import serve_translation
 from gateway.upstream import USER_AGENT, refusal_from_status, upstream_headers
+from gateway.upstream_tls import http_client, unreachable
 from policies.session_config import SessionRefused, police_expires_after
 
 TAGS: Final = ["realtime", "translation"]
@@ -84,8 +88,8 @@ async def create_translation_secret(request: Request[Any, Any, Any]) -> Response
         "User-Agent": USER_AGENT,
     }
     try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=settings.connect_timeout_seconds)
+        async with http_client(
+            settings, timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=settings.connect_timeout_seconds)
         ) as http:
             answer = await http.post(
                 f"{settings.url.rstrip('/')}/realtime/translations/client_secrets",
@@ -96,8 +100,8 @@ async def create_translation_secret(request: Request[Any, Any, Any]) -> Response
         raise GatewayError(
             503, "Timed out waiting for the upstream.", code="upstream_timeout", retry_after=1.0
         ) from None
-    except httpx.HTTPError:
-        raise GatewayError(502, "Could not reach the upstream.", code="upstream_unreachable") from None
+    except httpx.HTTPError as exc:
+        raise unreachable(exc, "the upstream") from None
     if answer.status_code >= 300:
         raise refusal_from_status(answer.status_code, dict(answer.headers), answer.content)
     return Response(answer.content, status_code=200, media_type="application/json")
@@ -108,4 +112,6 @@ ROUTES: Final = [translation_socket, create_translation_secret]
 
 def register(app_config: AppConfig) -> None:
     """Add the translation routes (called by `VoxgatePlugin`)."""
-    app_config.route_handlers.extend(ROUTES)
+    app_config.route_handlers.extend([*ROUTES, *CALL_ROUTES])
+    app_config.on_startup.append(start_sweeper)  # every replica sweeps calls past their cap
+    app_config.on_shutdown.append(stop_sweeper)

@@ -2,8 +2,9 @@
 
 Upstream, one project key reaches every session of the project, so `/attach`, `/fork`,
 `/hangup`, `/content` and the SIP controls are proxied only for a session id recorded here
-for the calling tenant; anything else is the 404 an unknown id gets, answered before any
-upstream connection (docs/webrtc.md#gpt-live-over-webrtc).
+for the calling tenant (an inbound SIP session is recorded when the tenant accepts it; while it
+rings it is owned through `live_sip_calls`, gateway/webrtc/live_sip.py); anything else is the
+404 an unknown id gets, answered before any upstream connection (docs/webrtc.md#gpt-live-over-webrtc).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from gateway.ledger.sql import timestamp
 
 INSERT_LIVE: Final = """
 INSERT INTO live_sessions (live_session_id, tenant_id, session_id, api_key_id, model, end_user_hash, forked_from,
-                           created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                           created_at, transport)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (live_session_id) DO NOTHING
 RETURNING live_session_id
 """
 
 GET_LIVE: Final = """
-SELECT live_session_id, tenant_id, session_id, api_key_id, model, end_user_hash, forked_from, state
+SELECT live_session_id, tenant_id, session_id, api_key_id, model, end_user_hash, forked_from, state, transport
 FROM live_sessions WHERE live_session_id = $1
 """
 
@@ -46,6 +47,7 @@ class LiveRecord:
     safety_id: str = ""
     forked_from: str | None = None
     state: str = "active"
+    transport: str = "webrtc"  # or "sip" (inbound or outbound, migration 0019): no prepaid time
 
 
 class LiveStore:
@@ -66,6 +68,7 @@ class LiveStore:
             live.safety_id or None,
             live.forked_from,
             timestamp(now),
+            live.transport,
         )
         return inserted is not None
 
@@ -82,6 +85,7 @@ class LiveStore:
             safety_id=row["end_user_hash"] or "",
             forked_from=row["forked_from"],
             state=row["state"],
+            transport=row["transport"],
         )
 
     async def end(self, live_session_id: str, now: float) -> None:
