@@ -264,11 +264,12 @@ class VoxgatePlugin(InitPluginProtocol):
         services.metrics.watch(services.enforcement.repairs.metrics)
         services.metrics.watch(_scrape_time_metrics(services))
         services.calls_monitor.start()
+        background = services.background.pool  # a bounded share of the pool (gateway.storage.background)
         alerts = AlertSender(  # budget alert webhooks, and the ledger sweep that recovers missed crossings
-            AlertOutbox(pool), settings.alerts, self.clock, sweep=AlertSweep(pool, policy_store, self.clock)
+            AlertOutbox(background), settings.alerts, self.clock, sweep=AlertSweep(background, policy_store, self.clock)
         )
         alerts.start()
-        sip = SipDelivery(pool, settings.alerts, self.clock)  # routed inbound SIP calls to tenant webhooks
+        sip = SipDelivery(background, settings.alerts, self.clock)  # routed inbound SIP calls to tenant webhooks
         sip.start()
         ledger.observe_write = services.metrics.ledger_write.observe
         probe = asyncio.create_task(sample_relays(lambda: live.sessions, self.clock), name="voxgate-relay-probe")

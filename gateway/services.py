@@ -24,6 +24,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.session.enforcement import Enforcement
 from gateway.session.leases import CarriedSession
 from gateway.settings import Settings
+from gateway.storage.background import BackgroundGate, background_slots
 from gateway.storage.policy_store import PolicyStore
 from gateway.storage.tenants import TenantDirectory
 from policies.prices.table import PriceTable
@@ -134,8 +135,11 @@ class GatewayServices:
     # VOXGATE_DATABASE_READ_URL's pool, a read replica (set in the lifespan); None = none configured.
     replica_pool: asyncpg.Pool | None = None
     calls_monitor: CallWatcher = field(init=False)  # always there: made by `make_calls_monitor`
+    # The share of `pool` background loops may use (`gateway.storage.background`): requests keep the rest.
+    background: BackgroundGate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.background = BackgroundGate(self.pool, background_slots(self.settings.database.pool_max))
         self.calls_monitor = self.make_calls_monitor(self)
 
     @property

@@ -108,7 +108,7 @@ class AlertSweep:
                 open_limits[row["id"]] = limits
         missing: list[SweptAlert] = []
         if open_limits:
-            missing = await self._crossings(open_limits, periods, claimed)
+            missing = await self._crossings(conn, open_limits, periods, claimed)
         for alert in missing:
             detail = {
                 "period": alert.period,
@@ -147,16 +147,18 @@ class AlertSweep:
         return limits
 
     async def _crossings(
-        self, open_limits: dict[str, BudgetLimits], periods: list[Periods], claimed: set[tuple[str, str, date, float]]
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        open_limits: dict[str, BudgetLimits],
+        periods: list[Periods],
+        claimed: set[tuple[str, str, date, float]],
     ) -> list[SweptAlert]:
         """The crossings, in `periods`, that the spend shows and the outbox lacks, for these tenants."""
         found: dict[tuple[str, str, date, float], SweptAlert] = {}
         tenants = sorted(open_limits)
         for period in periods:
             month, month_end, day, _ = period.bounds()
-            spend = {
-                r["tenant_id"]: r for r in await self._pool.fetch(sql.PERIOD_SPEND, tenants, month, month_end, day)
-            }
+            spend = {r["tenant_id"]: r for r in await conn.fetch(sql.PERIOD_SPEND, tenants, month, month_end, day)}
             for tenant_id, limits in open_limits.items():
                 row = spend.get(tenant_id)
                 if row is None:  # nothing billed this month

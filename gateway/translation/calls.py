@@ -377,10 +377,11 @@ async def sweep_forever(calls: TranslationCalls, every_s: float = SWEEP_EVERY_S)
     failing = False
     while not services.live.draining:
         try:
-            try:
-                await calls.leases.beat_if_due()
-            finally:
-                await calls.sweep()  # a Redis outage does not hold the bookings back
+            async with services.background.slot():  # a bounded share of the pool (gateway.storage.background)
+                try:
+                    await calls.leases.beat_if_due()
+                finally:
+                    await calls.sweep()  # a Redis outage does not hold the bookings back
             failing = False
         except Exception as exc:
             if services.live.draining:

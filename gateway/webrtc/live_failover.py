@@ -159,7 +159,7 @@ class LiveFailover:
 
     async def take_over_orphans(self) -> list[str]:
         """Resume the sidebands of active Live WebRTC sessions no live replica holds; their ids."""
-        rows = await self.services.pool.fetch(ORPHAN_CANDIDATES)
+        rows = await self.services.background.pool.fetch(ORPHAN_CANDIDATES)  # a background scan
         taken: list[str] = []
         for row in rows:
             live = _record(row)

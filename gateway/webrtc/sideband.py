@@ -333,14 +333,17 @@ class CallsMonitor:
             if self.secret_sweep_s > 0 and now >= next_sweep:
                 next_sweep = now + self.secret_sweep_s
                 try:
-                    await self.sweep_expired_secrets()
+                    async with self.services.background.slot():  # a bounded share of the pool
+                        await self.sweep_expired_secrets()
                 except Exception:
                     log.exception("sweeping expired client secrets failed")
             if self.scan_every_s <= 0 or now < next_scan:
                 continue
             next_scan = now + self.scan_every_s
             try:
-                for stored in await self.store.active():  # calls not ended; attach() skips owned ones
+                async with self.services.background.slot():  # a bounded share of the pool
+                    active = await self.store.active()
+                for stored in active:  # calls not ended; attach() skips owned ones
                     if stored.call_id not in self._running:
                         await self.attach(stored)  # takes over only if no live replica holds the lease
             except Exception:
