@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from typing import Final
 
-# Take up to $2 due alerts for one attempt each, leasing them until $3 so no other replica
-# sends them meanwhile; a sender that dies mid-attempt lets its lease run out, and the alert
-# is tried again (same webhook-id). $1 is now.
-CLAIM_DUE: Final = """
-UPDATE budget_alerts a
-SET claimed_until = to_timestamp($3), attempts = a.attempts + 1
+
+def claim_due(table: str, key: str, returning: str) -> str:
+    """Take up to $2 due rows of an outbox `table` (keyed by `key`) for one attempt each, leasing
+    them until $3 so no other replica sends them meanwhile; a sender that dies mid-attempt lets its
+    lease run out, and the row is tried again (same webhook-id). $1 is now. Shared by the budget
+    alerts and the SIP call deliveries, whose tables carry the same delivery columns."""
+    return f"""
+UPDATE {table} o
+SET claimed_until = to_timestamp($3), attempts = o.attempts + 1
 FROM (
-    SELECT id FROM budget_alerts
+    SELECT {key} FROM {table}
     WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= to_timestamp($1)
       AND (claimed_until IS NULL OR claimed_until <= to_timestamp($1))
     ORDER BY next_attempt_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ) due
-WHERE a.id = due.id
-RETURNING a.id, a.tenant_id, a.period, a.period_start, a.threshold, a.budget_micro_usd,
-          a.spent_micro_usd, a.attempts
+WHERE o.{key} = due.{key}
+RETURNING {returning}
 """
+
+
+CLAIM_DUE: Final = claim_due(
+    "budget_alerts",
+    "id",
+    "o.id, o.tenant_id, o.period, o.period_start, o.threshold, o.budget_micro_usd, o.spent_micro_usd, o.attempts",
+)
 
 TENANT_WEBHOOK: Final = "SELECT url, secret FROM tenant_alert_webhooks WHERE tenant_id = $1"
 

@@ -29,6 +29,7 @@ import orjson
 from gateway import __version__
 from gateway.alerts.sender import BATCH, LEASE_MARGIN_S, retry_at
 from gateway.alerts.signing import sign
+from gateway.alerts.sql import claim_due
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.settings import AlertSettings
 from gateway.sip.config import SipConfig
@@ -39,20 +40,11 @@ PENDING_TIMEOUT_S: Final = 120.0  # how long an inbound call may ring unanswered
 WEBHOOK_ID_RETENTION_S: Final = 7 * 86400  # replays older than this fail the timestamp check anyway
 HOUSEKEEPING_EVERY_S: Final = 30.0
 
-CLAIM_DUE: Final = """
-UPDATE live_sip_calls c
-SET claimed_until = to_timestamp($3), attempts = c.attempts + 1
-FROM (
-    SELECT live_session_id FROM live_sip_calls
-    WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= to_timestamp($1)
-      AND (claimed_until IS NULL OR claimed_until <= to_timestamp($1))
-    ORDER BY next_attempt_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-) due
-WHERE c.live_session_id = due.live_session_id
-RETURNING c.live_session_id, c.tenant_id, c.delivery_id, c.event::text AS event, c.attempts, c.claimed_until
-"""
+CLAIM_DUE: Final = claim_due(
+    "live_sip_calls",
+    "live_session_id",
+    "o.live_session_id, o.tenant_id, o.delivery_id, o.event::text AS event, o.attempts, o.claimed_until",
+)
 RECORD_ATTEMPT: Final = """
 UPDATE live_sip_calls
 SET last_status = $2, last_attempt_at = to_timestamp($5), claimed_until = NULL,
