@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway.session.late import LateVerdicts
-from gateway.session.ticker import PAST_DEADLINE_S, Ticker, call_later
+from gateway.session.ticker import PAST_DEADLINE_S, Ticker
 from gateway.session.verdict import HOLD, Verdict
 from tests.support.clock import FakeClock
 
@@ -66,14 +66,3 @@ async def test_ticks_once_a_period_and_just_past_a_nearer_deadline_even_one_set_
     assert len(live.ticks) == 3
     assert [v.to_client for v in acted if v.to_client] == [("cut",)]
     assert sum(v.to_upstream == ("tick",) for v in acted) == 3
-
-
-async def test_call_later_runs_on_the_clock_and_can_be_called_off() -> None:
-    clock = FakeClock()
-    fired: list[str] = []
-    call_later(clock, 2.0, lambda: fired.append("a"))
-    off = call_later(clock, 1.0, lambda: fired.append("b"))
-    await settle()
-    off.cancel()
-    await clock.advance(2.0)
-    assert fired == ["a"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Protocol
 
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -84,13 +83,3 @@ class Ticker:
                 await self.act(self.live.tick())
             except Exception:  # the transport's `act` ends its session on failure; the ticker goes on
                 log.exception("a tick failed")
-
-
-def call_later(clock: Clock, delay: float, callback: Callable[[], None]) -> asyncio.Task[None]:
-    """Run `callback` after `delay` seconds of `clock`'s time; cancel the task to call it off."""
-
-    async def wait_then_call() -> None:
-        await clock.sleep(delay)
-        callback()
-
-    return asyncio.get_running_loop().create_task(wait_then_call())

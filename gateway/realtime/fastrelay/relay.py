@@ -23,7 +23,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import SYSTEM_CLOCK, Clock, Timer
 from gateway.realtime.fastrelay.frames import OP_TEXT, FrameHeader, build_close, build_frame, parse_close, payload_of
 from gateway.realtime.fastrelay.side import Side
 from gateway.realtime.fastrelay.splice import Splice
@@ -31,7 +31,6 @@ from gateway.session import close_reasons as ends
 from gateway.session.close_reasons import CLOSE_PROTOCOL_ERROR, Ending
 from gateway.session.kit import SessionKit
 from gateway.session.live import LiveSession, Verdict
-from gateway.session.ticker import call_later
 from gateway.telemetry.relay_probe import RelayProbe
 from policies.actions import CloseSession
 from policies.caps import CLOSE_BAD_GATEWAY, CLOSE_TOO_BIG
@@ -73,13 +72,13 @@ class FastRelay(Splice):
         self.abandon_wait_seconds = abandon_wait_seconds
         self.clock = clock
         self.kit = SessionKit(live, self._late, clock)
-        self._abandon_timer: asyncio.Task[None] | None = None
+        self._abandon_timer: Timer | None = None
         self._ending_as: tuple[str, str | None] | None = None  # the end to record once abandoning is over
         self._upstream_close: bytes | None = None  # the close frame upstream gets once abandoning is over
         self._deferred_end: EndPlan | None = None
         self._on_done = on_done
         self._loop = asyncio.get_running_loop()
-        self._close_timer: asyncio.Task[None] | None = None
+        self._close_timer: Timer | None = None
         self._finishing: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = self._loop.create_future()
         self.probe: RelayProbe | None = None  # sampled relay latency (set by the protocol after the upgrade)
@@ -248,7 +247,7 @@ class FastRelay(Splice):
         for side in (self.client, self.upstream):
             side.resume()  # read the close reply (or the abandoned responses) even if this side was throttled
             side.unhold()
-        self._close_timer = call_later(self.clock, CLOSE_TIMEOUT_SECONDS, self._abort)
+        self._close_timer = self.clock.call_later(CLOSE_TIMEOUT_SECONDS, self._abort)
         self._release_hold(hold)  # the client is gone or closing: what it would have been sent goes out now
         backlog = self.client.take_backlog()
         if backlog:  # the client's messages held by the opening: only a close frame among them matters now
@@ -265,7 +264,7 @@ class FastRelay(Splice):
         in_flight = self.live.responses_in_flight
         for message in self.live.abandon_responses().to_upstream:
             self.upstream.write(build_frame(OP_TEXT, message.encode(), masked=True))
-        self._abandon_timer = call_later(self.clock, self.abandon_wait_seconds, self._abandon_expired)
+        self._abandon_timer = self.clock.call_later(self.abandon_wait_seconds, self._abandon_expired)
         if in_flight:
             log.info(
                 "session %s ended (%s) with a response in flight: cancelled upstream, waiting up to %.1f s "
@@ -306,7 +305,7 @@ class FastRelay(Splice):
         self.upstream.send_close(self._upstream_close or build_close(1000, masked=True))
         if self._close_timer is not None:
             self._close_timer.cancel()
-        self._close_timer = call_later(self.clock, CLOSE_TIMEOUT_SECONDS, self._abort)
+        self._close_timer = self.clock.call_later(CLOSE_TIMEOUT_SECONDS, self._abort)
         self._settle(self.upstream)
 
     def _settle(self, side: Side) -> None:
