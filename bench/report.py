@@ -117,6 +117,14 @@ def goal_lines(rows: list[dict[str, Any]], base: str, h2: str = "##") -> list[st
                 f"- {hop} upstream, {GOAL_SESSIONS} paced sessions: p99 added over direct {fmt(added, 2)} ms, "
                 f"kept up {fmt(v['kept_up'])} (goal < {P99_GOAL_MS:g} ms): {'met' if ok else '**not met**'}"
             )
+        f = by_key.get((hop, "python floor", "paced", GOAL_SESSIONS))
+        if v and b and f:
+            out.append(
+                f"  - of which the Python floor (a byte pipe on uvloop: two reads and two writes per round trip) is "
+                f"{fmt(_ratio(f['cpu_ms_per_1k'], b['cpu_ms_per_1k']), 2)}x {base}; voxgate's own work adds "
+                f"{fmt(v['cpu_ms_per_1k'] - f['cpu_ms_per_1k'], 1)} ms per 1k round trips (framing, policy, VAD turns' "
+                "metering, live state and ledger)"
+            )
         fv = next((r for r in rows if r["hop"] == hop and r["target"] == "voxgate" and r["mode"] == "flatout"), None)
         fb = next((r for r in rows if r["hop"] == hop and r["target"] == base and r["mode"] == "flatout"), None)
         if fv and fb:

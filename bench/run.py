@@ -64,6 +64,8 @@ def targets(args: argparse.Namespace, notes: list[str]) -> list[Target]:
         notes.append("nginx is not installed (`apt-get install -y nginx`): skipped; ratios are vs the plain relay.")
     if args.plain_relay or len(out) == 1:
         out.append(Target("plain websockets relay", "plain"))
+    if not args.no_floor:  # what any Python relay pays: the part of voxgate's figure its own code cannot remove
+        out.append(Target("python floor", "floor"))
     out.append(Target("voxgate", "voxgate"))
     if args.baseline:  # an A/B in one run: the same points, interleaved, for another tree
         out.append(Target("voxgate baseline", "voxgate", Path(args.baseline).resolve()))
@@ -132,6 +134,8 @@ def run_streams(args: argparse.Namespace, plan: Plan, bench: Bench, tlist: list[
             runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tlist}
             for _ in range(args.repeat):
                 for target in tlist:
+                    if target.kind == "floor" and hop != "plain":  # see docs/benchmarks.md, "The Python floor"
+                        continue
                     try:
                         row = measure_point(args, plan, bench, target, hop, mode, sessions)
                     except RuntimeError as exc:
@@ -195,6 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", help="only these targets (substrings of their names), e.g. nginx,voxgate")
     p.add_argument("--no-nginx", action="store_true", help="skip nginx even if installed")
     p.add_argument("--plain-relay", action="store_true", help="also measure the plain websockets relay")
+    p.add_argument("--no-floor", action="store_true", help="skip the Python byte pipe on uvloop (bench/floor_relay.py)")
     p.add_argument("--no-flatout", action="store_true", help="paced points only")
     p.add_argument("--no-extras", action="store_true", help="round trips only: no idle, admission, ledger")
     p.add_argument("--profile", action="store_true", help="also sample voxgate with py-spy (200 paced, per hop)")

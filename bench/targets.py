@@ -108,7 +108,7 @@ NGINX_TLS = """\
 @dataclass(frozen=True)
 class Target:
     name: str
-    kind: str  # direct | nginx | plain | voxgate
+    kind: str  # direct | nginx | plain | floor | voxgate
     source: Path | None = None  # voxgate: run it from this tree instead of the bench's
 
 
@@ -163,6 +163,10 @@ class Bench:
             cmd = [PY, str(BENCH / "plain_relay.py"), "--port", "0"]
             cmd += ["--upstream", f"{'wss' if secure else 'ws'}://127.0.0.1:{up_port}", "--ca-file", str(self.tls.ca)]
             return start_listening(cmd, self.logs / "plain_relay.log")
+        if target.kind == "floor":
+            cmd = [PY, str(BENCH / "floor_relay.py"), "--port", "0", "--upstream-port", str(up_port)]
+            cmd += ["--upstream-tls", "--ca-file", str(self.tls.ca)] if secure else []
+            return start_listening(cmd, self.logs / "floor_relay.log")
         port = free_port()
         if target.kind == "nginx":
             return self._start_nginx(secure, port, up_port), port
