@@ -5,6 +5,7 @@ the real `openai` SDK and an aiortc peer, to the emulator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,10 +17,13 @@ import pytest
 from openai import AsyncOpenAI
 
 from emulator import RealtimeEmulator
+from gateway.livestate.keys import KeyLayout
+from gateway.livestate.state import LiveState
 from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
+from tests.support.clock import FakeClock
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
@@ -28,7 +32,7 @@ from tests.test_live_sideband_failover import SESSION, USAGE_INTERVAL_S, _attach
 
 pytestmark = pytest.mark.e2e
 
-SCAN_S = 0.5
+SCAN_S = 0.2  # under a sixth of the lease TTL, as `serve` requires
 LEASE_TTL_S = 1.5
 CLAIM_TTL_S = LEASE_TTL_S / 2  # a Live sideband's claim lives half a lease TTL
 MAX_SESSION_S = 5.0
@@ -194,3 +198,112 @@ async def test_a_sideband_that_cannot_be_claimed_is_not_metered_here_but_taken_o
         for gateway in (a, b):
             await gateway.stop()
         await proxy.stop()
+
+
+WORST_TTL_S = 6.0  # the worst-case test's lease TTL: heartbeats every 2 s, claims live 3 s
+WORST_SCAN_S = 0.9  # just under a sixth of it, the slowest scan `serve` accepts
+STEP_S = 0.05
+
+
+async def _asleep_again(clock: FakeClock, sleepers: int) -> None:
+    """Wait (real time, bounded) until the tasks woken wait on `clock` again: `sleepers` of them do, or
+    (one ended meanwhile: a sideband of another test's session, taken over and gone) their number
+    held still for a tenth of a second."""
+    async with asyncio.timeout(10):
+        last, still = -1, 0
+        while clock.sleepers < sleepers and still < 10:
+            await asyncio.sleep(0.01)
+            still = still + 1 if clock.sleepers == last else 0
+            last = clock.sleepers
+
+
+async def _run_until(clock: FakeClock, until_s: float) -> None:
+    """Move `clock` to `until_s` (monotonic) a step at a time, every loop woken finishing its round."""
+    while clock.monotonic() < until_s - 1e-9:
+        sleepers = clock.sleepers
+        await clock.advance(min(STEP_S, until_s - clock.monotonic()))
+        await _asleep_again(clock, sleepers)
+
+
+async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_to_live(
+    pg_dsn: str,
+    live_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """The worst case: the holder renewed its sideband claim as it died (at `d`), its lease a heartbeat
+    (T/3) before, so the lease lapses at d + 2T/3 while the claim lapses at d + T/2 and a scan takes the
+    session up to a scan later; the new holder's own heartbeat may come up to T/3 after that. Another
+    replica reaping in between must find the lease renewed by the takeover, not end the session."""
+    ttl, beat = WORST_TTL_S, WORST_TTL_S / 3
+    prefix = f"{redis_prefix}live-worst:"
+    a = await _replica(pg_dsn, live_emulator.base_url, prefix, "pod-a")
+    on_a = AsyncOpenAI(base_url=a.base_url, api_key=tenant.secret, max_retries=0)
+    created = await on_a.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
+    await on_a.close()
+    live_id = created.session.id
+    await peer.accept(created.transport.sdp)
+    await until(lambda: _attached(live_emulator, live_id))
+    session_id = await pg_pool.fetchval("SELECT session_id FROM live_sessions WHERE live_session_id = $1", live_id)
+    await a.stop()  # pod-a stops metering, leaving the session running, its lease held and its rows active
+
+    # pod-b runs on a fake clock from w: its heartbeats at w + 2 and w + 4, its scans every 0.9 s
+    clock = FakeClock(start=time.time())
+    w = clock.time()
+    died = w - 0.8  # its claim lapses at w + 2.2: pod-b's scan at w + 2.7 takes the session
+    dead = LiveState(redis_client, prefix, "pod-a", clock)
+    await dead.load_scripts()
+    # pod-a's Redis state as it left it at its death: claim renewed then, lease a heartbeat earlier
+    assert await dead.heartbeat([(tenant.tenant_id, session_id)], ttl, died - beat) == []
+    assert await dead.claim_monitor(tenant.tenant_id, live_id, ttl / 2, died)
+    lapses_at = died - beat + ttl  # d + 2T/3 = w + 3.2: after the takeover, before pod-b's heartbeat at w + 4
+    settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
+    enforcement = replace(
+        settings.enforcement,
+        lease_ttl_seconds=ttl,
+        calls_scan_seconds=WORST_SCAN_S,
+        reap_interval_seconds=3600.0,  # another replica reaps: pod-b never ends a session it carries
+    )
+    b = await start_gateway(
+        replace(
+            settings,
+            redis=replace(settings.redis, key_prefix=prefix),
+            server=replace(settings.server, instance_id="pod-b"),
+            enforcement=enforcement,
+        ),
+        clock=clock,
+    )
+    leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
+    try:
+        b_sidebands = live_context_of(context_of(b.app)).sidebands
+        await asyncio.sleep(0.2)  # pod-b's loops wait on its clock
+        await _run_until(clock, 2.65)
+        assert live_id not in b_sidebands  # the dead holder's claim held until w + 2.2
+        await _run_until(clock, 2.75)  # pod-b's first scan after the claim lapsed
+        assert live_id in b_sidebands, "not taken over"
+        assert clock.time() < lapses_at  # the dead holder's lease still held
+
+        await _run_until(clock, lapses_at - w + 0.3)  # the dead holder's lease would have lapsed...
+        reaper = LiveState(redis_client, prefix, "pod-c", clock)  # ...when another replica reaps
+        reaped = await reaper.reap_expired(clock.time())
+        assert (tenant.tenant_id, session_id) not in reaped
+        score = await redis_client.zscore(leases, session_id)
+        assert score is not None and score >= w + 2.7 + ttl  # renewed by the takeover, a whole TTL
+
+        assert clock.time() < w + 4.0  # ...and pod-b's own heartbeat has yet to come
+        await _run_until(clock, 4.05)  # then it renews the lease on
+        assert await redis_client.zscore(leases, session_id) >= w + 4.0 + ttl
+        ended = await pg_pool.fetchval("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
+        assert ended is None  # never reaped as `replica_lost`
+        await until(lambda: _attached(live_emulator, live_id, after=1))  # pod-b meters it on
+    finally:
+        on_b = AsyncOpenAI(base_url=b.base_url, api_key=tenant.secret, max_retries=0)
+        with contextlib.suppress(Exception):
+            await on_b.live.sessions.hangup(live_id)
+        await on_b.close()
+        with contextlib.suppress(Exception):
+            await _run_until(clock, clock.monotonic() + 1.0)  # the end is booked
+        await b.stop()

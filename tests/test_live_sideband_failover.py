@@ -28,7 +28,7 @@ from tests.test_concurrency_replicas import LEASE_TTL_S, SLACK_S, gateway_proces
 
 pytestmark = pytest.mark.e2e
 
-SCAN_S = 0.5  # VOXGATE_CALLS_SCAN_SECONDS of both replicas
+SCAN_S = 0.2  # VOXGATE_CALLS_SCAN_SECONDS of both replicas (`serve` wants < LEASE_TTL_S/6)
 CLAIM_TTL_S = LEASE_TTL_S / 2  # a Live sideband's claim lives half a lease TTL (gateway/webrtc/live_failover.py)
 USAGE_INTERVAL_S = 0.5
 PREPAID_S = 15  # the WebRTC initialisation charge: reports exceed it after 16 s

@@ -23,7 +23,7 @@ async def peer() -> AsyncIterator[ClientPeer]:
     await client.close()
 
 
-SCAN_S = 0.5  # VOXGATE_CALLS_SCAN_SECONDS of both replicas
+SCAN_S = 0.2  # VOXGATE_CALLS_SCAN_SECONDS of both replicas (`serve` wants < LEASE_TTL_S/6)
 
 
 async def test_a_killed_monitor_is_replaced_and_metering_continues_once(

@@ -9,8 +9,11 @@ live replica holds (the holder died, or handed them over at its drain), claims e
 its sideband from what the ledger booked for it (`Booked`): the next cumulative usage books only
 the rest, never the whole again.
 
-A claim lives half a concurrency-lease TTL, so a dead holder's sessions are taken over before
-their concurrency leases would be reaped (the new holder renews the lease with its heartbeat).
+A claim lives half a concurrency-lease TTL (T/2); the holder's heartbeat renews the session's
+lease every T/3, so a holder that dies just after renewing its claim leaves the lease as little as
+T - T/3 - T/2 = T/6 past the claim's lapse. `serve` therefore requires a scan shorter than T/6, and
+the takeover renews the lease (`LeaseKeeper.take_over`) before resuming, so the session is never
+reaped while the new holder's heartbeat (up to T/3 away) has yet to renew it.
 """
 
 from __future__ import annotations
@@ -182,12 +185,13 @@ class LiveFailover:
     async def _resume(self, live: LiveRecord, started_at: float | None) -> None:
         assert self.http is not None, "LiveFailover.start sets the upstream client"
         services = self.services
+        # First renew the session's concurrency lease: its dead holder's last heartbeat may leave it
+        # only T/6 past the claim's lapse, and this replica's heartbeat may come a third of a TTL late.
+        await services.enforcement.take_over(live.tenant_id, live.session_id, live.model, services.clock.time())
         policy, _ = await services.enforcement.policy_for(live.tenant_id)
         # Its duration cap counts from its recorded start, not from this takeover.
         booked = replace(await Booked.of(services.pool, live.session_id), started_at=started_at)
         log.warning("taking over the sideband of live session %s (its holder stopped)", live.live_session_id)
-        # The session holds its concurrency lease since its create; this replica's heartbeat renews it now.
-        services.enforcement.note_model(live.tenant_id, live.session_id, live.model)
         self._hold(LiveSideband(services, self.store, self.http, live, policy, True, claims=self, resumed=booked))
 
 
