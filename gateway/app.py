@@ -245,7 +245,8 @@ class VoxgatePlugin(InitPluginProtocol):
             make_calls_monitor=lambda services: CallsMonitor(
                 services,
                 live_state,
-                lease_ttl_s=settings.enforcement.lease_ttl_seconds,
+                # half a lease TTL: a dead holder's calls are taken over before their leases lapse
+                claim_ttl_s=settings.enforcement.lease_ttl_seconds / 2,
                 scan_every_s=settings.enforcement.calls_scan_seconds,
             ),
             live=live,

@@ -371,13 +371,14 @@ class Settings:
         ]
         if missing:
             raise SettingsError(f"missing required settings: {', '.join(missing)}")
-        # A Live sideband's claim lives T/2 and a lease heartbeat comes every T/3: a holder dying just
-        # after renewing its claim leaves its session's lease T/6 past the claim's lapse, so the takeover
-        # (which renews the lease, gateway/webrtc/live_failover.py) must come within T/6 of it.
+        # A Live sideband's claim and a Realtime call's monitor claim live T/2, and a lease heartbeat
+        # comes every T/3: a holder dying just after renewing its claim leaves its session's lease T/6
+        # past the claim's lapse, so the takeover (which renews the lease, gateway/webrtc/live_failover.py
+        # and gateway/webrtc/sideband.py) must come within T/6 of it.
         if 0 < (scan := self.enforcement.calls_scan_seconds) >= self.enforcement.lease_ttl_seconds / 6:
             raise SettingsError(
                 f"VOXGATE_CALLS_SCAN_SECONDS ({scan}) must be 0 or < VOXGATE_LEASE_TTL_SECONDS/6"
-                f" ({self.enforcement.lease_ttl_seconds / 6:g}): a dead replica's Live sessions would be reaped first"
+                f" ({self.enforcement.lease_ttl_seconds / 6:g}): a dead replica's WebRTC sessions would be reaped first"
             )
 
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from emulator import RealtimeEmulator
+from gateway.livestate.keys import KeyLayout
+from gateway.livestate.state import LiveState
+from tests.conftest import REDIS_URL
+from tests.support.clock import FakeClock
+from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
 from tests.test_concurrency_replicas import LEASE_TTL_S, POLL_S, SLACK_S, gateway_process
+from tests.test_live_failover_limits import _run_until
 
 pytestmark = pytest.mark.e2e
 
@@ -66,8 +78,8 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
         proc_a.kill()  # SIGKILL: no drain, no lease release
         killed = time.monotonic()
         await proc_a.wait()
-        # pod-b takes the call over once pod-a's monitor lease expires (its ttl is the lease ttl) at its
-        # next orphan scan.
+        # pod-b takes the call over once pod-a's monitor claim lapses (it lives half the lease ttl) at
+        # its next orphan scan.
         async with asyncio.timeout(LEASE_TTL_S + SCAN_S + SLACK_S):
             while await redis_client.hget(monitor_lease, "owner") != b"pod-b":
                 await asyncio.sleep(POLL_S)
@@ -79,3 +91,130 @@ async def test_a_killed_monitor_is_replaced_and_metering_continues_once(
         await asyncio.sleep(0.5)
         assert await metered(2) == sorted([first, second])  # and nothing was counted twice
         assert not peer.channel_closed.is_set()  # the customer's call never noticed
+
+
+WORST_TTL_S = 6.0  # the worst-case test's lease TTL: heartbeats every 2 s, monitor claims live 3 s
+WORST_SCAN_S = 0.9  # just under a sixth of it, the slowest scan `serve` accepts
+
+
+async def _broker(base_url: str, tenant: TenantKey, peer: ClientPeer) -> str:
+    """Broker a call through the gateway at `base_url` (its admission takes the lease); its id."""
+    files = {
+        "sdp": (None, await peer.offer(), "application/sdp"),
+        "session": (None, json.dumps({"type": "realtime", "model": "gpt-realtime"}), "application/json"),
+    }
+    async with httpx.AsyncClient() as http:
+        brokered = await http.post(
+            f"{base_url}/realtime/calls", files=files, headers={"Authorization": f"Bearer {tenant.secret}"}
+        )
+    assert brokered.status_code == 201, brokered.text
+    await peer.accept(brokered.text)
+    await peer.wait_for("session.created")
+    return brokered.headers["location"].rsplit("/", 1)[1]
+
+
+@pytest.fixture
+async def own_emulator() -> AsyncIterator[RealtimeEmulator]:
+    """An emulator of the test's own: calls other tests left active are unknown to it (404), so a scan
+    ends them at once instead of monitoring them."""
+    emulator = await start_emulator()
+    yield emulator
+    await emulator.stop()
+
+
+async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_sixth_of_a_ttl_to_live(
+    pg_dsn: str,
+    own_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """The worst case: the monitoring replica renewed its claim on the call as it died (at `d`), the
+    session's lease a heartbeat (T/3) before, so the lease lapses at d + 2T/3 while the claim (half a
+    TTL) lapses at d + T/2 and a scan takes the call up to a scan later; the new holder's own heartbeat
+    may come up to T/3 after that. Another replica reaping in between must find the lease renewed by
+    the takeover, not end the session as `replica_lost`; the new holder then carries the lease."""
+    ttl, beat = WORST_TTL_S, WORST_TTL_S / 3
+    emulator = own_emulator
+    prefix = f"{redis_prefix}calls-worst:"
+    settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
+    redis = replace(settings.redis, key_prefix=prefix)
+    a = await start_gateway(replace(settings, redis=redis, server=replace(settings.server, instance_id="pod-a")))
+    try:
+        call_id = await _broker(a.base_url, tenant, peer)
+        emulated = next(c for c in emulator.calls if c.call_id == call_id)
+        await until(lambda: _true(len(emulated.sidebands) == 1))  # pod-a monitors it
+        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+    finally:
+        await a.stop()  # pod-a stops monitoring, leaving the call running, its lease held and its rows active
+    leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
+    claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
+    assert await redis_client.zscore(leases, session_id) is not None  # brokered: admission took the lease
+
+    # pod-b runs on a fake clock from w: its heartbeats at w + 2 and w + 4, its scans every 0.9 s
+    clock = FakeClock(start=time.time())
+    w = clock.time()
+    died = w - 0.8  # its claim lapses at w + 2.2: pod-b's scan at w + 2.7 takes the call
+    dead = LiveState(redis_client, prefix, "pod-a", clock)
+    await dead.load_scripts()
+    # pod-a's Redis state as it left it at its death: claim renewed then, lease a heartbeat earlier
+    assert await dead.heartbeat([(tenant.tenant_id, session_id)], ttl, died - beat) == []
+    assert await dead.claim_monitor(tenant.tenant_id, call_id, ttl / 2, died)
+    lapses_at = died - beat + ttl  # d + 2T/3 = w + 3.2: after the takeover, before pod-b's heartbeat at w + 4
+    enforcement = replace(
+        settings.enforcement,
+        lease_ttl_seconds=ttl,
+        calls_scan_seconds=WORST_SCAN_S,
+        reap_interval_seconds=3600.0,  # another replica reaps: pod-b never ends a session it carries
+    )
+    b = await start_gateway(
+        replace(settings, redis=redis, server=replace(settings.server, instance_id="pod-b"), enforcement=enforcement),
+        clock=clock,
+    )
+    try:
+        await asyncio.sleep(0.2)  # pod-b's loops wait on its clock
+        await _run_until(clock, 2.65)
+        assert len(emulated.sidebands) == 1  # the dead holder's claim held until w + 2.2
+        await _run_until(clock, 2.75)  # pod-b's first scan after the claim lapsed
+        assert await redis_client.hget(claim, "owner") == b"pod-b", "not taken over"
+        # pod-b's claim lives half a lease TTL, so a holder's death is noticed before its leases lapse
+        assert float(await redis_client.hget(claim, "expires_at")) <= clock.time() + ttl / 2
+        assert clock.time() < lapses_at  # the dead holder's lease still held
+
+        await _run_until(clock, lapses_at - w + 0.3)  # the dead holder's lease would have lapsed...
+        reaper = LiveState(redis_client, prefix, "pod-c", clock)  # ...when another replica reaps
+        reaped = await reaper.reap_expired(clock.time())
+        assert (tenant.tenant_id, session_id) not in reaped, "the taken-over call's session was reaped"
+        score = await redis_client.zscore(leases, session_id)
+        assert score is not None and score >= w + 2.7 + ttl  # renewed by the takeover, a whole TTL
+
+        assert clock.time() < w + 4.0  # ...and pod-b's own heartbeat has yet to come
+        await _run_until(clock, 4.05)  # then it renews the lease on: pod-b carries it
+        assert await redis_client.zscore(leases, session_id) >= w + 4.0 + ttl
+        row = await pg_pool.fetchrow("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
+        assert row is not None and row["ended_at"] is None  # never reaped as `replica_lost`
+        await until(lambda: _true(len(emulated.sidebands) == 2))  # pod-b monitors it
+
+        async with httpx.AsyncClient() as http:  # the call ends: pod-b gives the lease back
+            hung_up = await http.post(
+                f"{b.base_url}/realtime/calls/{call_id}/hangup", headers={"Authorization": f"Bearer {tenant.secret}"}
+            )
+        assert hung_up.status_code == 200, hung_up.text
+
+        async def released() -> bool:
+            await _run_until(clock, clock.monotonic() + 0.1)
+            return await redis_client.zscore(leases, session_id) is None
+
+        await until(released)
+    finally:
+        with contextlib.suppress(Exception):
+            await _run_until(clock, clock.monotonic() + 1.0)  # the end is booked
+        await b.stop()
+    ended = await pg_pool.fetchval("SELECT end_reason FROM realtime_sessions WHERE id = $1", session_id)
+    assert ended == "client_hangup"
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -109,13 +109,14 @@ class LeaseKeeper:
             return Refuse(503, "live_state_unavailable", message, type="server_error", retry_after=1.0)
         return None if lease.granted else self._refusal(policy, lease, model, param)
 
-    async def take_over(self, tenant_id: str, session_id: str, model: str, now: float) -> None:
+    async def take_over(self, tenant_id: str, session_id: str, model: str | None, now: float) -> None:
         """A session taken over from another replica: renew its lease now, uncapped and counted under
-        `model` (idempotent; re-acquired if it lapsed but was not yet reported), so the reaper cannot
-        end it before this replica's heartbeat, up to a third of a TTL away, renews it. Redis errors
-        propagate (the takeover is retried at the next scan)."""
+        `model` if given (idempotent; re-acquired if it lapsed but was not yet reported), so the reaper
+        cannot end it before this replica's heartbeat, up to a third of a TTL away, renews it. Redis
+        errors propagate (the takeover is retried at the next scan)."""
         await self.state.acquire_session(tenant_id, session_id, None, self.lease_ttl, now, model=model)
-        self._models[(tenant_id, session_id)] = model  # a lease taken back after it lapsed keeps its model
+        if model:  # a lease taken back after it lapsed keeps its model
+            self._models[(tenant_id, session_id)] = model
 
     def forget(self, tenant_id: str, session_id: str) -> None:
         """A session handed over to another replica: its lease stays (the next holder renews it), but

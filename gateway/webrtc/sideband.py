@@ -6,10 +6,21 @@ WebSocket to upstream and drives the call's `LiveSession` with what it sees: eac
 and the governor's caps and budgets act through `session.update` (re-clamping),
 `response.cancel` and, to end a call, `POST /v1/realtime/calls/{call_id}/hangup`.
 
-Ownership is a Redis lease per call (`<prefix>{<tenant>}:monitor:<call_id>`), renewed by
-the owning replica. If that replica dies, the lease expires and another replica's scan
+Ownership is a Redis claim per call (`<prefix>{<tenant>}:monitor:<call_id>`), renewed by
+the owning replica. If that replica dies, the claim lapses and another replica's scan
 attaches a new sideband within seconds. Metering continues without double counting: the
 ledger is keyed by `response_id`, and a fresh sideband only sees new events.
+
+A claim lives half a concurrency-lease TTL (T/2), renewed at least every T/6. A brokered
+call's session holds a concurrency lease, renewed by its holder's heartbeat every T/3, so a
+holder that dies just after renewing its claim leaves the lease as little as T - T/3 - T/2 =
+T/6 past the claim's lapse. `serve` therefore requires a scan shorter than T/6, and the
+takeover renews the lease (`LeaseKeeper.take_over`) before resuming, so another replica's
+reaper never ends (`replica_lost`) a call being metered here while this replica's heartbeat
+(up to T/3 away) has yet to renew it. The calls store does not record whether a call holds a
+lease, so a taken-over brokered call is carried as holding one (its admission took it; one
+admitted without, while Redis was down under `fail_open`, gets one at the takeover) and an
+attached call as not (its client secret's lease was given back at the mint).
 
 The same background loop sweeps client secrets that expired without an attached call and
 ends their session rows (`client_secret_expired`); every replica sweeps, Postgres row locks
@@ -21,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -82,7 +93,8 @@ class Sideband:
     def shutdown(self, code: int, reason: str, end_reason: str) -> None:
         """Gateway drain: stop watching, but never hang up a customer's call for it.
 
-        The lease is released so another replica picks the call up at once.
+        The monitor claim is released so another replica picks the call up at once; the
+        concurrency lease stays, for the next holder to renew.
         """
         if not self._stop.done():
             self._stop.set_result(None)
@@ -141,13 +153,13 @@ class CallsMonitor:
         self,
         services: GatewayServices,
         claims: LiveStateBackend,
-        lease_ttl_s: float = 10.0,
+        claim_ttl_s: float = 5.0,  # half the concurrency-lease TTL (gateway/app.py; see the module docstring)
         scan_every_s: float = 2.0,
         secret_sweep_s: float = SECRET_SWEEP_SECONDS,
         secret_grace_s: float = SECRET_ATTACH_GRACE_SECONDS,
     ) -> None:
         self.services = services
-        self.lease_ttl_s = lease_ttl_s
+        self.claim_ttl_s = claim_ttl_s
         self._claims = claims  # one claim per call: which replica monitors it (gateway.livestate.monitors)
         self.scan_every_s = scan_every_s
         self.secret_sweep_s = secret_sweep_s
@@ -182,18 +194,52 @@ class CallsMonitor:
         call = await self.monitored(call)
         if call.call_id in self._running:
             return True
+        if not await self._claim(call):
+            return False
+        self._start(call)
+        return True
+
+    async def take_over(self, stored: Call) -> bool:
+        """Monitor a call of the calls store that no live replica monitors (its holder died, or handed
+        it over at its drain); True if this replica does now.
+
+        A brokered call's session holds a concurrency lease (taken at its admission; the store does
+        not record it): the takeover renews it before the sideband opens, and this replica carries it
+        from then on (heartbeats, released at the call's end). If the live state does not answer,
+        the claim is given back and the next scan tries again."""
+        if stored.call_id in self._running:
+            return True
+        call = await self.monitored(replace(stored, leased=stored.leased or stored.source == "brokered"))
+        if not await self._claim(call):
+            return False
+        if call.leased:
+            services = self.services
+            try:  # its dead holder's last heartbeat may leave the lease only T/6 past the claim's lapse
+                await services.enforcement.take_over(
+                    call.tenant_id, call.session_id, stored.model, services.clock.time()
+                )
+            except RedisError as exc:
+                log.warning(
+                    "cannot renew the concurrency lease of call %s (%s); the next scan retries", call.call_id, exc
+                )
+                await self._release_claim(call)
+                return False
+        log.warning("taking over the sideband of call %s (its monitor stopped)", call.call_id)
+        self._start(call)
+        return True
+
+    async def _claim(self, call: MonitoredCall) -> bool:
         try:
-            owned = await self._claims.claim_monitor(
-                call.tenant_id, call.call_id, self.lease_ttl_s, self.services.clock.time()
+            return await self._claims.claim_monitor(
+                call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
             )
         except RedisError as exc:
-            log.warning("cannot take the monitor lease of %s: %s", call.call_id, exc)
+            log.warning("cannot take the monitor claim of %s: %s", call.call_id, exc)
             return False
-        if not owned:
-            return False
+
+    def _start(self, call: MonitoredCall) -> None:
         self._calls[call.call_id] = call
         self._running[call.call_id] = asyncio.create_task(self._watch(call), name=f"voxgate-sideband-{call.call_id}")
-        return True
 
     async def _watch(self, call: MonitoredCall) -> None:
         services = self.services
@@ -240,12 +286,15 @@ class CallsMonitor:
     async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
-        try:
-            await self._claims.release_monitor(call.tenant_id, call.call_id)
-        except RedisError as exc:  # no money or session lease: the monitor lease expires on its TTL
-            log.warning("could not release the monitor lease of %s (%s); it expires on its TTL", call.call_id, exc)
+        await self._release_claim(call)
         if end_reason is not None:
             await self.store.end(call.call_id, end_reason)
+
+    async def _release_claim(self, call: MonitoredCall) -> None:
+        try:
+            await self._claims.release_monitor(call.tenant_id, call.call_id)
+        except RedisError as exc:  # no money or session lease: the monitor claim lapses on its TTL
+            log.warning("could not release the monitor claim of %s (%s); it lapses on its TTL", call.call_id, exc)
 
     async def why_it_ended(self, call_id: str, end_reason: str, detail: str | None) -> tuple[str, str | None]:
         """Why the session of a call whose sideband dropped ended: a hangup through voxgate marks the
@@ -291,7 +340,7 @@ class CallsMonitor:
         except httpx.HTTPError as exc:
             log.warning("hangup of %s failed: %s", call_id, type(exc).__name__)
 
-    # -- background: renew owned leases, resume orphaned calls ---------------------------
+    # -- background: renew owned claims, resume orphaned calls ---------------------------
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._maintain(), name="voxgate-calls-monitor")
@@ -315,7 +364,7 @@ class CallsMonitor:
         return ended
 
     async def _maintain(self) -> None:
-        renew_every = self.lease_ttl_s / 3
+        renew_every = self.claim_ttl_s / 3
         waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
         next_scan = next_sweep = 0.0
         while not self._stopping:
@@ -323,12 +372,12 @@ class CallsMonitor:
             for call in list(self._calls.values()):
                 try:
                     renewed = await self._claims.renew_monitor(
-                        call.tenant_id, call.call_id, self.lease_ttl_s, self.services.clock.time()
+                        call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
                     )
                     if not renewed:
-                        log.warning("lost the monitor lease of %s", call.call_id)
+                        log.warning("lost the monitor claim of %s", call.call_id)
                 except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
-                    log.warning("could not renew the monitor lease of %s: %s", call.call_id, exc)
+                    log.warning("could not renew the monitor claim of %s: %s", call.call_id, exc)
             now = self.services.clock.monotonic()
             if self.secret_sweep_s > 0 and now >= next_sweep:
                 next_sweep = now + self.secret_sweep_s
@@ -343,8 +392,8 @@ class CallsMonitor:
             try:
                 async with self.services.background.slot():  # a bounded share of the pool
                     active = await self.store.active()
-                for stored in active:  # calls not ended; attach() skips owned ones
+                for stored in active:  # calls not ended; take_over() skips owned ones
                     if stored.call_id not in self._running:
-                        await self.attach(stored)  # takes over only if no live replica holds the lease
+                        await self.take_over(stored)  # only if no live replica holds its claim
             except Exception:
                 log.exception("scanning for unmonitored calls failed")
