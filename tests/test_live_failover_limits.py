@@ -225,6 +225,12 @@ async def _run_until(clock: FakeClock, until_s: float) -> None:
         await _asleep_again(clock, sleepers)
 
 
+def _assert_running(emulator: RealtimeEmulator, live_id: str) -> None:
+    session = emulator.live.find(live_id)
+    assert session is not None
+    assert not session.done.is_set(), f"the session ended upstream: {session.protocol.closed_reason}"
+
+
 async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_to_live(
     pg_dsn: str,
     live_emulator: RealtimeEmulator,
@@ -249,6 +255,10 @@ async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_t
     await until(lambda: _attached(live_emulator, live_id))
     session_id = await pg_pool.fetchval("SELECT session_id FROM live_sessions WHERE live_session_id = $1", live_id)
     await a.stop()  # pod-a stops metering, leaving the session running, its lease held and its rows active
+    _assert_running(live_emulator, live_id)
+    # a stopped replica has finished with its sidebands: claims given back, nothing of it left running
+    assert await redis_client.exists(KeyLayout(prefix).tenant(tenant.tenant_id).monitor(live_id)) == 0
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == f"voxgate-live-sideband-{live_id}"]
 
     # pod-b runs on a fake clock from w: its heartbeats at w + 2 and w + 4, its scans every 0.9 s
     clock = FakeClock(start=time.time())
@@ -282,6 +292,7 @@ async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_t
         await asyncio.sleep(0.2)  # pod-b's loops wait on its clock
         await _run_until(clock, 2.65)
         assert live_id not in b_sidebands  # the dead holder's claim held until w + 2.2
+        _assert_running(live_emulator, live_id)
         await _run_until(clock, 2.75)  # pod-b's first scan after the claim lapsed
         assert live_id in b_sidebands, "not taken over"
         assert clock.time() < lapses_at  # the dead holder's lease still held

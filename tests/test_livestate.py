@@ -218,12 +218,15 @@ async def test_calls_made_in_one_loop_turn_share_one_round_trip(
         t = tenant()
         pool = client.connection_pool
         taken = 0
+        ours: set[int] = set()  # this client's connections: the tests' shared loop may run other clients
         get_connection = pool.get_connection
 
         async def counted(*args: object, **kwargs: object) -> object:
             nonlocal taken
             taken += 1
-            return await get_connection(*args, **kwargs)
+            connection = await get_connection(*args, **kwargs)
+            ours.add(id(connection))
+            return connection
 
         pool.get_connection = counted  # type: ignore[method-assign]
         sent = 0  # round trips: every batch is one write of packed commands
@@ -231,7 +234,7 @@ async def test_calls_made_in_one_loop_turn_share_one_round_trip(
 
         async def counted_send(self: Connection, *args: object, **kwargs: object) -> None:
             nonlocal sent
-            sent += 1
+            sent += id(self) in ours
             await send_packed_command(self, *args, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(Connection, "send_packed_command", counted_send)

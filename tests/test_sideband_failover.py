@@ -152,6 +152,9 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
     leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
     claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
     assert await redis_client.zscore(leases, session_id) is not None  # brokered: admission took the lease
+    # a stopped replica has finished with its sidebands: claims given back, nothing of it left running
+    assert await redis_client.exists(claim) == 0
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == f"voxgate-sideband-{call_id}"]
 
     # pod-b runs on a fake clock from w: its heartbeats at w + 2 and w + 4, its scans every 0.9 s
     clock = FakeClock(start=time.time())

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.errors import GatewayError
 from gateway.ledger.records import SessionStarted
+from gateway.services import SHUTDOWN_WAIT_SECONDS
 from gateway.session.live_call import LiveCall, LiveSides
 from gateway.upstream import open_upstream
 from gateway.webrtc.live_store import LiveRecord
@@ -150,8 +151,13 @@ class LiveSideband:
         with no takeover configured, end it here, booked so far as estimated."""
         self.handing_over = self._handed_over_at_drain()
         if self.task is not None and not self.task.done():
-            self.task.cancel()
-            await self.closed.wait()
+            if not self.call.closed.is_set():  # a session the drain already closed is finishing: let it
+                self.task.cancel()
+            try:
+                await asyncio.wait_for(self.closed.wait(), SHUTDOWN_WAIT_SECONDS)
+            except TimeoutError:
+                self.task.cancel()
+                await self.closed.wait()
 
     def _handed_over_at_drain(self) -> bool:
         return self.claims is not None and self.claims.takes_over
@@ -206,10 +212,17 @@ class LiveSideband:
                 if call.end_reason is None and reason in ("sideband_lost", "sideband_refused"):
                     # The browser's media goes straight to OpenAI: a call voxgate can neither meter nor
                     # police any more is hung up, not left running unbilled (as in live_calls._record).
+                    log.warning("hanging up live session %s: %s", live.live_session_id, detail)
                     await self._hang_up(1000, "")
                 await self._end(call.end_reason or reason, detail)
-            if self.claims is not None:
-                await self.claims.release(live)
+            try:
+                if self.claims is not None:
+                    await self.claims.release(live)
+            finally:
+                # Only now: a drain waits for its sessions to leave the registry, so a stopping replica
+                # gives its claims back before its stores close (the next holder need not wait a TTL).
+                self.services.live.discard(self.call)
+                self.closed.set()
 
     async def _hand_over(self) -> None:
         """Stop here, leaving the session to the next holder: budget windows reserved ahead are given
@@ -224,9 +237,6 @@ class LiveSideband:
             log.info("handed live session %s over to another replica", self.live.live_session_id)
         except Exception:
             log.exception("handing live session %s over", self.live.live_session_id)
-        finally:
-            self.services.live.discard(self.call)
-            self.closed.set()
 
     async def _end(self, reason: str, detail: str | None) -> None:
         try:
@@ -236,9 +246,6 @@ class LiveSideband:
             await self.store.end(self.live.live_session_id, self.services.clock.time())
         except Exception:
             log.exception("ending live session %s", self.live.live_session_id)
-        finally:
-            self.services.live.discard(self.call)
-            self.closed.set()
 
     # -- the call's sides -------------------------------------------------------------------------
 

@@ -249,6 +249,9 @@ class CallsMonitor:
         try:
             with trace.step(SPAN_UPSTREAM_CONNECT):
                 upstream = await open_upstream(services.settings.upstream, {"call_id": call.call_id}, call.safety_id)
+        except asyncio.CancelledError:  # the replica stops: the next holder need not wait for the claim to lapse
+            await self._forget(call)
+            raise
         except GatewayError as exc:
             trace.refused(exc.code or "none", exc.status)
             log.warning("sideband for %s refused upstream: %s", call.call_id, exc.message)
@@ -277,11 +280,15 @@ class CallsMonitor:
         try:
             await sideband.run()
         finally:
-            services.live.discard(sideband)
-            if live.ended is None:  # handed over: the call and its concurrency lease live on
-                live.leased = False
-            await live.aclose()
-            await self._forget(call, live.ended.end_reason if live.ended is not None else None)
+            try:
+                if live.ended is None:  # handed over: the call and its concurrency lease live on
+                    live.leased = False
+                await live.aclose()
+                await self._forget(call, live.ended.end_reason if live.ended is not None else None)
+            finally:
+                # Only now: a drain waits for its sessions to leave the registry, so a stopping replica
+                # gives its claims and leases back before its stores close.
+                services.live.discard(sideband)
 
     async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
         self._running.pop(call.call_id, None)
@@ -346,9 +353,12 @@ class CallsMonitor:
         self._loop_task = asyncio.create_task(self._maintain(), name="voxgate-calls-monitor")
 
     async def stop(self) -> None:
+        """Stop scanning and renewing; sidebands still connecting (the drain ended the others) are
+        cancelled and give their claims back."""
         self._stopping = True
         if self._loop_task is not None:
             await stop_tasks([self._loop_task], clock=self.services.clock)
+        await stop_tasks(list(self._running.values()), clock=self.services.clock)
 
     async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
         """End the session rows of client secrets that expired unattached (past the grace period).
