@@ -110,16 +110,18 @@ async def serve_translation(services: GatewayServices, scope: dict[str, Any], re
     try:
         end_reason, detail = await _carry(session, receive, send, upstream)
     finally:
-        services.live.discard(session)
-        now = services.clock.time()
-        record = session.meter.book(services.prices, now)
-        if record is not None:
-            services.ledger.submit(record)
-            session.effects.submit(RecordSpend(f"{record.session_id}:{record.kind}", record.cost_micro_usd))
-        services.ledger.submit(SessionEnded(session.session_id, now, end_reason, detail))
-        services.metrics.sessions_ended.labels(end_reason).inc()
-        await session.effects.stop()
-        await _release(services, session)
+        try:
+            now = services.clock.time()
+            record = session.meter.book(services.prices, now)
+            if record is not None:
+                services.ledger.submit(record)
+                session.effects.submit(RecordSpend(f"{record.session_id}:{record.kind}", record.cost_micro_usd))
+            services.ledger.submit(SessionEnded(session.session_id, now, end_reason, detail))
+            services.metrics.sessions_ended.labels(end_reason).inc()
+            await session.effects.stop()
+            await _release(services, session)
+        finally:  # only now: a drain waits for the spend settled and the lease given back
+            services.live.discard(session)
 
 
 async def _carry(

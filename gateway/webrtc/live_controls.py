@@ -252,8 +252,10 @@ class ForkSocket:
             call.end(
                 call.end_reason or ("client_closed" if governor.meter and governor.meter.closed else "upstream_closed")
             )
-            services.live.discard(call)
-            await call.aclose()
+            try:
+                await call.aclose()
+            finally:  # only now: a drain waits for the session's settles and its lease given back
+                services.live.discard(call)
             with contextlib.suppress(Exception):
                 await upstream.close()
             await close_client(send, call.close_code or upstream.close_code or 1000)
