@@ -168,6 +168,8 @@ class CallsMonitor:
         self.store = CallStore(services.pool, cache, services.clock)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
+        self._sidebands: dict[str, Sideband] = {}  # of the calls in `_running` whose sideband is open
+        self._renewed: dict[str, float] = {}  # when (monotonic) each claim held here was last taken or renewed
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -229,13 +231,17 @@ class CallsMonitor:
         return True
 
     async def _claim(self, call: MonitoredCall) -> bool:
+        asked = self.services.clock.monotonic()
         try:
-            return await self._claims.claim_monitor(
+            held = await self._claims.claim_monitor(
                 call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
             )
         except RedisError as exc:
             log.warning("cannot take the monitor claim of %s: %s", call.call_id, exc)
             return False
+        if held:
+            self._renewed[call.call_id] = asked
+        return held
 
     def _start(self, call: MonitoredCall) -> None:
         self._calls[call.call_id] = call
@@ -276,6 +282,7 @@ class CallsMonitor:
         services.metrics.upstream_connect.labels("webrtc").observe(services.clock.monotonic() - started)
         live = assemble(services, plan, services.clock, trace)
         sideband = Sideband(self, call, live, upstream)
+        self._sidebands[call.call_id] = sideband
         services.live.add(sideband)
         try:
             await sideband.run()
@@ -293,6 +300,8 @@ class CallsMonitor:
     async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
+        self._sidebands.pop(call.call_id, None)
+        self._renewed.pop(call.call_id, None)
         await self._release_claim(call)
         if end_reason is not None:
             await self.store.end(call.call_id, end_reason)
@@ -373,21 +382,41 @@ class CallsMonitor:
             log.info("ended %d client-secret sessions that expired without an attached call", len(ended))
         return ended
 
+    async def _renew_claims(self) -> None:
+        """Renew the claims held here. A call another replica took, or whose claim went unrenewed for a
+        whole claim TTL (so another may have), is handed over: metering stops here, the call goes on,
+        and its concurrency lease is the new holder's (renewed at its takeover)."""
+        for call in list(self._calls.values()):
+            asked = self.services.clock.monotonic()
+            held: bool | None
+            try:
+                held = await self._claims.renew_monitor(
+                    call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
+                )
+            except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
+                held = None
+                log.warning("could not renew the monitor claim of %s: %s", call.call_id, exc)
+            if held:
+                self._renewed[call.call_id] = asked
+            elif held is False or asked - self._renewed.get(call.call_id, asked) >= self.claim_ttl_s:
+                why = "another replica holds its claim" if held is False else "its claim went unrenewed"
+                log.warning("handing call %s over: %s", call.call_id, why)
+                self._hand_over(call.call_id)
+
+    def _hand_over(self, call_id: str) -> None:
+        sideband = self._sidebands.get(call_id)
+        if sideband is not None:
+            sideband.shutdown(1001, "handed over", "handed_over")  # stops watching; never hangs up
+        elif (task := self._running.get(call_id)) is not None:
+            task.cancel()  # still connecting: it gives the claim back (if still its own)
+
     async def _maintain(self) -> None:
         renew_every = self.claim_ttl_s / 3
         waits = [renew_every] + [s for s in (self.scan_every_s, self.secret_sweep_s) if s > 0]
         next_scan = next_sweep = 0.0
         while not self._stopping:
             await self.services.clock.sleep(min(waits))
-            for call in list(self._calls.values()):
-                try:
-                    renewed = await self._claims.renew_monitor(
-                        call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
-                    )
-                    if not renewed:
-                        log.warning("lost the monitor claim of %s", call.call_id)
-                except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
-                    log.warning("could not renew the monitor claim of %s: %s", call.call_id, exc)
+            await self._renew_claims()
             now = self.services.clock.monotonic()
             if self.secret_sweep_s > 0 and now >= next_sweep:
                 next_sweep = now + self.secret_sweep_s
