@@ -19,11 +19,12 @@ from openai import AsyncOpenAI
 from emulator import RealtimeEmulator
 from gateway.livestate.keys import KeyLayout
 from gateway.livestate.state import LiveState
+from gateway.settings import Settings
 from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, run_until
 from tests.support.harness import Gateway, TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
@@ -202,27 +203,17 @@ async def test_a_sideband_that_cannot_be_claimed_is_not_metered_here_but_taken_o
 
 WORST_TTL_S = 6.0  # the worst-case test's lease TTL: heartbeats every 2 s, claims live 3 s
 WORST_SCAN_S = 0.9  # just under a sixth of it, the slowest scan `serve` accepts
-STEP_S = 0.05
+# A replica's background loops on its clock: a test moves the clock on only once each waits again.
+LOOPS = frozenset({"voxgate-live-failover", "voxgate-calls-monitor", "voxgate-lease-heartbeat"})
 
 
-async def _asleep_again(clock: FakeClock, sleepers: int) -> None:
-    """Wait (real time, bounded) until the tasks woken wait on `clock` again: `sleepers` of them do, or
-    (one ended meanwhile: a sideband of another test's session, taken over and gone) their number
-    held still for a tenth of a second."""
-    async with asyncio.timeout(10):
-        last, still = -1, 0
-        while clock.sleepers < sleepers and still < 10:
-            await asyncio.sleep(0.01)
-            still = still + 1 if clock.sleepers == last else 0
-            last = clock.sleepers
-
-
-async def _run_until(clock: FakeClock, until_s: float) -> None:
-    """Move `clock` to `until_s` (monotonic) a step at a time, every loop woken finishing its round."""
-    while clock.monotonic() < until_s - 1e-9:
-        sleepers = clock.sleepers
-        await clock.advance(min(STEP_S, until_s - clock.monotonic()))
-        await _asleep_again(clock, sleepers)
+async def start_on_clock(settings: Settings, clock: FakeClock) -> tuple[Gateway, list[asyncio.Task[Any]]]:
+    """A replica on `clock`, and its background loops (for `run_until`)."""
+    before = asyncio.all_tasks()
+    gateway = await start_gateway(settings, clock=clock)
+    loops = [task for task in asyncio.all_tasks() - before if task.get_name() in LOOPS]
+    assert {task.get_name() for task in loops} == LOOPS
+    return gateway, loops
 
 
 def _assert_running(emulator: RealtimeEmulator, live_id: str) -> None:
@@ -277,27 +268,27 @@ async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_t
         calls_scan_seconds=WORST_SCAN_S,
         reap_interval_seconds=3600.0,  # another replica reaps: pod-b never ends a session it carries
     )
-    b = await start_gateway(
+    b, loops = await start_on_clock(
         replace(
             settings,
             redis=replace(settings.redis, key_prefix=prefix),
             server=replace(settings.server, instance_id="pod-b"),
             enforcement=enforcement,
         ),
-        clock=clock,
+        clock,
     )
     leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
     try:
         b_sidebands = live_context_of(context_of(b.app)).sidebands
         await asyncio.sleep(0.2)  # pod-b's loops wait on its clock
-        await _run_until(clock, 2.65)
+        await run_until(clock, 2.65, loops)
         assert live_id not in b_sidebands  # the dead holder's claim held until w + 2.2
         _assert_running(live_emulator, live_id)
-        await _run_until(clock, 2.75)  # pod-b's first scan after the claim lapsed
+        await run_until(clock, 2.75, loops)  # pod-b's first scan after the claim lapsed
         assert live_id in b_sidebands, "not taken over"
         assert clock.time() < lapses_at  # the dead holder's lease still held
 
-        await _run_until(clock, lapses_at - w + 0.3)  # the dead holder's lease would have lapsed...
+        await run_until(clock, lapses_at - w + 0.3, loops)  # the dead holder's lease would have lapsed...
         reaper = LiveState(redis_client, prefix, "pod-c", clock)  # ...when another replica reaps
         reaped = await reaper.reap_expired(clock.time())
         assert (tenant.tenant_id, session_id) not in reaped
@@ -305,7 +296,7 @@ async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_t
         assert score is not None and score >= w + 2.7 + ttl  # renewed by the takeover, a whole TTL
 
         assert clock.time() < w + 4.0  # ...and pod-b's own heartbeat has yet to come
-        await _run_until(clock, 4.05)  # then it renews the lease on
+        await run_until(clock, 4.05, loops)  # then it renews the lease on
         assert await redis_client.zscore(leases, session_id) >= w + 4.0 + ttl
         ended = await pg_pool.fetchval("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
         assert ended is None  # never reaped as `replica_lost`
@@ -316,5 +307,5 @@ async def test_a_takeover_renews_a_lease_its_dead_holder_left_a_sixth_of_a_ttl_t
             await on_b.live.sessions.hangup(live_id)
         await on_b.close()
         with contextlib.suppress(Exception):
-            await _run_until(clock, clock.monotonic() + 1.0)  # the end is booked
+            await run_until(clock, clock.monotonic() + 1.0, loops)  # the end is booked
         await b.stop()

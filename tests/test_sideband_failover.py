@@ -17,13 +17,15 @@ import pytest
 from emulator import RealtimeEmulator
 from gateway.livestate.keys import KeyLayout
 from gateway.livestate.state import LiveState
+from gateway.services import services_of
+from gateway.webrtc.sideband import CallsMonitor
 from tests.conftest import REDIS_URL
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, run_until
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
 from tests.test_concurrency_replicas import LEASE_TTL_S, POLL_S, SLACK_S, gateway_process
-from tests.test_live_failover_limits import _run_until
+from tests.test_live_failover_limits import start_on_clock
 
 pytestmark = pytest.mark.e2e
 
@@ -172,21 +174,21 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
         calls_scan_seconds=WORST_SCAN_S,
         reap_interval_seconds=3600.0,  # another replica reaps: pod-b never ends a session it carries
     )
-    b = await start_gateway(
+    b, loops = await start_on_clock(
         replace(settings, redis=redis, server=replace(settings.server, instance_id="pod-b"), enforcement=enforcement),
-        clock=clock,
+        clock,
     )
     try:
         await asyncio.sleep(0.2)  # pod-b's loops wait on its clock
-        await _run_until(clock, 2.65)
+        await run_until(clock, 2.65, loops)
         assert len(emulated.sidebands) == 1  # the dead holder's claim held until w + 2.2
-        await _run_until(clock, 2.75)  # pod-b's first scan after the claim lapsed
+        await run_until(clock, 2.75, loops)  # pod-b's first scan after the claim lapsed
         assert await redis_client.hget(claim, "owner") == b"pod-b", "not taken over"
         # pod-b's claim lives half a lease TTL, so a holder's death is noticed before its leases lapse
         assert float(await redis_client.hget(claim, "expires_at")) <= clock.time() + ttl / 2
         assert clock.time() < lapses_at  # the dead holder's lease still held
 
-        await _run_until(clock, lapses_at - w + 0.3)  # the dead holder's lease would have lapsed...
+        await run_until(clock, lapses_at - w + 0.3, loops)  # the dead holder's lease would have lapsed...
         reaper = LiveState(redis_client, prefix, "pod-c", clock)  # ...when another replica reaps
         reaped = await reaper.reap_expired(clock.time())
         assert (tenant.tenant_id, session_id) not in reaped, "the taken-over call's session was reaped"
@@ -194,7 +196,7 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
         assert score is not None and score >= w + 2.7 + ttl  # renewed by the takeover, a whole TTL
 
         assert clock.time() < w + 4.0  # ...and pod-b's own heartbeat has yet to come
-        await _run_until(clock, 4.05)  # then it renews the lease on: pod-b carries it
+        await run_until(clock, 4.05, loops)  # then it renews the lease on: pod-b carries it
         assert await redis_client.zscore(leases, session_id) >= w + 4.0 + ttl
         row = await pg_pool.fetchrow("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
         assert row is not None and row["ended_at"] is None  # never reaped as `replica_lost`
@@ -207,13 +209,13 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
         assert hung_up.status_code == 200, hung_up.text
 
         async def released() -> bool:
-            await _run_until(clock, clock.monotonic() + 0.1)
+            await run_until(clock, clock.monotonic() + 0.1, loops)
             return await redis_client.zscore(leases, session_id) is None
 
         await until(released)
     finally:
         with contextlib.suppress(Exception):
-            await _run_until(clock, clock.monotonic() + 1.0)  # the end is booked
+            await run_until(clock, clock.monotonic() + 1.0, loops)  # the end is booked
         await b.stop()
     ended = await pg_pool.fetchval("SELECT end_reason FROM realtime_sessions WHERE id = $1", session_id)
     assert ended == "client_hangup"
@@ -221,3 +223,61 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_metering(
+    pg_dsn: str,
+    own_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """Another replica took the call's claim (this one stalled past its TTL, say): this replica stops
+    metering at its next renewal instead of metering the call beside the new holder (twice in the budget
+    counters). The call goes on and its concurrency lease stays, for the new holder."""
+    ttl = 1.5  # claims live 0.75 s and are renewed every 0.25 s
+    prefix = f"{redis_prefix}calls-lost:"
+    settings = gateway_settings(pg_dsn, REDIS_URL, own_emulator.base_url)
+    a = await start_gateway(
+        replace(
+            settings,
+            redis=replace(settings.redis, key_prefix=prefix),
+            server=replace(settings.server, instance_id="pod-a"),
+            enforcement=replace(settings.enforcement, lease_ttl_seconds=ttl),
+        )
+    )
+    try:
+        call_id = await _broker(a.base_url, tenant, peer)
+        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
+        await until(lambda: _true(len(emulated.sidebands) == 1))
+        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+        monitor = services_of(a.app).calls_monitor
+        assert isinstance(monitor, CallsMonitor) and monitor.watching(call_id) is not None
+
+        claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
+        await redis_client.delete(claim)  # pod-x takes the claim as pod-a's lapsed
+        other = LiveState(redis_client, prefix, "pod-x")
+        await other.load_scripts()
+        assert await other.claim_monitor(tenant.tenant_id, call_id, 60.0, time.time())
+        taken = time.monotonic()
+
+        await until(lambda: _true(emulated.sidebands[0].closed))  # pod-a's sideband closed...
+        assert time.monotonic() - taken <= ttl / 6 + SLACK_S  # ...at its next renewal
+        await until(lambda: _true(monitor.watching(call_id) is None))
+        assert await redis_client.hget(claim, "owner") == b"pod-x"  # pod-x's claim untouched
+        leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
+        assert await redis_client.zscore(leases, session_id) is not None  # the lease stays, for pod-x
+        ended = await pg_pool.fetchrow("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
+        assert ended is not None and ended["ended_at"] is None  # the session goes on
+        assert not emulated.hung_up and not emulated.ended  # never hung up for it
+
+        peer.send("response.create", response={"output_modalities": ["text"]})
+        await peer.wait_for("response.done")  # the customer's call goes on...
+        assert not peer.channel_closed.is_set()
+        await asyncio.sleep(0.5)
+        rows = await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", session_id)
+        assert rows == 0  # ...and pod-a no longer meters it (pod-x would)
+    finally:
+        await a.stop()

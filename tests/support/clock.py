@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 
 
 class FakeClock:
@@ -17,6 +18,10 @@ class FakeClock:
         self._wall0 = start
         self._now = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        # each task's latest sleep
+        self._sleeping: weakref.WeakKeyDictionary[asyncio.Task[object], asyncio.Future[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._order = itertools.count()
 
     def time(self) -> float:
@@ -28,6 +33,9 @@ class FakeClock:
     def _at(self, seconds: float) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        task = asyncio.current_task()
+        if task is not None:
+            self._sleeping[task] = future
         return future
 
     async def sleep(self, seconds: float) -> None:
@@ -62,6 +70,11 @@ class FakeClock:
         """How many sleeps and timers wait on this clock (cancelled ones excluded)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
+    def waiting(self, task: asyncio.Task[object]) -> bool:
+        """`task` waits on this clock (a sleep or a timer it set, not yet due)."""
+        future = self._sleeping.get(task)
+        return future is not None and not future.done()
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by `seconds`, waking every sleeper whose deadline passes, in order,
         and letting each woken task run until it waits again before moving on."""
@@ -76,3 +89,25 @@ class FakeClock:
         self._now = target
         for _ in range(20):
             await asyncio.sleep(0)
+
+
+STEP_S = 0.05
+
+
+async def run_until(clock: FakeClock, until_s: float, loops: Sequence[asyncio.Task[object]] = ()) -> None:
+    """Move `clock` to `until_s` (monotonic) a step at a time, every task woken finishing its round
+    before the next step: each of `loops` (a replica's background loops, whose rounds take real round
+    trips to the stores, as many as there are sessions to look at) waits on the clock again, and the
+    other sleepers are back or their number held still for a tenth of a second (one ended meanwhile).
+    Real time is bounded: ten seconds a step."""
+    while clock.monotonic() < until_s - 1e-9:
+        sleepers = clock.sleepers
+        await clock.advance(min(STEP_S, until_s - clock.monotonic()))
+        async with asyncio.timeout(10):
+            while not all(task.done() or clock.waiting(task) for task in loops):
+                await asyncio.sleep(0.01)
+            last, still = -1, 0
+            while clock.sleepers < sleepers and still < 10:
+                await asyncio.sleep(0.01)
+                still = still + 1 if clock.sleepers == last else 0
+                last = clock.sleepers
