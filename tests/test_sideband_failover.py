@@ -248,6 +248,7 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
             enforcement=replace(settings.enforcement, lease_ttl_seconds=ttl),
         )
     )
+    call_id = None
     try:
         call_id = await _broker(a.base_url, tenant, peer)
         emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
@@ -255,6 +256,7 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
         session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
         monitor = services_of(a.app).calls_monitor
         assert isinstance(monitor, CallsMonitor) and monitor.watching(call_id) is not None
+        watcher = next(t for t in asyncio.all_tasks() if t.get_name() == f"voxgate-sideband-{call_id}")
 
         claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
         await redis_client.delete(claim)  # pod-x takes the claim as pod-a's lapsed
@@ -265,8 +267,9 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
 
         await until(lambda: _true(emulated.sidebands[0].closed))  # pod-a's sideband closed...
         assert time.monotonic() - taken <= ttl / 6 + SLACK_S  # ...at its next renewal
-        await until(lambda: _true(monitor.watching(call_id) is None))
-        assert await redis_client.hget(claim, "owner") == b"pod-x"  # pod-x's claim untouched
+        await asyncio.wait_for(watcher, 5)  # pod-a has finished with the call...
+        assert monitor.watching(call_id) is None
+        assert await redis_client.hget(claim, "owner") == b"pod-x"  # ...leaving pod-x's claim as it was
         leases = KeyLayout(prefix).tenant(tenant.tenant_id).leases
         assert await redis_client.zscore(leases, session_id) is not None  # the lease stays, for pod-x
         ended = await pg_pool.fetchrow("SELECT ended_at FROM realtime_sessions WHERE id = $1", session_id)
@@ -280,4 +283,10 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
         rows = await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", session_id)
         assert rows == 0  # ...and pod-a no longer meters it (pod-x would)
     finally:
+        if call_id is not None:  # end the call: nothing left for other tests' scans
+            async with httpx.AsyncClient() as http:
+                await http.post(
+                    f"{a.base_url}/realtime/calls/{call_id}/hangup",
+                    headers={"Authorization": f"Bearer {tenant.secret}"},
+                )
         await a.stop()

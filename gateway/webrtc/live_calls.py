@@ -60,8 +60,7 @@ class LiveContext:
 
     async def close(self) -> None:
         await self.failover.stop()
-        for sideband in list(self.sidebands.values()):
-            await sideband.stop()
+        await asyncio.gather(*(sideband.stop() for sideband in list(self.sidebands.values())))
 
 
 def live_context_of(context: WebRtcContext) -> LiveContext:

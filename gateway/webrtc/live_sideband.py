@@ -139,7 +139,7 @@ class LiveSideband:
         self.call = LiveCall(services, self.governor, started, policy, sides, leased=leased, clock=services.clock)
         self.upstream: ClientConnection | None = None
         self.task: asyncio.Task[None] | None = None
-        self.closed = asyncio.Event()
+        self._finishing = False  # in `_run`'s last part: handing over or ending, releasing its claim
 
     def start(self) -> None:
         self.call.start()
@@ -150,14 +150,17 @@ class LiveSideband:
         """Gateway shutdown: stop metering here and hand the session over (another replica resumes it);
         with no takeover configured, end it here, booked so far as estimated."""
         self.handing_over = self._handed_over_at_drain()
-        if self.task is not None and not self.task.done():
-            if not self.call.closed.is_set():  # a session the drain already closed is finishing: let it
-                self.task.cancel()
-            try:
-                await asyncio.wait_for(self.closed.wait(), SHUTDOWN_WAIT_SECONDS)
-            except TimeoutError:
-                self.task.cancel()
-                await self.closed.wait()
+        task = self.task
+        if task is None or task.done():
+            return
+        if not self._finishing:  # a sideband already finishing is not cut short
+            task.cancel()
+        for _attempt in range(2):  # real time, as the drain's bound; a stuck finish is cancelled once
+            done, _pending = await asyncio.wait([task], timeout=SHUTDOWN_WAIT_SECONDS)
+            if done:
+                return
+            task.cancel()
+        log.warning("live sideband for %s did not stop", self.live.live_session_id)
 
     def _handed_over_at_drain(self) -> bool:
         return self.claims is not None and self.claims.takes_over
@@ -180,6 +183,8 @@ class LiveSideband:
             self.upstream = await open_upstream(
                 self.services.settings.upstream, {}, live.safety_id, path=live_path(live.live_session_id, "attach")
             )
+            if call.closed.is_set():  # closed while connecting (a drain, say): nothing to close upstream then
+                return
             # The governor runs once the sideband is open, so a close it decides reaches upstream.
             await call.act(self.governor.opening(self.services.clock.time()))
             if self.resumed is not None and self.governor.meter is not None:  # wall-clock counts from the last row
@@ -202,6 +207,7 @@ class LiveSideband:
         except asyncio.CancelledError:
             reason, detail = "gateway_shutdown", "the gateway stopped metering this session"
         finally:
+            self._finishing = True
             if ticks is not None:
                 ticks.cancel()
             await self._close_upstream(1000, "")
@@ -222,7 +228,6 @@ class LiveSideband:
                 # Only now: a drain waits for its sessions to leave the registry, so a stopping replica
                 # gives its claims back before its stores close (the next holder need not wait a TTL).
                 self.services.live.discard(self.call)
-                self.closed.set()
 
     async def _hand_over(self) -> None:
         """Stop here, leaving the session to the next holder: budget windows reserved ahead are given

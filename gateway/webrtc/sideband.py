@@ -44,7 +44,7 @@ from gateway.background import stop_tasks
 from gateway.errors import GatewayError
 from gateway.ledger.writer import SessionEnded
 from gateway.livestate import LiveStateBackend
-from gateway.services import GatewayServices
+from gateway.services import SHUTDOWN_WAIT_SECONDS, GatewayServices
 from gateway.session import close_reasons as ends
 from gateway.session.assembly import SessionPlan, assemble, release_admission, shared_state
 from gateway.session.kit import SessionKit
@@ -169,7 +169,6 @@ class CallsMonitor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
         self._sidebands: dict[str, Sideband] = {}  # of the calls in `_running` whose sideband is open
-        self._renewed: dict[str, float] = {}  # when (monotonic) each claim held here was last taken or renewed
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -231,17 +230,13 @@ class CallsMonitor:
         return True
 
     async def _claim(self, call: MonitoredCall) -> bool:
-        asked = self.services.clock.monotonic()
         try:
-            held = await self._claims.claim_monitor(
+            return await self._claims.claim_monitor(
                 call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
             )
         except RedisError as exc:
             log.warning("cannot take the monitor claim of %s: %s", call.call_id, exc)
             return False
-        if held:
-            self._renewed[call.call_id] = asked
-        return held
 
     def _start(self, call: MonitoredCall) -> None:
         self._calls[call.call_id] = call
@@ -261,10 +256,11 @@ class CallsMonitor:
         except GatewayError as exc:
             trace.refused(exc.code or "none", exc.status)
             log.warning("sideband for %s refused upstream: %s", call.call_id, exc.message)
-            if exc.status == 404:  # upstream no longer knows the call: it ended while nobody watched
-                await self._ended_unwatched(call)
-                return
-            await self._forget(call)
+            try:
+                if exc.status == 404:  # upstream no longer knows the call: it ended while nobody watched
+                    await self._ended_unwatched(call)
+            finally:  # cancelled meanwhile (the replica stops) included
+                await self._forget(call)
             return
         # The browser talks to upstream directly: nothing can be held, so the opening is not.
         plan = SessionPlan(
@@ -301,7 +297,6 @@ class CallsMonitor:
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
         self._sidebands.pop(call.call_id, None)
-        self._renewed.pop(call.call_id, None)
         await self._release_claim(call)
         if end_reason is not None:
             await self.store.end(call.call_id, end_reason)
@@ -367,7 +362,12 @@ class CallsMonitor:
         self._stopping = True
         if self._loop_task is not None:
             await stop_tasks([self._loop_task], clock=self.services.clock)
-        await stop_tasks(list(self._running.values()), clock=self.services.clock)
+        # Open sidebands were ended by the drain and are finishing (lease, settles, claim, the call's
+        # row): cancelling them could cut that short. Bounds are real time, as the drain's are.
+        ending = [task for call_id, task in self._running.items() if call_id in self._sidebands]
+        if ending:
+            await asyncio.wait(ending, timeout=SHUTDOWN_WAIT_SECONDS)
+        await stop_tasks([task for task in self._running.values() if not task.done()])
 
     async def sweep_expired_secrets(self, now: float | None = None) -> list[str]:
         """End the session rows of client secrets that expired unattached (past the grace period).
@@ -383,24 +383,23 @@ class CallsMonitor:
         return ended
 
     async def _renew_claims(self) -> None:
-        """Renew the claims held here. A call another replica took, or whose claim went unrenewed for a
-        whole claim TTL (so another may have), is handed over: metering stops here, the call goes on,
-        and its concurrency lease is the new holder's (renewed at its takeover)."""
+        """Renew the claims held here. A call another replica took (this one stalled past the claim's
+        life) is handed over: metering stops here, the call goes on, and its concurrency lease is the
+        new holder's (renewed at its takeover). While Redis does not answer, metering goes on: nobody
+        can take the call over meanwhile, and a call metered twice is booked once (one row per
+        response id)."""
         for call in list(self._calls.values()):
-            asked = self.services.clock.monotonic()
-            held: bool | None
-            try:
-                held = await self._claims.renew_monitor(
+            if call.call_id not in self._calls:  # it ended meanwhile (its claim given back)
+                continue
+            try:  # taken back if it lapsed while this replica stalled and nobody took it meanwhile
+                held = await self._claims.claim_monitor(
                     call.tenant_id, call.call_id, self.claim_ttl_s, self.services.clock.time()
                 )
             except RedisError as exc:  # renewed again on the next pass; the TTL covers two misses
-                held = None
                 log.warning("could not renew the monitor claim of %s: %s", call.call_id, exc)
-            if held:
-                self._renewed[call.call_id] = asked
-            elif held is False or asked - self._renewed.get(call.call_id, asked) >= self.claim_ttl_s:
-                why = "another replica holds its claim" if held is False else "its claim went unrenewed"
-                log.warning("handing call %s over: %s", call.call_id, why)
+                continue
+            if not held:
+                log.warning("another replica monitors call %s now; handing it over", call.call_id)
                 self._hand_over(call.call_id)
 
     def _hand_over(self, call_id: str) -> None:
@@ -425,7 +424,7 @@ class CallsMonitor:
                         await self.sweep_expired_secrets()
                 except Exception:
                     log.exception("sweeping expired client secrets failed")
-            if self.scan_every_s <= 0 or now < next_scan:
+            if self.scan_every_s <= 0 or now < next_scan or self.services.live.draining:
                 continue
             next_scan = now + self.scan_every_s
             try:

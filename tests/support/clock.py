@@ -18,7 +18,7 @@ class FakeClock:
         self._wall0 = start
         self._now = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        # each task's latest sleep
+        # each task's latest sleep (not its timers)
         self._sleeping: weakref.WeakKeyDictionary[asyncio.Task[object], asyncio.Future[None]] = (
             weakref.WeakKeyDictionary()
         )
@@ -33,16 +33,17 @@ class FakeClock:
     def _at(self, seconds: float) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
-        task = asyncio.current_task()
-        if task is not None:
-            self._sleeping[task] = future
         return future
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        await self._at(seconds)
+        future = self._at(seconds)
+        task = asyncio.current_task()
+        if task is not None:
+            self._sleeping[task] = future
+        await future
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.Future[None]:
         """Run `callback` once `delay` passed on this clock; the returned future's `cancel()`
@@ -71,7 +72,7 @@ class FakeClock:
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
     def waiting(self, task: asyncio.Task[object]) -> bool:
-        """`task` waits on this clock (a sleep or a timer it set, not yet due)."""
+        """`task` sleeps on this clock (a timer it set does not count: it may be busy under a timeout)."""
         future = self._sleeping.get(task)
         return future is not None and not future.done()
 
