@@ -223,3 +223,61 @@ async def test_a_draining_replica_hands_its_live_sessions_over_at_once(
     finally:
         for gateway in started:
             await gateway.stop()
+
+
+async def test_a_drain_that_catches_a_sideband_connecting_hands_the_session_over_at_once(
+    pg_dsn: str, live_emulator: RealtimeEmulator, tenant: TenantKey, peer: ClientPeer
+) -> None:
+    """A replica stopping while it takes a session over (its sideband still connecting upstream) stops
+    as soon as the sideband connects, hands the session over (claim given back, no hangup) and
+    leaves nothing of it running; it used to meter on until the shutdown's bounds ran out."""
+    delay = 1.5
+    prefix = f"vgtest:{secrets.token_hex(4)}:"
+    started: list[Gateway] = []
+
+    async def replica(name: str) -> Gateway:
+        settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
+        gateway = await start_gateway(
+            replace(
+                settings,
+                redis=replace(settings.redis, key_prefix=prefix),
+                server=replace(settings.server, instance_id=name),
+                enforcement=replace(settings.enforcement, calls_scan_seconds=SCAN_S),
+            )
+        )
+        started.append(gateway)
+        return gateway
+
+    try:
+        x = await replica("pod-x")
+        on_x = AsyncOpenAI(base_url=x.base_url, api_key=tenant.secret, max_retries=0)
+        created = await on_x.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
+        await on_x.close()
+        live_id = created.session.id
+        await peer.accept(created.transport.sdp)
+        emulated = await until(lambda: _attached(live_emulator, live_id))
+        await x.stop()  # drained: the session is handed over, its claim released
+        started.remove(x)
+
+        live_emulator.faults.connect_delay_s = delay  # upstream answers the next sideband slowly
+        a = await replica("pod-a")
+        name = f"voxgate-live-sideband-{live_id}"
+        async with asyncio.timeout(SCAN_S + SLACK_S + 2.0):  # pod-a's scan takes it over...
+            while not (connecting := [t for t in asyncio.all_tasks() if t.get_name() == name]):
+                await asyncio.sleep(0.02)
+        stopping = time.monotonic()
+        await a.stop()  # ...and stops while its sideband connects
+        started.remove(a)
+        assert time.monotonic() - stopping < delay + 2.0  # not the shutdown's 5 s bounds
+        assert all(task.done() for task in connecting)
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == name]
+        assert not emulated.hung_up and not emulated.done.is_set()  # the session goes on
+        live_emulator.faults.connect_delay_s = 0.0
+        b = await replica("pod-b")
+        async with asyncio.timeout(SCAN_S + SLACK_S + 2.0):  # claim given back: taken at the next scan
+            while live_id not in live_context_of(context_of(b.app)).sidebands:
+                await asyncio.sleep(0.05)
+    finally:
+        live_emulator.faults.connect_delay_s = 0.0
+        for gateway in started:
+            await gateway.stop()
