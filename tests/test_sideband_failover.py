@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -22,6 +23,7 @@ from gateway.webrtc.sideband import CallsMonitor
 from tests.conftest import REDIS_URL
 from tests.support.clock import FakeClock, run_until
 from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
 from tests.test_concurrency_replicas import LEASE_TTL_S, POLL_S, SLACK_S, gateway_process
@@ -290,3 +292,76 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
                     headers={"Authorization": f"Bearer {tenant.secret}"},
                 )
         await a.stop()
+
+
+async def test_a_monitor_that_cannot_reach_redis_past_its_claim_life_meters_on(
+    pg_dsn: str,
+    own_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """Redis is unreachable for longer than a monitor claim lives: nobody can take the call over
+    meanwhile, so the monitoring replica keeps metering it (every response reaches the ledger), and
+    once Redis answers again its claim is its own again."""
+    ttl = 1.5  # claims live 0.75 s; the outage lasts over two claim lives
+    prefix = f"{redis_prefix}calls-outage:"
+    target = urlsplit(REDIS_URL)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    settings = gateway_settings(pg_dsn, f"redis://127.0.0.1:{proxy.port}", own_emulator.base_url)
+    a = await start_gateway(
+        replace(
+            settings,
+            redis=replace(settings.redis, key_prefix=prefix),
+            server=replace(settings.server, instance_id="pod-a"),
+            enforcement=replace(settings.enforcement, lease_ttl_seconds=ttl),
+        )
+    )
+    call_id = None
+    try:
+        call_id = await _broker(a.base_url, tenant, peer)
+        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
+        await until(lambda: _true(len(emulated.sidebands) == 1))
+        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+        monitor = services_of(a.app).calls_monitor
+        assert isinstance(monitor, CallsMonitor)
+
+        proxy.cut()
+        await asyncio.sleep(ttl)  # two claim lives without a renewal
+        peer.send("response.create", response={"output_modalities": ["text"]})
+        during = (await peer.wait_for("response.done"))["response"]["id"]
+
+        async def booked() -> Any:
+            rows = await pg_pool.fetch("SELECT response_id FROM usage_ledger WHERE session_id = $1", session_id)
+            return [r["response_id"] for r in rows] or None
+
+        assert await until(booked) == [during]  # metered through the outage
+        assert monitor.watching(call_id) is not None and not emulated.sidebands[0].closed
+        proxy.restore()
+        claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
+
+        async def renewed() -> bool:
+            return await redis_client.hget(claim, "owner") == b"pod-a"
+
+        await until(renewed)  # its own again (taken back: it lapsed and nobody took it)
+        peer.send("response.create", response={"output_modalities": ["text"]})
+        after = (await peer.wait_for("response.done"))["response"]["id"]
+        await until(lambda: _true(len(emulated.sidebands) == 1))
+        assert sorted(await until(lambda: _more(booked, 1))) == sorted([during, after])  # one row each
+    finally:
+        proxy.restore()
+        if call_id is not None:
+            async with httpx.AsyncClient() as http:
+                await http.post(
+                    f"{a.base_url}/realtime/calls/{call_id}/hangup",
+                    headers={"Authorization": f"Bearer {tenant.secret}"},
+                )
+        await a.stop()
+        await proxy.stop()
+
+
+async def _more(rows: Any, n: int) -> Any:
+    found = await rows()
+    return found if found is not None and len(found) > n else None
