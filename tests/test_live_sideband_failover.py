@@ -18,6 +18,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from emulator import RealtimeEmulator
+from gateway.services import SHUTDOWN_WAIT_SECONDS
 from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
@@ -226,7 +227,7 @@ async def test_a_draining_replica_hands_its_live_sessions_over_at_once(
 
 
 async def test_a_drain_that_catches_a_sideband_connecting_hands_the_session_over_at_once(
-    pg_dsn: str, live_emulator: RealtimeEmulator, tenant: TenantKey, peer: ClientPeer
+    pg_dsn: str, live_emulator: RealtimeEmulator, tenant: TenantKey, peer: ClientPeer, redis_client: Any
 ) -> None:
     """A replica stopping while it takes a session over (its sideband still connecting upstream) stops
     as soon as the sideband connects, hands the session over (claim given back, no hangup) and
@@ -265,10 +266,14 @@ async def test_a_drain_that_catches_a_sideband_connecting_hands_the_session_over
         async with asyncio.timeout(SCAN_S + SLACK_S + 2.0):  # pod-a's scan takes it over...
             while not (connecting := [t for t in asyncio.all_tasks() if t.get_name() == name]):
                 await asyncio.sleep(0.02)
+        sideband = live_context_of(context_of(a.app)).sidebands[live_id]
+        assert sideband.upstream is None  # still connecting
         stopping = time.monotonic()
         await a.stop()  # ...and stops while its sideband connects
         started.remove(a)
-        assert time.monotonic() - stopping < delay + 2.0  # not the shutdown's 5 s bounds
+        assert time.monotonic() - stopping < SHUTDOWN_WAIT_SECONDS - 0.5  # not the shutdown's 5 s bounds
+        claim = f"{prefix}{{{tenant.tenant_id}}}:monitor:{live_id}"
+        assert await redis_client.exists(claim) == 0  # its claim given back
         assert all(task.done() for task in connecting)
         assert not [t for t in asyncio.all_tasks() if t.get_name() == name]
         assert not emulated.hung_up and not emulated.done.is_set()  # the session goes on

@@ -149,11 +149,11 @@ class LiveSideband:
     async def stop(self) -> None:
         """Gateway shutdown: stop metering here and hand the session over (another replica resumes it);
         with no takeover configured, end it here, booked so far as estimated."""
-        self.handing_over = self._handed_over_at_drain()
         task = self.task
         if task is None or task.done():
             return
-        if not self._finishing:  # a sideband already finishing is not cut short
+        if not self._finishing:  # a sideband already finishing (ending or handing over) is not cut short
+            self.handing_over = self._handed_over_at_drain()
             task.cancel()
         for _attempt in range(2):  # real time, as the drain's bound; a stuck finish is cancelled once
             done, _pending = await asyncio.wait([task], timeout=SHUTDOWN_WAIT_SECONDS)

@@ -262,6 +262,12 @@ class CallsMonitor:
             finally:  # cancelled meanwhile (the replica stops) included
                 await self._forget(call)
             return
+        if self._stopping or services.live.draining:  # opened as the replica stops: for the next holder
+            trace.refused("gateway_draining", 503)
+            with contextlib.suppress(Exception):
+                await upstream.close()
+            await self._forget(call)
+            return
         # The browser talks to upstream directly: nothing can be held, so the opening is not.
         plan = SessionPlan(
             session_id=call.session_id,
@@ -357,13 +363,15 @@ class CallsMonitor:
         self._loop_task = asyncio.create_task(self._maintain(), name="voxgate-calls-monitor")
 
     async def stop(self) -> None:
-        """Stop scanning and renewing; sidebands still connecting (the drain ended the others) are
-        cancelled and give their claims back."""
+        """Stop scanning and renewing; open sidebands stop watching (hand their calls over) and
+        finish, sidebands still connecting are cancelled and give their claims back."""
         self._stopping = True
         if self._loop_task is not None:
             await stop_tasks([self._loop_task], clock=self.services.clock)
-        # Open sidebands were ended by the drain and are finishing (lease, settles, claim, the call's
-        # row): cancelling them could cut that short. Bounds are real time, as the drain's are.
+        # Open sidebands (the drain ended those it saw; one may have opened since) finish their lease,
+        # settles, claim and the call's row: cancelling them could cut that short. Real-time bounds.
+        for sideband in list(self._sidebands.values()):
+            sideband.shutdown(1001, "gateway shutting down", "gateway_shutdown")
         ending = [task for call_id, task in self._running.items() if call_id in self._sidebands]
         if ending:
             await asyncio.wait(ending, timeout=SHUTDOWN_WAIT_SECONDS)
@@ -385,9 +393,10 @@ class CallsMonitor:
     async def _renew_claims(self) -> None:
         """Renew the claims held here. A call another replica took (this one stalled past the claim's
         life) is handed over: metering stops here, the call goes on, and its concurrency lease is the
-        new holder's (renewed at its takeover). While Redis does not answer, metering goes on: nobody
-        can take the call over meanwhile, and a call metered twice is booked once (one row per
-        response id)."""
+        new holder's (renewed at its takeover). While Redis does not answer, metering goes on: when
+        it is down for every replica nobody can take the call over; when only this replica is cut
+        off, another may, and both meter it until this one hears of it, each response still booked
+        once (one row per response id)."""
         for call in list(self._calls.values()):
             if call.call_id not in self._calls:  # it ended meanwhile (its claim given back)
                 continue
@@ -401,6 +410,8 @@ class CallsMonitor:
             if not held:
                 log.warning("another replica monitors call %s now; handing it over", call.call_id)
                 self._hand_over(call.call_id)
+            elif call.call_id not in self._calls:  # it ended while the renewal was on its way: give it back
+                await self._release_claim(call)
 
     def _hand_over(self, call_id: str) -> None:
         sideband = self._sidebands.get(call_id)
@@ -431,6 +442,8 @@ class CallsMonitor:
                 async with self.services.background.slot():  # a bounded share of the pool
                     active = await self.store.active()
                 for stored in active:  # calls not ended; take_over() skips owned ones
+                    if self._stopping or self.services.live.draining:
+                        break
                     if stored.call_id not in self._running:
                         await self.take_over(stored)  # only if no live replica holds its claim
             except Exception:
