@@ -636,7 +636,7 @@ class RewritingLive:
     """A LiveSession stand-in whose governor replaces every client message with two new ones."""
 
     session_id = "vgs_stub"
-    responses_in_flight = usage_pending = opening = False
+    responses_in_flight = usage_pending = opening = holding_client = False
 
     def __init__(self) -> None:
         self.ended: list[str] = []

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -21,7 +23,10 @@ from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed
 
 from emulator.audio import tone
-from tests.support.harness import Gateway, TenantKey
+from gateway.services import services_of
+from tests.conftest import REDIS_URL
+from tests.support.harness import Gateway, TenantKey, gateway_settings, start_gateway
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 from tests.test_model_concurrency import model_count_is, set_policy
 
@@ -102,3 +107,66 @@ async def test_a_transcription_model_past_its_cap_is_refused_and_its_slot_is_fre
         "SELECT end_reason FROM realtime_sessions WHERE tenant_id = $1 AND intent = 'transcription'", tenant.tenant_id
     )
     assert sorted(r["end_reason"] for r in ended).count("start_refused") == 1
+
+
+async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_socket(
+    pg_dsn: str, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    """While its `session.update` waits for the model to be counted (one Redis round trip, slow here),
+    a client that keeps sending is not read: what it sends waits in its socket (TCP back-pressure), not
+    in voxgate's memory, and once the model is counted all of it goes upstream, in order, after the
+    update. Nothing is lost."""
+    await set_policy(pg_pool, tenant, {"max_concurrent_sessions_per_model": {WHISPER: 5}})
+    target = urlsplit(REDIS_URL)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    gateway = await start_gateway(gateway_settings(pg_dsn, f"redis://127.0.0.1:{proxy.port}", emulator.base_url))
+    chunk = base64.b64encode(tone(500)).decode()  # 500 ms of audio: 32 KiB in a 43 KiB frame
+    try:
+        before = len(emulator.sessions)
+        async with transcription(gateway, tenant) as conn:
+            proxy.delay_s = 0.6  # each way: Redis answers the model's count 1.2 s late (the timeout is 2 s)
+            await conn.session.update(session=config(WHISPER), event_id="ev_update")
+            sent, most_held, flooding_on = 0, 0, True
+
+            async def flood() -> None:
+                nonlocal sent
+                while flooding_on:
+                    await conn.input_audio_buffer.append(audio=chunk)
+                    sent += 1
+
+            flooding = asyncio.create_task(flood())
+            started = time.monotonic()
+            while time.monotonic() - started < 0.9:  # the update is still held
+                for relay in services_of(gateway.app).live.sessions:
+                    gate = relay.live.model_gate
+                    if gate is not None:  # what voxgate holds of the client's: the gate's queue, the read under way
+                        held = sum(len(m) for m, _ in gate.queued) + sum(len(b) for b in relay.client.backlog)
+                        most_held = max(most_held, held)
+                await asyncio.sleep(0.01)
+            proxy.delay_s = 0.0
+            assert sent > 10  # the client did flood (what fits in the sockets' buffers)...
+            assert most_held <= 1024 * 1024  # ...and voxgate held no more than a read's worth of it
+            async with asyncio.timeout(10):
+                async for event in conn:
+                    if event.type in ("session.updated", "error"):
+                        break
+            assert event.type == "session.updated", event
+            flooding_on = False
+            await asyncio.wait_for(flooding, 10)
+            upstream = emulator.sessions[before]
+            assert upstream.client_events[0]["type"] == "session.update"  # the update first, then the audio
+
+            def appended() -> int:
+                return sum(e["type"] == "input_audio_buffer.append" for e in upstream.client_events)
+
+            async def all_arrived() -> bool:
+                return appended() == sent
+
+            try:
+                await until(all_arrived)  # nothing lost
+            except TimeoutError:
+                raise AssertionError(f"{appended()} appends arrived upstream of {sent} sent") from None
+    finally:
+        proxy.delay_s = 0.0
+        await gateway.stop()
+        await proxy.stop()

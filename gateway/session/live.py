@@ -119,6 +119,12 @@ class LiveSession:
     def session_id(self) -> str:
         return self.started.session_id
 
+    @property
+    def holding_client(self) -> bool:
+        """A client `session.update` waits for its transcription model to be counted: what the client
+        sends meanwhile is held behind it (the relay stops reading the client)."""
+        return self.model_gate is not None and self.model_gate.pending
+
     def from_client(self, message: Message, binary: bool = False) -> Verdict:
         """A whole client message. Text may come as `str` or as its UTF-8 bytes."""
         self.client_messages += 1

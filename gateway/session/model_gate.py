@@ -2,13 +2,15 @@
 
 A `/v1/realtime?intent=transcription` session is admitted without a model (it arrives after the
 upgrade), so its lease counts only toward the tenant's cap. When a policed client `session.update`
-names a transcription model (`session.audio.input.transcription.model`) other than the one the
-lease counts under, `ModelGate` holds that update, and every client message after it (audio
-included, so nothing overtakes it), while the lease is counted under the model
-(`LeaseKeeper.lease_model`). Counted: the update goes upstream, then what was held, in order. At
-the model's cap (`max_concurrent_sessions_per_model`), or with the shared state unreachable under
-`fail_closed`: a GA `error` naming the param and close 4010 (docs/close-codes.md); nothing held
-goes upstream. The lease (and its model) is given back when the session ends, as for any session.
+names a transcription model (`session.audio.input.transcription.model`) other than the one the lease
+counts under, `ModelGate` holds that update, and every client message after it (audio included, so
+nothing overtakes it), while the lease is counted under the model (`LeaseKeeper.lease_model`). The
+relay stops reading the client meanwhile (`LiveSession.holding_client`): what the client sends waits
+in its socket (TCP back-pressure), so voxgate holds at most the rest of the read that carried the
+update, however long Redis takes. Counted: the update goes upstream, then what was held, in order.
+At the model's cap (`max_concurrent_sessions_per_model`), or with the shared state unreachable under
+`fail_closed`: a GA `error` naming the param and close 4010 (docs/close-codes.md); nothing held goes
+upstream. The lease (and its model) is given back when the session ends, as for any session.
 """
 
 from __future__ import annotations

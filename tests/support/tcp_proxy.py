@@ -1,4 +1,5 @@
-"""A loopback TCP forwarder whose link can be cut and restored: a real network blip."""
+"""A loopback TCP forwarder whose link can be cut and restored (a real network blip) or slowed (`delay_s`
+before each chunk it forwards: a slow network or a stalled server)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.up = True
+        self.delay_s = 0.0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -33,6 +35,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    if self.delay_s > 0:
+                        await asyncio.sleep(self.delay_s)
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

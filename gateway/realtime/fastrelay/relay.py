@@ -102,6 +102,7 @@ class FastRelay(Splice):
             return
         try:
             self._execute(verdict, b"", self.upstream)
+            self._gate_released()
         except Exception as exc:
             self._failed(exc)
 

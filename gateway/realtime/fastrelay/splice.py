@@ -52,6 +52,7 @@ class Splice:
         self.abandoning = False  # ending, but still reading upstream for the usage of responses in flight
         self.opening = False
         self._hold: tuple[Verdict, bytes] | None = None  # an upstream message waiting for the ledger
+        self._gated = False  # the client is not read: a `session.update` waits for its model to be counted
         # The fast paths' calls, bound once (they run for nearly every frame).
         self._to_upstream = upstream.write
         self._to_client = client.write
@@ -306,6 +307,14 @@ class Splice:
 
     def _carry_out(self, side: Side, verdict: Verdict, original: bytes, other: Side) -> None:
         """Execute `verdict`, or hold it (and upstream) until its billed record is durable."""
+        if side is self.client and self.live.holding_client:
+            # Behind a `session.update` whose model is being counted (gateway.session.model_gate), the
+            # client is not read: what it sends meanwhile waits in its socket, not in voxgate's memory.
+            self._execute(verdict, original, other)
+            if not self._gated:
+                self._gated = True
+                side.hold()
+            return
         durable = verdict.durable
         if durable is None or durable.done() or side is not self.upstream or self.ending:
             self._execute(verdict, original, other)
@@ -333,6 +342,20 @@ class Splice:
             side.unhold()
             self._refresh_fast(side)
             self._hold_released()
+
+    def _gate_released(self) -> None:
+        """After a late verdict: if it was the held update's (its model counted), read the client again,
+        what was read after the update first."""
+        if not self._gated or self.live.holding_client or self.ending:
+            return
+        self._gated = False
+        side = self.client
+        rest = side.take_backlog()
+        if rest:
+            self._guarded(side, rest)  # may hold again, behind another update
+        if not self._gated and not self.ending:
+            side.unhold()
+            self._refresh_fast(side)
 
     def _take_hold(self) -> tuple[Verdict, bytes] | None:
         hold, self._hold = self._hold, None
