@@ -121,12 +121,13 @@ async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_sock
     proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
     gateway = await start_gateway(gateway_settings(pg_dsn, f"redis://127.0.0.1:{proxy.port}", emulator.base_url))
     chunk = base64.b64encode(tone(500)).decode()  # 500 ms of audio: 32 KiB in a 43 KiB frame
+    flooding: asyncio.Task[None] | None = None
     try:
         before = len(emulator.sessions)
         async with transcription(gateway, tenant) as conn:
             proxy.delay_s = 0.6  # each way: Redis answers the model's count 1.2 s late (the timeout is 2 s)
             await conn.session.update(session=config(WHISPER), event_id="ev_update")
-            sent, most_held, flooding_on = 0, 0, True
+            sent, most_held, flooding_on, pending_seen = 0, 0, True, False
 
             async def flood() -> None:
                 nonlocal sent
@@ -142,9 +143,11 @@ async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_sock
                     if gate is not None:  # what voxgate holds of the client's: the gate's queue, the read under way
                         held = sum(len(m) for m, _ in gate.queued) + sum(len(b) for b in relay.client.backlog)
                         most_held = max(most_held, held)
+                        pending_seen = pending_seen or gate.pending
                 await asyncio.sleep(0.01)
             proxy.delay_s = 0.0
-            assert sent > 10  # the client did flood (what fits in the sockets' buffers)...
+            assert pending_seen  # the update was held while the client flooded...
+            assert sent > 10  # ...the client did flood (what fits in the sockets' buffers)...
             assert most_held <= 1024 * 1024  # ...and voxgate held no more than a read's worth of it
             async with asyncio.timeout(10):
                 async for event in conn:
@@ -154,7 +157,8 @@ async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_sock
             flooding_on = False
             await asyncio.wait_for(flooding, 10)
             upstream = emulator.sessions[before]
-            assert upstream.client_events[0]["type"] == "session.update"  # the update first, then the audio
+            first = upstream.client_events[0]  # the client's update first, then the audio
+            assert (first["type"], first.get("event_id")) == ("session.update", "ev_update")
 
             def appended() -> int:
                 return sum(e["type"] == "input_audio_buffer.append" for e in upstream.client_events)
@@ -167,6 +171,8 @@ async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_sock
             except TimeoutError:
                 raise AssertionError(f"{appended()} appends arrived upstream of {sent} sent") from None
     finally:
+        if flooding is not None and not flooding.done():
+            flooding.cancel()
         proxy.delay_s = 0.0
         await gateway.stop()
         await proxy.stop()
