@@ -47,7 +47,9 @@ class GovernorState:
         self._limits = BudgetLimits.from_policy(policy.budget) if policy is not None else BudgetLimits()
         self._last_activity = started_at
         self.caps = SessionCaps(self._next_id, self._audit)
-        self.book = ReservationBook(identity.session_id)
+        self.book = ReservationBook(
+            f"{identity.session_id}:{identity.holder}" if identity.holder else identity.session_id
+        )
         self.ceiling = SessionCeiling()
         self.fence = Fence()
         self._in_flight: set[str] = set()

@@ -31,6 +31,10 @@ class SessionIdentity:
     tenant_id: str
     model: str
     intent: str = "realtime"
+    # Which holding of the session this governor is (a replica that takes a WebRTC call over gets its
+    # own): it scopes the governor's reservation ids, which must never repeat ids an earlier holder
+    # reserved and settled (a settled id is refused when reserved again, and adds nothing when settled).
+    holder: str = ""
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 
 from emulator import RealtimeEmulator
 from gateway.services import SHUTDOWN_WAIT_SECONDS
+from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
@@ -284,5 +285,46 @@ async def test_a_drain_that_catches_a_sideband_connecting_hands_the_session_over
                 await asyncio.sleep(0.05)
     finally:
         live_emulator.faults.connect_delay_s = 0.0
+        for gateway in started:
+            await gateway.stop()
+
+
+async def test_a_taken_over_live_session_of_a_budget_limited_tenant_goes_on(
+    pg_dsn: str, live_emulator: RealtimeEmulator, tenant: TenantKey, pg_pool: asyncpg.Pool, peer: ClientPeer
+) -> None:
+    """The replica that takes a Live session over reserves its budget windows under ids of its own: the
+    ids its previous holder reserved and released are settled, and reserving one again is refused,
+    which closed the session as `budget_exhausted` far below the tenant's budget."""
+    await PolicyStore(pg_pool, {}, None).set(tenant.tenant_id, {"budget": {"daily_usd": "1000"}}, actor="test")
+    prefix = f"vgtest:{secrets.token_hex(4)}:"
+    started: list[Gateway] = []
+    try:
+        for name in ("pod-a", "pod-b"):
+            settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
+            settings = replace(
+                settings,
+                redis=replace(settings.redis, key_prefix=prefix),
+                server=replace(settings.server, instance_id=name),
+                enforcement=replace(settings.enforcement, calls_scan_seconds=SCAN_S),
+            )
+            started.append(await start_gateway(settings))
+        a, b = started
+        on_a = AsyncOpenAI(base_url=a.base_url, api_key=tenant.secret, max_retries=0)
+        created = await on_a.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
+        await on_a.close()
+        live_id = created.session.id
+        await peer.accept(created.transport.sdp)
+        emulated = await until(lambda: _attached(live_emulator, live_id))
+        session_id = await pg_pool.fetchval("SELECT session_id FROM live_sessions WHERE live_session_id = $1", live_id)
+        await asyncio.sleep(3 * USAGE_INTERVAL_S)  # pod-a reserves and releases budget windows
+
+        await a.stop()  # drained: handed over, taken at pod-b's next scan
+        started.remove(a)
+        await until(lambda: _attached(live_emulator, live_id, after=1))
+        await asyncio.sleep(4 * USAGE_INTERVAL_S)  # pod-b reserves windows of its own
+        ended = await pg_pool.fetchrow("SELECT ended_at, end_reason FROM realtime_sessions WHERE id = $1", session_id)
+        assert ended is not None and ended["ended_at"] is None, dict(ended or {})  # not `budget_exhausted`
+        assert not emulated.done.is_set() and live_id in live_context_of(context_of(b.app)).sidebands
+    finally:
         for gateway in started:
             await gateway.stop()

@@ -19,6 +19,7 @@ from emulator import RealtimeEmulator
 from gateway.livestate.keys import KeyLayout
 from gateway.livestate.state import LiveState
 from gateway.services import services_of
+from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.sideband import CallsMonitor
 from tests.conftest import REDIS_URL
 from tests.support.clock import FakeClock, run_until
@@ -365,3 +366,83 @@ async def test_a_monitor_that_cannot_reach_redis_past_its_claim_life_meters_on(
 async def _more(rows: Any, n: int) -> Any:
     found = await rows()
     return found if found is not None and len(found) > n else None
+
+
+async def test_a_taken_over_call_counts_every_response_against_the_budget(
+    pg_dsn: str,
+    own_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """The replica that takes a call over meters it with a governor of its own, whose reservations must
+    not reuse the ids its previous holder reserved and settled: reserving a settled id is refused, and
+    a budget-limited tenant's call was hung up as `budget_exhausted` at its first response after the
+    takeover, far below its budget. The call goes on, and the budget counters sum to the ledger."""
+    await PolicyStore(pg_pool, {}, None).set(tenant.tenant_id, {"budget": {"daily_usd": "1000"}}, actor="test")
+    prefix = f"{redis_prefix}calls-budget:"
+    settings = gateway_settings(pg_dsn, REDIS_URL, own_emulator.base_url)
+    started: list[Any] = []
+    for name in ("pod-a", "pod-b"):
+        started.append(
+            await start_gateway(
+                replace(
+                    settings,
+                    redis=replace(settings.redis, key_prefix=prefix),
+                    server=replace(settings.server, instance_id=name),
+                    enforcement=replace(settings.enforcement, calls_scan_seconds=0.2),
+                )
+            )
+        )
+    a, b = started
+    call_id = None
+    try:
+        call_id = await _broker(a.base_url, tenant, peer)
+        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
+        await until(lambda: _true(len(emulated.sidebands) == 1))
+        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+
+        async def responses(n: int) -> Any:
+            rows = await pg_pool.fetch(
+                "SELECT cost_micro_usd FROM usage_ledger WHERE session_id = $1 AND tenant_id = $2",
+                session_id,
+                tenant.tenant_id,
+            )
+            return rows if len(rows) >= n else None
+
+        for n in (1, 2):  # metered by pod-a
+            peer.send("response.create", response={"output_modalities": ["text"]})
+            await peer.wait_for("response.done")
+            await until(lambda n=n: responses(n))
+        await a.stop()  # drained: pod-a hands the call over, pod-b's next scan takes it
+        started.remove(a)
+        await until(lambda: _true(len(emulated.sidebands) == 2))
+        for n in (3, 4):  # metered by pod-b
+            peer.send("response.create", response={"output_modalities": ["text"]})
+            await peer.wait_for("response.done")
+            await until(lambda n=n: responses(n))
+        await asyncio.sleep(0.3)  # a wrong refusal would hang the call up about now
+        row = await pg_pool.fetchrow("SELECT ended_at, end_reason FROM realtime_sessions WHERE id = $1", session_id)
+        assert row is not None and row["ended_at"] is None, dict(row or {})  # not `budget_exhausted`
+        assert not emulated.hung_up and not peer.channel_closed.is_set()
+        state = LiveState(redis_client, prefix, "pod-c")
+        await state.load_scripts()
+
+        async def counted() -> Any:
+            spend = await state.spend(tenant.tenant_id, time.time())
+            ledger = sum(r["cost_micro_usd"] for r in await responses(4))
+            return (spend.spent_day, spend.reserved_day) == (ledger, 0) or (spend.spent_day, ledger)
+
+        result = await until(counted, seconds=5)
+        assert result is True, f"budget counters (spent, ledger): {result}"
+    finally:
+        if call_id is not None:
+            async with httpx.AsyncClient() as http:
+                await http.post(
+                    f"{b.base_url}/realtime/calls/{call_id}/hangup",
+                    headers={"Authorization": f"Bearer {tenant.secret}"},
+                )
+        for gateway in started:
+            await gateway.stop()

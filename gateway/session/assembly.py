@@ -9,6 +9,7 @@ whose session never starts is undone with `release_admission`.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -72,7 +73,10 @@ def assemble(
         started_at=now,
         tags=plan.tags,
     )
-    identity = SessionIdentity(plan.session_id, plan.tenant_id, plan.model, plan.intent)
+    # A sideband (re)attaching to a session gets a governor of its own: its reservation ids must not
+    # repeat those an earlier holder of the session reserved and settled.
+    holder = "" if plan.new_session else secrets.token_hex(4)
+    identity = SessionIdentity(plan.session_id, plan.tenant_id, plan.model, plan.intent, holder)
     governor = SessionGovernor(
         identity, services.prices, policy=plan.policy, started_at=now, hold_opening=plan.hold_opening
     )

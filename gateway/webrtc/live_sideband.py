@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -129,7 +130,8 @@ class LiveSideband:
             gateway_instance=services.settings.server.instance_id,
             started_at=started_at,
         )
-        identity = LiveIdentity(live.session_id, live.tenant_id, live.model, live.transport)
+        # Its own ids: a takeover's governor must not repeat the reservation ids an earlier holder settled.
+        identity = LiveIdentity(live.session_id, live.tenant_id, live.model, live.transport, secrets.token_hex(4))
         self.governor = LiveGovernor(identity, services.prices, policy, started_at)
         if resumed is not None:  # when the last holder last heard the user is not recorded: idle counts from now
             self.governor.note_client_activity(now)

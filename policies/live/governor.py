@@ -366,4 +366,9 @@ class LiveGovernor:
 
     def _next_id(self, prefix: str) -> str:
         self._ids += 1
-        return f"{prefix}_{self.identity.session_id}_{self._ids}"
+        holder = self.identity.holder
+        return (
+            f"{prefix}_{self.identity.session_id}_{holder}_{self._ids}"
+            if holder
+            else f"{prefix}_{self.identity.session_id}_{self._ids}"
+        )

@@ -30,6 +30,7 @@ class LiveIdentity:
     tenant_id: str
     model: str
     transport: str = "websocket"  # "websocket" | "webrtc" | "sip"
+    holder: str = ""  # which holding of the session (a sideband taken over gets its own): scopes the ids it makes
 
 
 @dataclass(frozen=True, slots=True)
