@@ -25,7 +25,7 @@ from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
 from tests.support.clock import FakeClock, run_until
-from tests.support.harness import Gateway, TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.support.harness import Gateway, TenantKey, gateway_settings, replica_settings, start_emulator, start_gateway
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
@@ -55,13 +55,9 @@ async def peer() -> AsyncIterator[ClientPeer]:
 
 
 async def _replica(pg_dsn: str, upstream: str, prefix: str, name: str, redis_url: str = REDIS_URL) -> Gateway:
-    settings = gateway_settings(pg_dsn, redis_url, upstream)
     return await start_gateway(
-        replace(
-            settings,
-            redis=replace(settings.redis, key_prefix=prefix),
-            server=replace(settings.server, instance_id=name),
-            enforcement=replace(settings.enforcement, lease_ttl_seconds=LEASE_TTL_S, calls_scan_seconds=SCAN_S),
+        replica_settings(
+            pg_dsn, redis_url, upstream, prefix, name, lease_ttl_seconds=LEASE_TTL_S, calls_scan_seconds=SCAN_S
         )
     )
 

@@ -10,7 +10,6 @@ import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -23,7 +22,7 @@ from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.context import context_of
 from gateway.webrtc.live_calls import live_context_of
 from tests.conftest import REDIS_URL
-from tests.support.harness import Gateway, TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.support.harness import Gateway, TenantKey, replica_settings, start_emulator, start_gateway
 from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
 from tests.test_concurrency_replicas import LEASE_TTL_S, SLACK_S, gateway_process
@@ -161,6 +160,20 @@ async def _more_than(rows: Any, n: int) -> bool:
     return len(await rows()) > n
 
 
+async def _scanning_replica(pg_dsn: str, upstream: str, prefix: str, name: str) -> Gateway:
+    """A replica (of those sharing `prefix`) whose scan takes over Live sessions nobody holds."""
+    return await start_gateway(replica_settings(pg_dsn, REDIS_URL, upstream, prefix, name, calls_scan_seconds=SCAN_S))
+
+
+async def _create_live(gateway: Gateway, tenant: TenantKey, peer: ClientPeer) -> str:
+    """A Live WebRTC session created through `gateway` for `peer`: its id, once the peer's channel is open."""
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0)
+    created = await client.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
+    await client.close()
+    await peer.accept(created.transport.sdp)
+    return created.session.id
+
+
 async def test_a_draining_replica_hands_its_live_sessions_over_at_once(
     pg_dsn: str, live_emulator: RealtimeEmulator, tenant: TenantKey, pg_pool: asyncpg.Pool, peer: ClientPeer
 ) -> None:
@@ -170,20 +183,9 @@ async def test_a_draining_replica_hands_its_live_sessions_over_at_once(
     started: list[Gateway] = []
     try:
         for name in ("pod-a", "pod-b"):
-            settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
-            settings = replace(
-                settings,
-                redis=replace(settings.redis, key_prefix=prefix),
-                server=replace(settings.server, instance_id=name),
-                enforcement=replace(settings.enforcement, calls_scan_seconds=SCAN_S),
-            )
-            started.append(await start_gateway(settings))
+            started.append(await _scanning_replica(pg_dsn, live_emulator.base_url, prefix, name))
         a, b = started
-        on_a = AsyncOpenAI(base_url=a.base_url, api_key=tenant.secret, max_retries=0)
-        created = await on_a.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
-        await on_a.close()
-        live_id = created.session.id
-        await peer.accept(created.transport.sdp)
+        live_id = await _create_live(a, tenant, peer)
         await peer.wait_for("session.started")
         emulated = await until(lambda: _attached(live_emulator, live_id))
         session_id = await pg_pool.fetchval("SELECT session_id FROM live_sessions WHERE live_session_id = $1", live_id)
@@ -238,25 +240,13 @@ async def test_a_drain_that_catches_a_sideband_connecting_hands_the_session_over
     started: list[Gateway] = []
 
     async def replica(name: str) -> Gateway:
-        settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
-        gateway = await start_gateway(
-            replace(
-                settings,
-                redis=replace(settings.redis, key_prefix=prefix),
-                server=replace(settings.server, instance_id=name),
-                enforcement=replace(settings.enforcement, calls_scan_seconds=SCAN_S),
-            )
-        )
+        gateway = await _scanning_replica(pg_dsn, live_emulator.base_url, prefix, name)
         started.append(gateway)
         return gateway
 
     try:
         x = await replica("pod-x")
-        on_x = AsyncOpenAI(base_url=x.base_url, api_key=tenant.secret, max_retries=0)
-        created = await on_x.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
-        await on_x.close()
-        live_id = created.session.id
-        await peer.accept(created.transport.sdp)
+        live_id = await _create_live(x, tenant, peer)
         emulated = await until(lambda: _attached(live_emulator, live_id))
         await x.stop()  # drained: the session is handed over, its claim released
         started.remove(x)
@@ -299,24 +289,14 @@ async def test_a_taken_over_live_session_of_a_budget_limited_tenant_goes_on(
     prefix = f"vgtest:{secrets.token_hex(4)}:"
     started: list[Gateway] = []
     try:
-        for name in ("pod-a", "pod-b"):
-            settings = gateway_settings(pg_dsn, REDIS_URL, live_emulator.base_url)
-            settings = replace(
-                settings,
-                redis=replace(settings.redis, key_prefix=prefix),
-                server=replace(settings.server, instance_id=name),
-                enforcement=replace(settings.enforcement, calls_scan_seconds=SCAN_S),
-            )
-            started.append(await start_gateway(settings))
-        a, b = started
-        on_a = AsyncOpenAI(base_url=a.base_url, api_key=tenant.secret, max_retries=0)
-        created = await on_a.live.create(session=SESSION, transport={"type": "webrtc", "sdp": await peer.offer()})
-        await on_a.close()
-        live_id = created.session.id
-        await peer.accept(created.transport.sdp)
+        a = await _scanning_replica(pg_dsn, live_emulator.base_url, prefix, "pod-a")
+        started.append(a)
+        live_id = await _create_live(a, tenant, peer)
         emulated = await until(lambda: _attached(live_emulator, live_id))
         session_id = await pg_pool.fetchval("SELECT session_id FROM live_sessions WHERE live_session_id = $1", live_id)
         await asyncio.sleep(3 * USAGE_INTERVAL_S)  # pod-a reserves and releases budget windows
+        b = await _scanning_replica(pg_dsn, live_emulator.base_url, prefix, "pod-b")  # pod-a holds the session
+        started.append(b)
 
         await a.stop()  # drained: handed over, taken at pod-b's next scan
         started.remove(a)

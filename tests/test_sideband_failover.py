@@ -23,7 +23,7 @@ from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.sideband import CallsMonitor
 from tests.conftest import REDIS_URL
 from tests.support.clock import FakeClock, run_until
-from tests.support.harness import TenantKey, gateway_settings, start_emulator, start_gateway
+from tests.support.harness import TenantKey, gateway_settings, replica_settings, start_emulator, start_gateway
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 from tests.support.webrtc_client import ClientPeer
@@ -224,6 +224,33 @@ async def test_a_takeover_renews_the_lease_of_a_call_its_dead_monitor_left_a_six
     assert ended == "client_hangup"
 
 
+async def _pod(
+    pg_dsn: str, upstream: str, prefix: str, name: str, redis_url: str = REDIS_URL, **enforcement: Any
+) -> Any:
+    return await start_gateway(replica_settings(pg_dsn, redis_url, upstream, prefix, name, **enforcement))
+
+
+async def _monitored_call(
+    gateway: Any, tenant: TenantKey, peer: ClientPeer, emulator: RealtimeEmulator, pg_pool: asyncpg.Pool
+) -> tuple[str, Any, str]:
+    """A call brokered through `gateway`, once it monitors it: its id, the emulated call, its session id."""
+    call_id = await _broker(gateway.base_url, tenant, peer)
+    emulated = next(c for c in emulator.calls if c.call_id == call_id)
+    await until(lambda: _true(len(emulated.sidebands) == 1))
+    session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+    return call_id, emulated, session_id
+
+
+async def _hang_up(gateway: Any, tenant: TenantKey, call_id: str | None) -> None:
+    """End the call through `gateway` (so other tests' scans find nothing of it left active)."""
+    if call_id is not None:
+        async with httpx.AsyncClient() as http:
+            await http.post(
+                f"{gateway.base_url}/realtime/calls/{call_id}/hangup",
+                headers={"Authorization": f"Bearer {tenant.secret}"},
+            )
+
+
 async def _true(value: bool) -> bool:
     return value
 
@@ -242,21 +269,10 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
     counters). The call goes on and its concurrency lease stays, for the new holder."""
     ttl = 1.5  # claims live 0.75 s and are renewed every 0.25 s
     prefix = f"{redis_prefix}calls-lost:"
-    settings = gateway_settings(pg_dsn, REDIS_URL, own_emulator.base_url)
-    a = await start_gateway(
-        replace(
-            settings,
-            redis=replace(settings.redis, key_prefix=prefix),
-            server=replace(settings.server, instance_id="pod-a"),
-            enforcement=replace(settings.enforcement, lease_ttl_seconds=ttl),
-        )
-    )
+    a = await _pod(pg_dsn, own_emulator.base_url, prefix, "pod-a", lease_ttl_seconds=ttl)
     call_id = None
     try:
-        call_id = await _broker(a.base_url, tenant, peer)
-        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
-        await until(lambda: _true(len(emulated.sidebands) == 1))
-        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+        call_id, emulated, session_id = await _monitored_call(a, tenant, peer, own_emulator, pg_pool)
         monitor = services_of(a.app).calls_monitor
         assert isinstance(monitor, CallsMonitor) and monitor.watching(call_id) is not None
         watcher = next(t for t in asyncio.all_tasks() if t.get_name() == f"voxgate-sideband-{call_id}")
@@ -286,12 +302,7 @@ async def test_a_monitor_that_lost_its_claim_hands_the_call_over_and_stops_meter
         rows = await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", session_id)
         assert rows == 0  # ...and pod-a no longer meters it (pod-x would)
     finally:
-        if call_id is not None:  # end the call: nothing left for other tests' scans
-            async with httpx.AsyncClient() as http:
-                await http.post(
-                    f"{a.base_url}/realtime/calls/{call_id}/hangup",
-                    headers={"Authorization": f"Bearer {tenant.secret}"},
-                )
+        await _hang_up(a, tenant, call_id)
         await a.stop()
 
 
@@ -311,21 +322,11 @@ async def test_a_monitor_that_cannot_reach_redis_past_its_claim_life_meters_on(
     prefix = f"{redis_prefix}calls-outage:"
     target = urlsplit(REDIS_URL)
     proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    settings = gateway_settings(pg_dsn, f"redis://127.0.0.1:{proxy.port}", own_emulator.base_url)
-    a = await start_gateway(
-        replace(
-            settings,
-            redis=replace(settings.redis, key_prefix=prefix),
-            server=replace(settings.server, instance_id="pod-a"),
-            enforcement=replace(settings.enforcement, lease_ttl_seconds=ttl),
-        )
-    )
+    redis_url = f"redis://127.0.0.1:{proxy.port}"
+    a = await _pod(pg_dsn, own_emulator.base_url, prefix, "pod-a", redis_url, lease_ttl_seconds=ttl)
     call_id = None
     try:
-        call_id = await _broker(a.base_url, tenant, peer)
-        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
-        await until(lambda: _true(len(emulated.sidebands) == 1))
-        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+        call_id, emulated, session_id = await _monitored_call(a, tenant, peer, own_emulator, pg_pool)
         monitor = services_of(a.app).calls_monitor
         assert isinstance(monitor, CallsMonitor)
 
@@ -353,12 +354,7 @@ async def test_a_monitor_that_cannot_reach_redis_past_its_claim_life_meters_on(
         assert sorted(await until(lambda: _more(booked, 1))) == sorted([during, after])  # one row each
     finally:
         proxy.restore()
-        if call_id is not None:
-            async with httpx.AsyncClient() as http:
-                await http.post(
-                    f"{a.base_url}/realtime/calls/{call_id}/hangup",
-                    headers={"Authorization": f"Bearer {tenant.secret}"},
-                )
+        await _hang_up(a, tenant, call_id)
         await a.stop()
         await proxy.stop()
 
@@ -383,26 +379,16 @@ async def test_a_taken_over_call_counts_every_response_against_the_budget(
     takeover, far below its budget. The call goes on, and the budget counters sum to the ledger."""
     await PolicyStore(pg_pool, {}, None).set(tenant.tenant_id, {"budget": {"daily_usd": "1000"}}, actor="test")
     prefix = f"{redis_prefix}calls-budget:"
-    settings = gateway_settings(pg_dsn, REDIS_URL, own_emulator.base_url)
-    started: list[Any] = []
-    for name in ("pod-a", "pod-b"):
-        started.append(
-            await start_gateway(
-                replace(
-                    settings,
-                    redis=replace(settings.redis, key_prefix=prefix),
-                    server=replace(settings.server, instance_id=name),
-                    enforcement=replace(settings.enforcement, calls_scan_seconds=0.2),
-                )
-            )
-        )
-    a, b = started
+    a = await _pod(pg_dsn, own_emulator.base_url, prefix, "pod-a", calls_scan_seconds=SCAN_S)
+    started = [a]
     call_id = None
     try:
-        call_id = await _broker(a.base_url, tenant, peer)
-        emulated = next(c for c in own_emulator.calls if c.call_id == call_id)
-        await until(lambda: _true(len(emulated.sidebands) == 1))
-        session_id = await pg_pool.fetchval("SELECT session_id FROM realtime_calls WHERE call_id = $1", call_id)
+        call_id, emulated, session_id = await _monitored_call(a, tenant, peer, own_emulator, pg_pool)
+        # pod-b starts once pod-a monitors the call: its scan could otherwise take the call first
+        b = await _pod(pg_dsn, own_emulator.base_url, prefix, "pod-b", calls_scan_seconds=SCAN_S)
+        started.append(b)
+        claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
+        assert await redis_client.hget(claim, "owner") == b"pod-a"
 
         async def responses(n: int) -> Any:
             rows = await pg_pool.fetch(
@@ -438,11 +424,6 @@ async def test_a_taken_over_call_counts_every_response_against_the_budget(
         result = await until(counted, seconds=5)
         assert result is True, f"budget counters (spent, ledger): {result}"
     finally:
-        if call_id is not None:
-            async with httpx.AsyncClient() as http:
-                await http.post(
-                    f"{b.base_url}/realtime/calls/{call_id}/hangup",
-                    headers={"Authorization": f"Bearer {tenant.secret}"},
-                )
+        await _hang_up(started[-1], tenant, call_id)
         for gateway in started:
             await gateway.stop()

@@ -87,6 +87,20 @@ async def start_gateway(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Gate
     return Gateway(server=server, app=app, settings=settings)
 
 
+def replica_settings(
+    pg_dsn: str, redis_url: str, upstream: str, prefix: str, name: str, **enforcement: Any
+) -> Settings:
+    """Settings of one replica named `name` of a deployment whose replicas share the live-state `prefix`
+    (and the database); `enforcement` overrides the enforcement settings (lease TTL, calls scan...)."""
+    settings = gateway_settings(pg_dsn, redis_url, upstream)
+    return replace(
+        settings,
+        redis=replace(settings.redis, key_prefix=prefix),
+        server=replace(settings.server, instance_id=name),
+        enforcement=replace(settings.enforcement, **enforcement),
+    )
+
+
 async def start_emulator(**config: Any) -> RealtimeEmulator:
     emulator = RealtimeEmulator(EmulatorConfig(api_key=UPSTREAM_KEY, **config))
     await emulator.start(host="127.0.0.1", port=0)
