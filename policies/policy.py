@@ -14,6 +14,11 @@ from typing import Any, Final, Literal
 
 AtLimit = Literal["finish_response", "cancel_response"]
 MICRO_PER_USD: Final = 1_000_000
+# Upper bounds: every value a policy holds must fit what carries it on (a 64-bit integer in
+# orjson, Redis and Postgres, OpenAI's 32-bit token counts), or a session would fail on it later.
+MAX_POLICY_INT: Final = 2**31 - 1
+MAX_POLICY_SECONDS: Final = 10**8  # about three years
+MAX_BUDGET_USD: Final = 10**12  # 10**18 micro-USD, inside a signed 64-bit integer
 
 
 class PolicyError(ValueError):
@@ -106,6 +111,8 @@ def _optional_int(value: object, key: str, minimum: int = 1) -> int | None:
         raise PolicyError(key, "must be an integer or null")
     if value < minimum:
         raise PolicyError(key, f"must be >= {minimum}")
+    if value > MAX_POLICY_INT:
+        raise PolicyError(key, f"must be <= {MAX_POLICY_INT}")
     return value
 
 
@@ -129,8 +136,8 @@ def _model_caps(value: object, key: str) -> tuple[tuple[str, int], ...]:
 def _optional_seconds(value: object, key: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise PolicyError(key, "must be a positive number of seconds or null")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_POLICY_SECONDS:
+        raise PolicyError(key, f"must be a positive number of seconds (at most {MAX_POLICY_SECONDS}) or null")
     return float(value)
 
 
@@ -140,12 +147,16 @@ def _usd_micro(value: object, key: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise PolicyError(key, "must be an amount in USD")
+    if isinstance(value, int) and value > MAX_BUDGET_USD:  # before `str`, which refuses huge ints
+        raise PolicyError(key, f"must be at most {MAX_BUDGET_USD} USD")
     text = repr(value) if isinstance(value, float) else str(value) if isinstance(value, int | str) else None
     if text is None:
         raise PolicyError(key, "must be an amount in USD")
     whole, _, frac = text.strip().partition(".")
     if not whole.isdigit() or (frac and not frac.isdigit()) or len(frac.rstrip("0")) > 6:
         raise PolicyError(key, "must be a non-negative USD amount with at most 6 decimals")
+    if len(whole) > 13 or int(whole) > MAX_BUDGET_USD:
+        raise PolicyError(key, f"must be at most {MAX_BUDGET_USD} USD")
     return int(whole) * MICRO_PER_USD + int((frac + "000000")[:6] or 0)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 from policies.actions import ErrorDetail
 from policies.clamp import Refused, Rewritten, police_client_event
 from policies.policy import TenantPolicy
+from policies.prices.table import PriceTable
 
 UPSTREAM_DEFAULT_MODEL: Final = "gpt-realtime"  # what upstream runs when a request names no model
 UPSTREAM_SECRET_SECONDS: Final = 600  # upstream's default client-secret lifetime
@@ -41,14 +42,20 @@ class SessionRefused:
     detail: ErrorDetail
 
 
-def default_model(policy: TenantPolicy) -> str:
-    """Upstream's default when the tenant may use it (or has no allowlist), else its allowlist's first."""
+def default_model(policy: TenantPolicy, prices: PriceTable) -> str:
+    """Upstream's default when the tenant may use it (or has no allowlist), else the first model of
+    its allowlist that `prices` knows as a Realtime model. An allowlist also names GPT-Live,
+    translation and transcription models, which a Realtime session cannot run on; only when it
+    names no Realtime model at all is its first model the answer (admission then refuses it)."""
     if policy.allows_model(UPSTREAM_DEFAULT_MODEL) or not policy.models:
         return UPSTREAM_DEFAULT_MODEL
-    return min(policy.models)
+    realtime = sorted(model for model in policy.models if prices.is_known(model))
+    return realtime[0] if realtime else min(policy.models)
 
 
-def police_session(session: Mapping[str, Any], policy: TenantPolicy) -> PolicedSession | SessionRefused:
+def police_session(
+    session: Mapping[str, Any], policy: TenantPolicy, prices: PriceTable
+) -> PolicedSession | SessionRefused:
     """The session config `policy` allows (clamped, type and model filled in), or why not.
 
     Allowlist refusals are 403 naming the policy list (`model_not_allowed`,
@@ -63,7 +70,7 @@ def police_session(session: Mapping[str, Any], policy: TenantPolicy) -> PolicedS
     model: str | None = None
     if kind == "realtime":
         if "model" not in policed:
-            policed["model"] = default_model(policy)
+            policed["model"] = default_model(policy, prices)
         named = policed["model"]
         if not isinstance(named, str) or not named:
             return _invalid("'session.model' must be a non-empty string.", "session.model")
@@ -76,7 +83,7 @@ def police_session(session: Mapping[str, Any], policy: TenantPolicy) -> PolicedS
     return PolicedSession(policed, model)
 
 
-def policy_session(policy: TenantPolicy) -> PolicedSession | SessionRefused | None:
+def policy_session(policy: TenantPolicy, prices: PriceTable) -> PolicedSession | SessionRefused | None:
     """The session a raw SDP offer runs with, or None when the policy adds nothing to upstream's.
 
     A model allowlist or an output ceiling must be in force from the first response, so
@@ -84,7 +91,7 @@ def policy_session(policy: TenantPolicy) -> PolicedSession | SessionRefused | No
     """
     if policy.max_output_tokens is None and policy.models is None:
         return None
-    return police_session({"type": "realtime"}, policy)
+    return police_session({"type": "realtime"}, policy, prices)
 
 
 def police_expires_after(requested: object, policy: TenantPolicy) -> dict[str, Any] | SessionRefused | None:

@@ -176,6 +176,22 @@ async def test_invalid_policy_names_the_key(api: httpx.AsyncClient) -> None:
     typo = await api.put(path, json={"max_output_tokns": 1})
     assert_openai_error(typo, 400, "invalid_policy", "policy.max_output_tokns")
     assert_openai_error(await api.put(path, json=[1, 2]), 400, "invalid_request")
+    # Past what a session can carry (a 64-bit integer in orjson, Redis and Postgres): refused here,
+    # not stored to break every later session of the tenant with a 500 or a 1011 close.
+    for key, value in [
+        ("max_output_tokens", 2**64),
+        ("max_session_tokens", 10**40),
+        ("max_concurrent_sessions", 2**63),
+        ("expires_after_max_seconds", 2**64),
+        ("max_session_seconds", 10**400),
+        ("max_concurrent_sessions_per_model", {"gpt-realtime-2": 2**64}),
+    ]:
+        response = await api.put(path, json={key: value})
+        assert response.status_code == 400, (key, response.text)
+        assert response.json()["error"]["code"] == "invalid_policy", (key, response.text)
+        assert response.json()["error"]["param"].startswith(f"policy.{key}"), (key, response.text)
+    huge_budget = await api.put(path, json={"budget": {"daily_usd": 10**13}})
+    assert_openai_error(huge_budget, 400, "invalid_policy", "policy.budget.daily_usd")
     assert (await api.get(f"{path}/history")).json()["data"] == []
     assert_openai_error(await api.put("/tenants/ten_missing/policy", json={}), 404, "tenant_not_found")
 

@@ -182,7 +182,9 @@ async def test_raw_offer_with_a_tenant_key_and_no_policy_limits_stays_raw(gatewa
 
 
 async def test_raw_offer_gets_the_policy_session(gateway, emulator, tenant, pg_pool, peer) -> None:
-    await set_policy(pg_pool, tenant, models=["gpt-realtime-mini"])
+    # The allowlist's GPT-Live and transcription models sort first; a raw offer (it cannot name a
+    # model) runs on its Realtime model, not on them (before, every such offer was refused 403).
+    await set_policy(pg_pool, tenant, models=["gpt-4o-transcribe", "gpt-live-1", "gpt-realtime-mini"])
     async with httpx.AsyncClient() as http:
         response = await http.post(
             f"{gateway.base_url}/realtime/calls",

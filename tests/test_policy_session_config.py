@@ -8,6 +8,7 @@ import pytest
 
 from policies.actions import ErrorDetail
 from policies.policy import TenantPolicy
+from policies.prices.builtin import DEFAULT_PRICE_TABLE
 from policies.session_config import (
     PolicedSession,
     SessionRefused,
@@ -18,6 +19,7 @@ from policies.session_config import (
     secret_expires_at,
 )
 
+PRICES = DEFAULT_PRICE_TABLE
 POLICY = TenantPolicy(
     models=frozenset({"gpt-realtime", "gpt-realtime-mini"}),
     voices=frozenset({"marin"}),
@@ -38,12 +40,16 @@ POLICY = TenantPolicy(
         (frozenset({"gpt-realtime-mini"}), "gpt-realtime-mini"),
         (frozenset({"gpt-realtime-mini", "gpt-realtime-2"}), "gpt-realtime-2"),  # the first by name
         (frozenset({"gpt-realtime", "gpt-realtime-mini"}), "gpt-realtime"),
+        # GPT-Live, translation and transcription models sort first but cannot run a Realtime session.
+        (frozenset({"gpt-live-1", "gpt-realtime-mini", "gpt-realtime-2"}), "gpt-realtime-2"),
+        (frozenset({"gpt-4o-transcribe", "gpt-realtime-translate", "gpt-realtime-mini"}), "gpt-realtime-mini"),
+        (frozenset({"gpt-live-1", "gpt-live-transcribe"}), "gpt-live-1"),  # no Realtime model: admission refuses
     ],
 )
 def test_the_default_model_is_upstreams_when_allowed_else_the_allowlists_first(
     models: frozenset[str] | None, expected: str
 ) -> None:
-    assert default_model(TenantPolicy(models=models)) == expected
+    assert default_model(TenantPolicy(models=models), PRICES) == expected
 
 
 def test_upstreams_default_wins_over_a_model_that_sorts_before_it() -> None:
@@ -51,21 +57,23 @@ def test_upstreams_default_wins_over_a_model_that_sorts_before_it() -> None:
     # first model ("gpt-4o-realtime-preview") for a transcription session's budget check, the
     # HTTP routes took "gpt-realtime". One rule now: upstream's default, because it is allowed.
     policy = TenantPolicy(models=frozenset({"gpt-realtime", "gpt-4o-realtime-preview"}))
-    assert default_model(policy) == "gpt-realtime"
+    assert default_model(policy, PRICES) == "gpt-realtime"
 
 
 # -- policing a session ---------------------------------------------------------------------
 
 
 def test_a_realtime_session_gets_the_model_and_the_ceiling() -> None:
-    verdict = police_session({"type": "realtime", "model": "gpt-realtime-mini", "max_output_tokens": 4096}, POLICY)
+    verdict = police_session(
+        {"type": "realtime", "model": "gpt-realtime-mini", "max_output_tokens": 4096}, POLICY, PRICES
+    )
     assert verdict == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime-mini", "max_output_tokens": 300}, "gpt-realtime-mini"
     )
 
 
 def test_an_empty_session_is_filled_in() -> None:
-    verdict = police_session({}, TenantPolicy(models=frozenset({"gpt-realtime-mini"}), max_output_tokens=300))
+    verdict = police_session({}, TenantPolicy(models=frozenset({"gpt-realtime-mini"}), max_output_tokens=300), PRICES)
     assert verdict == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime-mini", "max_output_tokens": 300}, "gpt-realtime-mini"
     )
@@ -73,7 +81,7 @@ def test_an_empty_session_is_filled_in() -> None:
 
 def test_a_lower_ceiling_and_other_fields_are_kept_as_sent() -> None:
     session = {"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 50, "instructions": "Be brief."}
-    verdict = police_session(session, POLICY)
+    verdict = police_session(session, POLICY, PRICES)
     assert verdict == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 50, "instructions": "Be brief."},
         "gpt-realtime",
@@ -82,17 +90,17 @@ def test_a_lower_ceiling_and_other_fields_are_kept_as_sent() -> None:
 
 def test_the_input_is_never_mutated() -> None:
     session: dict[str, Any] = {"max_output_tokens": 4096}
-    police_session(session, POLICY)
+    police_session(session, POLICY, PRICES)
     assert session == {"max_output_tokens": 4096}
 
 
 def test_a_transcription_session_admits_no_model_and_gets_no_ceiling() -> None:
-    verdict = police_session({"type": "transcription"}, POLICY)
+    verdict = police_session({"type": "transcription"}, POLICY, PRICES)
     assert verdict == PolicedSession({"type": "transcription"}, None)
 
 
 def test_an_unrestricted_policy_only_fills_the_type_and_model() -> None:
-    assert police_session({}, TenantPolicy()) == PolicedSession(
+    assert police_session({}, TenantPolicy(), PRICES) == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime"}, "gpt-realtime"
     )
 
@@ -143,7 +151,7 @@ def test_an_unrestricted_policy_only_fills_the_type_and_model() -> None:
     ],
 )
 def test_a_malformed_session_is_a_400(session: dict[str, Any], refused: SessionRefused) -> None:
-    assert police_session(session, POLICY) == refused
+    assert police_session(session, POLICY, PRICES) == refused
 
 
 @pytest.mark.parametrize(
@@ -157,7 +165,7 @@ def test_a_malformed_session_is_a_400(session: dict[str, Any], refused: SessionR
 def test_what_a_policy_list_does_not_allow_is_a_403_naming_the_list(
     session: dict[str, Any], code: str, param: str, list_name: str
 ) -> None:
-    verdict = police_session({"type": "realtime", **session}, POLICY)
+    verdict = police_session({"type": "realtime", **session}, POLICY, PRICES)
     assert isinstance(verdict, SessionRefused)
     assert (verdict.status, verdict.detail.code, verdict.detail.param) == (403, code, param)
     assert f"(see the policy's '{list_name}' list)" in verdict.detail.message
@@ -167,24 +175,24 @@ def test_what_a_policy_list_does_not_allow_is_a_403_naming_the_list(
 
 
 def test_a_raw_offer_stays_raw_when_the_policy_adds_nothing() -> None:
-    assert policy_session(TenantPolicy(voices=frozenset({"marin"}), tools=frozenset({"x"}))) is None
+    assert policy_session(TenantPolicy(voices=frozenset({"marin"}), tools=frozenset({"x"})), PRICES) is None
 
 
 def test_a_raw_offer_gets_the_allowlisted_model_and_the_ceiling() -> None:
-    assert policy_session(POLICY) == PolicedSession(
+    assert policy_session(POLICY, PRICES) == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 300}, "gpt-realtime"
     )
     only_mini = TenantPolicy(models=frozenset({"gpt-realtime-mini"}))
-    assert policy_session(only_mini) == PolicedSession(
+    assert policy_session(only_mini, PRICES) == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime-mini"}, "gpt-realtime-mini"
     )
-    assert policy_session(TenantPolicy(max_output_tokens=64)) == PolicedSession(
+    assert policy_session(TenantPolicy(max_output_tokens=64), PRICES) == PolicedSession(
         {"type": "realtime", "model": "gpt-realtime", "max_output_tokens": 64}, "gpt-realtime"
     )
 
 
 def test_a_policy_allowing_no_model_refuses_a_raw_offer() -> None:
-    verdict = policy_session(TenantPolicy(models=frozenset()))
+    verdict = policy_session(TenantPolicy(models=frozenset()), PRICES)
     assert isinstance(verdict, SessionRefused)
     assert (verdict.status, verdict.detail.code, verdict.detail.param) == (403, "model_not_allowed", "session.model")
 

@@ -176,3 +176,26 @@ async def test_a_client_that_floods_while_its_model_is_counted_waits_in_its_sock
         proxy.delay_s = 0.0
         await gateway.stop()
         await proxy.stop()
+
+
+async def test_a_tenant_allowed_only_transcription_models_opens_a_transcription_session(
+    gateway: Gateway, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    # `?intent=transcription` names no Realtime model: admission prices its budget check at the
+    # default model, which for this allowlist is no Realtime model at all. The session must not be
+    # refused for it (`model_not_priced`): an app that only transcribes has exactly this allowlist.
+    await set_policy(pg_pool, tenant, {"models": [WHISPER, LIVE_TRANSCRIBE], "budget": {"daily_usd": "50"}})
+    async with transcription(gateway, tenant) as conn:
+        updated = await configure(conn, WHISPER)
+        assert updated.type == "session.updated", updated
+        assert updated.session.audio.input.transcription.model == WHISPER
+    # An allowlist that allows nothing still refuses before the upgrade.
+    await set_policy(pg_pool, tenant, {"models": []})
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key=tenant.secret, max_retries=0)
+    try:
+        with pytest.raises(Exception) as refused:
+            async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+                await conn.recv()
+        assert "403" in str(refused.value), refused.value
+    finally:
+        await client.close()

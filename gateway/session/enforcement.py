@@ -151,7 +151,8 @@ class Enforcement(LeaseKeeper):
         """Admit a new session or raise an OpenAI-shaped GatewayError (before the upgrade).
 
         `model` is None for transcription sessions: no realtime model is used, so the
-        allowlist does not apply and budgets are checked against `default_model(policy)`.
+        allowlist does not apply and budgets are checked against `default_model` (any headroom
+        admits when the allowlist names no Realtime model).
         `basis` is the price list `model` must be in (`durations` for GPT-Live and translation).
         `model_at_start`: the model arrives after the upgrade (a GPT-Live WebSocket's `session.start`,
         which its governor polices); admission checks everything else.
@@ -159,7 +160,11 @@ class Enforcement(LeaseKeeper):
         policy, version = await self.policy_for(tenant_id)
         lease_model = None if model is None or model_at_start else model  # what a per-model cap counts
         if model is None:
-            model = default_model(policy)
+            model = default_model(policy, self.prices)
+            if not self.prices.is_known(model):
+                # The allowlist names no Realtime model (an app that only transcribes): no response
+                # to price, so any budget headroom admits, as for a session billed by time.
+                basis = "transcription"
         if not model_at_start and (not policy.allows_model(model) or not self.prices.admits(model, basis)):
             refused = decide_admission(policy, model, AdmissionSnapshot(), now, self.prices, basis)
             assert isinstance(refused, Refuse)

@@ -46,11 +46,15 @@ async def admit_call(context: WebRtcContext, caller: Caller, offer: Offer) -> Ad
     """Police the offer's session and admit it; a refusal is a `GatewayError`."""
     services = context.services
     policy = await tenant_policy(services, caller.tenant_id)
-    policed = police_session(offer.session, policy) if offer.session is not None else policy_session(policy)
+    policed = (
+        police_session(offer.session, policy, services.prices)
+        if offer.session is not None
+        else policy_session(policy, services.prices)
+    )
     if isinstance(policed, SessionRefused):
         raise refusal(policed)
     session = policed.session if policed is not None else None
-    model = policed.model if policed is not None else default_model(policy)
+    model = policed.model if policed is not None else default_model(policy, services.prices)
     session_id = new_id("vgs")
     policy, leased = await admit(services, caller.tenant_id, session_id, model)
     return AdmittedCall(caller, offer.sdp, session, model, session_id, policy, leased)

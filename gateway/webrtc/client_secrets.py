@@ -33,7 +33,7 @@ async def mint_client_secret(context: WebRtcContext, caller: Caller, body: Mappi
         raw_session = body.get("session", {"type": "realtime"})
         if not isinstance(raw_session, dict):
             raise bad_request("'session' must be an object.", "invalid_value", "session")
-        policed = police_session(raw_session, policy)
+        policed = police_session(raw_session, policy, services.prices)
         if isinstance(policed, SessionRefused):
             raise refusal(policed)
         request = {**body, "session": policed.session}
