@@ -27,7 +27,7 @@ from gateway.alerts.routes import build_alert_log_router
 from gateway.alerts.sender import AlertSender
 from gateway.background import stop_tasks
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import GatewayError, outage_refusal
+from gateway.errors import UNSTORABLE_TEXT, GatewayError, outage_refusal, unstorable_text
 from gateway.finance.dashboard import build_dashboard_router
 from gateway.finance.rates import register_price_rates
 from gateway.finance.routes import build_costs_router
@@ -159,6 +159,11 @@ def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Re
     )
 
 
+def _unstorable_text_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    error = unstorable_text()
+    return Response(error.body(), status_code=error.status, headers=error.response_headers())
+
+
 def _unhandled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     services = find_services(request)
     error = outage_refusal(exc, services.clock if services is not None else SYSTEM_CLOCK)  # a retryable 503
@@ -205,6 +210,7 @@ class VoxgatePlugin(InitPluginProtocol):
             {
                 GatewayError: _gateway_error_handler,
                 HTTPException: _http_exception_handler,
+                **dict.fromkeys(UNSTORABLE_TEXT, _unstorable_text_handler),
                 Exception: _unhandled_handler,
             }
         )

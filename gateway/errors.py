@@ -113,6 +113,20 @@ _NOT_NETWORK: tuple[type[BaseException], ...] = (
 _last_logged: dict[str, tuple[Clock, float]] = {}  # code -> the clock it was logged on, and when
 
 
+# Text Postgres cannot hold (NUL, U+0000), as a text value (22021) or inside a jsonb document (22P05).
+UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
+
+
+def unstorable_text() -> GatewayError:
+    """Postgres refused text a request carried (a NUL in a name, an id, a query parameter): a 400, not
+    a 500. What a request handler binds into a query comes from its request."""
+    return GatewayError(
+        400,
+        "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
+        code="invalid_request",
+    )
+
+
 def database_unavailable() -> GatewayError:
     return GatewayError(
         503,

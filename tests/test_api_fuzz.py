@@ -297,3 +297,25 @@ def test_both_apis_without_valid_credentials(
     case: schemathesis.Case, fuzz_target: FuzzTarget, bad_credentials: dict[str, str]
 ) -> None:
     assert_no_server_error(case, fuzz_target, bad_credentials)
+
+
+def test_text_postgres_cannot_store_is_a_client_error_beyond_the_admin_api(fuzz_target: FuzzTarget) -> None:
+    # Found by a hostile review: the costs API, the alert log and GPT-Live call control answered a
+    # NUL in a query parameter or a path id with a 500 (only the admin API mapped it to a 400).
+    admin = {"Authorization": f"Bearer {admin_token()}"}
+    tenant = {"Authorization": f"Bearer {fuzz_target.tenant_key}"}
+    start = int(time.time()) - 86_400
+    requests = [
+        ("GET", f"/v1/organization/costs?start_time={start}&models=%00", admin),
+        ("GET", f"/v1/organization/costs?start_time={start}&project_ids=ten_%00", admin),
+        ("GET", f"/v1/organization/costs?start_time={start}&api_key_ids=key_%00", admin),
+        ("GET", f"/v1/organization/costs?start_time={start}&group_by=tag&tag_key=a%00", admin),
+        ("GET", "/v1/organization/alerts?project_id=%00", admin),
+        ("POST", "/v1/live/sessions/%00/hangup", tenant),
+        ("POST", "/v1/live/sessions/x%00/reject", tenant),
+    ]
+    with httpx.Client(base_url=fuzz_target.base_url) as http:
+        for method, path, headers in requests:
+            response = http.request(method, path, headers=headers)
+            assert response.status_code == 400, (method, path, response.text)
+            assert response.json()["error"]["code"] == "invalid_request", (method, path, response.text)

@@ -367,3 +367,33 @@ async def test_one_call_announced_on_both_event_types_and_on_realtime_is_routed_
     assert len(receivers[0].deliveries) == 1
     rows = await pg_pool.fetchval("SELECT count(*) FROM live_sip_calls WHERE sip_call_id = $1", call_id)
     assert rows == 1
+
+
+async def test_a_nul_in_a_signed_event_still_routes_the_call(
+    sip_gateway: Gateway, emulator: Any, pg_pool: asyncpg.Pool, receivers: list[WebhookReceiver]
+) -> None:
+    # Found by a hostile review: a NUL in a caller's SIP header (untrusted metadata OpenAI passes on)
+    # made Postgres refuse the event, the webhook answered 500, and OpenAI delivers again until a 2xx:
+    # the call was never routed. NULs are replaced (U+FFFD) before anything is stored.
+    tenant = await make_tenant(pg_pool, "sipnul")
+    number = f"+1877{tenant.tenant_id[-7:]}"
+    await route(sip_gateway, tenant, number, receivers[1], new_secret())
+    rung = await ring(emulator, sip_gateway, number, call_id=f"nul-{tenant.tenant_id}@example.com")
+    event = json.loads(rung["body"])  # delivered once by the emulator; sent again as a new session
+    event["data"]["session_id"] = f"{rung['session_id']}_nul"
+    event["data"]["sip_headers"].append({"name": "X-Caller\u0000Note", "value": "vip\u0000"})
+    for header in event["data"]["sip_headers"]:
+        if header["name"].lower() == "call-id":
+            header["value"] += "\u0000"
+    response = await post_webhook(sip_gateway, *signed(event, f"wh_nul_{tenant.tenant_id}"))
+    assert (response.status_code, response.json()["status"]) == (200, "recorded"), response.text
+    await receivers[1].wait_for(2)
+    stored = await pg_pool.fetchrow(
+        "SELECT sip_call_id, event FROM live_sip_calls WHERE live_session_id = $1", event["data"]["session_id"]
+    )
+    assert stored["sip_call_id"] == f"nul-{tenant.tenant_id}@example.com\ufffd"  # not the first call's id
+    assert {"name": "X-Caller\ufffdNote", "value": "vip\ufffd"} in json.loads(stored["event"])["data"]["sip_headers"]
+    # A NUL in the event type itself: acknowledged (OpenAI stops redelivering), nothing routed.
+    odd = {**event, "type": "live.call\u0000.incoming"}
+    response = await post_webhook(sip_gateway, *signed(odd, f"wh_nul2_{tenant.tenant_id}"))
+    assert response.status_code == 200, response.text

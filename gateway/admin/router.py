@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 from litestar import Request, Response, Router
 from litestar.di import Provide
 from litestar.exceptions import ClientException
@@ -39,23 +38,6 @@ def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[A
     )
 
 
-# Text Postgres cannot hold (NUL, U+0000), as a text value (22021) or inside a jsonb document (22P05).
-_UNSTORABLE_TEXT = (asyncpg.exceptions.CharacterNotInRepertoireError, asyncpg.exceptions.UntranslatableCharacterError)
-
-
-def _unstorable_value(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Postgres refused text the caller sent (a NUL in a name, an id or a policy): a 400, not a 500.
-
-    On these routes every text a query binds comes from the request, so it is the caller's input.
-    """
-    error = GatewayError(
-        400,
-        "The request contains a value that cannot be stored (text may not contain NUL, U+0000).",
-        code="invalid_request",
-    )
-    return Response(error.body(), status_code=400, headers=error.response_headers())
-
-
 def build_admin_router(
     settings: AdminSettings, jwks_allowed_hosts: frozenset[str] = frozenset(), clock: Clock = SYSTEM_CLOCK
 ) -> Router:
@@ -77,6 +59,6 @@ def build_admin_router(
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
         },
-        exception_handlers={ClientException: _client_error, **dict.fromkeys(_UNSTORABLE_TEXT, _unstorable_value)},
+        exception_handlers={ClientException: _client_error},
         security=[{SECURITY_SCHEME: []}],
     )

@@ -88,6 +88,20 @@ def user_part(uri: str) -> str | None:
     return user or None
 
 
+def without_nul(value: Any) -> Any:
+    """`value` (parsed JSON) with every NUL (U+0000) in its strings and keys replaced by U+FFFD.
+
+    Postgres text and jsonb cannot hold a NUL, and OpenAI delivers an event again until it gets a
+    2xx: a caller's SIP header with a NUL in it must not keep its call from ever being routed."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    return value
+
+
 def _sip_headers(data: dict[str, Any]) -> dict[str, str]:
     """The first value of each SIP header, by lower-case name (untrusted caller metadata)."""
     out: dict[str, str] = {}
@@ -135,7 +149,7 @@ async def openai_webhooks(request: Request[Any, Any, Any]) -> Response[bytes]:
     headers = {name.lower(): value for name, value in request.headers.items()}
     webhook_id = verified(secret, headers, body, services.clock.time())
     try:
-        event = orjson.loads(body)
+        event = without_nul(orjson.loads(body))
     except orjson.JSONDecodeError:
         event = None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
