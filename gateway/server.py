@@ -85,6 +85,12 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             return
         super().data_received(data[room:])
 
+    def send_400_response(self, msg: str) -> None:
+        """httptools could not parse the request (a bad request line, a control character in a
+        header, conflicting or negative lengths): an OpenAI-shaped 400 instead of uvicorn's plain text."""
+        log.debug("refusing a malformed request from %s: %s", self.client, msg)
+        self._refuse_head(GatewayError(400, "The HTTP request is malformed.", code="invalid_request"))
+
     # httptools callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -238,3 +238,22 @@ def test_the_relay_answers_431_to_an_upgrade_head_over_its_own_bound() -> None:
     status, headers, body = parse(transport.written)
     assert status == 431
     assert_openai_error(headers, body, "request_header_fields_too_large")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT A REQUEST\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
+        b"GET /heal\xffthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+async def test_a_request_the_parser_refuses_gets_an_openai_error(gw: Gateway, raw: bytes) -> None:
+    # Found by a hostile review: these got uvicorn's text/plain "Invalid HTTP request received.".
+    status, headers, body = await exchange(gw, raw)
+    assert status == 400, body
+    assert_openai_error(headers, body, "invalid_request")
+    assert headers["connection"] == "close"
