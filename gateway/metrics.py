@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 
 from gateway.upstream_tls import failure_families
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar adds "; charset=utf-8" to every text/ media type (and would add it twice).
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 # Buckets (seconds), each set where its decision lies (docs/observability.md, "Why these buckets").
 # A voice turn feels live under ~0.5 s and broken past ~2 s: fine steps there, a tail to 10 s.

@@ -257,6 +257,7 @@ async def test_the_dashboard_shows_the_costs_apis_numbers_and_keeps_the_token_ou
             assert first is not None and first.status == 200
             csp = first.headers["content-security-policy"]
             assert "default-src 'self'" in csp and "unsafe-inline" not in csp and "form-action 'none'" in csp
+            assert first.headers["content-type"] == "text/html; charset=utf-8"  # once (it was there twice)
 
             await page.fill("#token", token)
             await page.click("#signin-submit")

@@ -88,9 +88,12 @@ async def _check_browser_page(banner: str, port: int) -> None:
     assert f"http://127.0.0.1:{port}/demo/" in banner
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         page = await http.get("/demo/")
+        script = await http.get("/demo/demo.js")
         token = (await http.post("/demo/token")).json()["token"]
         lookup = await http.get("/v1/realtime/calls/rtc_none", headers={"Authorization": f"Bearer {token}"})
     assert page.status_code == 200 and "/demo/demo.js" in page.text
+    assert page.headers["content-type"] == "text/html; charset=utf-8"  # once (it was there twice)
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
     assert jwt.decode(token, options={"verify_signature": False})["tenant_id"] == tenant_id.group(1)
     assert lookup.status_code == 404, lookup.text  # the token is good: a bad one would get 401 invalid_token
 

@@ -40,7 +40,7 @@ async def scrape(gateway) -> str:
     async with httpx.AsyncClient(base_url=gateway.server.http_url) as http:
         response = await http.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
     return response.text
 
 

@@ -36,9 +36,9 @@ TOKEN_SECONDS: Final = 5 * 60
 DEMO_SUBJECT: Final = "demo-browser"  # the end user; becomes the upstream safety identifier
 TAGS: Final = ["demo"]
 _ASSETS: Final = {
-    "index.html": "text/html; charset=utf-8",
-    "demo.js": "text/javascript; charset=utf-8",
-    "demo.css": "text/css; charset=utf-8",
+    "index.html": "text/html",  # Litestar adds "; charset=utf-8" to text/ types
+    "demo.js": "text/javascript",
+    "demo.css": "text/css",
 }
 # Same-origin everything; the call's audio arrives as a MediaStream, which CSP does not govern.
 _HEADERS: Final = {

@@ -26,9 +26,9 @@ from gateway.settings import AdminSettings
 
 PAGE_PATH: Final = "/dashboard"
 _ASSETS: Final = {
-    "index.html": "text/html; charset=utf-8",
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
+    "index.html": "text/html",  # Litestar adds "; charset=utf-8" to text/ types
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
 }
 HEADERS: Final = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "

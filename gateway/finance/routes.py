@@ -69,7 +69,7 @@ async def list_costs(request: Request[Any, Any, Any], verifier: NamedDependency[
         text = render_csv(csv_header(query.group_by), csv_rows(page))
     else:
         text = render_focus(await focus_rows(services.read_pool, page))
-    return Response(text.encode(), media_type="text/csv; charset=utf-8", headers=headers)
+    return Response(text.encode(), media_type="text/csv", headers=headers)  # Litestar adds "; charset=utf-8"
 
 
 def scoped(query: CostQuery, principal: AdminPrincipal) -> CostQuery:
