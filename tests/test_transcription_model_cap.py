@@ -199,3 +199,21 @@ async def test_a_tenant_allowed_only_transcription_models_opens_a_transcription_
         assert "403" in str(refused.value), refused.value
     finally:
         await client.close()
+
+
+async def test_a_transcription_session_under_an_output_ceiling_opens(
+    gateway: Gateway, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    # Found by a hostile review: with `max_output_tokens` in the policy (the default `standard` tier
+    # has 1024), a transcription session never got `session.created`: its `session.created` needs no
+    # clamp, the governor only forwarded it, and the relay's shortcut for forwarded messages skipped
+    # the step that ends the opening, so the session (and its client, never read) hung until upstream
+    # gave up on it.
+    await set_policy(pg_pool, tenant, {"max_output_tokens": 300})
+    async with transcription(gateway, tenant) as conn:
+        async with asyncio.timeout(5):
+            created = await conn.recv()
+        assert created.type == "session.created", created
+        updated = await configure(conn, WHISPER)
+        assert updated.type == "session.updated", updated
+        assert updated.session.audio.input.transcription.model == WHISPER

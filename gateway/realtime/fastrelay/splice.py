@@ -254,8 +254,15 @@ class Splice:
                     return
                 continue
             verdict = self._inspect(side, payload_of(buf, header), opcode == OP_BINARY)
-            if verdict is PASS or (
-                verdict.forward and not (verdict.to_client or verdict.to_upstream or verdict.close or verdict.durable)
+            # Passed on verbatim with the frames around it, unless the opening is on: the message that
+            # ends it (a `session.created` needing no clamp, as a transcription session's) must reach
+            # `_execute`, which ends the opening, even when the governor only forwards it.
+            if not self.opening and (
+                verdict is PASS
+                or (
+                    verdict.forward
+                    and not (verdict.to_client or verdict.to_upstream or verdict.close or verdict.durable)
+                )
             ):
                 pos = end
                 continue
