@@ -38,6 +38,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
 from gateway.pools import database_pool, redis_client, replica_pool
 from gateway.price_file import PriceFileError, load_prices
+from gateway.query_params import refuse_unknown_query
 from gateway.realtime.fastrelay.fallback import refuse_realtime
 from gateway.services import GatewayServices, LiveRegistry, attach_services, find_services, services_of
 from gateway.session.enforcement import Enforcement
@@ -214,6 +215,7 @@ class VoxgatePlugin(InitPluginProtocol):
                 Exception: _unhandled_handler,
             }
         )
+        app_config.before_request = refuse_unknown_query  # on every HTTP route (gateway/query_params.py)
         app_config.lifespan.append(self._lifespan)
         return app_config
 

@@ -23,6 +23,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError
 from gateway.finance.costs import query_costs
 from gateway.finance.export import csv_header, csv_rows, focus_rows, page_json, render_csv, render_focus
+from gateway.query_params import PARSES_OWN_QUERY
 from gateway.services import services_of
 from gateway.settings import AdminSettings
 from policies.finance import CostQuery, CostQueryError, parse_cost_query
@@ -47,7 +48,7 @@ def build_costs_router(
     )
 
 
-@get(COSTS_PATH, operation_id="organization_costs_list", tags=["finance"])
+@get(COSTS_PATH, operation_id="organization_costs_list", tags=["finance"], opt={PARSES_OWN_QUERY: True})
 async def list_costs(request: Request[Any, Any, Any], verifier: NamedDependency[AdminTokenVerifier]) -> Response[bytes]:
     """Costs per bucket (`1d`, `1h`, `1mo` in zone `tz`), grouped; `format=json|csv|focus` (docs/finance.md)."""
     principal = await finance_principal(request, verifier)

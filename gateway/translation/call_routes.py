@@ -20,6 +20,7 @@ from litestar import Litestar, Request, Response, post
 from litestar.params import FromPath
 
 from gateway.errors import GatewayError
+from gateway.query_params import PARSES_OWN_QUERY
 from gateway.services import find_services
 from gateway.session.admission import session_tags
 from gateway.translation.call_store import TranslationCall
@@ -65,7 +66,13 @@ def may_see(caller: Caller, call: TranslationCall) -> bool:
     return caller.via == "api_key" or (bool(call.end_user_hash) and call.end_user_hash == caller.safety_id)
 
 
-@post("/v1/realtime/translations/calls", operation_id="realtime_translations_calls_create", tags=TAGS, status_code=201)
+@post(
+    "/v1/realtime/translations/calls",
+    operation_id="realtime_translations_calls_create",
+    tags=TAGS,
+    status_code=201,
+    opt={PARSES_OWN_QUERY: True},  # `model` (offer_model)
+)
 async def create_translation_call(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Broker a translation call's raw SDP offer under the tenant's policy, metered by wall-clock time."""
     calls = calls_of(request.app)
