@@ -68,10 +68,17 @@ class ScriptedUpstream:
         self.received: list[str | bytes] = []
         self.closed = asyncio.Event()
         self.server: Server | None = None
+        self.handshake_delay = 0.0  # seconds before answering a handshake
 
     async def start(self) -> ScriptedUpstream:
-        self.server = await serve(self._handler, "127.0.0.1", 0, compression=None, max_size=None)
+        self.server = await serve(
+            self._handler, "127.0.0.1", 0, compression=None, max_size=None, process_request=self._delay
+        )
         return self
+
+    async def _delay(self, connection: ServerConnection, request: Any) -> None:
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
 
     @property
     def base_url(self) -> str:
@@ -98,6 +105,7 @@ class ScriptedUpstream:
 
     def reset(self) -> None:
         self.script, self.received, self.closed = self.echo_events, [], asyncio.Event()
+        self.handshake_delay = 0.0
 
 
 class RawClient:
@@ -350,6 +358,53 @@ async def test_oversized_client_message_closes_with_1009_and_reaches_nobody(
     assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
     # Upstream got none of it: only voxgate's fence at the session's end.
     assert [json.loads(m)["type"] for m in upstream.received] == ["input_audio_buffer.clear"]
+
+
+async def test_empty_continuation_frames_count_toward_the_message_limit(
+    wire_gateway: Gateway, client: RawClient, upstream: ScriptedUpstream, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    # Found by a hostile review: zero-length continuation frames added nothing to the message's size,
+    # yet each was kept (12 MB of them on the wire held 123 MB). Each fragment now counts what keeping
+    # it costs, so a stream of them ends in 1009 like any oversized message.
+    client.send(OP_TEXT, b'{"type": "input_audio_buffer.append", "audio": "', fin=False)
+    for _ in range(4 * MAX_MESSAGE // 512):
+        client.send(OP_CONTINUATION, b"", fin=False)
+    assert await client.until_close() == (1009, "")
+    client.writer.write(build_close(1009, masked=True))
+    await client.eof()
+    assert await end_reason(wire_gateway, pg_pool, tenant) == "client_closed"
+    assert [json.loads(m)["type"] for m in upstream.received] == ["input_audio_buffer.clear"]
+
+
+async def test_what_a_client_sends_before_the_101_waits_in_its_socket_past_a_bound(
+    wire_gateway: Gateway, upstream: ScriptedUpstream, tenant: TenantKey
+) -> None:
+    # Found by a hostile review: while admission ran (here, a slow upstream handshake) voxgate read and
+    # kept whatever the client sent, without limit (300 MB in 0.4 s). Past EARLY_BYTES it stops reading:
+    # the rest stays in the client's own buffers, and everything still goes upstream once the session starts.
+    upstream.reset()
+    upstream.handshake_delay = 1.5
+    before = len(upstream.connections)
+    reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (
+        "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {tenant.secret}\r\n\r\n"
+    )
+    append = build_frame(
+        OP_TEXT, json.dumps({"type": "input_audio_buffer.append", "audio": "QUFB" * 8000}).encode(), masked=True
+    )
+    flood = append * (40 * 1024 * 1024 // len(append))
+    writer.write(head.encode() + flood)
+    await asyncio.sleep(1.0)  # the handshake upstream is still being answered
+    assert writer.transport.get_write_buffer_size() > 20 * 1024 * 1024  # the kernel's buffers hold a few MB at most
+    writer.transport.abort()
+    # Not read, the socket's loss is seen at voxgate's next write (its 101, then its first frames): the
+    # session that was being admitted starts and ends at once. Wait for that before the next test.
+    async with asyncio.timeout(10):
+        while len(upstream.connections) == before or wire_gateway.services.live.sessions:
+            await asyncio.sleep(0.05)
+        await upstream.connections[-1].wait_closed()
 
 
 async def test_client_tcp_reset_ends_the_session_and_closes_upstream(

@@ -60,7 +60,9 @@ async def test_unknown_query_parameters_are_refused_on_every_http_route(gw: Gate
             ("GET", "/healthz?bogus=1", {}),
         ]:
             name = path.split("?")[1].split("=")[0]
-            assert_unknown(await http.request(method, path, headers=headers, json={} if method == "POST" else None), name)
+            assert_unknown(
+                await http.request(method, path, headers=headers, json={} if method == "POST" else None), name
+            )
         # Declared parameters are fine, and refusing the unknown one comes after authentication.
         assert (await http.get(f"{tenant_path}/audit?limit=5", headers=admin)).status_code == 200
         assert (await http.get(f"{tenant_path}/usage?since=2026-01-01T00:00:00Z", headers=admin)).status_code == 200

@@ -41,6 +41,9 @@ from gateway.telemetry.relay_probe import RelayProbe
 log = logging.getLogger("voxgate.fastrelay")
 
 REALTIME_PATH = "/v1/realtime"
+# What a client may send before the 101 (it should wait for it) that voxgate keeps in memory;
+# past that the client is not read until its session starts.
+EARLY_BYTES = 256 * 1024
 # Translation sockets are an ASGI route of their own (gateway/translation), not a Realtime session.
 TRANSLATIONS_PATH = "/v1/realtime/translations"
 
@@ -66,6 +69,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._relay: FastRelay | None = None
         self._admission: asyncio.Task[None] | None = None
         self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._early_paused = False
         self._lost = False
         self._write_paused = False
 
@@ -81,9 +86,18 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         elif self._delegate is not None:
             self._delegate.data_received(data)
         elif self._admission is not None:
-            self._early.append(data)  # a client that did not wait for the 101
+            self._keep_early(data)  # a client that did not wait for the 101
         else:
             self._read_head(data)
+
+    def _keep_early(self, data: bytes) -> None:
+        """Bytes sent before the 101 wait for the relay, up to `EARLY_BYTES`; past that the client is
+        not read until the session starts (it waits in its socket, not in voxgate's memory)."""
+        self._early.append(data)
+        self._early_bytes += len(data)
+        if self._early_bytes > EARLY_BYTES and not self._early_paused and self.transport is not None:
+            self._early_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self._delegate is not None:
@@ -92,6 +106,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._early = []
         self.server_state.connections.discard(self)
         if self._relay is not None:
             self._relay.client_lost(exc)
@@ -143,7 +158,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             self._hand_to_uvicorn(raw)
             return
         if len(raw) > end + len(HEAD_END):
-            self._early.append(raw[end + len(HEAD_END) :])
+            self._keep_early(raw[end + len(HEAD_END) :])
         self._admission = asyncio.get_running_loop().create_task(self._upgrade(request))
 
     def _hand_to_uvicorn(self, raw: bytes) -> None:
@@ -161,6 +176,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         services: GatewayServices | None = getattr(self.app.state, "services", None)
         if services is not None:
             services.metrics.refusals.labels(error.code or "none", str(error.status)).inc()
+        self._early = []
         if self.transport is not None and not self._lost and not self.transport.is_closing():
             self.transport.write(refusal(error))
             self.transport.close()
@@ -229,6 +245,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         # caches the bound method; the stdlib loop looks it up on every read anyway).
         self.data_received = relay.client_data  # type: ignore[method-assign]
         self.transport.set_protocol(self)
+        if self._early_paused:  # the relay decides about reading from here on (its opening holds the client)
+            self._early_paused = False
+            self.transport.resume_reading()
         relay.start()
         if self._write_paused:
             relay.client_pause_writing()

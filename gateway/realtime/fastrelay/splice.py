@@ -35,6 +35,10 @@ from gateway.session.live import PASS, LiveSession, Verdict
 from policies.actions import CloseSession
 
 UPSTREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# What each fragment of a message counts toward its size limit beyond its payload: what keeping it
+# costs (two objects, its frame and its unmasked payload), so empty or one-byte continuation frames
+# cannot hold memory the limit does not see.
+FRAGMENT_OVERHEAD_BYTES = 512
 # What upstream may send toward the client before the opening ends (it is queued meanwhile).
 OPENING_QUEUE_BYTES = 1024 * 1024
 
@@ -300,7 +304,7 @@ class Splice:
             side.frag_binary = header.opcode == OP_BINARY
         side.frag_frames.append(buf[pos : header.payload_end])
         side.frag_payload.append(payload_of(buf, header))
-        side.frag_len += header.length
+        side.frag_len += header.length + FRAGMENT_OVERHEAD_BYTES
         if not header.fin:
             return
         frames, payload, binary = side.frag_frames, b"".join(side.frag_payload), side.frag_binary
