@@ -385,7 +385,7 @@ async def test_what_a_client_sends_before_the_101_waits_in_its_socket_past_a_bou
     upstream.reset()
     upstream.handshake_delay = 1.5
     before = len(upstream.connections)
-    reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
+    _reader, writer = await asyncio.open_connection(wire_gateway.server.host, wire_gateway.server.port)
     key = base64.b64encode(os.urandom(16)).decode()
     head = (
         "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
