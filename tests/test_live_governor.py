@@ -137,6 +137,32 @@ def test_the_governor_forwards_a_clean_start_byte_for_byte_and_rewrites_a_clampe
     assert rewritten["session"]["delegation"]["responses"]["max_output_tokens"] == 64
 
 
+def test_a_second_session_start_is_refused_and_never_reaches_upstream() -> None:
+    # Found by a hostile review: once live (set at the first start, before upstream confirms it), a
+    # second `session.start` was forwarded unpoliced: after upstream refused the first start, a
+    # second one on another model and a forbidden voice ran upstream, booked at the first model.
+    gov = governor(TenantPolicy(models=frozenset({"gpt-live-1"}), voices=frozenset({"marin"})))
+    assert gov.on_client_event({"type": "session.start", "session": {"model": "gpt-live-1"}}, 1000.0) == [Forward()]
+    second = {"type": "session.start", "event_id": "e2", "session": {"model": "gpt-live-1.1", "voice": "alloy"}}
+    actions = gov.on_client_event(second, 1001.0)
+    assert [type(a) for a in actions] == [SendToClient]
+    error = actions[0].event
+    assert (error["error"]["code"], error["error"]["param"], error["client_event_id"]) == (
+        "session_already_started",
+        "type",
+        "e2",
+    )
+    assert gov.identity.model == "gpt-live-1"
+    # Held behind a start that waits for its budget window, it is refused when the window is granted.
+    limited = governor(TenantPolicy(budget=BudgetPolicy(daily_micro_usd=10_000)), reserve_ahead_s=6.0)
+    started = limited.on_client_event({"type": "session.start", "session": {"model": "gpt-live-1"}}, 1000.0)
+    reserve = next(a for a in started if isinstance(a, ReserveBudget))
+    assert limited.on_client_event(second, 1000.1) == []
+    released = limited.on_reservation(reserve.reservation_id, True, 1000.2)
+    assert [type(a) for a in released] == [SendToUpstream, SendToClient]
+    assert released[1].event["error"]["code"] == "session_already_started"
+
+
 # -- metering ---------------------------------------------------------------------------------
 
 

@@ -331,3 +331,29 @@ async def test_a_burst_of_live_sessions_respects_the_concurrency_cap(
     outcomes = await asyncio.gather(*tasks)
     assert outcomes.count("open") == cap
     assert outcomes.count("429:concurrency_limit_exceeded") == attempts - cap
+
+
+async def test_a_second_session_start_is_refused_and_upstream_never_sees_it(
+    gw: Gateway, emu: RealtimeEmulator, pg_pool: asyncpg.Pool
+) -> None:
+    # Found by a hostile review: after upstream refused a first start (a field the client controls),
+    # a second start reached upstream unpoliced: another model and a forbidden voice, booked at the
+    # first start's model. Any later start gets voxgate's `error`; the session goes on.
+    tenant = await make_tenant(pg_pool)
+    await set_policy(pg_pool, tenant, {"models": ["gpt-live-1"], "voices": ["marin"]})
+    sessions_before = len(emu.live.sessions)
+    async with websockets.connect(
+        f"ws://{gw.server.host}:{gw.server.port}/v1/live/sessions",
+        additional_headers={"Authorization": f"Bearer {tenant.secret}"},
+    ) as ws:
+        await ws.send(json.dumps({"type": "session.start", "session": {"model": "gpt-live-1", "bogus": 1}}))
+        first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert first["type"] == "error", first  # upstream's own refusal of the unknown field
+        second = {"type": "session.start", "event_id": "evt_2", "session": {"model": "gpt-live-1.1", "voice": "alloy"}}
+        await ws.send(json.dumps(second))
+        refused = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert refused["type"] == "error" and refused["client_event_id"] == "evt_2"
+    assert refused["error"]["code"] == "session_already_started"
+    [upstream] = emu.live.sessions[sessions_before:]
+    starts = [e for e in upstream.protocol.client_events if e.get("type") == "session.start"]
+    assert [s["session"]["model"] for s in starts] == ["gpt-live-1"]

@@ -42,6 +42,10 @@ CLOSE_DURATION: Final = 4001
 CLOSE_IDLE: Final = 4002
 CLOSE_BUDGET: Final = 4003
 CLOSE_START_REFUSED: Final = 4010
+# One `session.start` per session (on_client_event).
+SECOND_START: Final = LiveRefusal(
+    "session_already_started", "This session has already been started; open a new session to start another.", "type"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,10 @@ class LiveGovernor:
                 refusal = LiveRefusal("session_not_started", "The first client event must be 'session.start'.", "type")
                 return self._refuse_start(refusal, event, now)
             return self._start(event, now)
+        if kind == "session.start":
+            # One start per session: a second one (say, after upstream refused the first) would reach
+            # upstream unpoliced, on a model the meter and the per-model lease never counted.
+            return [SendToClient(self._error(SECOND_START, event))]
         if kind == "session.update":
             policed = police_update(event.get("session"), self.rules)
             if isinstance(policed, LiveRefusal):
