@@ -74,9 +74,13 @@ async def realtime(scope: Any, receive: Any, send: Any) -> None:
 
 
 @get("/healthz", operation_id="health_live", tags=["health"], sync_to_thread=False)
-def healthz() -> dict[str, str]:
-    """Liveness: the process is up and its event loop answers."""
-    return {"status": "ok"}
+def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+    """Liveness: the process is up, its event loop answers and its ledger writer runs (a replica
+    whose writer stopped would take usage it can never book: it must be restarted)."""
+    services = find_services(request)
+    if services is not None and not services.ledger.running:
+        return Response({"status": "ledger_writer_stopped"}, status_code=503)
+    return Response({"status": "ok"}, status_code=200)
 
 
 @get("/readyz", operation_id="health_ready", tags=["health"])
@@ -105,7 +109,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"down: {type(exc).__name__}"
-    ok = ok and checks["postgres"] == "ok" and checks["redis"] == "ok"
+    checks["ledger_writer"] = "ok" if services.ledger.running else "stopped"
+    ok = ok and checks["postgres"] == "ok" and checks["redis"] == "ok" and checks["ledger_writer"] == "ok"
     checks["status"] = "ready" if ok else "not_ready"
     checks["ledger_pending"] = services.ledger.pending
     return Response(checks, status_code=200 if ok else 503)

@@ -98,6 +98,9 @@ _POSTGRES_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # 08xxx, and "connection was closed in the middle of operation"
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, "cannot connect now"
     asyncpg.exceptions.TooManyConnectionsError,
+    # The protocol caught mid-operation by a terminated backend ("cannot switch to state 15; another
+    # operation (2) is in progress"); seen in bursts when Postgres's backends are terminated.
+    asyncpg.InternalClientError,
 )
 # redis-py wraps every socket failure (and "Too many connections") in these two.
 _REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
@@ -157,7 +160,11 @@ def outage_refusal(exc: BaseException, clock: Clock = SYSTEM_CLOCK) -> GatewayEr
         return None
     if isinstance(exc, _REDIS_DOWN):
         error = live_state_unavailable()
-    elif isinstance(exc, _POSTGRES_DOWN) or (isinstance(exc, OSError) and not isinstance(exc, _NOT_NETWORK)):
+    elif (
+        isinstance(exc, _POSTGRES_DOWN)
+        or (isinstance(exc, OSError) and not isinstance(exc, _NOT_NETWORK))
+        or (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))  # its backend went away
+    ):
         error = database_unavailable()
     else:
         return None

@@ -8,6 +8,7 @@ database restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -50,6 +51,12 @@ from tests.support.tcp_proxy import TcpProxy
             asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
             "database_unavailable",
         ),
+        # Found by a fault review (backends terminated during a burst of admissions): these were 500s.
+        (
+            asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+            "database_unavailable",
+        ),
+        (asyncpg.InterfaceError("cannot perform operation: connection is closed"), "database_unavailable"),
         (RedisConnectionError("Error 111 connecting to 127.0.0.1:6379."), "live_state_unavailable"),
         (RedisConnectionError("No connection available."), "live_state_unavailable"),  # the pool's wait
         (RedisTimeoutError("Timeout reading from socket"), "live_state_unavailable"),
@@ -273,5 +280,30 @@ async def test_background_work_takes_a_bounded_share_of_the_pool_and_requests_ke
         assert not any(task.done() for task in slow)
         await assert_session_opens(gateway, tenant)
         await asyncio.gather(*slow)
+    finally:
+        await gateway.stop()
+
+
+@pytest.mark.e2e
+async def test_a_replica_whose_ledger_writer_stopped_is_neither_live_nor_ready(
+    pg_dsn: str, emulator: Any, tenant: TenantKey
+) -> None:
+    # A writer that had ended (a fault review found one way: an error it did not expect) left the
+    # replica "ready" while nothing it metered reached Postgres again. Liveness and readiness say so now.
+    gateway = await _gateway(pg_dsn, REDIS_URL, emulator)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.server.http_url, timeout=10) as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}
+            assert (await http.get("/readyz")).json()["ledger_writer"] == "ok"
+            task = gateway.services.ledger._task
+            assert task is not None
+            task.cancel()  # the writer ends
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            live = await http.get("/healthz")
+            assert (live.status_code, live.json()) == (503, {"status": "ledger_writer_stopped"})
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert (ready.json()["ledger_writer"], ready.json()["status"]) == ("stopped", "not_ready")
     finally:
         await gateway.stop()

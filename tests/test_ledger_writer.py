@@ -413,3 +413,75 @@ async def test_a_journal_being_replayed_survives_a_crash_until_its_records_commi
     await restarted.stop()
     assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 21
     assert not list(tmp_path.glob("ledger-spool*"))  # committed: nothing left to replay
+
+
+async def test_a_crash_after_a_journaled_usage_keeps_its_sessions_start_for_the_replay(
+    blippable_pool, pg_pool, tenant_id, tmp_path
+) -> None:
+    # Found by a fault review: Postgres away from a session's start on, its usage timed out and was
+    # journaled alone; after a SIGKILL the replay could not write it (the row refers to its session's
+    # row, which died in memory), it waited aside and was dead-lettered: usage a client had seen, lost.
+    proxy, pool = blippable_pool
+    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=0.3)
+    crashed = LedgerWriter(lambda: pool, settings)
+    crashed.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    proxy.cut()
+    crashed.submit(started(sid, tenant_id))  # not durable: it waits in memory
+    records = [usage(sid, tenant_id, n, cost=5) for n in range(2)]
+    await asyncio.wait_for(asyncio.gather(*(crashed.submit_durable(r) for r in records)), 2.0)
+    assert crashed.stats.journaled == 2
+    assert crashed._task is not None
+    crashed._task.cancel()  # SIGKILL: no stop, the queue is gone
+    with pytest.raises(asyncio.CancelledError):
+        await crashed._task
+    proxy.restore()
+
+    restarted = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
+    restarted.start()
+    assert await restarted.drain(10)
+    assert restarted.stats.parked == 0
+    await restarted.stop()
+    assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 10
+    assert await pg_pool.fetchval("SELECT count(*) FROM realtime_sessions WHERE id = $1", sid) == 1
+
+
+async def test_a_connection_killed_mid_write_never_stops_the_writer(pg_dsn, pg_pool, tenant_id) -> None:
+    # Found by a fault review: terminating the writer's backend mid-operation can make asyncpg raise
+    # InternalClientError ("cannot switch to state ..."), neither a PostgresError nor a connectivity
+    # error: the writer task ended, silently, and nothing was written again. The writer's backends are
+    # terminated every 20 ms while records stream in; every record lands and the writer still runs.
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=2, server_settings={"application_name": "vg_storm"})
+    writer = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.001, batch_records=4))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    stop = asyncio.Event()
+    kills = 0
+
+    async def storm() -> None:
+        nonlocal kills
+        while not stop.is_set():
+            kills += await pg_pool.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'vg_storm'"
+            )
+            await asyncio.sleep(0.02)
+
+    killing = asyncio.create_task(storm())
+    try:
+        for n in range(400):
+            record = usage(sid, tenant_id, n, cost=1)
+            if n % 50 == 0:
+                await asyncio.wait_for(writer.submit_durable(record), 30)
+            else:
+                writer.submit(record)
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await killing
+    assert kills >= 20
+    assert writer.running
+    assert await writer.drain(30)
+    await writer.stop()
+    await pool.close()
+    assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 400

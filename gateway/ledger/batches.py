@@ -33,6 +33,9 @@ CONNECTIVITY_ERRORS = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol caught mid-operation by a backend that was terminated ("cannot switch to
+    # state 15; another operation is in progress"): the connection is unusable, the record is fine.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,

@@ -184,11 +184,22 @@ class DurableWaiters:
     entry is logged at ERROR and counted in `stats.unconfirmed`.
     """
 
-    def __init__(self, spool: Spool, stats: LedgerStats, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        stats: LedgerStats,
+        timeout_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+        companions: Callable[[list[LedgerRecord]], list[LedgerRecord]] = lambda _: [],
+    ) -> None:
         self._spool = spool
         self._stats = stats
         self._timeout_s = timeout_s
         self._clock = clock  # the durable timeout runs on it
+        # The unwritten records billed ones need in Postgres first (their sessions' starts): journaled
+        # with them, ahead of them, so a replay after a crash can write them (a usage row refers to
+        # its session's row).
+        self._companions = companions
         self._waiting: dict[int, tuple[asyncio.Future[None], Timer | None]] = {}
         # Durable records to fsync to the spool, and whether each must be appended first.
         self._to_journal: list[tuple[LedgerRecord, bool]] = []
@@ -247,7 +258,8 @@ class DurableWaiters:
             self._to_journal = []
             if not group:
                 continue
-            ok = await self._spool.append_and_sync([r for r, write in group if write])
+            appended = [r for r, write in group if write]
+            ok = await self._spool.append_and_sync([*self._companions(appended), *appended] if appended else [])
             for record, _ in group:
                 entry = self._waiting.pop(id(record), None)
                 if entry is None:

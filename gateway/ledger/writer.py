@@ -19,7 +19,8 @@ Billed records (usage and transcriptions) may be submitted *durably*: `submit_du
 returns a future that resolves once the batch holding the record has committed, and wakes
 the writer at once. If Postgres has not committed it within `VOXGATE_LEDGER_DURABLE_TIMEOUT_SECONDS`,
 the record is also appended to the spool journal and fsynced (records expiring together share
-one fsync), and the future resolves then; the record stays queued, and because those writes
+one fsync, with the starts of their sessions that are not in Postgres yet ahead of them, so a
+replay after a crash can write them), and the future resolves then; the record stays queued, and because those writes
 are idempotent the later commit and the journal's replay write it once. Without a spool
 directory the future resolves at the timeout with the record still only in memory: that is
 logged at ERROR and counted in `stats.unconfirmed` (docs/relay.md says why it does not hold).
@@ -99,7 +100,9 @@ class LedgerWriter:
         # Records waiting for their session row (module docstring): (first failure, record).
         self._parked: deque[tuple[float, LedgerRecord]] = deque()
         self._next_parked_retry = 0.0
-        self._durable = DurableWaiters(self._spool, self.stats, settings.durable_timeout_seconds, clock)
+        self._durable = DurableWaiters(
+            self._spool, self.stats, settings.durable_timeout_seconds, clock, self._session_starts_for
+        )
         self._urgent = Flag()  # a durable record is queued: skip the batching pause
         self._held: tuple[Any, asyncpg.Pool] | None = None  # (connection, its pool) while busy
         # Told each committed batch's write time in seconds (the app wires voxgate_ledger_write_seconds).
@@ -138,9 +141,21 @@ class LedgerWriter:
         self._wakeup.set()
         return done
 
+    def _session_starts_for(self, records: list[LedgerRecord]) -> list[LedgerRecord]:
+        """The session starts of `records` not yet in Postgres (queued, or waiting aside), in order."""
+        sessions = {getattr(record, "session_id", None) for record in records}
+        unwritten = [*self._queue, *(record for _, record in self._parked)]
+        return [r for r in unwritten if isinstance(r, SessionStarted) and r.session_id in sessions]
+
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Records not in Postgres yet: queued, and waiting aside for their session's row."""
+        return len(self._queue) + len(self._parked)
+
+    @property
+    def running(self) -> bool:
+        """The writer task is alive (started, not stopped, not ended by an error)."""
+        return self._task is not None and not self._task.done()
 
     def _overflow(self, record: LedgerRecord) -> bool:
         """Append `record` to the spool; False if it had to be dropped (logged and counted)."""
@@ -174,14 +189,19 @@ class LedgerWriter:
         await self.drain(timeout)
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
+        task, self._task = self._task, None
+        if task is not None and task.done():  # it had ended: what it left is spooled below all the same
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the ledger writer had stopped: %r", task.exception())
+        elif task is not None:
             try:  # real time on purpose: shutdown must not hang on a test's frozen clock
-                await asyncio.wait_for(asyncio.shield(self._task), 1.0)
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
             except TimeoutError:  # stuck retrying a dead database: stop it, the spool keeps the rest
-                self._task.cancel()
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+                    await task
+            except Exception:
+                log.exception("the ledger writer stopped with an error")
         await self._let_go()
         leftover = [record for _, record in self._parked] + list(self._queue)
         self._parked.clear()
@@ -227,6 +247,13 @@ class LedgerWriter:
                 continue
             except (asyncpg.PostgresError, SessionRowMissing):
                 await self._write_one_by_one(batch)
+            except Exception:  # a failure nobody foresaw must not end the writer (and every write after it)
+                self.stats.retries += 1
+                log.exception("ledger write failed unexpectedly; retrying in %.2fs on a new connection", backoff)
+                self._broken()
+                await self._clock.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             else:
                 self.observe_write(self._clock.monotonic() - started)
                 self.stats.written += len(batch)
