@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -61,6 +61,11 @@ def parse_redis_url(url: str) -> RedisTopology:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme not in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        # redis-py reads the database from the path and quietly takes 0 for one it cannot read
+        # (`redis://host:6379/abc`): a typo must not land the state in another database.
+        path = urlsplit(url).path.strip("/")
+        if scheme in ("redis", "rediss") and path and not path.isdigit():
+            raise ValueError(f"the database in the URL's path must be a number, got {unquote(path)!r}")
         return RedisTopology("single", url)
     kind = "cluster" if scheme in CLUSTER_SCHEMES else "sentinel"
     rest, _, query = rest.partition("?")

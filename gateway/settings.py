@@ -53,6 +53,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value > 65535:
+        raise SettingsError(f"{name} must be a TCP port (0-65535), got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -282,7 +289,7 @@ class Settings:
         env = os.environ if env is None else env
         server = ServerSettings(
             host=env.get("VOXGATE_HOST", "127.0.0.1"),
-            port=_int(env, "VOXGATE_PORT", 8000),
+            port=_port(env, "VOXGATE_PORT", 8000),
             max_message_bytes=_int(env, "VOXGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, minimum=1024),
             shutdown_grace_seconds=_float(env, "VOXGATE_SHUTDOWN_GRACE_SECONDS", 10.0),
             abandon_wait_seconds=_float(env, "VOXGATE_ABANDON_WAIT_SECONDS", 5.0),

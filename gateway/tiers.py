@@ -35,7 +35,7 @@ def parse_tiers_yaml(text: str, source: str) -> dict[str, TenantPolicy]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyFileError(source, f"not valid YAML ({exc})") from None
+        raise PolicyFileError(source, f"not valid YAML ({_one_line(exc)})") from None
     try:
         return parse_tiers(data)
     except PolicyError as exc:
@@ -51,6 +51,8 @@ def load_tiers(path: Path | str | None = None) -> dict[str, TenantPolicy]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(f"tiers file {path}", f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise PolicyFileError(f"tiers file {path}", "is not UTF-8 text") from None
     return parse_tiers_yaml(text, f"tiers file {path}")
 
 
@@ -71,15 +73,24 @@ def read_policy_file(path: Path | str) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(source, f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise PolicyFileError(source, "is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyFileError(source, f"not valid YAML ({exc})") from None
+        raise PolicyFileError(source, f"not valid YAML ({_one_line(exc)})") from None
     try:
         parse_policy(data)
     except PolicyError as exc:
         raise PolicyFileError(source, f"invalid key {exc.key}: {_reason(exc)}", key=exc.key) from None
     return dict(data)
+
+
+def _one_line(exc: Exception) -> str:
+    """A YAML error's text on one line (PyYAML's spans several, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _reason(exc: PolicyError) -> str:

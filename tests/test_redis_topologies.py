@@ -68,6 +68,7 @@ def test_redis_urls_name_their_topology() -> None:
         ("redis+cluster://", "at least one host"),
         ("redis+cluster://a:7000/1", "database 0"),
         ("redis+cluster://a:port", "not a number"),
+        ("redis://127.0.0.1:6379/abc", "must be a number"),  # redis-py quietly took database 0
     ],
 )
 def test_a_malformed_topology_url_says_what_is_wrong(url: str, why: str) -> None:

@@ -140,6 +140,28 @@ async def test_an_invalid_tiers_file_names_the_key(tmp_path: Path) -> None:
     outcome.refused_with("VOXGATE_POLICY_FILE", str(path), "tiers.gold.max_output_tokens")
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\xff\xfe\x00", "is not UTF-8 text"),  # was a UnicodeDecodeError traceback, exit 1
+        (b"not: [valid\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+    ],
+)
+async def test_a_tiers_file_that_is_not_yaml_text_is_one_line(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "tiers.yaml"
+    path.write_bytes(content)
+    outcome = await run_serve(serve_env(NEVER_DIALLED_DSN, VOXGATE_POLICY_FILE=str(path)))
+    outcome.refused_with("VOXGATE_POLICY_FILE", str(path), why)
+    assert outcome.returncode == 2
+
+
+@pytest.mark.parametrize(("env", "why"), [({"VOXGATE_PORT": "99999"}, "VOXGATE_PORT must be a TCP port (0-65535)")])
+async def test_a_port_out_of_range_is_one_line(env: dict[str, str], why: str) -> None:
+    outcome = await run_serve(serve_env(NEVER_DIALLED_DSN, **env))  # was an OverflowError traceback from bind()
+    outcome.refused_with(why)
+    assert outcome.returncode == 2
+
+
 async def test_a_default_tier_missing_from_the_tiers_file_is_refused_not_unlimited(tmp_path: Path) -> None:
     path = tmp_path / "tiers.yaml"
     path.write_text("tiers:\n  gold:\n    max_output_tokens: 512\n  silver:\n    max_output_tokens: 256\n")
@@ -183,6 +205,13 @@ async def test_an_unreachable_redis_cluster_or_sentinel_is_named(migrated_dsn: s
 async def test_a_malformed_redis_topology_url_is_named(migrated_dsn: str) -> None:
     outcome = await run_serve(serve_env(migrated_dsn, VOXGATE_REDIS_URL="redis+sentinel://127.0.0.1:26379"))
     outcome.refused_with("VOXGATE_REDIS_URL", "not a valid Redis URL", "master's name")
+    assert outcome.returncode == 2
+
+
+async def test_a_redis_url_whose_database_is_not_a_number_is_refused(migrated_dsn: str) -> None:
+    # redis-py took database 0 for `/abc` without a word: the state would land in another database.
+    outcome = await run_serve(serve_env(migrated_dsn, VOXGATE_REDIS_URL="redis://127.0.0.1:6379/abc"))
+    outcome.refused_with("VOXGATE_REDIS_URL", "must be a number, got 'abc'")
     assert outcome.returncode == 2
 
 

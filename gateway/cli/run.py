@@ -18,10 +18,21 @@ DEMO_UPSTREAM_KEY = "sk-voxgate-demo-emulator"
 log = logging.getLogger("voxgate.serve")
 
 
+def _port(text: str) -> int:
+    """A TCP port for `--port`: argparse reports anything else in one line (exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {port}")
+    return port
+
+
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the gateway (settings from VOXGATE_* env vars)")
     serve.add_argument("--host", help="listen address (VOXGATE_HOST)")
-    serve.add_argument("--port", type=int, help="listen port (VOXGATE_PORT)")
+    serve.add_argument("--port", type=_port, help="listen port (VOXGATE_PORT)")
     serve.add_argument("--upstream-url", help="Realtime API base URL (VOXGATE_UPSTREAM_URL)")
     serve.add_argument("--database-url", help="Postgres DSN (VOXGATE_DATABASE_URL)")
     serve.add_argument("--redis-url", help="Redis URL (VOXGATE_REDIS_URL)")
@@ -30,7 +41,7 @@ def register(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="run the gateway with embedded Postgres, Redis and the emulator")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument(
         "--home",
         default=os.environ.get("VOXGATE_HOME", ".voxgate"),
