@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 DEMO_UPSTREAM_KEY = "sk-voxgate-demo-emulator"
+# Added to the default tier's models for the demo tenant: what the banner's Live snippet starts.
+DEMO_EXTRA_MODELS = ("gpt-live-1",)
 
 log = logging.getLogger("voxgate.serve")
 
@@ -241,7 +243,9 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
     from gateway.cli.embedded import EmbeddedServices
     from gateway.settings import Settings, redact_url
     from gateway.storage.migrations import apply_migrations
+    from gateway.storage.policy_store import PolicyStore
     from gateway.storage.tenants import TenantDirectory
+    from gateway.tiers import load_tiers
 
     embedded = EmbeddedServices(home, os.environ.get("VOXGATE_DATABASE_URL"), os.environ.get("VOXGATE_REDIS_URL"))
     await asyncio.to_thread(embedded.start)
@@ -250,15 +254,6 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
         await emulator.start(host="127.0.0.1", port=0)
         assert embedded.database_url is not None
         await apply_migrations(embedded.database_url)
-        pool = await asyncpg.create_pool(embedded.database_url, min_size=1, max_size=2)
-        try:
-            tenants = TenantDirectory(pool)
-            tenant = next((t for t in await tenants.list_tenants() if t.name == "demo"), None)
-            tenant = tenant or await tenants.create_tenant("demo")
-            issued = await tenants.create_key(tenant.id, name="demo")
-            signer = await enable_demo_browser_tokens(pool, tenant.id)  # for the browser page at /demo/
-        finally:
-            await pool.close()
         env = {
             **os.environ,
             "VOXGATE_DATABASE_URL": embedded.database_url,
@@ -272,6 +267,21 @@ async def _run_demo(args: argparse.Namespace, home: Path) -> None:
         settings = dataclasses.replace(
             settings, ledger=dataclasses.replace(settings.ledger, spool_dir=settings.ledger.spool_dir or home / "spool")
         )
+        pool = await asyncpg.create_pool(embedded.database_url, min_size=1, max_size=2)
+        try:
+            tenants = TenantDirectory(pool)
+            tenant = next((t for t in await tenants.list_tenants() if t.name == "demo"), None)
+            if tenant is None:
+                tenant = await tenants.create_tenant("demo")
+                # The default tier, plus the GPT-Live model the banner's Live snippet starts.
+                store = PolicyStore(pool, load_tiers(settings.admin.policy_file), settings.admin.default_tier)
+                allowed = store.default_policy.models
+                if allowed is not None and not set(DEMO_EXTRA_MODELS) <= allowed:  # None: every model already
+                    await store.set(tenant.id, {"models": sorted({*allowed, *DEMO_EXTRA_MODELS})}, actor="voxgate demo")
+            issued = await tenants.create_key(tenant.id, name="demo")
+            signer = await enable_demo_browser_tokens(pool, tenant.id)  # for the browser page at /demo/
+        finally:
+            await pool.close()
         from gateway.server import bind_socket
 
         sock = bind_socket(args.host, args.port)  # listening before the banner invites connections
@@ -288,7 +298,7 @@ def _banner(host: str, port: int, tenant_id: str, secret: str, database_url: str
 voxgate demo is running on {base}  (upstream: the built-in Realtime emulator)
   tenant  : demo ({tenant_id})
   API key : {secret}        <- shown once; a new key is made each run
-  policy  : the default tier (VOXGATE_DEFAULT_TIER, 'standard'; see gateway/default_tiers.yaml)
+  policy  : the default tier (VOXGATE_DEFAULT_TIER, 'standard'; see gateway/default_tiers.yaml), plus gpt-live-1
   database: {database_url}
   browser : http://{host}:{port}/demo/  <- a WebRTC call from your browser, through voxgate (docs/webrtc.md)
 
