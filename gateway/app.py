@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -158,6 +158,18 @@ def _gateway_error_handler(_: Request[Any, Any, Any], exc: GatewayError) -> Resp
     return Response(exc.body(), status_code=exc.status, headers=exc.response_headers())
 
 
+def _client_error_handler(_: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
+    """Body and parameter validation failures, OpenAI-shaped, naming the offending field (every route)."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], dict) else {}
+    detail = f"{exc.detail}: {first['message']}" if first.get("message") else str(exc.detail)
+    code = "invalid_request" if exc.status_code == 400 else None
+    error = GatewayError(exc.status_code, detail, code=code, param=first.get("key") or None)
+    return Response(
+        error.body(), status_code=exc.status_code, headers={**(exc.headers or {}), **error.response_headers()}
+    )
+
+
 def _http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     error = GatewayError(exc.status_code, str(exc.detail), code=None)
     return Response(
@@ -216,6 +228,7 @@ class VoxgatePlugin(InitPluginProtocol):
             {
                 GatewayError: _gateway_error_handler,
                 HTTPException: _http_exception_handler,
+                ClientException: _client_error_handler,
                 **dict.fromkeys(UNSTORABLE_TEXT, _unstorable_text_handler),
                 Exception: _unhandled_handler,
             }

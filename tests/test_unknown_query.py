@@ -71,3 +71,15 @@ async def test_unknown_query_parameters_are_refused_on_every_http_route(gw: Gate
         # The Costs API parses its own query and refuses unknown names there, the same way.
         costs = await http.get("/v1/organization/costs?start_time=0&bogus=1", headers=admin)
         assert costs.status_code == 400 and costs.json()["error"]["param"] == "bogus", costs.text
+
+
+async def test_a_bad_query_value_names_its_parameter_on_every_route(gw: Gateway, pg_pool: asyncpg.Pool) -> None:
+    # Found by a hostile review: the alert log answered `limit=0` with `code` and `param` null
+    # (only the admin API named the field).
+    admin = {"Authorization": f"Bearer {admin_token()}"}
+    async with httpx.AsyncClient(base_url=gw.server.http_url) as http:
+        for path in ("/v1/organization/alerts?limit=0", "/v1/organization/alerts?limit=abc"):
+            response = await http.get(path, headers=admin)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["param"], error["type"]) == ("invalid_request", "limit", "invalid_request_error")

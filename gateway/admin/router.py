@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Request, Response, Router
+from litestar import Router
 from litestar.di import Provide
-from litestar.exceptions import ClientException
 from litestar.openapi.spec import Components, SecurityScheme
 
 from gateway.admin.browser_auth import BrowserAuthController
@@ -16,7 +13,6 @@ from gateway.admin.tenants import KeysController, TenantsController
 from gateway.admin.tokens import AdminTokenVerifier
 from gateway.alerts.routes import AlertWebhookController
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.errors import GatewayError
 from gateway.settings import AdminSettings
 from gateway.sip.config import SipRoutingController
 
@@ -24,18 +20,6 @@ ADMIN_PATH = "/admin/v1"
 SECURITY_SCHEME = "AdminJWT"
 _BEARER_JWT = SecurityScheme(type="http", scheme="bearer", bearer_format="JWT", description="An admin JWT")
 SECURITY_COMPONENTS = Components(security_schemes={SECURITY_SCHEME: _BEARER_JWT})
-
-
-def _client_error(_: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
-    """Body and parameter validation failures, OpenAI-shaped, naming the offending field."""
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    first = problems[0] if problems and isinstance(problems[0], dict) else {}
-    detail = f"{exc.detail}: {first['message']}" if first.get("message") else str(exc.detail)
-    code = "invalid_request" if exc.status_code == 400 else None
-    error = GatewayError(exc.status_code, detail, code=code, param=first.get("key") or None)
-    return Response(
-        error.body(), status_code=exc.status_code, headers={**(exc.headers or {}), **error.response_headers()}
-    )
 
 
 def build_admin_router(
@@ -59,6 +43,5 @@ def build_admin_router(
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
         },
-        exception_handlers={ClientException: _client_error},
         security=[{SECURITY_SCHEME: []}],
     )
