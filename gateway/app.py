@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from litestar import Litestar, Request, Response, get
@@ -38,7 +38,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import counter, gauge
 from gateway.pools import database_pool, redis_client, replica_pool
 from gateway.price_file import PriceFileError, load_prices
-from gateway.query_params import refuse_unknown_query
+from gateway.query_params import PARSES_OWN_QUERY, refuse_unknown_query
 from gateway.realtime.fastrelay.fallback import refuse_realtime
 from gateway.services import GatewayServices, LiveRegistry, attach_services, find_services, services_of
 from gateway.session.enforcement import Enforcement
@@ -58,6 +58,9 @@ from policies.prices.table import PriceTable
 
 log = logging.getLogger("voxgate.app")
 
+# Probes with cache busters and Prometheus's `name[]` filter: these routes ignore their query.
+IGNORED_QUERY: Final = {PARSES_OWN_QUERY: True}
+
 # The schema this build needs: the highest migration it ships (read once from the package
 # data, not kept by hand). `voxgate serve` refuses any other version; readiness waits for it.
 REQUIRED_SCHEMA_VERSION = required_schema_version()
@@ -73,7 +76,7 @@ async def realtime(scope: Any, receive: Any, send: Any) -> None:
     await refuse_realtime(scope, receive, send)
 
 
-@get("/healthz", operation_id="health_live", tags=["health"], sync_to_thread=False)
+@get("/healthz", operation_id="health_live", tags=["health"], sync_to_thread=False, opt=IGNORED_QUERY)
 def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     """Liveness: the process is up, its event loop answers and its ledger writer runs (a replica
     whose writer stopped would take usage it can never book: it must be restarted)."""
@@ -83,7 +86,7 @@ def healthz(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     return Response({"status": "ok"}, status_code=200)
 
 
-@get("/readyz", operation_id="health_ready", tags=["health"])
+@get("/readyz", operation_id="health_ready", tags=["health"], opt=IGNORED_QUERY)
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """Readiness: Postgres (with a new enough schema) and Redis answer, and we are not draining.
 
@@ -120,7 +123,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 READY_CHECK_TIMEOUT_SECONDS = 2.0
 
 
-@get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False)
+@get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False, opt=IGNORED_QUERY)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus metrics for this replica."""
     services = services_of(request)

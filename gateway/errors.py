@@ -30,6 +30,16 @@ _TYPE_FOR_STATUS = {
 }
 
 
+# An error echoes what the caller sent (an id, a name, a path) only this far: a 100 KB name is not
+# sent back whole.
+MAX_MESSAGE_CHARS = 512
+MAX_PARAM_CHARS = 128
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class GatewayError(Exception):
     """An error that crosses the public API. Its message must never contain a secret."""
@@ -52,7 +62,14 @@ class GatewayError(Exception):
         return _TYPE_FOR_STATUS.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
 
     def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}}
+        return {
+            "error": {
+                "message": _bounded(self.message, MAX_MESSAGE_CHARS),
+                "type": self.error_type,
+                "code": self.code,
+                "param": None if self.param is None else _bounded(self.param, MAX_PARAM_CHARS),
+            }
+        }
 
     def body_bytes(self) -> bytes:
         return orjson.dumps(self.body())

@@ -198,6 +198,24 @@ async def test_raw_offer_gets_the_policy_session(gateway, emulator, tenant, pg_p
     assert upstream.session.protocol.session["max_output_tokens"] == 300
 
 
+async def test_a_raw_offer_may_name_its_model_in_the_query(gateway, emulator, tenant, pg_pool, peer) -> None:
+    # Browser snippets post a raw offer to `/v1/realtime/calls?model=...`: the model is policed and
+    # is what upstream runs (a review found it refused as an unknown parameter, and before that ignored).
+    await set_policy(pg_pool, tenant, models=["gpt-realtime", "gpt-realtime-mini"])
+    headers = {**auth(tenant.secret), "Content-Type": "application/sdp"}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway.base_url}/realtime/calls?model=gpt-realtime-mini", content=await peer.offer(), headers=headers
+        )
+        refused = await http.post(
+            f"{gateway.base_url}/realtime/calls?model=gpt-realtime-2", content=await peer.offer(), headers=headers
+        )
+    assert response.status_code == 201, response.text
+    upstream = emulated(emulator, call_id_from_location(response.headers["location"]))
+    assert upstream.session.protocol.session["model"] == "gpt-realtime-mini"
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed", refused.text
+
+
 async def test_browser_offer_hangup_and_visibility(gateway, emulator, browser_tenant, pg_pool, peer) -> None:
     token = browser_token(browser_tenant, "alice")
     async with httpx.AsyncClient() as http:

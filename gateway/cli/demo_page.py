@@ -30,6 +30,7 @@ from litestar.plugins import InitPluginProtocol
 from gateway.auth.browser import TENANT_CLAIM
 from gateway.auth.browser_keys import DEFAULT_AUDIENCE, MAX_LIFETIME_SECONDS, BrowserAuthConfig, BrowserAuthStore
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.query_params import PARSES_OWN_QUERY
 
 PAGE_PATH: Final = "/demo/"
 TOKEN_SECONDS: Final = 5 * 60
@@ -103,6 +104,7 @@ class DemoPagePlugin(InitPluginProtocol):
             tags=TAGS,
             include_in_schema=False,
             sync_to_thread=False,
+            opt={PARSES_OWN_QUERY: True},  # cache busters on the page and its assets: ignored
         )
         def demo_page(name: FromPath[str] = "index.html") -> Response[bytes]:
             """The page (at `/demo/` and `/demo`) and its two assets; nothing else under /demo/ is a file."""

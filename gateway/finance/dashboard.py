@@ -21,6 +21,7 @@ from gateway.admin.security import tenant_not_found
 from gateway.admin.tokens import AdminTokenVerifier
 from gateway.alerts.routes import finance_principal, finance_scope
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.query_params import PARSES_OWN_QUERY
 from gateway.services import services_of
 from gateway.settings import AdminSettings
 
@@ -48,6 +49,7 @@ def _asset(name: str) -> bytes:
     [PAGE_PATH, PAGE_PATH + "/", PAGE_PATH + "/{name:str}"],
     operation_id="dashboard_page",
     include_in_schema=False,
+    opt={PARSES_OWN_QUERY: True},  # cache busters on the page and its assets: ignored
     sync_to_thread=False,
 )
 def dashboard_page(name: FromPath[str] = "index.html") -> Response[bytes]:

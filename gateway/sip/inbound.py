@@ -33,6 +33,7 @@ from litestar import Request, Response, post
 from gateway.alerts.signing import WebhookSecretError, verify
 from gateway.errors import GatewayError
 from gateway.ids import new_id
+from gateway.query_params import PARSES_OWN_QUERY
 from gateway.services import services_of
 from gateway.session.admission import refusing_outages
 from gateway.sip.config import SipConfig
@@ -136,7 +137,14 @@ async def route_incoming(request: Request[Any, Any, Any], webhook_id: str, event
     return outcome
 
 
-@post(PATH, operation_id="openai_webhooks", tags=["sip"], status_code=200, include_in_schema=False)
+@post(
+    PATH,
+    operation_id="openai_webhooks",
+    tags=["sip"],
+    status_code=200,
+    include_in_schema=False,
+    opt={PARSES_OWN_QUERY: True},  # a webhook URL may carry a query of the operator's: ignored
+)
 async def openai_webhooks(request: Request[Any, Any, Any]) -> Response[bytes]:
     """OpenAI's webhooks (Standard Webhooks signatures): inbound GPT-Live SIP calls, routed to tenants."""
     services = services_of(request)

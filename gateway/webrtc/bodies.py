@@ -81,6 +81,19 @@ def offer_media_type(request: Request[Any, Any, Any]) -> str:
     return media
 
 
+def with_query_model(offer: Offer, model: str | None) -> Offer:
+    """The offer with `?model=` (as browser snippets post a raw offer) as its session's model, so
+    it is policed and upstream runs it; a multipart session naming another model is a 400."""
+    if model is None:
+        return offer
+    if not model:
+        raise bad_request("'model' must be a non-empty string.", "invalid_value", "model")
+    session = offer.session if offer.session is not None else {"type": "realtime"}
+    if session.get("model", model) != model:
+        raise bad_request("The query's 'model' and 'session.model' name different models.", "invalid_value", "model")
+    return Offer(offer.sdp, {**session, "model": model})
+
+
 async def read_offer(request: Request[Any, Any, Any], media: str) -> Offer:
     """The offer of a `POST /v1/realtime/calls` whose media type `offer_media_type` accepted."""
     if media == SDP_MEDIA_TYPE:

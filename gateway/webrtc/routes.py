@@ -22,13 +22,13 @@ from typing import Any, Final
 
 from litestar import Request, Response, get, post
 from litestar.config.app import AppConfig
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 
 from gateway.auth.credentials import END_USER_HEADER
 from gateway.session.admission import session_tags
 from gateway.webrtc import attach, broker
 from gateway.webrtc.access import Caller, Presented, authenticate, visible_call
-from gateway.webrtc.bodies import offer_media_type, read_json_body, read_offer
+from gateway.webrtc.bodies import offer_media_type, read_json_body, read_offer, with_query_model
 from gateway.webrtc.client_secrets import mint_client_secret
 from gateway.webrtc.context import WebRtcContext, close_context, context_of
 from gateway.webrtc.sdp import SDP_MEDIA_TYPE
@@ -70,15 +70,16 @@ async def create_client_secret(request: Request[Any, Any, Any]) -> Response[byte
 
 
 @post("/v1/realtime/calls", operation_id="realtime_calls_create", tags=TAGS, status_code=201)
-async def create_call(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def create_call(request: Request[Any, Any, Any], model: FromQuery[str | None] = None) -> Response[bytes]:
     """Broker a WebRTC SDP offer: multipart (`sdp` + `session`, tenant key) or raw `application/sdp`
-    (tenant key or browser JWT). Answers 201 with the SDP answer and `Location` at voxgate."""
+    (tenant key or browser JWT). Answers 201 with the SDP answer and `Location` at voxgate.
+    `?model=` names the session's model (`with_query_model`)."""
     context = context_of(request.app)
     with counting_refusals(context.services):
         media = offer_media_type(request)
         caller = await caller_of(request, context, allow_browser=media == SDP_MEDIA_TYPE)
         caller = replace(caller, tags=session_tags(request.scope["headers"]))
-        offer = await read_offer(request, media)
+        offer = with_query_model(await read_offer(request, media), model)
         admitted = await broker.admit_call(context, caller, offer)
     placed = await broker.place_call(context, admitted)
     return Response(
