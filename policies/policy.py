@@ -153,7 +153,8 @@ def _usd_micro(value: object, key: str) -> int | None:
     if text is None:
         raise PolicyError(key, "must be an amount in USD")
     whole, _, frac = text.strip().partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()) or len(frac.rstrip("0")) > 6:
+    ascii_digits = whole.isascii() and frac.isascii()  # `isdigit` takes "²" and "٣" too
+    if not ascii_digits or not whole.isdigit() or (frac and not frac.isdigit()) or len(frac.rstrip("0")) > 6:
         raise PolicyError(key, "must be a non-negative USD amount with at most 6 decimals")
     if len(whole) > 13 or int(whole) > MAX_BUDGET_USD:
         raise PolicyError(key, f"must be at most {MAX_BUDGET_USD} USD")
@@ -214,6 +215,47 @@ def parse_policy(data: Mapping[str, Any], where: str = "policy") -> TenantPolicy
         redis_unavailable=redis_mode,
         expires_after_max_seconds=min(expires or 600, 7200),
     )
+
+
+_STORED_INTS: Final = (
+    "max_output_tokens",
+    "max_session_tokens",
+    "max_concurrent_sessions",
+    "session_starts_per_minute",
+    "expires_after_max_seconds",
+)
+_STORED_SECONDS: Final = ("max_session_seconds", "idle_timeout_seconds")
+
+
+def parse_stored_policy(data: Mapping[str, Any]) -> TenantPolicy:
+    """`parse_policy` for a document stored by an earlier release, which did not bound its numbers:
+    a value past today's bound is read as the bound (it meant "no practical limit"), so the tenant
+    keeps working and its policy can still be changed. Anything else invalid still raises."""
+    doc = dict(data)
+    for key in _STORED_INTS:
+        doc[key] = _at_most(doc.get(key), MAX_POLICY_INT)
+    for key in _STORED_SECONDS:
+        doc[key] = _at_most(doc.get(key), MAX_POLICY_SECONDS)
+    caps = doc.get("max_concurrent_sessions_per_model")
+    if isinstance(caps, Mapping):
+        doc["max_concurrent_sessions_per_model"] = {m: _at_most(c, MAX_POLICY_INT) for m, c in caps.items()}
+    budget = doc.get("budget")
+    if isinstance(budget, Mapping):
+        doc["budget"] = {**budget, **{k: _usd_at_most(budget[k]) for k in ("daily_usd", "monthly_usd") if k in budget}}
+    return parse_policy({k: v for k, v in doc.items() if k in data})
+
+
+def _at_most(value: object, maximum: int) -> object:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return maximum if is_number and value > maximum else value  # type: ignore[operator]
+
+
+def _usd_at_most(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(value, MAX_BUDGET_USD)
+    whole = value.strip().partition(".")[0] if isinstance(value, str) else ""
+    too_big = whole.isascii() and whole.isdigit() and (len(whole) > 13 or int(whole) > MAX_BUDGET_USD)
+    return MAX_BUDGET_USD if too_big else value
 
 
 def parse_tiers(data: Mapping[str, Any]) -> dict[str, TenantPolicy]:

@@ -9,7 +9,14 @@ import math
 import orjson
 import pytest
 
-from policies.policy import MAX_BUDGET_USD, MAX_POLICY_INT, PolicyError, parse_policy, policy_to_document
+from policies.policy import (
+    MAX_BUDGET_USD,
+    MAX_POLICY_INT,
+    PolicyError,
+    parse_policy,
+    parse_stored_policy,
+    policy_to_document,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,32 @@ def test_the_largest_values_accepted_still_serialize_for_every_consumer() -> Non
     assert policy.budget.daily_micro_usd == 10**18 < 2**63
     assert orjson.loads(orjson.dumps(policy_to_document(policy)))["max_output_tokens"] == 2**31 - 1
     assert orjson.dumps({"max_output_tokens": policy.max_output_tokens})  # what the clamp sends upstream
+
+
+@pytest.mark.parametrize("amount", ["²", "1.²", "٣", "3.٣"])
+def test_a_budget_amount_takes_ascii_digits_only(amount: str) -> None:
+    # Found by a review: "²" passed `isdigit` and then failed `int` (a 500), "٣" was read as 3 USD.
+    with pytest.raises(PolicyError) as refused:
+        parse_policy({"budget": {"daily_usd": amount}})
+    assert refused.value.key == "policy.budget.daily_usd"
+
+
+def test_a_policy_stored_before_the_bounds_is_read_at_the_bounds() -> None:
+    # A document an earlier release stored (it did not bound its numbers) must still load, or the
+    # tenant could neither open a session nor have its policy changed: past a bound reads as the bound.
+    stored = {
+        "models": ["gpt-realtime"],
+        "max_output_tokens": 2**64,
+        "max_session_seconds": 10**12,
+        "max_concurrent_sessions_per_model": {"gpt-realtime": 2**63},
+        "budget": {"daily_usd": "99999999999999999999.000000", "monthly_usd": 10**20},
+    }
+    with pytest.raises(PolicyError):
+        parse_policy(stored)
+    policy = parse_stored_policy(stored)
+    assert (policy.max_output_tokens, policy.max_session_seconds) == (MAX_POLICY_INT, float(10**8))
+    assert policy.max_concurrent_sessions_per_model == (("gpt-realtime", MAX_POLICY_INT),)
+    assert policy.budget.daily_micro_usd == policy.budget.monthly_micro_usd == MAX_BUDGET_USD * 1_000_000
+    assert policy.models == frozenset({"gpt-realtime"}) and policy.max_session_tokens is None
+    with pytest.raises(PolicyError):  # anything else invalid is still refused
+        parse_stored_policy({**stored, "max_output_tokens": "lots"})

@@ -351,3 +351,22 @@ def test_policy_settings_come_from_the_environment(tmp_path: Path) -> None:
     )
     assert "s" * 32 not in repr(settings)
     assert Settings.from_env({}).admin == AdminSettings()
+
+
+async def test_a_policy_stored_past_todays_bounds_still_loads_and_can_be_fixed(
+    store: PolicyStore, pg_pool: asyncpg.Pool
+) -> None:
+    # A release that did not bound policy numbers stored this (found by a review of the bounds):
+    # reading it must not fail, or the tenant could neither be admitted nor have its policy fixed.
+    tenant = await make_tenant(pg_pool)
+    document = json.dumps({"max_output_tokens": 2**64, "budget": {"daily_usd": "99999999999999999.000000"}})
+    await pg_pool.execute(
+        "INSERT INTO tenant_policies (tenant_id, version, document, created_by) VALUES ($1, 1, $2::jsonb, 'old')",
+        tenant.tenant_id,
+        document,
+    )
+    effective = await store.effective(tenant.tenant_id)
+    assert (effective.source, effective.policy.max_output_tokens) == ("tenant", 2**31 - 1)
+    version = await store.set(tenant.tenant_id, {"max_output_tokens": 4096}, actor="test")
+    assert version == 2
+    assert (await store.effective(tenant.tenant_id)).policy.max_output_tokens == 4096

@@ -29,7 +29,7 @@ import asyncpg
 from gateway.livestate import LiveStateBackend, MemoryLiveState
 from gateway.storage import queries
 from gateway.storage.tenants import TenantNotFound
-from policies.policy import UNRESTRICTED, TenantPolicy, parse_policy, policy_to_document
+from policies.policy import UNRESTRICTED, TenantPolicy, parse_policy, parse_stored_policy, policy_to_document
 
 log = logging.getLogger("voxgate.policy_store")
 
@@ -145,7 +145,7 @@ class PolicyStore:
         if row is None:
             raise TenantNotFound(f"no tenant with id {tenant_id!r}")
         if row["version"] is not None:
-            return EffectivePolicy(parse_policy(json.loads(row["document"])), row["version"], "tenant")
+            return EffectivePolicy(parse_stored_policy(json.loads(row["document"])), row["version"], "tenant")
         tier = row["tier"]
         if tier is not None:
             if tier in self.tiers:
