@@ -485,3 +485,50 @@ async def test_a_connection_killed_mid_write_never_stops_the_writer(pg_dsn, pg_p
     await writer.stop()
     await pool.close()
     assert await pg_pool.fetchval("SELECT count(*) FROM usage_ledger WHERE session_id = $1", sid) == 400
+
+
+async def test_a_durable_record_spooled_on_overflow_keeps_its_sessions_start_for_the_replay(
+    blippable_pool, pg_pool, tenant_id, tmp_path
+) -> None:
+    # Found by a review of the test above: with the queue full, a durable record goes straight to the
+    # spool (only an fsync to wait for), and its session's start, queued in memory, was not journaled.
+    proxy, pool = blippable_pool
+    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, buffer_records=3)
+    crashed = LedgerWriter(lambda: pool, settings)
+    crashed.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    proxy.cut()
+    crashed.submit(started(sid, tenant_id))
+    for _ in range(2):
+        crashed.submit(started(f"vgs_{secrets.token_hex(6)}", tenant_id))  # the queue is full now
+    await asyncio.wait_for(crashed.submit_durable(usage(sid, tenant_id, 0, cost=7)), 2.0)
+    assert crashed._task is not None
+    crashed._task.cancel()  # SIGKILL
+    with pytest.raises(asyncio.CancelledError):
+        await crashed._task
+    proxy.restore()
+    restarted = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
+    restarted.start()
+    assert await restarted.drain(10)
+    assert restarted.stats.parked == 0
+    await restarted.stop()
+    assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 7
+
+
+async def test_a_record_asyncpg_cannot_encode_is_dead_lettered_and_the_rest_is_written(
+    pg_pool, tenant_id, tmp_path
+) -> None:
+    # A value past 64 bits fails in asyncpg's encoder with an InterfaceError, which the writer retried
+    # as a lost connection, forever, with every record behind it waiting.
+    writer = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
+    writer.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    writer.submit(started(sid, tenant_id))
+    writer.submit(usage(sid, tenant_id, 0, cost=2**70))
+    for n in range(1, 4):
+        writer.submit(usage(sid, tenant_id, n, cost=3))
+    assert await writer.drain(10)
+    assert writer.running and writer.stats.dead_lettered == 1
+    await writer.stop()
+    assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 9
+    assert str(2**70) in (tmp_path / "deadletter.jsonl").read_text()

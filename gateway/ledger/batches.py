@@ -28,6 +28,10 @@ def session_not_there(exc: Exception) -> bool:
     return constraint.endswith("session_id_fkey")
 
 
+# A value asyncpg cannot encode for its column (an int past 64 bits, say): the record's fault, though
+# asyncpg makes it an InterfaceError, which `CONNECTIVITY_ERRORS` retries. Checked first: never retried.
+UNENCODABLE = asyncpg.exceptions._base.DataError
+
 CONNECTIVITY_ERRORS = (
     OSError,
     asyncio.TimeoutError,

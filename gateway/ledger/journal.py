@@ -259,7 +259,10 @@ class DurableWaiters:
             if not group:
                 continue
             appended = [r for r, write in group if write]
-            ok = await self._spool.append_and_sync([*self._companions(appended), *appended] if appended else [])
+            # Companions for every record of the group, those spooled on overflow included: replay
+            # parks a record that comes before its session's start, so their order does not matter.
+            companions = self._companions([r for r, _ in group])
+            ok = await self._spool.append_and_sync([*companions, *appended])
             for record, _ in group:
                 entry = self._waiting.pop(id(record), None)
                 if entry is None:

@@ -9,6 +9,7 @@ derived from the dataclasses and never listed by hand.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,12 +122,19 @@ _KINDS: dict[str, type[Any]] = {
 
 def encode_record(record: LedgerRecord) -> bytes:
     """One JSON object (no newline): `{"kind": <class name>, "data": <fields>}`."""
-    return orjson.dumps({"kind": type(record).__name__, "data": dataclasses.asdict(record)})
+    document = {"kind": type(record).__name__, "data": dataclasses.asdict(record)}
+    try:
+        return orjson.dumps(document)
+    except TypeError:  # an integer past 64 bits (a record Postgres will refuse): kept, for the dead letters
+        return json.dumps(document, separators=(",", ":"), default=str).encode()
 
 
 def decode_record(line: bytes) -> LedgerRecord:
     """The record `encode_record` wrote."""
-    raw = orjson.loads(line)
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError:  # what `encode_record` wrote with the standard library
+        raw = json.loads(line)
     cls = _KINDS[raw["kind"]]
     data = raw["data"]
     if cls is RateLimitsRecord:

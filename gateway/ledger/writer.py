@@ -54,6 +54,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.ledger import sql
 from gateway.ledger.batches import (
     CONNECTIVITY_ERRORS,
+    UNENCODABLE,
     Flag,
     SessionRowMissing,
     Statements,
@@ -80,6 +81,11 @@ ORPHAN_RETRY_SECONDS = 1.0
 
 def _ignore(seconds: float) -> None:
     pass
+
+
+# Unforeseen failures of one batch before its records are written one by one (where one that keeps
+# failing is dead-lettered), so a record nobody foresaw cannot stall every record behind it.
+UNEXPECTED_FAILURES_BEFORE_ONE_BY_ONE = 3
 
 
 class LedgerWriter:
@@ -220,7 +226,7 @@ class LedgerWriter:
     # -- consumer side --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = 0.05
+        backoff, unexpected = 0.05, 0
         while not self._closing:
             if self._parked and self._clock.monotonic() >= self._next_parked_retry:
                 await self._retry_parked()
@@ -239,6 +245,8 @@ class LedgerWriter:
             started = self._clock.monotonic()
             try:
                 await self._write(batch)
+            except UNENCODABLE:
+                await self._write_one_by_one(batch)
             except CONNECTIVITY_ERRORS as exc:
                 self.stats.retries += 1
                 log.warning("ledger write failed (%s); retrying in %.2fs", type(exc).__name__, backoff)
@@ -249,18 +257,24 @@ class LedgerWriter:
                 await self._write_one_by_one(batch)
             except Exception:  # a failure nobody foresaw must not end the writer (and every write after it)
                 self.stats.retries += 1
-                log.exception("ledger write failed unexpectedly; retrying in %.2fs on a new connection", backoff)
                 self._broken()
-                await self._clock.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
+                unexpected += 1
+                if unexpected < UNEXPECTED_FAILURES_BEFORE_ONE_BY_ONE:
+                    log.exception("ledger write failed unexpectedly; retrying in %.2fs on a new connection", backoff)
+                    await self._clock.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                log.exception(
+                    "ledger write failed unexpectedly %d times; writing the batch record by record", unexpected
+                )
+                await self._write_one_by_one(batch)  # a record that keeps failing is dead-lettered there
             else:
                 self.observe_write(self._clock.monotonic() - started)
                 self.stats.written += len(batch)
                 if self._durable:
                     for record in batch:
                         self._durable.confirm(record)
-            backoff = 0.05
+            backoff, unexpected = 0.05, 0
             for _ in batch:
                 self._queue.popleft()
             if len(self._queue) < self._settings.batch_records and not self._urgent.is_set():
@@ -309,9 +323,12 @@ class LedgerWriter:
 
     async def _write_one_by_one(self, batch: list[LedgerRecord]) -> None:
         for record in batch:
+            failures = 0
             while True:
                 try:
                     await self._write([record])
+                except UNENCODABLE as exc:
+                    self._dead_letter(record, exc)
                 except CONNECTIVITY_ERRORS:
                     self.stats.retries += 1
                     await self._clock.sleep(0.5)
@@ -322,6 +339,15 @@ class LedgerWriter:
                     else:
                         self._dead_letter(record, exc)
                 except asyncpg.PostgresError as exc:
+                    self._dead_letter(record, exc)
+                except Exception as exc:  # unforeseen: retried, then kept aside on disk, never the writer's end
+                    self._broken()
+                    failures += 1
+                    if failures < UNEXPECTED_FAILURES_BEFORE_ONE_BY_ONE:
+                        self.stats.retries += 1
+                        await self._clock.sleep(0.5)
+                        continue
+                    log.exception("ledger: a %s keeps failing; dead-lettering it", type(record).__name__)
                     self._dead_letter(record, exc)
                 else:
                     self.stats.written += 1
@@ -348,6 +374,8 @@ class LedgerWriter:
             since, record = waiting[0]
             try:
                 await self._write([record])
+            except UNENCODABLE as exc:
+                self._dead_letter(record, exc)
             except CONNECTIVITY_ERRORS:
                 break  # Postgres is away: everything keeps waiting
             except (asyncpg.ForeignKeyViolationError, SessionRowMissing) as exc:
@@ -357,6 +385,10 @@ class LedgerWriter:
                     self._park(record, since)
             except asyncpg.PostgresError as exc:
                 self._dead_letter(record, exc)
+            except Exception:  # unforeseen: everything keeps waiting for the next retry
+                log.exception("ledger: retrying records that wait for their session failed")
+                self._broken()
+                break
             else:
                 self.stats.written += 1
                 self._durable.confirm(record)
