@@ -163,6 +163,19 @@ def test_a_second_session_start_is_refused_and_never_reaches_upstream() -> None:
     assert released[1].event["error"]["code"] == "session_already_started"
 
 
+def test_a_start_upstream_refuses_closes_the_session_and_a_later_error_does_not() -> None:
+    refused = governor()
+    refused.on_client_event({"type": "session.start", "session": {"model": "gpt-live-1"}}, 1000.0)
+    error = {"type": "error", "error": {"code": "unknown_parameter", "message": "x"}}
+    actions = refused.on_server_event(error, 1000.1)
+    assert Forward() in actions and CloseSession(4010, "session.start refused", "start_refused") in actions
+    assert refused.phase == "closed"
+    started = governor()
+    started.on_client_event({"type": "session.start", "session": {"model": "gpt-live-1"}}, 1000.0)
+    started.on_server_event({"type": "session.started", "session": {"id": "sess_1"}}, 1000.1)
+    assert started.on_server_event(error, 1001.0) == [Forward()]  # an error later is the client's business
+
+
 # -- metering ---------------------------------------------------------------------------------
 
 

@@ -333,27 +333,38 @@ async def test_a_burst_of_live_sessions_respects_the_concurrency_cap(
     assert outcomes.count("429:concurrency_limit_exceeded") == attempts - cap
 
 
-async def test_a_second_session_start_is_refused_and_upstream_never_sees_it(
+async def test_a_start_upstream_refuses_ends_the_session_and_a_second_start_never_reaches_upstream(
     gw: Gateway, emu: RealtimeEmulator, pg_pool: asyncpg.Pool
 ) -> None:
     # Found by a hostile review: after upstream refused a first start (a field the client controls),
     # a second start reached upstream unpoliced: another model and a forbidden voice, booked at the
-    # first start's model. Any later start gets voxgate's `error`; the session goes on.
+    # first start's model. Now a start upstream refuses ends the session (close 4010, its lease
+    # freed), and any later start on a live session gets voxgate's `error` and stays local.
     tenant = await make_tenant(pg_pool)
     await set_policy(pg_pool, tenant, {"models": ["gpt-live-1"], "voices": ["marin"]})
+    url = f"ws://{gw.server.host}:{gw.server.port}/v1/live/sessions"
+    headers = {"Authorization": f"Bearer {tenant.secret}"}
     sessions_before = len(emu.live.sessions)
-    async with websockets.connect(
-        f"ws://{gw.server.host}:{gw.server.port}/v1/live/sessions",
-        additional_headers={"Authorization": f"Bearer {tenant.secret}"},
-    ) as ws:
+    async with websockets.connect(url, additional_headers=headers) as ws:
         await ws.send(json.dumps({"type": "session.start", "session": {"model": "gpt-live-1", "bogus": 1}}))
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert first["type"] == "error", first  # upstream's own refusal of the unknown field
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 4010
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"type": "session.start", "session": {"model": "gpt-live-1"}}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "session.started":
+            pass
         second = {"type": "session.start", "event_id": "evt_2", "session": {"model": "gpt-live-1.1", "voice": "alloy"}}
         await ws.send(json.dumps(second))
         refused = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    assert refused["type"] == "error" and refused["client_event_id"] == "evt_2"
-    assert refused["error"]["code"] == "session_already_started"
-    [upstream] = emu.live.sessions[sessions_before:]
-    starts = [e for e in upstream.protocol.client_events if e.get("type") == "session.start"]
-    assert [s["session"]["model"] for s in starts] == ["gpt-live-1"]
+        assert refused["type"] == "error" and refused["client_event_id"] == "evt_2"
+        assert refused["error"]["code"] == "session_already_started"
+    starts = [
+        e["session"]["model"]
+        for upstream in emu.live.sessions[sessions_before:]
+        for e in upstream.protocol.client_events
+        if e.get("type") == "session.start"
+    ]
+    assert starts == ["gpt-live-1", "gpt-live-1"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,7 +104,7 @@ async def test_a_model_the_policy_does_not_allow_is_refused_before_upstream(
     assert len(emulator.translations.sessions) == before
 
 
-async def test_a_translation_without_a_model_or_key_is_refused(gateway) -> None:
+async def test_a_translation_without_a_model_or_key_is_refused(gateway, tenant: TenantKey) -> None:
     url = gateway.base_url.replace("http://", "ws://", 1) + "/realtime/translations"
     with pytest.raises(InvalidStatus) as no_model:
         async with websockets.connect(url, additional_headers={"Authorization": "Bearer vg_live_nope"}):
@@ -113,6 +114,24 @@ async def test_a_translation_without_a_model_or_key_is_refused(gateway) -> None:
         async with websockets.connect(url + "?model=" + MODEL):
             pass
     assert no_key.value.response.status_code == 401
+    # An unknown parameter is named as the `param` too (it said "model").
+    with pytest.raises(InvalidStatus) as unknown:
+        async with websockets.connect(url + f"?model={MODEL}&foo=1"):
+            pass
+    assert unknown.value.response.status_code == 400
+    assert json.loads(unknown.value.response.body)["error"] | {"message": ""} == {
+        "message": "",
+        "type": "invalid_request_error",
+        "code": "unknown_parameter",
+        "param": "foo",
+    }
+    async with httpx.AsyncClient() as http:
+        offer = await http.post(
+            f"{gateway.base_url}/realtime/translations/calls?foo=1",
+            content=b"v=0",
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {tenant.secret}"},
+        )
+    assert (offer.status_code, offer.json()["error"]["param"]) == (400, "foo"), offer.text
 
 
 async def test_client_secrets_are_minted_with_the_policy_lifetime(

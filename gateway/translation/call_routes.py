@@ -52,7 +52,8 @@ def offer_model(query_string: bytes) -> str:
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, max_num_fields=8)
     unknown = [name for name, _ in pairs if name != "model"]
     if unknown:
-        raise GatewayError(400, f"Unknown parameter: '{unknown[0][:64]}'.", code="unknown_parameter", param="model")
+        name = unknown[0][:64]
+        raise GatewayError(400, f"Unknown parameter: '{name}'.", code="unknown_parameter", param=name)
     models = [value for _, value in pairs]
     if len(models) > 1 or (models and not models[0]):
         raise GatewayError(400, "Give at most one non-empty 'model'.", code="invalid_value", param="model")

@@ -94,6 +94,8 @@ class LiveGovernor:
         self.phase: Phase = "awaiting_start"
         self.meter: LiveMeter | None = None
         self.upstream_session_id: str | None = None
+        # This governor sent the `session.start` (a WebSocket session), and upstream has not confirmed it.
+        self._start_unconfirmed = False
         self._set_policy(policy)
         self._last_activity = started_at
         self._held: list[Mapping[str, Any]] = []  # client events behind the held session.start
@@ -172,7 +174,7 @@ class LiveGovernor:
         if self.limits.limited:
             self.phase, self._held_start = "starting", forwarded
             return [*actions, self._reserve(now)]
-        self.phase = "live"
+        self.phase, self._start_unconfirmed = "live", True
         return [*actions, ForwardRewritten(forwarded) if policed.clamped else Forward()]
 
     def _refuse_start(self, refusal: LiveRefusal, event: Mapping[str, Any], now: float) -> list[LiveAction]:
@@ -192,6 +194,18 @@ class LiveGovernor:
             session = event.get("session")
             upstream_id = session.get("id") if isinstance(session, Mapping) else None
             self.upstream_session_id = upstream_id if isinstance(upstream_id, str) else None
+            self._start_unconfirmed = False
+        elif kind == "error" and self._start_unconfirmed and self.phase == "live":
+            # Upstream refused the start: the session never began, and a second start is refused
+            # (SECOND_START), so it ends here rather than holding its lease and budget until idle.
+            self.phase, self._start_unconfirmed = "closed", False
+            detail = event.get("error")
+            code = detail.get("code") if isinstance(detail, Mapping) else None
+            return [
+                self._audit("close_start_refused", now, code=code, by="upstream"),
+                Forward(),
+                CloseSession(CLOSE_START_REFUSED, "session.start refused", "start_refused"),
+            ]
         if meter is None:
             return [Forward()]
         if kind == "session.usage.updated":
@@ -271,7 +285,7 @@ class LiveGovernor:
             self._covered_until = now + self.config.reserve_ahead_s
             if self.phase != "starting" or self._held_start is None:
                 return []
-            self.phase = "live"
+            self.phase, self._start_unconfirmed = "live", True
             start, held = self._held_start, self._held
             self._held_start, self._held = None, []
             released: list[LiveAction] = [SendToUpstream(start)]
