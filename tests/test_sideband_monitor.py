@@ -16,8 +16,9 @@ from gateway.ids import new_id
 from gateway.storage.policy_store import PolicyStore
 from gateway.webrtc.calls_cache import MemoryCallCache
 from gateway.webrtc.calls_store import Call, CallStore
+from tests.conftest import REDIS_URL
 from tests.support import doc_prices
-from tests.support.harness import UPSTREAM_KEY, TenantKey
+from tests.support.harness import UPSTREAM_KEY, TenantKey, gateway_settings, start_emulator, start_gateway
 from tests.support.webrtc_client import ClientPeer
 
 pytestmark = pytest.mark.e2e
@@ -147,3 +148,53 @@ async def test_caps_and_budget_end_the_call_by_hangup(gateway, emulator, tenant,
         return reason == end_reason and state == "ended"
 
     await until(recorded)
+
+
+async def test_a_call_cut_for_its_budget_has_its_last_response_metered_before_the_hangup(
+    pg_dsn, tenant, pg_pool, peer
+) -> None:
+    # Found by a fault review: the sideband hung a call up the moment its governor cut it, so the
+    # response it had cancelled never got its response.done metered when upstream answered after
+    # the close (no ledger row, its reservation settled at the worst case). Now it waits (up to the
+    # abandon wait) as a WebSocket session does. Paced audio: the response speaks for seconds.
+    emulator = await start_emulator(pace_audio=True)
+    gateway = await start_gateway(gateway_settings(pg_dsn, REDIS_URL, emulator.base_url))
+    try:
+        # One worst-case response (100 output tokens x 64 USD/1M audio = 6,400 micro-USD) fits the
+        # budget; once the first response has spent some of it, the second's reservation does not, so
+        # the second is cancelled and the call cut while it speaks.
+        budget = {"daily_usd": "0.0064", "at_limit": "cancel_response"}
+        await PolicyStore(pg_pool, {}, None).set(
+            tenant.tenant_id, {"max_output_tokens": 100, "budget": budget}, actor="test"
+        )
+        call = await place_call(emulator, peer, pg_pool, tenant)
+        emulated = await attach(gateway, emulator, call)
+        peer.send("response.create")
+        await peer.wait_for("response.done", timeout=15)
+        # Upstream slow to answer: the cancelled response's response.done comes after the governor's
+        # one-second close (docs/governor.md), which used to hang the call up without it.
+        emulator.faults.event_latency_ms = 300
+        peer.send("response.create")
+        async with asyncio.timeout(15):
+            await peer.channel_closed.wait()
+        assert emulated.hung_up
+        done = [e for e in emulated.session.server_events if e["type"] == "response.done"]
+        assert [d["response"]["status"] for d in done] == ["completed", "cancelled"]
+        assert any(e["type"] == "response.cancel" for e in emulated.session.client_events)
+
+        async def metered() -> bool:
+            rows = await pg_pool.fetch(
+                "SELECT response_id, cost_micro_usd FROM usage_ledger WHERE session_id = $1", call.session_id
+            )
+            return sorted((r["response_id"], r["cost_micro_usd"]) for r in rows) == sorted(
+                (d["response"]["id"], doc_prices.doc_cost(d["response"]["usage"])) for d in done
+            )
+
+        await until(metered)
+        unbilled = await pg_pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = 'response_unbilled'", tenant.tenant_id
+        )
+        assert unbilled == 0
+    finally:
+        await gateway.stop()
+        await emulator.stop()

@@ -118,6 +118,7 @@ class Sideband:
                 if outcome is None:  # handed over (drain): the call goes on
                     return
                 _, reason, end_reason = outcome
+                await self._await_responses_in_flight(pump, end_reason)
                 log.info("hanging up call %s: %s", self.call.call_id, reason)
                 await self.monitor.hangup(self.call.call_id)
                 self.live.end(end_reason, reason)
@@ -130,6 +131,20 @@ class Sideband:
                 await pump
             with contextlib.suppress(Exception):
                 await self.upstream.close()
+
+    async def _await_responses_in_flight(self, pump: asyncio.Task[Any], end_reason: str) -> None:
+        """Before a hangup voxgate decided (a cap, a budget): the responses upstream is producing
+        (cancelled by the governor) get their `response.done` metered, for up to the abandon wait, as
+        a WebSocket session's do; a hangup at once lost them, and their reservations were settled at
+        the worst case. What is still missing then is recorded (`response_unbilled`)."""
+        clock = self.monitor.services.clock
+        wait = self.monitor.services.settings.server.abandon_wait_seconds
+        deadline = clock.monotonic() + wait
+        while self.live.responses_in_flight and not pump.done() and clock.monotonic() < deadline:
+            await clock.sleep(0.02)
+        if self.live.responses_in_flight:
+            cause = f"no response.done within {wait:g} s" if not pump.done() else "the sideband closed"
+            self.live.responses_unbilled(f"{end_reason}: {cause}")
 
     async def _pump(self) -> tuple[str, str | None]:
         try:
