@@ -234,3 +234,37 @@ async def test_realtime_webrtc_calls_and_translations_respect_their_models_caps(
         for peer in peers:
             await peer.close()
         await client.close()
+
+
+async def test_webrtc_transcription_calls_count_under_their_transcription_model(
+    gateway: Gateway, emulator: Any, tenant: TenantKey, pg_pool: asyncpg.Pool
+) -> None:
+    # Found by a fault review: a multipart transcription call names its model in the offer's session,
+    # but admission counted no model, so two calls passed a cap of one (the WebSocket route held it).
+    await set_policy(pg_pool, tenant, {"max_concurrent_sessions_per_model": {"whisper-1": 1}})
+    session = {"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+    auth = {"Authorization": f"Bearer {tenant.secret}"}
+    peers = [Peer(), Peer()]
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+            calls = f"{gateway.base_url}/realtime/calls"
+
+            async def offer(peer: Peer) -> httpx.Response:
+                files = {
+                    "sdp": (None, await peer.offer(), "application/sdp"),
+                    "session": (None, json.dumps(session), "application/json"),
+                }
+                return await http.post(calls, files=files, headers=auth)
+
+            first = await offer(peers[0])
+            assert first.status_code == 201, first.text
+            await until(lambda: model_count_is(gateway, tenant, "whisper-1", 1))
+            second = await offer(peers[1])
+            assert second.status_code == 429, second.text
+            assert second.json()["error"]["code"] == "concurrency_limit_exceeded"
+            hangup = await http.post(f"{calls}/{call_id_from_location(first.headers['location'])}/hangup", headers=auth)
+            assert hangup.status_code < 300, hangup.text
+            await until(lambda: model_count_is(gateway, tenant, "whisper-1", 0))
+    finally:
+        for peer in peers:
+            await peer.close()

@@ -147,6 +147,7 @@ class Enforcement(LeaseKeeper):
         basis: Basis = "models",
         *,
         model_at_start: bool = False,
+        counted_model: str | None = None,
     ) -> Admission:
         """Admit a new session or raise an OpenAI-shaped GatewayError (before the upgrade).
 
@@ -156,9 +157,13 @@ class Enforcement(LeaseKeeper):
         `basis` is the price list `model` must be in (`durations` for GPT-Live and translation).
         `model_at_start`: the model arrives after the upgrade (a GPT-Live WebSocket's `session.start`,
         which its governor polices); admission checks everything else.
+        `counted_model`: for a transcription session whose request names its transcription model (a
+        WebRTC offer, a client secret), the model its lease counts under (`max_concurrent_sessions_per_model`).
         """
         policy, version = await self.policy_for(tenant_id)
         lease_model = None if model is None or model_at_start else model  # what a per-model cap counts
+        if model is None:
+            lease_model = counted_model
         if model is None:
             model = default_model(policy, self.prices)
             if not self.prices.is_known(model):

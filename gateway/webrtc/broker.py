@@ -56,7 +56,7 @@ async def admit_call(context: WebRtcContext, caller: Caller, offer: Offer) -> Ad
     session = policed.session if policed is not None else None
     model = policed.model if policed is not None else default_model(policy, services.prices)
     session_id = new_id("vgs")
-    policy, leased = await admit(services, caller.tenant_id, session_id, model)
+    policy, leased = await admit(services, caller.tenant_id, session_id, model, session)
     return AdmittedCall(caller, offer.sdp, session, model, session_id, policy, leased)
 
 

@@ -43,7 +43,7 @@ async def mint_client_secret(context: WebRtcContext, caller: Caller, body: Mappi
         if expires_after is not None:
             request["expires_after"] = expires_after
         session_id = new_id("vgs")
-        _, leased = await admit(services, caller.tenant_id, session_id, policed.model)
+        _, leased = await admit(services, caller.tenant_id, session_id, policed.model, policed.session)
         # A minted secret is not a live session: admission was the gate, the lease is not kept.
         await release(services, caller.tenant_id, session_id, leased)
         response = await context.upstream.mint_client_secret(request, caller.safety_id)

@@ -9,14 +9,15 @@ and writes the `SessionStarted` row both routes open their session with.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 from gateway.errors import GatewayError
 from gateway.ledger.records import SessionStarted
 from gateway.services import GatewayServices
 from gateway.session.admission import draining_error
 from gateway.webrtc.access import Caller
+from policies.metering import read_session_config
 from policies.policy import TenantPolicy
 from policies.session_config import SessionRefused
 
@@ -33,12 +34,20 @@ async def tenant_policy(services: GatewayServices, tenant_id: str) -> TenantPoli
 
 
 async def admit(
-    services: GatewayServices, tenant_id: str, session_id: str, model: str | None
+    services: GatewayServices,
+    tenant_id: str,
+    session_id: str,
+    model: str | None,
+    session: Mapping[str, Any] | None = None,
 ) -> tuple[TenantPolicy, bool]:
-    """Admit a session (`model` None: transcription); the policy in force and whether a lease is held."""
+    """Admit a session (`model` None: transcription); the policy in force and whether a lease is held.
+    A transcription `session` naming its transcription model is counted under it (per-model caps)."""
     if services.live.draining:
         raise draining_error()
-    decided = await services.enforcement.admit(tenant_id, session_id, model, services.clock.time())
+    counted = read_session_config(session).transcription_model if model is None and session is not None else None
+    decided = await services.enforcement.admit(
+        tenant_id, session_id, model, services.clock.time(), counted_model=counted
+    )
     return decided.policy, decided.leased
 
 
