@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final
@@ -125,8 +126,18 @@ READY_CHECK_TIMEOUT_SECONDS = 2.0
 
 @get("/metrics", operation_id="metrics", tags=["health"], include_in_schema=False, opt=IGNORED_QUERY)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus metrics for this replica."""
+    """Prometheus metrics for this replica (behind `VOXGATE_METRICS_TOKEN` when it is set)."""
     services = services_of(request)
+    token = services.settings.security.metrics_token
+    if token is not None:
+        presented = request.headers.get("authorization", "")
+        if not hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
+            raise GatewayError(
+                401,
+                "GET /metrics needs 'Authorization: Bearer <VOXGATE_METRICS_TOKEN>'.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="voxgate-metrics"'},
+            )
     return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 

@@ -230,6 +230,9 @@ class SecuritySettings:
     jwks_allowed_hosts: frozenset[str] = frozenset()
     # VOXGATE_API_DOCS: serve the OpenAPI document and /docs; off by default (docs/security.md).
     api_docs: bool = False
+    # VOXGATE_METRICS_TOKEN: when set, GET /metrics needs `Authorization: Bearer <it>` (its counters
+    # carry tenant ids and per-tenant spend); unset, /metrics is open to whoever reaches the port.
+    metrics_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,7 @@ class Settings:
                 SecuritySettings(safety_identifier_secret=secret.encode()) if secret else SecuritySettings(),
                 jwks_allowed_hosts=_hosts(env, "VOXGATE_JWKS_ALLOWED_HOSTS"),
                 api_docs=env.get("VOXGATE_API_DOCS", "").strip().lower() in ("1", "true", "yes", "on"),
+                metrics_token=env.get("VOXGATE_METRICS_TOKEN") or None,
             ),
             admin=AdminSettings(
                 jwt_secret=env.get("VOXGATE_ADMIN_JWT_SECRET") or None,

@@ -345,9 +345,15 @@ def test_service_monitor_and_network_policy_are_opt_in(helm: Helm) -> None:
     monitor = only(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # /metrics needs the token (its counters carry tenant ids and spend); the monitor sends the pods' own.
+    bearer = {"type": "Bearer", "credentials": {"name": "vg-voxgate", "key": "VOXGATE_METRICS_TOKEN"}}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s", "authorization": bearer}
     ]
+    token = env(server(manifests))["VOXGATE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (token["name"], token["key"]) == ("vg-voxgate", "VOXGATE_METRICS_TOKEN")
+    created = secret_data(next(s for s in of_kind(manifests, "Secret") if s["metadata"]["name"] == "vg-voxgate"))
+    assert len(created["VOXGATE_METRICS_TOKEN"]) >= 32  # generated when not given
     assert monitor["spec"]["selector"]["matchLabels"].items() <= server(manifests)["metadata"]["labels"].items()
     policy = only(manifests, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]

@@ -134,3 +134,27 @@ async def test_the_cost_series_equals_the_ledger(pg_dsn, emulator, tenant, pg_po
     assert sample(text, "voxgate_upstream_connect_seconds_count", transport="websocket") == 1
     assert sample(text, "voxgate_admission_seconds_count", outcome="admitted") == 1
     assert sample(text, "voxgate_ledger_write_seconds_count") >= 1  # the three responses, in one batch or more
+
+
+async def test_with_a_metrics_token_only_its_bearer_reads_metrics(pg_dsn, emulator) -> None:
+    # The counters carry tenant ids and per-tenant spend (docs/observability.md): behind a public
+    # route (the chart's Ingress or HTTPRoute sends every path to voxgate) anyone could read them.
+    from dataclasses import replace
+
+    settings = gateway_settings(pg_dsn, REDIS_URL, emulator.base_url)
+    token = "mt_" + "x" * 40
+    settings = replace(settings, security=replace(settings.security, metrics_token=token))
+    gateway = await start_gateway(settings)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.server.http_url) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                refused = await http.get("/metrics", headers=headers)
+                assert refused.status_code == 401, refused.text
+                assert refused.json()["error"]["code"] == "invalid_api_key"
+                assert token not in refused.text and "voxgate_" not in refused.text
+            allowed = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert allowed.status_code == 200 and "voxgate_live_sessions" in allowed.text
+            assert token not in allowed.text
+            assert (await http.get("/healthz")).status_code == 200  # probes need no token
+    finally:
+        await gateway.stop()

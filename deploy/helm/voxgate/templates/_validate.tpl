@@ -14,7 +14,7 @@ says what to change. Included once, by the Deployment.
   "VOXGATE_TLS_CERT_FILE" "set tls.termination"
   "VOXGATE_TLS_KEY_FILE" "set tls.termination"
   "VOXGATE_UPSTREAM_CA_FILE" "set tls.upstreamCA" -}}
-{{- $secret := list "VOXGATE_DATABASE_URL" "VOXGATE_REDIS_URL" "VOXGATE_OPENAI_API_KEY" "VOXGATE_SAFETY_ID_SECRET" "VOXGATE_ADMIN_JWT_SECRET" "VOXGATE_ADMIN_JWT_PUBLIC_KEY" "VOXGATE_DATABASE_MIGRATION_URL" "VOXGATE_ALERT_WEBHOOK_SECRET" "VOXGATE_OPENAI_WEBHOOK_SECRET" -}}
+{{- $secret := list "VOXGATE_DATABASE_URL" "VOXGATE_REDIS_URL" "VOXGATE_OPENAI_API_KEY" "VOXGATE_SAFETY_ID_SECRET" "VOXGATE_ADMIN_JWT_SECRET" "VOXGATE_ADMIN_JWT_PUBLIC_KEY" "VOXGATE_DATABASE_MIGRATION_URL" "VOXGATE_ALERT_WEBHOOK_SECRET" "VOXGATE_OPENAI_WEBHOOK_SECRET" "VOXGATE_METRICS_TOKEN" -}}
 {{- range $name, $_ := .Values.env -}}
 {{- if has $name $secret -}}
 {{- fail (printf "env.%s: a secret never goes in plain env; put it in secrets.values or in secrets.existingSecret" $name) -}}
