@@ -254,6 +254,19 @@ async def test_one_replica_monitors_a_call_and_only_it_renews_or_releases(state:
     assert await replica_b.claim_monitor(t, call, TTL, T0 + 5)
 
 
+async def test_a_draining_replica_sees_when_another_holds_the_call(state: Backend, replica_b: Backend) -> None:
+    t, call = tenant(), f"rtc_{secrets.token_hex(4)}"
+    assert not await state.monitor_taken(t, call, T0)  # nobody holds it
+    assert await state.claim_monitor(t, call, TTL, T0)
+    assert not await state.monitor_taken(t, call, T0 + 1)  # our own claim is not another's
+    assert await replica_b.monitor_taken(t, call, T0 + 1)
+    assert await state.release_monitor(t, call)  # the drain gives it back...
+    assert not await state.monitor_taken(t, call, T0 + 2)
+    assert await replica_b.claim_monitor(t, call, TTL, T0 + 2)  # ...and the successor takes it
+    assert await state.monitor_taken(t, call, T0 + 3)
+    assert not await state.monitor_taken(t, call, T0 + 2 + TTL + 1)  # a lapsed claim holds nothing
+
+
 async def test_a_dead_monitors_claim_lapses_and_another_replica_takes_the_call(
     state: Backend, replica_b: Backend
 ) -> None:

@@ -427,3 +427,53 @@ async def test_a_taken_over_call_counts_every_response_against_the_budget(
         await _hang_up(started[-1], tenant, call_id)
         for gateway in started:
             await gateway.stop()
+
+
+async def test_a_draining_monitor_hands_its_calls_over_within_the_grace(
+    pg_dsn: str,
+    own_emulator: RealtimeEmulator,
+    tenant: TenantKey,
+    pg_pool: asyncpg.Pool,
+    redis_prefix: str,
+    redis_client: Any,
+    peer: ClientPeer,
+) -> None:
+    """Found by a fault review: a draining replica kept its calls' claims to the grace's end, then
+    stopped watching; the next replica attached a scan later, and a response finishing in between
+    was never metered (141 served, 137 booked over four calls). Now the drain gives the claims back
+    at once and meters on until the successor holds them: the two overlap, and each response is
+    booked once."""
+    prefix = f"{redis_prefix}calls-drain:"
+    grace = 6.0
+    settings = replica_settings(pg_dsn, REDIS_URL, own_emulator.base_url, prefix, "pod-a", calls_scan_seconds=SCAN_S)
+    a = await start_gateway(replace(settings, server=replace(settings.server, shutdown_grace_seconds=grace)))
+    started = [a]
+    call_id = None
+    try:
+        call_id, emulated, session_id = await _monitored_call(a, tenant, peer, own_emulator, pg_pool)
+        b = await _pod(pg_dsn, own_emulator.base_url, prefix, "pod-b", calls_scan_seconds=SCAN_S)
+        started.append(b)
+        claim = KeyLayout(prefix).tenant(tenant.tenant_id).monitor(call_id)
+        assert await redis_client.hget(claim, "owner") == b"pod-a"
+        began = time.monotonic()
+        stopping = asyncio.create_task(a.stop())
+        await until(lambda: _true(len(emulated.sidebands) == 2), seconds=grace)
+        assert await redis_client.hget(claim, "owner") == b"pod-b"
+        assert time.monotonic() - began < grace / 2  # handed over inside the grace, not at its end
+        await stopping
+        started.remove(a)
+        peer.send("response.create", response={"output_modalities": ["text"]})
+        done = await peer.wait_for("response.done")
+
+        async def booked() -> Any:
+            rows = await pg_pool.fetch("SELECT response_id FROM usage_ledger WHERE session_id = $1", session_id)
+            return rows or None
+
+        rows = await until(booked)
+        await asyncio.sleep(0.3)  # a second row would have landed by now
+        assert [r["response_id"] for r in rows] == [done["response"]["id"]]
+        assert not emulated.hung_up and not peer.channel_closed.is_set()
+    finally:
+        await _hang_up(started[-1], tenant, call_id)
+        for gateway in started:
+            await gateway.stop()

@@ -98,6 +98,10 @@ class LiveStateBackend(abc.ABC):
     async def release_monitor(self, tenant_id: str, call_id: str) -> bool:
         """Give our claim back (idempotent); False if we did not hold it."""
 
+    @abc.abstractmethod
+    async def monitor_taken(self, tenant_id: str, call_id: str, now: float) -> bool:
+        """Another replica holds a live claim on the call (a drained replica waits for its successor)."""
+
     # -- session start rate ------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -185,6 +185,10 @@ class MemoryLiveState(LiveStateBackend):
         del self.store.monitors[key]
         return True
 
+    async def monitor_taken(self, tenant_id: str, call_id: str, now: float) -> bool:
+        held = self.store.monitors.get((check_tenant_id(tenant_id), call_id))
+        return held is not None and held[0] != self.instance_id and held[1] > now
+
     # -- session start rate ------------------------------------------------------------------
 
     async def take_start(self, tenant_id: str, per_minute: int, now: float) -> StartResult:

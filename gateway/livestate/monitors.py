@@ -30,3 +30,8 @@ class MonitorClaims:
         """Drop our claim; False if we did not hold it."""
         key = self._keys.tenant(tenant_id).monitor(call_id)
         return bool(await self._run.run(scripts.MONITOR_RELEASE, [key], [self._owner]))
+
+    async def taken(self, tenant_id: str, call_id: str, now: float) -> bool:
+        """Another replica holds a live claim on the call."""
+        key = self._keys.tenant(tenant_id).monitor(call_id)
+        return bool(await self._run.run(scripts.MONITOR_TAKEN, [key], [self._owner, now]))

@@ -63,6 +63,7 @@ BUDGET_REBUILD = LuaScript.build("budget_rebuild")
 HEADROOM_RECORD = LuaScript.build("headroom_record")
 MONITOR_CLAIM = LuaScript.build("monitor_claim")
 MONITOR_RELEASE = LuaScript.build("monitor_release")
+MONITOR_TAKEN = LuaScript.build("monitor_taken")
 
 ALL_SCRIPTS = (
     LEASE_ACQUIRE,
@@ -80,6 +81,7 @@ ALL_SCRIPTS = (
     HEADROOM_RECORD,
     MONITOR_CLAIM,
     MONITOR_RELEASE,
+    MONITOR_TAKEN,
 )
 
 Arg = str | int | float

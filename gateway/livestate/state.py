@@ -98,6 +98,10 @@ class LiveState(LiveStateBackend):
         """Give our claim back (idempotent); False if we did not hold it."""
         return await self._monitors.release(tenant_id, call_id)
 
+    async def monitor_taken(self, tenant_id: str, call_id: str, now: float) -> bool:
+        """Another replica holds a live claim on the call (a drained replica's successor)."""
+        return await self._monitors.taken(tenant_id, call_id, now)
+
     # -- session start rate ------------------------------------------------------------------
 
     async def take_start(self, tenant_id: str, per_minute: int, now: float) -> StartResult:

@@ -184,6 +184,7 @@ class CallsMonitor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, MonitoredCall] = {}
         self._sidebands: dict[str, Sideband] = {}  # of the calls in `_running` whose sideband is open
+        self._offered: set[str] = set()  # calls whose claim a drain gave back (`_offer_to_successor`)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -315,6 +316,7 @@ class CallsMonitor:
                 services.live.discard(sideband)
 
     async def _forget(self, call: MonitoredCall, end_reason: str | None = None) -> None:
+        self._offered.discard(call.call_id)
         self._running.pop(call.call_id, None)
         self._calls.pop(call.call_id, None)
         self._sidebands.pop(call.call_id, None)
@@ -412,8 +414,12 @@ class CallsMonitor:
         it is down for every replica nobody can take the call over; when only this replica is cut
         off, another may, and both meter it until this one hears of it, each response still booked
         once (one row per response id)."""
+        draining = self.services.live.draining
         for call in list(self._calls.values()):
             if call.call_id not in self._calls:  # it ended meanwhile (its claim given back)
+                continue
+            if draining:
+                await self._offer_to_successor(call)
                 continue
             try:  # taken back if it lapsed while this replica stalled and nobody took it meanwhile
                 held = await self._claims.claim_monitor(
@@ -427,6 +433,21 @@ class CallsMonitor:
                 self._hand_over(call.call_id)
             elif call.call_id not in self._calls:  # it ended while the renewal was on its way: give it back
                 await self._release_claim(call)
+
+    async def _offer_to_successor(self, call: MonitoredCall) -> None:
+        """While the replica drains: give the call's claim back at once, so another replica's scan takes
+        the call during the drain's grace, and meter on until that replica holds it; both meter it
+        meanwhile (one row per response id), so no response finishes unwatched between the two. With
+        no successor, the sideband stops at the grace's end, as before."""
+        try:
+            if call.call_id not in self._offered:
+                await self._claims.release_monitor(call.tenant_id, call.call_id)
+                self._offered.add(call.call_id)
+            elif await self._claims.monitor_taken(call.tenant_id, call.call_id, self.services.clock.time()):
+                log.info("another replica monitors call %s now; handing it over (drain)", call.call_id)
+                self._hand_over(call.call_id)
+        except RedisError as exc:  # tried again on the next pass; at the grace's end the sideband stops anyway
+            log.warning("could not offer call %s to another replica: %s", call.call_id, exc)
 
     def _hand_over(self, call_id: str) -> None:
         sideband = self._sidebands.get(call_id)
