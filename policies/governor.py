@@ -122,6 +122,7 @@ class SessionGovernor(UpstreamEvents):
         outgoing: Mapping[str, Any] = verdict.event if isinstance(verdict, Rewritten) else event
         if kind == "session.update":
             self.ceiling.client_update(outgoing, policy.max_output_tokens)
+            self._client_updates += 1
         elif kind == "response.create":
             return self._response_create(event, outgoing, now, held=held)
         if isinstance(verdict, Rewritten):
@@ -218,7 +219,7 @@ class SessionGovernor(UpstreamEvents):
             "event_id": self._next_id(),
             "session": {"type": "realtime", GA_TOKENS: ceiling},
         }
-        return (SendToUpstream(update), self._audit("reclamp", now, {"max_output_tokens": ceiling}))
+        return (self._own_update(update), self._audit("reclamp", now, {"max_output_tokens": ceiling}))
 
     # -- the end ------------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class GovernorState:
             f"{identity.session_id}:{identity.holder}" if identity.holder else identity.session_id
         )
         self.ceiling = SessionCeiling()
+        # After the opening: the client's `session.update`s forwarded and not yet answered (a refused
+        # one stays counted: over-counting only lets voxgate's answer through), and the id of
+        # voxgate's own update whose `session.updated` the client must not see (`_own_update`).
+        self._client_updates = 0
+        self._own_update_id: str | None = None
         self.fence = Fence()
         self._in_flight: set[str] = set()
         self._abandoned = False  # the client is gone: responses are cancelled, none is started
@@ -124,6 +129,15 @@ class GovernorState:
         output = effective_output_ceiling(response_override, self.ceiling.tokens, policy_ceiling, model)
         price, _ = self.prices.price_for(model)
         return worst_case_cost_micro_usd(output, self.meter.context_estimate, price)
+
+    def _own_update(self, update: Mapping[str, Any]) -> SendToUpstream:
+        """Send voxgate's own `session.update`. Its `session.updated` is the next one upstream sends
+        when no update of the client's awaits an answer (upstream answers in order): that one is kept
+        from the client, which never asked. With one of the client's in flight, which answer is whose
+        cannot be told apart, so voxgate's goes through (as before) rather than risk hiding the client's."""
+        if self._opening is None and self._client_updates == 0 and self._own_update_id is None:
+            self._own_update_id = update["event_id"]
+        return SendToUpstream(update)
 
     def _cancel(self, response_id: str) -> SendToUpstream:
         return SendToUpstream({"type": "response.cancel", "event_id": self._next_id(), "response_id": response_id})

@@ -48,7 +48,13 @@ class UpstreamEvents(GovernorState):
         if kind == "rate_limits.updated":
             record = self.meter.rate_limits(event, now)
             return FORWARD_ONLY if record is None else (Forward(), Persist(record), NoteHeadroom(record))
-        if kind in ("session.created", "session.updated"):
+        if kind == "session.updated":
+            if self._own_update_id is not None:  # the answer to voxgate's own update: not the client's
+                self._own_update_id = None
+                return tuple(a for a in self._session_config(event) if not isinstance(a, Forward))
+            self._client_updates = max(0, self._client_updates - 1)
+            return self._session_config(event)
+        if kind == "session.created":
             return self._session_config(event)
         if kind == "conversation.item.input_audio_transcription.completed":
             return self._transcription(event, now)
@@ -66,6 +72,12 @@ class UpstreamEvents(GovernorState):
             if isinstance(error, Mapping):
                 if error.get("code") == "session_expired":
                     self.expired = True
+                if self._own_update_id is not None and error.get("event_id") == self._own_update_id:
+                    # Upstream refused voxgate's own update: the client never sent it, so it does not
+                    # see the refusal; each response.create gets the ceiling instead.
+                    self._own_update_id = None
+                    self.ceiling.clamped = False
+                    return (self._audit("clamp_refused", now, {"error_code": error.get("code")}),)
                 self.fence.refused(error.get("event_id"))
                 return self._upstream_error(error)
         return FORWARD_ONLY
@@ -166,7 +178,7 @@ class UpstreamEvents(GovernorState):
         if body is None:
             return (Forward(), Persist(info))
         update = {"type": "session.update", "event_id": self._next_id(), "session": body}
-        return (Forward(), Persist(info), SendToUpstream(update))
+        return (Forward(), Persist(info), self._own_update(update))
 
     def _transcription(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         record = self.meter.transcription(event, now)

@@ -240,6 +240,17 @@ async def test_policy_change_reaches_a_live_session(gateway, emulator, tenant, p
         ):
             await asyncio.sleep(0.01)
     assert time.monotonic() - changed <= 1.0
+    # Upstream answers the re-clamp; the client, which sent no update, does not see that answer
+    # (a hostile review saw it arrive: a client updating at the same moment could take it for its own).
+    async with asyncio.timeout(2.0):
+        while not any(e["type"] == "session.updated" for e in upstream.server_events[-5:]):
+            await asyncio.sleep(0.01)
+    await ws.send(json.dumps({"type": "input_audio_buffer.clear", "event_id": "evt_marker"}))
+    seen = []
+    async with asyncio.timeout(5):
+        while not seen or seen[-1]["type"] != "input_audio_buffer.cleared":
+            seen.append(json.loads(await ws.recv()))
+    assert "session.updated" not in [e["type"] for e in seen], seen
     await ws.close()
 
 

@@ -101,6 +101,49 @@ def test_session_created_with_inf_is_reclamped_upstream() -> None:
     assert gov.on_client_event({"type": "session.update", "session": {"type": "realtime"}}, T0) == (Forward(),)
 
 
+def updated(max_output_tokens: int) -> dict[str, Any]:
+    event = copy.deepcopy(SERVER["session.updated"])
+    event["session"]["max_output_tokens"] = max_output_tokens
+    return event
+
+
+def test_the_answer_to_voxgates_own_mid_session_update_is_kept_from_the_client() -> None:
+    # Found by a hostile review: after a policy change lowered the ceiling, the `session.updated`
+    # answering voxgate's re-clamp reached the client, which never sent an update (and could take it
+    # for the answer to its own).
+    gov = governor()
+    gov.on_server_event(SERVER["session.created"], T0)
+    gov.on_server_event(updated(1000), T0)  # the opening's re-clamp answered (no opening held here)
+    [update] = of(SendToUpstream, gov.on_policy_changed(TenantPolicy(max_output_tokens=200), T0 + 1))
+    # The client's own update, sent after voxgate's, is answered after it (upstream answers in order).
+    assert gov.on_client_event({"type": "session.update", "session": {"type": "realtime"}}, T0 + 2) == (Forward(),)
+    assert of(Forward, gov.on_server_event(updated(200), T0 + 3)) == []  # voxgate's: not forwarded
+    assert of(Forward, gov.on_server_event(updated(200), T0 + 4)) == [Forward()]  # the client's
+    # With an update of the client's in flight, voxgate's is not taken for the next answer: that answer
+    # is the client's and reaches it (voxgate's own may then reach the client too, as before).
+    assert gov.on_client_event({"type": "session.update", "session": {"type": "realtime"}}, T0 + 5) == (Forward(),)
+    of(SendToUpstream, gov.on_policy_changed(TenantPolicy(max_output_tokens=100), T0 + 6))
+    assert of(Forward, gov.on_server_event(updated(200), T0 + 7)) == [Forward()]
+    gov.on_server_event(updated(100), T0 + 8)
+    gov.on_server_event(updated(100), T0 + 8)
+    # Voxgate's own update refused upstream: the client, which never sent it, does not see the error.
+    [refused] = of(SendToUpstream, gov.on_policy_changed(TenantPolicy(max_output_tokens=50), T0 + 9))
+    error = {
+        "type": "error",
+        "event_id": "evt_up",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "x",
+            "message": "no",
+            "param": None,
+            "event_id": refused.event["event_id"],
+        },
+    }
+    actions = gov.on_server_event(error, T0 + 10)
+    assert of(Forward, actions) == [] and of(AuditEvent, actions)[0].kind == "clamp_refused"
+    assert update.event["event_id"] != refused.event["event_id"]
+
+
 def test_reservation_granted_forwards_the_held_create_and_what_queued_behind_it() -> None:
     gov = governor()
     [reserve] = gov.on_client_event({"type": "response.create"}, T0)
