@@ -415,6 +415,25 @@ async def test_a_journal_being_replayed_survives_a_crash_until_its_records_commi
     assert not list(tmp_path.glob("ledger-spool*"))  # committed: nothing left to replay
 
 
+async def crash(writer: LedgerWriter) -> None:
+    """The process dies (SIGKILL): the writer's task is cancelled, no stop, its queue is gone."""
+    assert writer._task is not None
+    writer._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer._task
+
+
+async def restart_and_replay(pool: asyncpg.Pool, spool_dir: Path) -> LedgerWriter:
+    """The next start on the same spool: replays the journal into `pool`, drains and stops; nothing
+    replayed waits aside for a session row that never comes."""
+    restarted = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=spool_dir))
+    restarted.start()
+    assert await restarted.drain(10)
+    assert restarted.stats.parked == 0
+    await restarted.stop()
+    return restarted
+
+
 async def test_a_crash_after_a_journaled_usage_keeps_its_sessions_start_for_the_replay(
     blippable_pool, pg_pool, tenant_id, tmp_path
 ) -> None:
@@ -431,17 +450,9 @@ async def test_a_crash_after_a_journaled_usage_keeps_its_sessions_start_for_the_
     records = [usage(sid, tenant_id, n, cost=5) for n in range(2)]
     await asyncio.wait_for(asyncio.gather(*(crashed.submit_durable(r) for r in records)), 2.0)
     assert crashed.stats.journaled == 2
-    assert crashed._task is not None
-    crashed._task.cancel()  # SIGKILL: no stop, the queue is gone
-    with pytest.raises(asyncio.CancelledError):
-        await crashed._task
+    await crash(crashed)
     proxy.restore()
-
-    restarted = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
-    restarted.start()
-    assert await restarted.drain(10)
-    assert restarted.stats.parked == 0
-    await restarted.stop()
+    await restart_and_replay(pg_pool, tmp_path)
     assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 10
     assert await pg_pool.fetchval("SELECT count(*) FROM realtime_sessions WHERE id = $1", sid) == 1
 
@@ -502,16 +513,9 @@ async def test_a_durable_record_spooled_on_overflow_keeps_its_sessions_start_for
     for _ in range(2):
         crashed.submit(started(f"vgs_{secrets.token_hex(6)}", tenant_id))  # the queue is full now
     await asyncio.wait_for(crashed.submit_durable(usage(sid, tenant_id, 0, cost=7)), 2.0)
-    assert crashed._task is not None
-    crashed._task.cancel()  # SIGKILL
-    with pytest.raises(asyncio.CancelledError):
-        await crashed._task
+    await crash(crashed)
     proxy.restore()
-    restarted = LedgerWriter(lambda: pg_pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path))
-    restarted.start()
-    assert await restarted.drain(10)
-    assert restarted.stats.parked == 0
-    await restarted.stop()
+    await restart_and_replay(pg_pool, tmp_path)
     assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 7
 
 
