@@ -253,9 +253,16 @@ def _at_most(value: object, maximum: int) -> object:
 def _usd_at_most(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         return min(value, MAX_BUDGET_USD)
-    whole = value.strip().partition(".")[0] if isinstance(value, str) else ""
-    too_big = whole.isascii() and whole.isdigit() and (len(whole) > 13 or int(whole) > MAX_BUDGET_USD)
-    return MAX_BUDGET_USD if too_big else value
+    if not isinstance(value, str):
+        return value
+    whole, dot, frac = value.strip().partition(".")
+    if not (whole.isdecimal() and (not frac or frac.isdecimal())):
+        return value
+    # Decimal digits of any script (an earlier release read "٣" as 3 USD) in ASCII; bounded.
+    whole, frac = str(int(whole)), "".join(str(int(c)) for c in frac)
+    if len(whole) > 13 or int(whole) > MAX_BUDGET_USD:
+        return MAX_BUDGET_USD
+    return whole + dot + frac
 
 
 def parse_tiers(data: Mapping[str, Any]) -> dict[str, TenantPolicy]:

@@ -87,3 +87,6 @@ def test_a_policy_stored_before_the_bounds_is_read_at_the_bounds() -> None:
     assert policy.models == frozenset({"gpt-realtime"}) and policy.max_session_tokens is None
     with pytest.raises(PolicyError):  # anything else invalid is still refused
         parse_stored_policy({**stored, "max_output_tokens": "lots"})
+    # An earlier release read "٣" (Arabic-Indic three) as 3 USD and stored it: it still means that.
+    legacy = parse_stored_policy({"budget": {"daily_usd": "\u0663", "monthly_usd": "\u0663\u0660.\u0665"}})
+    assert (legacy.budget.daily_micro_usd, legacy.budget.monthly_micro_usd) == (3_000_000, 30_500_000)

@@ -41,7 +41,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.background import stop_tasks
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, outage_refusal
 from gateway.ledger.writer import SessionEnded
 from gateway.livestate import LiveStateBackend
 from gateway.services import SHUTDOWN_WAIT_SECONDS, GatewayServices
@@ -469,8 +469,9 @@ class CallsMonitor:
                 try:
                     async with self.services.background.slot():  # a bounded share of the pool
                         await self.sweep_expired_secrets()
-                except Exception:
-                    log.exception("sweeping expired client secrets failed")
+                except Exception as exc:
+                    if outage_refusal(exc, self.services.clock) is None:  # an outage is logged there, once
+                        log.exception("sweeping expired client secrets failed")
             if self.scan_every_s <= 0 or now < next_scan or self.services.live.draining:
                 continue
             next_scan = now + self.scan_every_s
