@@ -84,6 +84,9 @@ class ListLedger:
         done.set_result(None)
         return done
 
+    def submit_end(self, record: Any) -> None:
+        self.records.append(record)
+
 
 def make_relay() -> tuple[FastRelay, CountingTransport, CountingTransport]:
     policy = parse_tiers_yaml(BENCH_TIERS, "bench")["bench"]

@@ -536,3 +536,38 @@ async def test_a_record_asyncpg_cannot_encode_is_dead_lettered_and_the_rest_is_w
     await writer.stop()
     assert await pg_pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE session_id = $1", sid) == 9
     assert str(2**70) in (tmp_path / "deadletter.jsonl").read_text()
+
+
+@pytest.mark.parametrize("end_first", [True, False])
+async def test_a_session_end_postgres_did_not_take_is_journaled_and_closes_the_row_after_a_crash(
+    blippable_pool, pg_pool, tenant_id, tmp_path, end_first: bool
+) -> None:
+    # Found by a fault review: after a SIGKILL the journaled usage was replayed, but the session's end,
+    # queued in memory, was lost: the row stayed open for good (responses 0 beside its usage rows).
+    # The end is journaled after its session's usage (queued when the usage timed out), or on its own
+    # timeout (`submit_end`) when nothing else of its session waits.
+    proxy, pool = blippable_pool
+    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=0.3)
+    crashed = LedgerWriter(lambda: pool, settings)
+    crashed.start()
+    sid = f"vgs_{secrets.token_hex(6)}"
+    end = SessionEnded(sid, time.time(), "client_closed", None)
+    if end_first:
+        proxy.cut()
+        crashed.submit(started(sid, tenant_id))
+        durable = crashed.submit_durable(usage(sid, tenant_id, 0, cost=5))
+        crashed.submit(end)  # queued before the usage's timeout: journaled after it
+        await asyncio.wait_for(durable, 2.0)
+    else:  # the usage is in Postgres; Postgres goes away as the session ends
+        crashed.submit(started(sid, tenant_id))
+        await asyncio.wait_for(crashed.submit_durable(usage(sid, tenant_id, 0, cost=5)), 2.0)
+        proxy.cut()
+        crashed.submit_end(end)
+        await asyncio.sleep(0.6)  # past its own timeout: journaled
+    await crash(crashed)
+    proxy.restore()
+    await restart_and_replay(pg_pool, tmp_path)
+    row = await pg_pool.fetchrow(
+        "SELECT end_reason, responses, cost_micro_usd FROM realtime_sessions WHERE id = $1", sid
+    )
+    assert (row["end_reason"], row["responses"], row["cost_micro_usd"]) == ("client_closed", 1, 5)

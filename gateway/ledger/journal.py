@@ -190,15 +190,15 @@ class DurableWaiters:
         stats: LedgerStats,
         timeout_s: float,
         clock: Clock = SYSTEM_CLOCK,
-        companions: Callable[[list[LedgerRecord]], list[LedgerRecord]] = lambda _: [],
+        companions: Callable[[list[LedgerRecord]], tuple[list[LedgerRecord], list[LedgerRecord]]] = lambda _: ([], []),
     ) -> None:
         self._spool = spool
         self._stats = stats
         self._timeout_s = timeout_s
         self._clock = clock  # the durable timeout runs on it
-        # The unwritten records billed ones need in Postgres first (their sessions' starts): journaled
-        # with them, ahead of them, so a replay after a crash can write them (a usage row refers to
-        # its session's row).
+        # The unwritten records of the billed ones' sessions, journaled with them: their starts ahead
+        # (a usage row refers to its session's row), their ends after (an end totals what came
+        # before it), so a replay after a crash writes the session whole.
         self._companions = companions
         self._waiting: dict[int, tuple[asyncio.Future[None], Timer | None]] = {}
         # Durable records to fsync to the spool, and whether each must be appended first.
@@ -261,8 +261,8 @@ class DurableWaiters:
             appended = [r for r, write in group if write]
             # Companions for every record of the group, those spooled on overflow included: replay
             # parks a record that comes before its session's start, so their order does not matter.
-            companions = self._companions([r for r, _ in group])
-            ok = await self._spool.append_and_sync([*companions, *appended])
+            before, after = self._companions([r for r, _ in group])
+            ok = await self._spool.append_and_sync([*before, *appended, *after])
             for record, _ in group:
                 entry = self._waiting.pop(id(record), None)
                 if entry is None:

@@ -107,7 +107,7 @@ class LedgerWriter:
         self._parked: deque[tuple[float, LedgerRecord]] = deque()
         self._next_parked_retry = 0.0
         self._durable = DurableWaiters(
-            self._spool, self.stats, settings.durable_timeout_seconds, clock, self._session_starts_for
+            self._spool, self.stats, settings.durable_timeout_seconds, clock, self._sessions_of
         )
         self._urgent = Flag()  # a durable record is queued: skip the batching pause
         self._held: tuple[Any, asyncpg.Pool] | None = None  # (connection, its pool) while busy
@@ -147,11 +147,28 @@ class LedgerWriter:
         self._wakeup.set()
         return done
 
-    def _session_starts_for(self, records: list[LedgerRecord]) -> list[LedgerRecord]:
-        """The session starts of `records` not yet in Postgres (queued, or waiting aside), in order."""
+    def submit_end(self, record: SessionEnded) -> None:
+        """Queue a session's end, journaled like a billed record if Postgres does not commit it in
+        time (nobody waits for it): after a crash its replay still closes the session's row, whose
+        usage was journaled. An end is idempotent (the first end wins; every end recomputes totals)."""
+        if self._spool.holding or len(self._queue) >= self._settings.buffer_records:
+            self._overflow(record)
+            return
+        self.submit(record)
+        self._durable.until_commit(record)
+
+    def _sessions_of(self, records: list[LedgerRecord]) -> tuple[list[LedgerRecord], list[LedgerRecord]]:
+        """The starts and the ends of `records`' sessions not yet in Postgres (queued, or waiting
+        aside), in order: what a replay needs ahead of them, and what it needs after them."""
         sessions = {getattr(record, "session_id", None) for record in records}
         unwritten = [*self._queue, *(record for _, record in self._parked)]
-        return [r for r in unwritten if isinstance(r, SessionStarted) and r.session_id in sessions]
+        starts: list[LedgerRecord] = [
+            r for r in unwritten if isinstance(r, SessionStarted) and r.session_id in sessions
+        ]
+        ends: list[LedgerRecord] = [
+            r for r in unwritten if isinstance(r, SessionEnded) and r.session_id in sessions and r not in records
+        ]
+        return starts, ends
 
     @property
     def pending(self) -> int:

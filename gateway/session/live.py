@@ -267,7 +267,7 @@ class LiveSession:
         self._apply(self.governor.on_session_end(self._now()))
         reason = ledger_end_reason(reason, expired=self.governor.expired)
         self.ended = SessionEnded(self.session_id, self._now(), reason, detail)
-        self.effects.ledger.submit(self.ended)
+        self.effects.ledger.submit_end(self.ended)
         if self.effects.metrics is not None:
             self.effects.metrics.sessions_ended.labels(reason).inc()
         self._summarize(self.ended)

@@ -240,7 +240,7 @@ class LiveCall:
         now = self.clock.time()
         self._book_and_share(self.governor.on_end(now))
         self.ended = SessionEnded(self.session_id, now, reason, detail)
-        self.ledger.submit(self.ended)
+        self.ledger.submit_end(self.ended)
 
     async def aclose(self) -> None:
         await self.effects.stop()
