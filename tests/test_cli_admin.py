@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,3 +371,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"voxgate {__version__}\n"
+
+
+def test_a_reader_that_goes_away_is_not_reported_as_a_database_problem(pg_dsn: str) -> None:
+    # Found by a review: `voxgate tenant list | head` answered "cannot reach the database: Broken pipe".
+    voxgate_bin = Path(sys.executable).with_name("voxgate")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    proc = subprocess.run(
+        [str(voxgate_bin), "tenant", "list", "--database-url", pg_dsn],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+    )
+    os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert b"database" not in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr

@@ -370,3 +370,19 @@ async def test_a_policy_stored_past_todays_bounds_still_loads_and_can_be_fixed(
     version = await store.set(tenant.tenant_id, {"max_output_tokens": 4096}, actor="test")
     assert version == 2
     assert (await store.effective(tenant.tenant_id)).policy.max_output_tokens == 4096
+
+
+async def test_a_change_over_a_tier_these_tiers_lack_is_refused_not_merged_over_the_default(
+    tiers: dict[str, Any], pg_pool: asyncpg.Pool
+) -> None:
+    # Found by a review: `voxgate policy set` run without the gateway's VOXGATE_POLICY_FILE, for a
+    # tenant on a tier of that file, stored the change merged over the packaged default (replacing the
+    # tenant's allowlist) and exited 0 after a warning.
+    tenant = await make_tenant(pg_pool)
+    gateway_store = PolicyStore(pg_pool, tiers, "standard")
+    await gateway_store.set_tier(tenant.tenant_id, "gold", actor="test")
+    cli_store = PolicyStore(pg_pool, {"standard": tiers["standard"]}, "standard")  # no "gold" here
+    with pytest.raises(UnknownTier):
+        await cli_store.set(tenant.tenant_id, {"max_output_tokens": 100}, actor="test")
+    assert await cli_store.history(tenant.tenant_id) == []
+    assert (await gateway_store.effective(tenant.tenant_id)).source == "tier"

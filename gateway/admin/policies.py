@@ -11,12 +11,12 @@ from litestar.params import JSONBody, QueryParameter
 from gateway.admin import changes
 from gateway.admin.schemas import AuditList, AuditOut, PolicyHistory, PolicyOut, PolicyVersionOut, TierList, UsageOut
 from gateway.admin.security import Principal, Services, TenantId
-from gateway.admin.tenants import existing_tenant, policy_store
+from gateway.admin.tenants import existing_tenant, policy_store, unknown_tier
 from gateway.admin.tokens import Permission
 from gateway.errors import GatewayError
 from gateway.ledger.reports import ledger_for_tenant
 from gateway.services import GatewayServices
-from gateway.storage.policy_store import audit_entries
+from gateway.storage.policy_store import UnknownTier, audit_entries
 from policies.policy import PolicyError, policy_to_document
 
 
@@ -43,6 +43,8 @@ class PoliciesController(Controller):
             await changes.set_policy(policy_store(services), tenant_id, data, principal.subject)
         except PolicyError as exc:
             raise GatewayError(400, f"Invalid policy: {exc}", code="invalid_policy", param=exc.key) from None
+        except UnknownTier as exc:
+            raise unknown_tier(exc) from None
         return await _policy_out(services, tenant_id)
 
     @get("/history", operation_id="admin_get_policy_history", opt={"permission": Permission.POLICY_READ})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -88,6 +89,10 @@ def handler(action: Action) -> Handler:
         except asyncpg.ClientConfigurationError as exc:
             error(f"invalid database URL: {exc}")
             return 2
+        except BrokenPipeError:  # whoever read the output went away (`| head`): not a database problem
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 141  # as a shell reports a writer ended by SIGPIPE
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             # The DSN is not echoed: it may carry a password.
             error(f"cannot reach the database: {exc}")

@@ -10,6 +10,7 @@ from gateway.admin import changes
 from gateway.cli.command import CLI_ACTOR, CommandError, database_pool, policy_store
 from gateway.cli.output import print_json
 from gateway.cli.parsers import Subparsers, add_action, command_actions
+from gateway.storage.policy_store import UnknownTier
 from gateway.tiers import PolicyFileError, read_policy_file
 from policies.policy import PolicyError, policy_to_document
 
@@ -73,6 +74,12 @@ async def _policy_set(args: argparse.Namespace, dsn: str) -> None:
             version = await changes.set_policy(store, args.tenant, mapping, CLI_ACTOR)
         except PolicyError as exc:
             raise CommandError(f"policy file {args.file}: invalid key {exc.key}", exit_code=2) from None
+        except UnknownTier as exc:
+            raise CommandError(
+                f"tenant {args.tenant} is on {exc} (set VOXGATE_POLICY_FILE to the gateway's tiers file); "
+                "nothing stored",
+                exit_code=2,
+            ) from None
     if args.json:
         print_json({"tenant_id": args.tenant, "version": version})
     else:

@@ -170,14 +170,21 @@ class PolicyStore:
 
         Keys `changes` does not name keep their value, `null` removes a limit (`merge_policy`).
         Raises PolicyError (naming the key) for an invalid mapping, TenantNotFound for an
-        unknown tenant. Returns the new version number.
+        unknown tenant, UnknownTier when the tenant's tier (the base of the change) is not in these
+        tiers. Returns the new version number.
         """
         parse_policy(changes)  # names the offending key before any database work
         async with self._pool.acquire() as conn, conn.transaction():
             if await conn.fetchrow(queries.LOCK_TENANT, tenant_id) is None:
                 raise TenantNotFound(f"no tenant with id {tenant_id!r}")
             # Read under the tenant row lock, so two concurrent changes cannot undo each other.
-            current = self._effective(tenant_id, await conn.fetchrow(queries.EFFECTIVE_POLICY, tenant_id))
+            row = await conn.fetchrow(queries.EFFECTIVE_POLICY, tenant_id)
+            if row is not None and row["version"] is None and row["tier"] is not None and row["tier"] not in self.tiers:
+                # The change lays over the tenant's tier, which these tiers do not define (a CLI run
+                # without the gateway's VOXGATE_POLICY_FILE): merging over the default would store a
+                # policy the tenant never had.
+                raise UnknownTier(row["tier"], sorted(self.tiers))
+            current = self._effective(tenant_id, row)
             stored = policy_to_document(parse_policy(merge_policy(current.policy, changes)))
             row = await conn.fetchrow(queries.INSERT_POLICY_VERSION, tenant_id, json.dumps(stored), actor)
             version = int(row["version"])
