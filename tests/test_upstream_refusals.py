@@ -64,6 +64,12 @@ async def test_a_slow_upstream_handshake_is_a_retryable_503_at_the_connect_timeo
     settings = replace(settings, upstream=replace(settings.upstream, connect_timeout_seconds=timeout))
     gateway = await start_gateway(settings)
     try:
+        # One session first: a fresh gateway's first admission also opens its pools and loads its
+        # scripts, which is not the wait this bound is about.
+        async with websockets.connect(
+            f"{gateway.ws_url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {tenant.secret}"}
+        ) as warm:
+            assert json.loads(await warm.recv())["type"] == "session.created"
         emulator.faults = Faults(connect_delay_s=2.0)  # past the timeout and its slack
         began = time.monotonic()
         status, headers, error = await refusal(gateway.ws_url, tenant)
