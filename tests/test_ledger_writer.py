@@ -4,6 +4,7 @@ import asyncio
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -415,6 +416,13 @@ async def test_a_journal_being_replayed_survives_a_crash_until_its_records_commi
     assert not list(tmp_path.glob("ledger-spool*"))  # committed: nothing left to replay
 
 
+def started_writer(pool: Any, spool_dir: Path, **settings: Any) -> LedgerWriter:
+    """A running writer on `pool` spooling to `spool_dir` (a crash test's first process)."""
+    writer = LedgerWriter(lambda: pool, LedgerSettings(flush_interval_seconds=0.01, spool_dir=spool_dir, **settings))
+    writer.start()
+    return writer
+
+
 async def crash(writer: LedgerWriter) -> None:
     """The process dies (SIGKILL): the writer's task is cancelled, no stop, its queue is gone."""
     assert writer._task is not None
@@ -441,9 +449,7 @@ async def test_a_crash_after_a_journaled_usage_keeps_its_sessions_start_for_the_
     # journaled alone; after a SIGKILL the replay could not write it (the row refers to its session's
     # row, which died in memory), it waited aside and was dead-lettered: usage a client had seen, lost.
     proxy, pool = blippable_pool
-    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=0.3)
-    crashed = LedgerWriter(lambda: pool, settings)
-    crashed.start()
+    crashed = started_writer(pool, tmp_path, durable_timeout_seconds=0.3)
     sid = f"vgs_{secrets.token_hex(6)}"
     proxy.cut()
     crashed.submit(started(sid, tenant_id))  # not durable: it waits in memory
@@ -504,9 +510,7 @@ async def test_a_durable_record_spooled_on_overflow_keeps_its_sessions_start_for
     # Found by a review of the test above: with the queue full, a durable record goes straight to the
     # spool (only an fsync to wait for), and its session's start, queued in memory, was not journaled.
     proxy, pool = blippable_pool
-    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, buffer_records=3)
-    crashed = LedgerWriter(lambda: pool, settings)
-    crashed.start()
+    crashed = started_writer(pool, tmp_path, buffer_records=3)
     sid = f"vgs_{secrets.token_hex(6)}"
     proxy.cut()
     crashed.submit(started(sid, tenant_id))
@@ -547,9 +551,7 @@ async def test_a_session_end_postgres_did_not_take_is_journaled_and_closes_the_r
     # The end is journaled after its session's usage (queued when the usage timed out), or on its own
     # timeout (`submit_end`) when nothing else of its session waits.
     proxy, pool = blippable_pool
-    settings = LedgerSettings(flush_interval_seconds=0.01, spool_dir=tmp_path, durable_timeout_seconds=0.3)
-    crashed = LedgerWriter(lambda: pool, settings)
-    crashed.start()
+    crashed = started_writer(pool, tmp_path, durable_timeout_seconds=0.3)
     sid = f"vgs_{secrets.token_hex(6)}"
     end = SessionEnded(sid, time.time(), "client_closed", None)
     if end_first:

@@ -19,9 +19,11 @@ Billed records (usage and transcriptions) may be submitted *durably*: `submit_du
 returns a future that resolves once the batch holding the record has committed, and wakes
 the writer at once. If Postgres has not committed it within `VOXGATE_LEDGER_DURABLE_TIMEOUT_SECONDS`,
 the record is also appended to the spool journal and fsynced (records expiring together share
-one fsync, with the starts of their sessions that are not in Postgres yet ahead of them, so a
-replay after a crash can write them), and the future resolves then; the record stays queued, and because those writes
-are idempotent the later commit and the journal's replay write it once. Without a spool
+one fsync, with their sessions' starts not in Postgres yet ahead of them and their queued ends
+after them, so a replay after a crash writes each session whole), and the future resolves
+then; the record stays queued, and because those writes are idempotent the later commit and
+the journal's replay write it once. A session's end (`submit_end`) is journaled the same way
+when Postgres does not take it in time, though nobody waits for it. Without a spool
 directory the future resolves at the timeout with the record still only in memory: that is
 logged at ERROR and counted in `stats.unconfirmed` (docs/relay.md says why it does not hold).
 
